@@ -1,0 +1,2 @@
+//! teal-local: the embedded runtime.
+#![forbid(unsafe_code)]

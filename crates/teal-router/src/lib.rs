@@ -1,0 +1,2 @@
+//! teal-router: the data plane.
+#![forbid(unsafe_code)]

@@ -1,0 +1,2 @@
+//! teal-testenv: real control plane for tests.
+#![forbid(unsafe_code)]
