@@ -7,6 +7,7 @@
 #![forbid(unsafe_code)]
 
 pub mod color;
+pub mod release;
 pub mod stats;
 
 pub use color::Color;

@@ -98,7 +98,11 @@ impl ColorStats {
                 continue;
             }
             if (seen + count) as f64 >= rank {
-                let lower = if i == 0 { 0.0 } else { LATENCY_BUCKETS_SECONDS[i - 1] };
+                let lower = if i == 0 {
+                    0.0
+                } else {
+                    LATENCY_BUCKETS_SECONDS[i - 1]
+                };
                 let Some(upper) = LATENCY_BUCKETS_SECONDS.get(i).copied() else {
                     // +Inf bucket: the best statement is its lower bound.
                     return Some(lower * 1000.0);
