@@ -1,2 +1,303 @@
 //! teal-router: the data plane.
+//!
+//! A reverse proxy that picks the color of every request on its own (a
+//! keep-alive connection is never pinned to a color), installs route tables
+//! atomically with a generation number, tracks in-flight requests per color
+//! so a color can be drained, and counts per-color statistics.
 #![forbid(unsafe_code)]
+
+mod admin;
+mod body;
+mod config;
+mod duration;
+mod headers;
+mod metrics;
+mod proxy;
+mod serve;
+mod table;
+
+use std::collections::HashMap;
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::{Arc, Mutex};
+use std::time::{Duration, Instant};
+
+use arc_swap::{ArcSwap, ArcSwapOption};
+use serde::{Deserialize, Serialize};
+use tokio::sync::{Notify, oneshot};
+
+pub use admin::AdminListener;
+pub use config::{RouterConfig, UpgradePolicy};
+pub use duration::{format_duration, parse_duration};
+pub use table::{CookieMatch, HeaderMatch, PreviewRoute, RouteTable, TableError};
+pub use teal_core::{Color, ColorStats};
+
+use proxy::{Compiled, Endpoint, UpstreamClient};
+
+/// What [`Router::drain`] observed.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub struct DrainReport {
+    /// True when the color had nothing in flight (requests and upgraded
+    /// connections) before the timeout.
+    pub completed: bool,
+    /// Requests and upgraded connections still open when drain returned.
+    pub remaining: u64,
+    /// How long drain waited.
+    #[serde(with = "duration::serde_secs")]
+    pub waited: Duration,
+    /// Upgraded (e.g. WebSocket) connections closed at the timeout.
+    pub upgrades_closed: u64,
+}
+
+/// The router. Cheap to clone: every clone shares the same state.
+#[derive(Clone)]
+pub struct Router {
+    pub(crate) shared: Arc<Shared>,
+}
+
+pub(crate) struct Shared {
+    pub(crate) config: RouterConfig,
+    pub(crate) table: ArcSwapOption<Compiled>,
+    /// Serialises writers so generations are strictly increasing.
+    swap_lock: Mutex<()>,
+    pub(crate) colors: [ColorState; 2],
+    rng: AtomicU64,
+    pub(crate) started: Instant,
+}
+
+pub(crate) struct ColorState {
+    /// Requests being proxied plus open upgraded connections.
+    pub(crate) in_flight: AtomicU64,
+    pub(crate) idle: Notify,
+    pub(crate) stats: Mutex<ColorStats>,
+    /// Replaced on drain, which drops the pool of idle connections.
+    pub(crate) client: ArcSwap<UpstreamClient>,
+    pub(crate) upgrades: Mutex<Upgrades>,
+}
+
+#[derive(Default)]
+pub(crate) struct Upgrades {
+    next_id: u64,
+    open: HashMap<u64, oneshot::Sender<()>>,
+}
+
+impl Upgrades {
+    pub(crate) fn register(&mut self) -> (u64, oneshot::Receiver<()>) {
+        let (tx, rx) = oneshot::channel();
+        self.next_id += 1;
+        self.open.insert(self.next_id, tx);
+        (self.next_id, rx)
+    }
+
+    pub(crate) fn remove(&mut self, id: u64) {
+        self.open.remove(&id);
+    }
+
+    pub(crate) fn len(&self) -> usize {
+        self.open.len()
+    }
+}
+
+pub(crate) fn idx(color: Color) -> usize {
+    match color {
+        Color::Blue => 0,
+        Color::Green => 1,
+    }
+}
+
+impl Router {
+    /// A router serving `table`.
+    pub fn new(config: RouterConfig, table: RouteTable) -> Result<Router, TableError> {
+        let router = Router::unconfigured(config);
+        router.swap(table)?;
+        Ok(router)
+    }
+
+    /// A router without a route table: it answers 503 until [`Router::swap`]
+    /// installs one. The generation is 0 until then.
+    pub fn unconfigured(config: RouterConfig) -> Router {
+        let color = || ColorState {
+            in_flight: AtomicU64::new(0),
+            idle: Notify::new(),
+            stats: Mutex::new(ColorStats::empty()),
+            client: ArcSwap::from_pointee(proxy::new_client(&config)),
+            upgrades: Mutex::new(Upgrades::default()),
+        };
+        let colors = [color(), color()];
+        let seed = std::time::SystemTime::now()
+            .duration_since(std::time::UNIX_EPOCH)
+            .map(|d| d.as_nanos() as u64)
+            .unwrap_or(0x9E37_79B9_7F4A_7C15);
+        Router {
+            shared: Arc::new(Shared {
+                config,
+                table: ArcSwapOption::empty(),
+                swap_lock: Mutex::new(()),
+                colors,
+                rng: AtomicU64::new(seed),
+                started: Instant::now(),
+            }),
+        }
+    }
+
+    pub fn config(&self) -> &RouterConfig {
+        &self.shared.config
+    }
+
+    /// Validates and installs `table` atomically; returns the new generation.
+    /// When it returns, every request that starts routing afterwards uses the
+    /// new table; requests already routed finish where they are.
+    pub fn swap(&self, table: RouteTable) -> Result<u64, TableError> {
+        table.validate()?;
+        let _writer = self
+            .shared
+            .swap_lock
+            .lock()
+            .unwrap_or_else(|e| e.into_inner());
+        let old = self.shared.table.load_full();
+        let generation = old.as_ref().map_or(0, |c| c.generation) + 1;
+        let compiled = Compiled::new(generation, table, old.as_deref());
+        self.shared.table.store(Some(Arc::new(compiled)));
+        Ok(generation)
+    }
+
+    /// The installed generation and table; generation 0 and `None` before any.
+    pub fn try_current(&self) -> (u64, Option<RouteTable>) {
+        match self.shared.table.load_full() {
+            Some(c) => (c.generation, Some(c.table.clone())),
+            None => (0, None),
+        }
+    }
+
+    /// The installed generation and table.
+    ///
+    /// # Panics
+    /// On a router made with [`Router::unconfigured`] before its first swap;
+    /// use [`Router::try_current`] there.
+    pub fn current(&self) -> (u64, RouteTable) {
+        match self.try_current() {
+            (g, Some(t)) => (g, t),
+            (_, None) => panic!("Router::current called before a route table was installed"),
+        }
+    }
+
+    /// Requests to `color` being proxied now, plus its open upgraded connections.
+    pub fn in_flight(&self, color: Color) -> u64 {
+        self.shared.colors[idx(color)]
+            .in_flight
+            .load(Ordering::SeqCst)
+    }
+
+    /// Upgraded (e.g. WebSocket) connections to `color` open now.
+    pub fn upgrades_open(&self, color: Color) -> u64 {
+        let state = &self.shared.colors[idx(color)];
+        state
+            .upgrades
+            .lock()
+            .unwrap_or_else(|e| e.into_inner())
+            .len() as u64
+    }
+
+    /// Cumulative statistics of `color`.
+    pub fn stats(&self, color: Color) -> ColorStats {
+        self.shared.colors[idx(color)]
+            .stats
+            .lock()
+            .unwrap_or_else(|e| e.into_inner())
+            .clone()
+    }
+
+    /// Waits until `color` has nothing in flight or `timeout` passes, then
+    /// closes the idle pooled upstream connections to `color`. With
+    /// [`UpgradePolicy::Close`], upgraded connections still open at the timeout
+    /// are closed.
+    pub async fn drain(&self, color: Color, timeout: Duration) -> DrainReport {
+        let start = Instant::now();
+        let deadline = tokio::time::Instant::now() + timeout;
+        let state = &self.shared.colors[idx(color)];
+        let completed = loop {
+            let notified = state.idle.notified();
+            tokio::pin!(notified);
+            notified.as_mut().enable();
+            if state.in_flight.load(Ordering::SeqCst) == 0 {
+                break true;
+            }
+            tokio::select! {
+                _ = &mut notified => {}
+                _ = tokio::time::sleep_until(deadline) => {
+                    break state.in_flight.load(Ordering::SeqCst) == 0;
+                }
+            }
+        };
+        // A fresh client: the old pool (and its idle connections) goes away
+        // once the requests still holding it finish.
+        state
+            .client
+            .store(Arc::new(proxy::new_client(&self.shared.config)));
+        let mut upgrades_closed = 0;
+        if !completed && self.shared.config.upgrade_policy == UpgradePolicy::Close {
+            let senders: Vec<_> = {
+                let mut ups = state.upgrades.lock().unwrap_or_else(|e| e.into_inner());
+                ups.open.drain().map(|(_, tx)| tx).collect()
+            };
+            for tx in senders {
+                if tx.send(()).is_ok() {
+                    upgrades_closed += 1;
+                }
+            }
+            // Let the tunnels observe the signal and release their counts.
+            let settle = tokio::time::Instant::now() + Duration::from_millis(200);
+            while upgrades_closed > 0
+                && state.in_flight.load(Ordering::SeqCst) > 0
+                && tokio::time::Instant::now() < settle
+            {
+                tokio::time::sleep(Duration::from_millis(5)).await;
+            }
+        }
+        DrainReport {
+            completed,
+            remaining: state.in_flight.load(Ordering::SeqCst),
+            waited: start.elapsed(),
+            upgrades_closed,
+        }
+    }
+
+    /// Prometheus text exposition of the per-color metrics.
+    pub fn render_metrics(&self) -> String {
+        metrics::render(self)
+    }
+
+    /// Power of two choices by outstanding requests.
+    pub(crate) fn pick<'a>(&self, endpoints: &'a [Arc<Endpoint>]) -> Option<&'a Arc<Endpoint>> {
+        match endpoints.len() {
+            0 => None,
+            1 => endpoints.first(),
+            n => {
+                let r = self.next_random();
+                let a = (r % n as u64) as usize;
+                let mut b = ((r >> 32) % (n as u64 - 1)) as usize;
+                if b >= a {
+                    b += 1;
+                }
+                let (ea, eb) = (&endpoints[a], &endpoints[b]);
+                if eb.outstanding.load(Ordering::Relaxed) < ea.outstanding.load(Ordering::Relaxed) {
+                    Some(eb)
+                } else {
+                    Some(ea)
+                }
+            }
+        }
+    }
+
+    /// splitmix64 over a shared counter: cheap, lock-free, good enough for
+    /// choosing between endpoints.
+    fn next_random(&self) -> u64 {
+        let mut z = self
+            .shared
+            .rng
+            .fetch_add(0x9E37_79B9_7F4A_7C15, Ordering::Relaxed)
+            .wrapping_add(0x9E37_79B9_7F4A_7C15);
+        z = (z ^ (z >> 30)).wrapping_mul(0xBF58_476D_1CE4_E5B9);
+        z = (z ^ (z >> 27)).wrapping_mul(0x94D0_49BB_1331_11EB);
+        z ^ (z >> 31)
+    }
+}

@@ -17,6 +17,9 @@ struct Cli {
 enum Command {
     /// Run teal's L7 router (data plane) with an admin API.
     Router(cmd::router::Args),
+    /// Sample upstream app reporting its color (tests and `teal demo`).
+    #[command(hide = true)]
+    SampleApp(cmd::sample_app::Args),
 }
 
 pub fn main() -> ExitCode {
@@ -32,6 +35,7 @@ pub fn main() -> ExitCode {
     let result = runtime.block_on(async move {
         match cli.command {
             Command::Router(args) => cmd::router::run(args).await,
+            Command::SampleApp(args) => cmd::sample_app::run(args).await,
         }
     });
     match result {

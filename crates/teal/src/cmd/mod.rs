@@ -1,3 +1,4 @@
 //! One file per subcommand.
 
 pub mod router;
+pub mod sample_app;

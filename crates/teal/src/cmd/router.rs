@@ -1,10 +1,165 @@
-//! `teal router`: run the L7 router on its own.
+//! `teal router`: run the L7 router on its own, with its admin API.
 
+use std::io::Write;
+use std::net::SocketAddr;
+use std::path::PathBuf;
 use std::process::ExitCode;
+use std::time::Duration;
+
+use anyhow::{Context, bail};
+use teal_router::{AdminListener, RouteTable, Router, RouterConfig, UpgradePolicy, parse_duration};
 
 #[derive(clap::Args)]
-pub struct Args {}
+pub struct Args {
+    /// Address the router serves client traffic on (port 0 picks a free port).
+    #[arg(long, default_value = "127.0.0.1:8080")]
+    listen: SocketAddr,
+    /// Admin API address: IP:PORT (needs --admin-token-file) or unix:PATH.
+    #[arg(long, default_value = "127.0.0.1:9901")]
+    admin: String,
+    /// File holding the bearer token for the admin API on a TCP address.
+    #[arg(long)]
+    admin_token_file: Option<PathBuf>,
+    /// Route table (JSON) to start with; without it the router answers 503
+    /// until a table is installed with PUT /routes.
+    #[arg(long)]
+    routes: Option<PathBuf>,
+    /// Add this response header naming the color that served each request.
+    #[arg(long)]
+    color_header: Option<String>,
+    /// Timeout for connecting to an upstream endpoint.
+    #[arg(long, default_value = "2s", value_parser = parse_duration)]
+    connect_timeout: Duration,
+    /// Timeout from forwarding a request until its response headers arrive.
+    #[arg(long, default_value = "30s", value_parser = parse_duration)]
+    upstream_timeout: Duration,
+    /// Clients must send a whole request head within this time.
+    #[arg(long, default_value = "10s", value_parser = parse_duration)]
+    header_read_timeout: Duration,
+    /// Client connections with no request in progress are closed after this.
+    #[arg(long, default_value = "60s", value_parser = parse_duration)]
+    idle_timeout: Duration,
+    /// Client connections served at once.
+    #[arg(long, default_value_t = 10_000)]
+    max_connections: usize,
+    /// What a drain that times out does with upgraded (WebSocket) connections.
+    #[arg(long, default_value = "close", value_parser = ["close", "keep"])]
+    upgrades_after_drain: String,
+}
 
-pub async fn run(_args: Args) -> anyhow::Result<ExitCode> {
-    anyhow::bail!("teal router is not built yet")
+pub async fn run(args: Args) -> anyhow::Result<ExitCode> {
+    let mut config = RouterConfig {
+        connect_timeout: args.connect_timeout,
+        upstream_timeout: args.upstream_timeout,
+        header_read_timeout: args.header_read_timeout,
+        idle_timeout: args.idle_timeout,
+        max_connections: args.max_connections,
+        upgrade_policy: if args.upgrades_after_drain == "keep" {
+            UpgradePolicy::Keep
+        } else {
+            UpgradePolicy::Close
+        },
+        ..RouterConfig::default()
+    };
+    if let Some(name) = &args.color_header {
+        config.color_header =
+            Some(http::HeaderName::from_bytes(name.as_bytes()).map_err(|_| {
+                anyhow::anyhow!("--color-header: {name:?} is not a valid HTTP header name")
+            })?);
+    }
+    let router = match &args.routes {
+        Some(path) => {
+            let bytes = std::fs::read(path)
+                .with_context(|| format!("--routes: cannot read {}", path.display()))?;
+            let table = RouteTable::from_json(&bytes).with_context(|| {
+                format!("--routes: {} is not a valid route table", path.display())
+            })?;
+            Router::new(config, table)?
+        }
+        None => Router::unconfigured(config),
+    };
+
+    let admin = match args.admin.strip_prefix("unix:") {
+        Some(path) => AdminListener::unix(path.as_ref())
+            .with_context(|| format!("--admin: cannot listen on unix socket {path}"))?,
+        None => {
+            let addr: SocketAddr = args.admin.parse().map_err(|_| {
+                anyhow::anyhow!("--admin: {:?} is neither IP:PORT nor unix:PATH", args.admin)
+            })?;
+            let Some(file) = &args.admin_token_file else {
+                bail!(
+                    "--admin-token-file is required when --admin is a TCP address (or use --admin unix:PATH)"
+                );
+            };
+            let token = std::fs::read_to_string(file)
+                .with_context(|| format!("--admin-token-file: cannot read {}", file.display()))?
+                .trim()
+                .to_string();
+            if token.is_empty() {
+                bail!(
+                    "--admin-token-file: {} is empty; it must hold the bearer token",
+                    file.display()
+                );
+            }
+            let listener = tokio::net::TcpListener::bind(addr)
+                .await
+                .with_context(|| format!("--admin: cannot listen on {addr}"))?;
+            AdminListener::Tcp { listener, token }
+        }
+    };
+    let admin_desc = match &admin {
+        AdminListener::Tcp { listener, .. } => listener.local_addr()?.to_string(),
+        AdminListener::Unix(_) => args.admin.clone(),
+    };
+    let listener = tokio::net::TcpListener::bind(args.listen)
+        .await
+        .with_context(|| format!("--listen: cannot listen on {}", args.listen))?;
+    let local = listener.local_addr()?;
+    {
+        let mut out = std::io::stdout().lock();
+        writeln!(out, "listening proxy={local} admin={admin_desc}")?;
+        out.flush()?;
+    }
+    tracing::info!(%local, admin = %admin_desc, generation = router.try_current().0, "router started");
+
+    let (stop_tx, stop_rx) = tokio::sync::watch::channel(false);
+    let stopped = |mut rx: tokio::sync::watch::Receiver<bool>| async move {
+        let _ = rx.wait_for(|s| *s).await;
+    };
+    let admin_task = {
+        let router = router.clone();
+        let stop = stopped(stop_rx.clone());
+        tokio::spawn(async move { router.serve_admin(admin, stop).await })
+    };
+    let proxy_task = {
+        let router = router.clone();
+        let stop = stopped(stop_rx);
+        tokio::spawn(async move { router.serve(listener, stop).await })
+    };
+    shutdown_signal().await;
+    tracing::info!("shutting down");
+    let _ = stop_tx.send(true);
+    proxy_task.await??;
+    admin_task.await??;
+    if let Some(path) = args.admin.strip_prefix("unix:") {
+        let _ = std::fs::remove_file(path);
+    }
+    Ok(ExitCode::SUCCESS)
+}
+
+/// Completes on SIGTERM or SIGINT (Ctrl-C).
+pub(crate) async fn shutdown_signal() {
+    use tokio::signal::unix::{SignalKind, signal};
+    match signal(SignalKind::terminate()) {
+        Ok(mut term) => {
+            tokio::select! {
+                _ = term.recv() => {}
+                _ = tokio::signal::ctrl_c() => {}
+            }
+        }
+        Err(e) => {
+            tracing::warn!(error = %e, "cannot watch SIGTERM; stopping on Ctrl-C only");
+            let _ = tokio::signal::ctrl_c().await;
+        }
+    }
 }

@@ -1,0 +1,67 @@
+//! Router settings.
+
+use std::time::Duration;
+
+use http::HeaderName;
+
+/// What happens to upgraded (e.g. WebSocket) connections of a color whose
+/// drain timed out.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Default)]
+pub enum UpgradePolicy {
+    /// Close them when the drain timeout passes (the default): after a
+    /// release no client stays on the old color.
+    #[default]
+    Close,
+    /// Leave them open until either side closes them.
+    Keep,
+}
+
+/// Timeouts and limits of the router. `Default` gives settings fit for
+/// production on loopback and behind a load balancer.
+#[derive(Clone, Debug)]
+pub struct RouterConfig {
+    /// Connecting to an upstream endpoint.
+    pub connect_timeout: Duration,
+    /// From sending a request upstream until its response headers arrive.
+    pub upstream_timeout: Duration,
+    /// A client must send a complete request head within this time.
+    pub header_read_timeout: Duration,
+    /// A client connection with no request in progress is closed after this.
+    pub idle_timeout: Duration,
+    /// Accepted client connections at once; further clients wait in the
+    /// listen backlog.
+    pub max_connections: usize,
+    /// Largest request head accepted (HTTP/1.1 buffer, HTTP/2 header list).
+    pub max_header_bytes: usize,
+    /// Concurrent HTTP/2 streams per client connection.
+    pub max_concurrent_streams: u32,
+    /// Idle upstream connections kept per endpoint.
+    pub pool_max_idle_per_endpoint: usize,
+    /// Idle upstream connections are closed after this.
+    pub pool_idle_timeout: Duration,
+    /// When set, responses carry this header naming the color that served.
+    pub color_header: Option<HeaderName>,
+    /// Upgraded connections of a color whose drain timed out.
+    pub upgrade_policy: UpgradePolicy,
+    /// On shutdown, how long open connections get to finish.
+    pub shutdown_grace: Duration,
+}
+
+impl Default for RouterConfig {
+    fn default() -> Self {
+        RouterConfig {
+            connect_timeout: Duration::from_secs(2),
+            upstream_timeout: Duration::from_secs(30),
+            header_read_timeout: Duration::from_secs(10),
+            idle_timeout: Duration::from_secs(60),
+            max_connections: 10_000,
+            max_header_bytes: 64 * 1024,
+            max_concurrent_streams: 256,
+            pool_max_idle_per_endpoint: 512,
+            pool_idle_timeout: Duration::from_secs(30),
+            color_header: None,
+            upgrade_policy: UpgradePolicy::Close,
+            shutdown_grace: Duration::from_secs(10),
+        }
+    }
+}

@@ -1,0 +1,415 @@
+//! Proxying one request: choose the color and endpoint, forward, stream back.
+
+use std::convert::Infallible;
+use std::net::SocketAddr;
+use std::sync::Arc;
+use std::sync::atomic::AtomicU64;
+use std::time::Instant;
+
+use http::header::{self, HeaderMap, HeaderName, HeaderValue};
+use http::uri::Authority;
+use http::{Method, Request, Response, StatusCode, Uri, Version};
+use hyper::body::Incoming;
+use hyper_util::client::legacy::Client;
+use hyper_util::client::legacy::connect::HttpConnector;
+use hyper_util::rt::{TokioExecutor, TokioIo, TokioTimer};
+use teal_core::Color;
+
+use crate::body::{ConnActivity, ConnGuard, Guards, InFlightGuard, ProxyBody};
+use crate::headers::{add_forwarded, strip_hop_by_hop, wants_upgrade};
+use crate::{RouteTable, Router, RouterConfig, Shared, format_duration, idx};
+
+pub(crate) type UpstreamClient = Client<HttpConnector, Incoming>;
+
+pub(crate) fn new_client(config: &RouterConfig) -> UpstreamClient {
+    let mut connector = HttpConnector::new();
+    connector.set_connect_timeout(Some(config.connect_timeout));
+    connector.set_nodelay(true);
+    Client::builder(TokioExecutor::new())
+        .pool_idle_timeout(config.pool_idle_timeout)
+        .pool_max_idle_per_host(config.pool_max_idle_per_endpoint)
+        .pool_timer(TokioTimer::new())
+        .build(connector)
+}
+
+/// One upstream address; its outstanding count survives table swaps.
+pub(crate) struct Endpoint {
+    pub(crate) addr: SocketAddr,
+    authority: Authority,
+    pub(crate) outstanding: AtomicU64,
+}
+
+struct CompiledPreview {
+    color: Color,
+    header: Option<(HeaderName, HeaderValue)>,
+    cookie: Option<(String, String)>,
+}
+
+/// A validated table in the form the request path uses.
+pub(crate) struct Compiled {
+    pub(crate) generation: u64,
+    pub(crate) table: RouteTable,
+    preview: Option<CompiledPreview>,
+    pools: [Vec<Arc<Endpoint>>; 2],
+}
+
+impl Compiled {
+    /// `table` must be validated. Endpoints already known to `old` are reused
+    /// so their outstanding counts carry over.
+    pub(crate) fn new(generation: u64, table: RouteTable, old: Option<&Compiled>) -> Compiled {
+        let pool = |color: Color| -> Vec<Arc<Endpoint>> {
+            table
+                .endpoints_of(color)
+                .iter()
+                .map(|addr| {
+                    old.and_then(|o| o.pools[idx(color)].iter().find(|e| e.addr == *addr))
+                        .cloned()
+                        .unwrap_or_else(|| {
+                            Arc::new(Endpoint {
+                                addr: *addr,
+                                authority: Authority::try_from(addr.to_string().as_str())
+                                    .expect("a socket address is a valid authority"),
+                                outstanding: AtomicU64::new(0),
+                            })
+                        })
+                })
+                .collect()
+        };
+        let pools = [pool(Color::Blue), pool(Color::Green)];
+        let preview = table.preview.as_ref().map(|p| CompiledPreview {
+            color: p.color,
+            header: p.header.as_ref().and_then(|h| {
+                Some((
+                    HeaderName::from_bytes(h.name.as_bytes()).ok()?,
+                    HeaderValue::from_str(&h.value).ok()?,
+                ))
+            }),
+            cookie: p.cookie.as_ref().map(|c| (c.name.clone(), c.value.clone())),
+        });
+        Compiled {
+            generation,
+            table,
+            preview,
+            pools,
+        }
+    }
+
+    /// The color for a request with these headers.
+    pub(crate) fn route(&self, headers: &HeaderMap) -> Color {
+        if let Some(p) = &self.preview {
+            if let Some((name, value)) = &p.header
+                && headers.get_all(name).iter().any(|v| v == value)
+            {
+                return p.color;
+            }
+            if let Some((name, value)) = &p.cookie
+                && has_cookie(headers, name, value)
+            {
+                return p.color;
+            }
+        }
+        self.table.active
+    }
+}
+
+fn has_cookie(headers: &HeaderMap, name: &str, value: &str) -> bool {
+    headers
+        .get_all(header::COOKIE)
+        .iter()
+        .filter_map(|v| v.to_str().ok())
+        .flat_map(|v| v.split(';'))
+        .filter_map(|pair| pair.trim().split_once('='))
+        .any(|(n, v)| n == name && v == value)
+}
+
+pub(crate) fn plain(status: StatusCode, message: String) -> Response<ProxyBody> {
+    let mut resp = Response::new(ProxyBody::full(message));
+    *resp.status_mut() = status;
+    resp.headers_mut().insert(
+        header::CONTENT_TYPE,
+        HeaderValue::from_static("text/plain; charset=utf-8"),
+    );
+    resp
+}
+
+/// The innermost cause of an error, which names what actually happened
+/// (e.g. "Connection refused (os error 111)").
+fn root_cause(err: &(dyn std::error::Error + 'static)) -> String {
+    let mut cur = err;
+    while let Some(next) = cur.source() {
+        cur = next;
+    }
+    cur.to_string()
+}
+
+/// True when a client error came from the request body we were forwarding
+/// (the client sent malformed or truncated body data).
+fn is_client_body_error(err: &(dyn std::error::Error + 'static)) -> bool {
+    let mut cur = Some(err);
+    while let Some(e) = cur {
+        if let Some(h) = e.downcast_ref::<hyper::Error>()
+            && (h.is_user() || h.is_parse() || h.is_incomplete_message())
+        {
+            return true;
+        }
+        cur = e.source();
+    }
+    false
+}
+
+struct Outcome<'a> {
+    shared: &'a Shared,
+    color: Color,
+    start: Instant,
+}
+
+impl Outcome<'_> {
+    fn record(&self, status: StatusCode, router_error: bool) {
+        let mut stats = self.shared.colors[idx(self.color)]
+            .stats
+            .lock()
+            .unwrap_or_else(|e| e.into_inner());
+        stats.record(status.as_u16(), self.start.elapsed().as_secs_f64());
+        if router_error {
+            stats.router_errors += 1;
+        }
+    }
+
+    fn fail(&self, status: StatusCode, message: String) -> Response<ProxyBody> {
+        self.record(status, true);
+        let mut resp = plain(status, message);
+        add_color_header(self.shared, &mut resp, self.color);
+        resp
+    }
+}
+
+fn add_color_header(shared: &Shared, resp: &mut Response<ProxyBody>, color: Color) {
+    if let Some(name) = &shared.config.color_header {
+        resp.headers_mut()
+            .insert(name.clone(), HeaderValue::from_static(color.as_str()));
+    }
+}
+
+pub(crate) async fn handle(
+    router: Router,
+    mut req: Request<Incoming>,
+    client: SocketAddr,
+    conn: Arc<ConnActivity>,
+) -> Result<Response<ProxyBody>, Infallible> {
+    let conn_guard = ConnGuard::new(conn);
+    let start = Instant::now();
+    let shared = &router.shared;
+    if req.method() == Method::CONNECT {
+        return Ok(plain(
+            StatusCode::METHOD_NOT_ALLOWED,
+            "405 method not allowed: CONNECT is not proxied\n".into(),
+        ));
+    }
+
+    // Route, then count the request as in flight, then check that no swap
+    // happened in between. A drain that starts after a swap returned
+    // therefore sees every request routed by the old table.
+    let (color, endpoint, flight) = loop {
+        let Some(table) = shared.table.load_full() else {
+            return Ok(plain(
+                StatusCode::SERVICE_UNAVAILABLE,
+                "503 service unavailable: no route table installed yet\n".into(),
+            ));
+        };
+        let color = table.route(req.headers());
+        let Some(endpoint) = router.pick(&table.pools[idx(color)]).cloned() else {
+            let outcome = Outcome {
+                shared,
+                color,
+                start,
+            };
+            return Ok(outcome.fail(
+                StatusCode::SERVICE_UNAVAILABLE,
+                format!("503 service unavailable: no endpoints for color {color}\n"),
+            ));
+        };
+        let flight = InFlightGuard::new(router.shared.clone(), idx(color), endpoint.clone());
+        if shared
+            .table
+            .load()
+            .as_ref()
+            .is_some_and(|now| Arc::ptr_eq(now, &table))
+        {
+            break (color, endpoint, flight);
+        }
+    };
+    let outcome = Outcome {
+        shared,
+        color,
+        start,
+    };
+
+    let upgrade = req.version() == Version::HTTP_11 && wants_upgrade(req.headers());
+    let client_upgrade = upgrade.then(|| hyper::upgrade::on(&mut req));
+    let (mut parts, body) = req.into_parts();
+    let host = parts.headers.get(header::HOST).cloned().or_else(|| {
+        parts
+            .uri
+            .authority()
+            .and_then(|a| HeaderValue::from_str(a.as_str()).ok())
+    });
+    strip_hop_by_hop(&mut parts.headers, upgrade);
+    add_forwarded(&mut parts.headers, client.ip(), host.as_ref());
+    if let Some(h) = host {
+        parts.headers.insert(header::HOST, h);
+    }
+    let path = parts
+        .uri
+        .path_and_query()
+        .map(|p| p.as_str())
+        .unwrap_or("/");
+    parts.uri = match Uri::builder()
+        .scheme("http")
+        .authority(endpoint.authority.clone())
+        .path_and_query(path)
+        .build()
+    {
+        Ok(u) => u,
+        Err(e) => {
+            return Ok(outcome.fail(
+                StatusCode::BAD_REQUEST,
+                format!("400 bad request: invalid request target: {e}\n"),
+            ));
+        }
+    };
+    parts.version = Version::HTTP_11;
+    let upstream_req = Request::from_parts(parts, body);
+
+    let http_client = shared.colors[idx(color)].client.load_full();
+    let timeout = shared.config.upstream_timeout;
+    let addr = endpoint.addr;
+    let mut resp = match tokio::time::timeout(timeout, http_client.request(upstream_req)).await {
+        Err(_) => {
+            return Ok(outcome.fail(
+                StatusCode::GATEWAY_TIMEOUT,
+                format!(
+                    "504 gateway timeout: upstream {color} {addr} did not answer within {}\n",
+                    format_duration(timeout)
+                ),
+            ));
+        }
+        Ok(Err(e)) if e.is_connect() => {
+            shared.colors[idx(color)]
+                .stats
+                .lock()
+                .unwrap_or_else(|e| e.into_inner())
+                .connect_errors += 1;
+            return Ok(outcome.fail(
+                StatusCode::BAD_GATEWAY,
+                format!(
+                    "502 bad gateway: cannot connect to upstream {color} {addr}: {}\n",
+                    root_cause(&e)
+                ),
+            ));
+        }
+        Ok(Err(e)) if is_client_body_error(&e) => {
+            tracing::debug!(error = %e, "client request body failed");
+            let mut resp = outcome.fail(
+                StatusCode::BAD_REQUEST,
+                format!(
+                    "400 bad request: the request body was malformed or cut off: {}\n",
+                    root_cause(&e)
+                ),
+            );
+            resp.headers_mut()
+                .insert(header::CONNECTION, HeaderValue::from_static("close"));
+            return Ok(resp);
+        }
+        Ok(Err(e)) => {
+            return Ok(outcome.fail(
+                StatusCode::BAD_GATEWAY,
+                format!(
+                    "502 bad gateway: upstream {color} {addr} failed before answering: {}\n",
+                    root_cause(&e)
+                ),
+            ));
+        }
+        Ok(Ok(resp)) => resp,
+    };
+    let status = resp.status();
+    outcome.record(status, false);
+
+    if status == StatusCode::SWITCHING_PROTOCOLS {
+        let Some(client_upgrade) = client_upgrade else {
+            return Ok(outcome.fail(
+                StatusCode::BAD_GATEWAY,
+                format!("502 bad gateway: upstream {color} {addr} switched protocols unasked\n"),
+            ));
+        };
+        let upstream_upgrade = hyper::upgrade::on(&mut resp);
+        let (parts, _) = resp.into_parts();
+        let mut out = Response::from_parts(
+            parts,
+            ProxyBody::empty_with(Guards {
+                _flight: None,
+                _conn: Some(conn_guard),
+            }),
+        );
+        strip_hop_by_hop(out.headers_mut(), true);
+        add_color_header(shared, &mut out, color);
+        let (id, close) = shared.colors[idx(color)]
+            .upgrades
+            .lock()
+            .unwrap_or_else(|e| e.into_inner())
+            .register();
+        let shared = router.shared.clone();
+        tokio::spawn(async move {
+            tunnel(client_upgrade, upstream_upgrade, close).await;
+            shared.colors[idx(color)]
+                .upgrades
+                .lock()
+                .unwrap_or_else(|e| e.into_inner())
+                .remove(id);
+            drop(flight);
+        });
+        return Ok(out);
+    }
+
+    let (mut parts, body) = resp.into_parts();
+    strip_hop_by_hop(&mut parts.headers, false);
+    let mut out = Response::from_parts(
+        parts,
+        ProxyBody::upstream(
+            body,
+            Guards {
+                _flight: Some(flight),
+                _conn: Some(conn_guard),
+            },
+        ),
+    );
+    add_color_header(shared, &mut out, color);
+    Ok(out)
+}
+
+/// Copies bytes both ways between an upgraded client connection and its
+/// upstream until either side closes or `close` fires (drain timeout).
+async fn tunnel(
+    client: hyper::upgrade::OnUpgrade,
+    upstream: hyper::upgrade::OnUpgrade,
+    close: tokio::sync::oneshot::Receiver<()>,
+) {
+    let (client, upstream) = match tokio::try_join!(client, upstream) {
+        Ok(pair) => pair,
+        Err(e) => {
+            tracing::debug!(error = %e, "upgrade did not complete");
+            return;
+        }
+    };
+    let mut client = TokioIo::new(client);
+    let mut upstream = TokioIo::new(upstream);
+    tokio::select! {
+        r = tokio::io::copy_bidirectional(&mut client, &mut upstream) => {
+            if let Err(e) = r {
+                tracing::debug!(error = %e, "upgraded connection ended with an error");
+            }
+        }
+        _ = close => {
+            tracing::info!("closing an upgraded connection of a drained color");
+        }
+    }
+}

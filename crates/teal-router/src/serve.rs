@@ -1,0 +1,132 @@
+//! Accepting client connections: limits, timeouts, graceful shutdown.
+
+use std::future::Future;
+use std::sync::Arc;
+use std::sync::atomic::Ordering;
+use std::time::Duration;
+
+use hyper::service::service_fn;
+use hyper_util::rt::{TokioExecutor, TokioIo, TokioTimer};
+use hyper_util::server::conn::auto;
+use tokio::net::{TcpListener, TcpStream};
+use tokio::sync::{OwnedSemaphorePermit, Semaphore, watch};
+
+use crate::Router;
+use crate::body::ConnActivity;
+use crate::proxy::handle;
+
+impl Router {
+    /// Serves client connections from `listener` until `shutdown` completes,
+    /// then stops accepting, lets open connections finish their requests
+    /// (bounded by [`crate::RouterConfig::shutdown_grace`]) and returns.
+    pub async fn serve(
+        &self,
+        listener: TcpListener,
+        shutdown: impl Future<Output = ()> + Send,
+    ) -> std::io::Result<()> {
+        let config = &self.shared.config;
+        let max = config.max_connections.clamp(1, Semaphore::MAX_PERMITS);
+        let limit = Arc::new(Semaphore::new(max));
+        let (stop_tx, stop_rx) = watch::channel(false);
+        let builder = Arc::new(self.conn_builder());
+        tokio::pin!(shutdown);
+        loop {
+            let permit = tokio::select! {
+                _ = &mut shutdown => break,
+                p = limit.clone().acquire_owned() => match p {
+                    Ok(p) => p,
+                    Err(_) => break,
+                },
+            };
+            let (stream, addr) = tokio::select! {
+                _ = &mut shutdown => break,
+                r = listener.accept() => match r {
+                    Ok(pair) => pair,
+                    Err(e) => {
+                        // Out of descriptors or a connection reset before
+                        // accept: back off briefly and keep serving.
+                        tracing::warn!(error = %e, "accept failed");
+                        tokio::time::sleep(Duration::from_millis(20)).await;
+                        continue;
+                    }
+                },
+            };
+            let _ = stream.set_nodelay(true);
+            let router = self.clone();
+            let builder = builder.clone();
+            let stop = stop_rx.clone();
+            tokio::spawn(async move {
+                router
+                    .serve_conn(&builder, stream, addr, permit, stop)
+                    .await;
+            });
+        }
+        drop(listener);
+        let _ = stop_tx.send(true);
+        let _ = tokio::time::timeout(config.shutdown_grace, limit.acquire_many(max as u32)).await;
+        Ok(())
+    }
+
+    fn conn_builder(&self) -> auto::Builder<TokioExecutor> {
+        let config = &self.shared.config;
+        let mut builder = auto::Builder::new(TokioExecutor::new());
+        builder
+            .http1()
+            .timer(TokioTimer::new())
+            .header_read_timeout(config.header_read_timeout)
+            .max_buf_size(config.max_header_bytes.max(8192))
+            .keep_alive(true);
+        builder
+            .http2()
+            .timer(TokioTimer::new())
+            .max_concurrent_streams(config.max_concurrent_streams)
+            .max_header_list_size(config.max_header_bytes.min(u32::MAX as usize) as u32)
+            .keep_alive_interval(Some(Duration::from_secs(30)))
+            .keep_alive_timeout(Duration::from_secs(20));
+        builder
+    }
+
+    async fn serve_conn(
+        self,
+        builder: &auto::Builder<TokioExecutor>,
+        stream: TcpStream,
+        addr: std::net::SocketAddr,
+        _permit: OwnedSemaphorePermit,
+        mut stop: watch::Receiver<bool>,
+    ) {
+        let activity = ConnActivity::new(self.shared.clone());
+        let idle_timeout = self.shared.config.idle_timeout;
+        let router = self.clone();
+        let act = activity.clone();
+        let service = service_fn(move |req| handle(router.clone(), req, addr, act.clone()));
+        let conn = builder.serve_connection_with_upgrades(TokioIo::new(stream), service);
+        tokio::pin!(conn);
+        let check_every =
+            (idle_timeout / 4).clamp(Duration::from_millis(50), Duration::from_secs(5));
+        let mut tick = tokio::time::interval(check_every);
+        tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+        let mut closing = false;
+        loop {
+            tokio::select! {
+                r = conn.as_mut() => {
+                    if let Err(e) = r {
+                        tracing::debug!(client = %addr, error = %e, "client connection ended with an error");
+                    }
+                    break;
+                }
+                _ = stop.changed(), if !closing => {
+                    closing = true;
+                    conn.as_mut().graceful_shutdown();
+                }
+                _ = tick.tick(), if !closing => {
+                    let idle_for = activity.now_ms().saturating_sub(activity.idle_since_ms.load(Ordering::SeqCst));
+                    if activity.active.load(Ordering::SeqCst) == 0 && idle_for >= idle_timeout.as_millis() as u64 {
+                        tracing::debug!(client = %addr, "closing idle client connection");
+                        closing = true;
+                        conn.as_mut().graceful_shutdown();
+                    }
+                }
+            }
+        }
+    }
+}
