@@ -1,0 +1,385 @@
+//! Spec types shared by the Kubernetes `BlueGreen` resource and local mode:
+//! preview, promotion and analysis. Field names are camelCase in YAML.
+
+use schemars::JsonSchema;
+use serde::{Deserialize, Serialize};
+
+use crate::Duration;
+
+/// A spec field that is wrong, and what is allowed.
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+#[error("{field}: {message}")]
+pub struct FieldError {
+    /// Path of the field, e.g. `analysis.prePromotion.metrics[0].min`.
+    pub field: String,
+    pub message: String,
+}
+
+impl FieldError {
+    pub fn new(field: impl Into<String>, message: impl Into<String>) -> FieldError {
+        FieldError {
+            field: field.into(),
+            message: message.into(),
+        }
+    }
+}
+
+/// How the idle color is reached before it is promoted.
+#[derive(Debug, Clone, PartialEq, Eq, Default, Serialize, Deserialize, JsonSchema)]
+#[serde(rename_all = "camelCase", deny_unknown_fields)]
+pub struct PreviewSpec {
+    /// Requests carrying this header (exact name and value) go to the idle color.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub header: Option<MatchSpec>,
+    /// Requests carrying this cookie (exact name and value) go to the idle color.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub cookie: Option<MatchSpec>,
+    /// Replicas of the idle color while previewed; scaled to full size
+    /// before cutover. Default: full size.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub replicas: Option<u32>,
+}
+
+/// An exact name/value match.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize, JsonSchema)]
+#[serde(rename_all = "camelCase", deny_unknown_fields)]
+pub struct MatchSpec {
+    pub name: String,
+    pub value: String,
+}
+
+impl PreviewSpec {
+    pub fn validate(&self, path: &str, replicas: u32, errors: &mut Vec<FieldError>) {
+        if let Some(h) = &self.header {
+            if !is_token(&h.name) {
+                errors.push(FieldError::new(
+                    format!("{path}.header.name"),
+                    format!("{:?} is not a valid HTTP header name (letters, digits and !#$%&'*+-.^_`|~ only)", h.name),
+                ));
+            }
+            if h.value.is_empty() || h.value.chars().any(|c| c.is_control()) {
+                errors.push(FieldError::new(
+                    format!("{path}.header.value"),
+                    "must be a non-empty value without control characters",
+                ));
+            }
+        }
+        if let Some(c) = &self.cookie
+            && (!is_token(&c.name) || c.value.is_empty())
+        {
+            errors.push(FieldError::new(
+                format!("{path}.cookie"),
+                "needs a valid cookie name and a non-empty value",
+            ));
+        }
+        if let Some(r) = self.replicas
+            && (r == 0 || r > replicas)
+        {
+            errors.push(FieldError::new(
+                format!("{path}.replicas"),
+                format!("must be between 1 and replicas ({replicas}), got {r}"),
+            ));
+        }
+    }
+}
+
+fn is_token(s: &str) -> bool {
+    !s.is_empty()
+        && s.bytes()
+            .all(|b| b.is_ascii_alphanumeric() || b"!#$%&'*+-.^_`|~".contains(&b))
+}
+
+/// When a previewed color goes live.
+#[derive(Debug, Clone, PartialEq, Eq, Default, Serialize, Deserialize, JsonSchema)]
+#[serde(rename_all = "camelCase", deny_unknown_fields)]
+pub struct PromotionSpec {
+    #[serde(default)]
+    pub mode: PromotionMode,
+    /// With `manual`: promote anyway after this long.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub auto_promote_after: Option<Duration>,
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default, Serialize, Deserialize, JsonSchema)]
+#[serde(rename_all = "camelCase")]
+pub enum PromotionMode {
+    /// Promote as soon as pre-promotion analysis passes.
+    #[default]
+    Auto,
+    /// Wait for `promote`.
+    Manual,
+}
+
+impl PromotionSpec {
+    pub fn to_core(&self) -> teal_core::release::Promotion {
+        match self.mode {
+            PromotionMode::Auto => teal_core::release::Promotion::Auto,
+            PromotionMode::Manual => teal_core::release::Promotion::Manual {
+                auto_promote_after_ms: self.auto_promote_after.map(Duration::as_millis),
+            },
+        }
+    }
+
+    pub fn validate(&self, path: &str, errors: &mut Vec<FieldError>) {
+        if self.auto_promote_after.is_some() && self.mode == PromotionMode::Auto {
+            errors.push(FieldError::new(
+                format!("{path}.autoPromoteAfter"),
+                "only applies with mode: manual (auto promotes at once)",
+            ));
+        }
+    }
+}
+
+/// Checks before and after cutover.
+#[derive(Debug, Clone, PartialEq, Default, Serialize, Deserialize, JsonSchema)]
+#[serde(rename_all = "camelCase", deny_unknown_fields)]
+pub struct AnalysisSpec {
+    /// Runs on the idle color through preview traffic, before cutover.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub pre_promotion: Option<AnalysisStageSpec>,
+    /// Runs on the new live color before the previous one is scaled down;
+    /// failure switches back at once.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub post_promotion: Option<AnalysisStageSpec>,
+}
+
+/// One analysis stage: `checks` checks, one every `interval`.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize, JsonSchema)]
+#[serde(rename_all = "camelCase", deny_unknown_fields)]
+pub struct AnalysisStageSpec {
+    #[serde(default = "default_interval")]
+    pub interval: Duration,
+    #[serde(default = "default_checks")]
+    pub checks: u32,
+    /// Failed checks tolerated before the stage fails.
+    #[serde(default)]
+    pub failure_limit: u32,
+    /// Checks without data tolerated before the stage is inconclusive
+    /// (which waits for an operator; it never passes by itself).
+    #[serde(default = "default_inconclusive_limit")]
+    pub inconclusive_limit: u32,
+    pub metrics: Vec<MetricSpec>,
+}
+
+fn default_interval() -> Duration {
+    Duration::from_secs(10)
+}
+fn default_checks() -> u32 {
+    5
+}
+fn default_inconclusive_limit() -> u32 {
+    1
+}
+
+/// A metric and its allowed range. Exactly one provider is set.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize, JsonSchema)]
+#[serde(rename_all = "camelCase", deny_unknown_fields)]
+pub struct MetricSpec {
+    pub name: String,
+    /// Measured by teal's router, per color: no Prometheus needed.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub builtin: Option<BuiltinMetric>,
+    /// A PromQL query returning one number.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub prometheus: Option<PrometheusMetric>,
+    /// Lowest value that passes.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub min: Option<f64>,
+    /// Highest value that passes.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub max: Option<f64>,
+    /// Built-in metrics: fewer requests than this in a check window count
+    /// as no data. Default 10.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub min_requests: Option<u64>,
+}
+
+/// Metrics teal's router measures for each color.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize, JsonSchema)]
+#[serde(rename_all = "camelCase")]
+pub enum BuiltinMetric {
+    /// Percentage of requests not answered with a 5xx (0–100).
+    SuccessRate,
+    /// Median latency, milliseconds.
+    LatencyP50,
+    /// 90th percentile latency, milliseconds.
+    LatencyP90,
+    /// 99th percentile latency, milliseconds.
+    LatencyP99,
+}
+
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize, JsonSchema)]
+#[serde(rename_all = "camelCase", deny_unknown_fields)]
+pub struct PrometheusMetric {
+    /// Base URL of the Prometheus server, e.g. http://prometheus:9090.
+    pub address: String,
+    /// PromQL; `{{name}}`, `{{namespace}}`, `{{color}}`, `{{revision}}` and
+    /// `{{service}}` are replaced before the query runs.
+    pub query: String,
+}
+
+impl AnalysisSpec {
+    pub fn validate(&self, path: &str, errors: &mut Vec<FieldError>) {
+        for (stage, spec) in [
+            ("prePromotion", &self.pre_promotion),
+            ("postPromotion", &self.post_promotion),
+        ] {
+            if let Some(s) = spec {
+                s.validate(&format!("{path}.{stage}"), errors);
+            }
+        }
+    }
+}
+
+impl AnalysisStageSpec {
+    pub fn limits(&self) -> teal_core::analysis::Limits {
+        teal_core::analysis::Limits {
+            checks: self.checks,
+            failure_limit: self.failure_limit,
+            inconclusive_limit: self.inconclusive_limit,
+        }
+    }
+
+    pub fn validate(&self, path: &str, errors: &mut Vec<FieldError>) {
+        if self.interval.as_millis() < 100 {
+            errors.push(FieldError::new(
+                format!("{path}.interval"),
+                "must be at least 100ms",
+            ));
+        }
+        if self.checks == 0 {
+            errors.push(FieldError::new(
+                format!("{path}.checks"),
+                "must be at least 1",
+            ));
+        }
+        if self.metrics.is_empty() {
+            errors.push(FieldError::new(
+                format!("{path}.metrics"),
+                "needs at least one metric (a stage without metrics would pass without checking anything)",
+            ));
+        }
+        let mut names = std::collections::BTreeSet::new();
+        for (i, m) in self.metrics.iter().enumerate() {
+            let p = format!("{path}.metrics[{i}]");
+            if m.name.is_empty() {
+                errors.push(FieldError::new(format!("{p}.name"), "must not be empty"));
+            } else if !names.insert(m.name.as_str()) {
+                errors.push(FieldError::new(
+                    format!("{p}.name"),
+                    format!("{:?} is used twice", m.name),
+                ));
+            }
+            match (&m.builtin, &m.prometheus) {
+                (Some(_), Some(_)) | (None, None) => errors.push(FieldError::new(
+                    p.clone(),
+                    "set exactly one provider: builtin (successRate, latencyP50, latencyP90, latencyP99) or prometheus",
+                )),
+                _ => {}
+            }
+            if m.min.is_none() && m.max.is_none() {
+                errors.push(FieldError::new(
+                    p.clone(),
+                    "set min, max or both: a metric without a range checks nothing",
+                ));
+            }
+            if let (Some(lo), Some(hi)) = (m.min, m.max)
+                && lo > hi
+            {
+                errors.push(FieldError::new(
+                    format!("{p}.min"),
+                    format!("min ({lo}) is greater than max ({hi})"),
+                ));
+            }
+            if let Some(pm) = &m.prometheus {
+                if !(pm.address.starts_with("http://") || pm.address.starts_with("https://")) {
+                    errors.push(FieldError::new(
+                        format!("{p}.prometheus.address"),
+                        format!("{:?} must be an http:// or https:// URL", pm.address),
+                    ));
+                }
+                if pm.query.trim().is_empty() {
+                    errors.push(FieldError::new(
+                        format!("{p}.prometheus.query"),
+                        "must not be empty",
+                    ));
+                }
+            }
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn stage(yaml: &str) -> AnalysisStageSpec {
+        serde_saphyr::from_str(yaml).unwrap()
+    }
+
+    fn errors(s: &AnalysisStageSpec) -> Vec<String> {
+        let mut e = Vec::new();
+        s.validate("analysis.prePromotion", &mut e);
+        e.iter().map(ToString::to_string).collect()
+    }
+
+    #[test]
+    fn defaults_and_a_valid_stage() {
+        let s = stage("metrics:\n  - name: success-rate\n    builtin: successRate\n    min: 99\n");
+        assert_eq!(s.interval.as_millis(), 10_000);
+        assert_eq!(s.checks, 5);
+        assert!(errors(&s).is_empty(), "{:?}", errors(&s));
+    }
+
+    #[test]
+    fn errors_name_the_field() {
+        let s = stage(
+            "interval: 10ms\nchecks: 0\nmetrics:\n  - name: a\n    min: 2\n    max: 1\n  - name: a\n    builtin: latencyP99\n",
+        );
+        let e = errors(&s);
+        let want = [
+            "analysis.prePromotion.interval: must be at least 100ms",
+            "analysis.prePromotion.checks: must be at least 1",
+            "analysis.prePromotion.metrics[0]: set exactly one provider",
+            "analysis.prePromotion.metrics[0].min: min (2) is greater than max (1)",
+            "analysis.prePromotion.metrics[1].name: \"a\" is used twice",
+            "analysis.prePromotion.metrics[1]: set min, max or both",
+        ];
+        for w in want {
+            assert!(
+                e.iter().any(|x| x.starts_with(w)),
+                "missing {w:?} in {e:#?}"
+            );
+        }
+    }
+
+    #[test]
+    fn unknown_fields_and_bad_durations_are_refused() {
+        let e = serde_saphyr::from_str::<AnalysisStageSpec>("intervall: 5s\nmetrics: []\n")
+            .unwrap_err();
+        assert!(e.to_string().contains("intervall"), "{e}");
+        let e =
+            serde_saphyr::from_str::<AnalysisStageSpec>("interval: 5x\nmetrics: []\n").unwrap_err();
+        assert!(e.to_string().contains("invalid duration"), "{e}");
+    }
+
+    #[test]
+    fn preview_validation() {
+        let p = PreviewSpec {
+            header: Some(MatchSpec {
+                name: "x version".into(),
+                value: "green".into(),
+            }),
+            cookie: None,
+            replicas: Some(5),
+        };
+        let mut e = Vec::new();
+        p.validate("preview", 3, &mut e);
+        let e: Vec<String> = e.iter().map(ToString::to_string).collect();
+        assert!(e[0].starts_with("preview.header.name:"), "{e:?}");
+        assert_eq!(
+            e[1],
+            "preview.replicas: must be between 1 and replicas (3), got 5"
+        );
+    }
+}

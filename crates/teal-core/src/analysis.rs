@@ -1,0 +1,237 @@
+//! Analysis verdicts: turning repeated metric checks into one verdict.
+//!
+//! A check evaluates every metric once. A stage runs `checks` checks, one
+//! every interval; the runtime measures, this module judges. Semantics follow
+//! Argo Rollouts' analysis: the stage fails once more than `failure_limit`
+//! checks failed, and is inconclusive once more than `inconclusive_limit`
+//! checks had no usable data. No data never counts as a pass.
+
+use serde::{Deserialize, Serialize};
+
+use crate::release::Verdict;
+
+/// One metric's value in one check; `None` means no data.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct Measurement {
+    pub metric: String,
+    pub value: Option<f64>,
+    pub min: Option<f64>,
+    pub max: Option<f64>,
+    /// Why there is no value (provider error, too few requests…).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub note: Option<String>,
+}
+
+/// The result of one metric in one check.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(rename_all = "camelCase", tag = "result", content = "reason")]
+pub enum CheckResult {
+    Pass,
+    Fail(String),
+    Inconclusive(String),
+}
+
+impl Measurement {
+    pub fn judge(&self) -> CheckResult {
+        let Some(v) = self.value else {
+            let why = self.note.clone().unwrap_or_else(|| "no data".into());
+            return CheckResult::Inconclusive(format!("{}: {why}", self.metric));
+        };
+        if v.is_nan() {
+            return CheckResult::Inconclusive(format!("{}: value is NaN", self.metric));
+        }
+        if let Some(min) = self.min
+            && v < min
+        {
+            return CheckResult::Fail(format!(
+                "{} = {} is below the minimum {}",
+                self.metric,
+                fmt(v),
+                fmt(min)
+            ));
+        }
+        if let Some(max) = self.max
+            && v > max
+        {
+            return CheckResult::Fail(format!(
+                "{} = {} is above the maximum {}",
+                self.metric,
+                fmt(v),
+                fmt(max)
+            ));
+        }
+        CheckResult::Pass
+    }
+}
+
+fn fmt(v: f64) -> String {
+    if v.fract() == 0.0 && v.abs() < 1e15 {
+        format!("{v:.0}")
+    } else {
+        format!("{v:.2}")
+    }
+}
+
+/// Limits of one analysis stage.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "camelCase")]
+pub struct Limits {
+    /// Checks to run before the stage passes.
+    pub checks: u32,
+    /// Failed checks tolerated; one more fails the stage.
+    pub failure_limit: u32,
+    /// Checks without data tolerated; one more makes the stage inconclusive.
+    pub inconclusive_limit: u32,
+}
+
+/// The progress of one analysis stage.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(rename_all = "camelCase")]
+pub struct Run {
+    pub limits: Limits,
+    pub checks: u32,
+    pub failures: u32,
+    pub inconclusive: u32,
+    /// The latest measurement of every metric.
+    pub last: Vec<Measurement>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub verdict: Option<Verdict>,
+}
+
+impl Run {
+    pub fn new(limits: Limits) -> Run {
+        Run {
+            limits,
+            checks: 0,
+            failures: 0,
+            inconclusive: 0,
+            last: Vec::new(),
+            verdict: None,
+        }
+    }
+
+    /// Records one check; returns the stage's verdict once there is one.
+    pub fn record(&mut self, measurements: Vec<Measurement>) -> Option<Verdict> {
+        if self.verdict.is_some() {
+            return self.verdict.clone();
+        }
+        self.checks += 1;
+        let results: Vec<CheckResult> = measurements.iter().map(Measurement::judge).collect();
+        self.last = measurements;
+        let failed: Vec<&str> = results
+            .iter()
+            .filter_map(|r| match r {
+                CheckResult::Fail(s) => Some(s.as_str()),
+                _ => None,
+            })
+            .collect();
+        let unknown: Vec<&str> = results
+            .iter()
+            .filter_map(|r| match r {
+                CheckResult::Inconclusive(s) => Some(s.as_str()),
+                _ => None,
+            })
+            .collect();
+        if !failed.is_empty() {
+            self.failures += 1;
+            if self.failures > self.limits.failure_limit {
+                self.verdict = Some(Verdict::Fail(failed.join("; ")));
+            }
+        } else if !unknown.is_empty() || results.is_empty() {
+            self.inconclusive += 1;
+            if self.inconclusive > self.limits.inconclusive_limit {
+                let why = if results.is_empty() {
+                    "no metrics".to_string()
+                } else {
+                    unknown.join("; ")
+                };
+                self.verdict = Some(Verdict::Inconclusive(why));
+            }
+        }
+        if self.verdict.is_none() && self.checks >= self.limits.checks.max(1) {
+            let passed = self.checks - self.failures - self.inconclusive;
+            self.verdict = Some(if passed > 0 {
+                Verdict::Pass
+            } else {
+                Verdict::Inconclusive("no check had usable data".into())
+            });
+        }
+        self.verdict.clone()
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn m(v: Option<f64>) -> Measurement {
+        Measurement {
+            metric: "success-rate".into(),
+            value: v,
+            min: Some(99.0),
+            max: None,
+            note: None,
+        }
+    }
+
+    fn limits(checks: u32, failure_limit: u32, inconclusive_limit: u32) -> Limits {
+        Limits {
+            checks,
+            failure_limit,
+            inconclusive_limit,
+        }
+    }
+
+    #[test]
+    fn passes_after_all_checks() {
+        let mut r = Run::new(limits(3, 0, 0));
+        assert_eq!(r.record(vec![m(Some(100.0))]), None);
+        assert_eq!(r.record(vec![m(Some(99.5))]), None);
+        assert_eq!(r.record(vec![m(Some(99.0))]), Some(Verdict::Pass));
+    }
+
+    #[test]
+    fn fails_with_metric_and_value_once_over_the_limit() {
+        let mut r = Run::new(limits(5, 1, 0));
+        assert_eq!(r.record(vec![m(Some(70.0))]), None, "one failure tolerated");
+        let v = r.record(vec![m(Some(69.53))]).unwrap();
+        assert_eq!(
+            v,
+            Verdict::Fail("success-rate = 69.53 is below the minimum 99".into())
+        );
+        assert_eq!(r.failures, 2);
+    }
+
+    #[test]
+    fn no_data_is_inconclusive_never_a_pass() {
+        let mut r = Run::new(limits(2, 0, 5));
+        r.record(vec![m(None)]);
+        let v = r.record(vec![m(None)]).unwrap();
+        assert!(matches!(v, Verdict::Inconclusive(_)), "{v:?}");
+        let mut r = Run::new(limits(5, 0, 1));
+        r.record(vec![m(None)]);
+        assert!(matches!(
+            r.record(vec![m(None)]),
+            Some(Verdict::Inconclusive(_))
+        ));
+    }
+
+    #[test]
+    fn max_bound_and_nan() {
+        let lat = Measurement {
+            metric: "latency-p99".into(),
+            value: Some(812.0),
+            min: None,
+            max: Some(500.0),
+            note: None,
+        };
+        assert_eq!(
+            lat.judge(),
+            CheckResult::Fail("latency-p99 = 812 is above the maximum 500".into())
+        );
+        assert!(matches!(
+            m(Some(f64::NAN)).judge(),
+            CheckResult::Inconclusive(_)
+        ));
+    }
+}
