@@ -148,7 +148,7 @@ fn is_client_body_error(err: &(dyn std::error::Error + 'static)) -> bool {
     let mut cur = Some(err);
     while let Some(e) = cur {
         if let Some(h) = e.downcast_ref::<hyper::Error>()
-            && (h.is_user() || h.is_parse() || h.is_incomplete_message())
+            && h.is_user()
         {
             return true;
         }

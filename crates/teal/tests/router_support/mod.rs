@@ -1,0 +1,250 @@
+//! Test support for the router tests: real `teal sample-app` and `teal router`
+//! processes on loopback, and small HTTP helpers.
+#![allow(dead_code)]
+
+use std::io::{BufRead, BufReader};
+use std::net::SocketAddr;
+use std::path::PathBuf;
+use std::process::{Child, Command, Stdio};
+use std::sync::atomic::{AtomicU32, Ordering};
+use std::time::Duration;
+
+use bytes::Bytes;
+use http::{Request, Response, StatusCode};
+use http_body_util::{BodyExt, Full};
+use hyper_util::rt::TokioIo;
+use tokio::net::TcpStream;
+
+pub const TOKEN: &str = "test-admin-token";
+
+/// A child process killed when dropped.
+pub struct Proc {
+    child: Child,
+    pub line: String,
+}
+
+impl Drop for Proc {
+    fn drop(&mut self) {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+    }
+}
+
+impl Proc {
+    pub fn pid(&self) -> u32 {
+        self.child.id()
+    }
+
+    /// Waits for the process to exit by itself.
+    pub fn wait(&mut self) -> std::process::ExitStatus {
+        self.child.wait().expect("wait for child")
+    }
+}
+
+/// Starts `teal ARGS` and waits for its first stdout line ("listening ...").
+pub fn spawn_teal(args: &[&str]) -> Proc {
+    let mut child = Command::new(env!("CARGO_BIN_EXE_teal"))
+        .args(args)
+        .stdout(Stdio::piped())
+        .stderr(Stdio::inherit())
+        .spawn()
+        .expect("start teal");
+    let stdout = child.stdout.take().expect("stdout");
+    let mut line = String::new();
+    BufReader::new(stdout)
+        .read_line(&mut line)
+        .expect("read first line");
+    assert!(
+        line.starts_with("listening"),
+        "teal {args:?} did not start: first line {line:?}"
+    );
+    Proc { child, line }
+}
+
+fn field<'a>(line: &'a str, key: &str) -> &'a str {
+    line.split_whitespace()
+        .find_map(|w| w.strip_prefix(key))
+        .unwrap_or_else(|| panic!("no {key} in {line:?}"))
+}
+
+pub struct App {
+    pub proc: Proc,
+    pub addr: SocketAddr,
+}
+
+pub fn app(color: &str, version: &str) -> App {
+    app_with(color, version, &[])
+}
+
+pub fn app_with(color: &str, version: &str, extra: &[&str]) -> App {
+    let mut args = vec![
+        "sample-app",
+        "--color",
+        color,
+        "--version",
+        version,
+        "--port",
+        "0",
+    ];
+    args.extend_from_slice(extra);
+    let proc = spawn_teal(&args);
+    let addr = proc
+        .line
+        .split_whitespace()
+        .nth(1)
+        .expect("address")
+        .parse()
+        .expect("socket address");
+    App { proc, addr }
+}
+
+pub struct RouterProc {
+    pub proc: Proc,
+    pub proxy: SocketAddr,
+    pub admin: SocketAddr,
+    pub dir: PathBuf,
+}
+
+impl Drop for RouterProc {
+    fn drop(&mut self) {
+        let _ = std::fs::remove_dir_all(&self.dir);
+    }
+}
+
+pub fn temp_dir() -> PathBuf {
+    static N: AtomicU32 = AtomicU32::new(0);
+    let dir = std::env::temp_dir().join(format!(
+        "teal-router-test-{}-{}",
+        std::process::id(),
+        N.fetch_add(1, Ordering::SeqCst)
+    ));
+    std::fs::create_dir_all(&dir).expect("temp dir");
+    dir
+}
+
+/// Starts `teal router` on free loopback ports; `routes` (JSON) is optional.
+pub fn router(routes: Option<&str>, extra: &[&str]) -> RouterProc {
+    let dir = temp_dir();
+    let token = dir.join("token");
+    std::fs::write(&token, format!("{TOKEN}\n")).expect("token file");
+    let routes_path = dir.join("routes.json");
+    let mut args: Vec<String> = [
+        "router",
+        "--listen",
+        "127.0.0.1:0",
+        "--admin",
+        "127.0.0.1:0",
+        "--admin-token-file",
+    ]
+    .iter()
+    .map(|s| s.to_string())
+    .collect();
+    args.push(token.display().to_string());
+    if let Some(r) = routes {
+        std::fs::write(&routes_path, r).expect("routes file");
+        args.push("--routes".into());
+        args.push(routes_path.display().to_string());
+    }
+    args.extend(extra.iter().map(|s| s.to_string()));
+    let argv: Vec<&str> = args.iter().map(String::as_str).collect();
+    let proc = spawn_teal(&argv);
+    let proxy = field(&proc.line, "proxy=").parse().expect("proxy addr");
+    let admin = field(&proc.line, "admin=").parse().expect("admin addr");
+    RouterProc {
+        proc,
+        proxy,
+        admin,
+        dir,
+    }
+}
+
+/// A route table with both colors.
+pub fn table(active: &str, blue: SocketAddr, green: SocketAddr) -> String {
+    format!(r#"{{"active":"{active}","endpoints":{{"blue":["{blue}"],"green":["{green}"]}}}}"#)
+}
+
+/// A route table with both colors and a preview header `x-preview: 1` and
+/// cookie `preview=1` to `preview`.
+pub fn preview_table(active: &str, preview: &str, blue: SocketAddr, green: SocketAddr) -> String {
+    format!(
+        r#"{{"active":"{active}","endpoints":{{"blue":["{blue}"],"green":["{green}"]}},
+            "preview":{{"color":"{preview}","header":{{"name":"x-preview","value":"1"}},
+                        "cookie":{{"name":"preview","value":"1"}}}}}}"#
+    )
+}
+
+/// Sends one request on a fresh HTTP/1.1 connection; returns status, headers
+/// and body.
+pub async fn send(addr: SocketAddr, req: Request<Full<Bytes>>) -> Response<String> {
+    let stream = TcpStream::connect(addr).await.expect("connect");
+    let (mut sender, conn) = hyper::client::conn::http1::handshake(TokioIo::new(stream))
+        .await
+        .expect("handshake");
+    tokio::spawn(conn);
+    let resp = sender.send_request(req).await.expect("response");
+    let (parts, body) = resp.into_parts();
+    let bytes = body.collect().await.expect("body").to_bytes();
+    Response::from_parts(parts, String::from_utf8_lossy(&bytes).into_owned())
+}
+
+pub async fn get(addr: SocketAddr, path: &str) -> Response<String> {
+    send(addr, request("GET", path, None, None)).await
+}
+
+pub fn request(
+    method: &str,
+    path: &str,
+    token: Option<&str>,
+    body: Option<&str>,
+) -> Request<Full<Bytes>> {
+    let mut b = Request::builder()
+        .method(method)
+        .uri(path)
+        .header("host", "teal.test");
+    if let Some(t) = token {
+        b = b.header("authorization", format!("Bearer {t}"));
+    }
+    b.body(Full::new(Bytes::from(body.unwrap_or("").to_string())))
+        .expect("request")
+}
+
+/// `PUT /routes` with the admin token.
+pub async fn put_routes(admin: SocketAddr, table: &str) -> Response<String> {
+    send(admin, request("PUT", "/routes", Some(TOKEN), Some(table))).await
+}
+
+/// The generation from `GET /routes`.
+pub async fn generation(admin: SocketAddr) -> (u64, serde_json::Value) {
+    let resp = send(admin, request("GET", "/routes", Some(TOKEN), None)).await;
+    assert_eq!(resp.status(), StatusCode::OK, "{}", resp.body());
+    let v: serde_json::Value = serde_json::from_str(resp.body()).expect("json");
+    (
+        v["generation"].as_u64().expect("generation"),
+        v["table"].clone(),
+    )
+}
+
+/// Reads one sample from the router's Prometheus text.
+pub async fn metric(admin: SocketAddr, series: &str) -> f64 {
+    let resp = get(admin, "/metrics").await;
+    resp.body()
+        .lines()
+        .find_map(|l| l.strip_prefix(series)?.trim().parse().ok())
+        .unwrap_or_else(|| panic!("no {series} in metrics"))
+}
+
+/// Polls until `f` holds; panics (naming `what`) after a generous bound so a
+/// broken router fails the test instead of hanging it.
+pub async fn eventually<F, Fut>(what: &str, mut f: F)
+where
+    F: FnMut() -> Fut,
+    Fut: std::future::Future<Output = bool>,
+{
+    for _ in 0..500 {
+        if f().await {
+            return;
+        }
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+    panic!("timed out waiting for: {what}");
+}
