@@ -7,7 +7,11 @@ use clap::{Parser, Subcommand};
 use crate::cmd;
 
 #[derive(Parser)]
-#[command(name = "teal", version, about = "Blue/green releases with an exact, instant switch")]
+#[command(
+    name = "teal",
+    version,
+    about = "Blue/green releases with an exact, instant switch"
+)]
 struct Cli {
     #[command(subcommand)]
     command: Command,
@@ -15,6 +19,10 @@ struct Cli {
 
 #[derive(Subcommand)]
 enum Command {
+    /// Run a blue/green release under live traffic on this machine.
+    Demo(cmd::demo::Args),
+    /// Local mode: run and release an app on this machine.
+    Local(cmd::local::Args),
     /// Run teal's L7 router (data plane) with an admin API.
     Router(cmd::router::Args),
     /// Sample upstream app reporting its color (tests and `teal demo`).
@@ -24,7 +32,12 @@ enum Command {
 
 pub fn main() -> ExitCode {
     let cli = Cli::parse();
-    init_tracing();
+    // The demo prints its own progress; only errors go to the log there.
+    init_tracing(if matches!(cli.command, Command::Demo(_)) {
+        "error"
+    } else {
+        "warn"
+    });
     let runtime = match tokio::runtime::Runtime::new() {
         Ok(rt) => rt,
         Err(e) => {
@@ -34,6 +47,8 @@ pub fn main() -> ExitCode {
     };
     let result = runtime.block_on(async move {
         match cli.command {
+            Command::Demo(args) => cmd::demo::run(args).await,
+            Command::Local(args) => cmd::local::run(args).await,
             Command::Router(args) => cmd::router::run(args).await,
             Command::SampleApp(args) => cmd::sample_app::run(args).await,
         }
@@ -47,9 +62,9 @@ pub fn main() -> ExitCode {
     }
 }
 
-fn init_tracing() {
+fn init_tracing(default: &str) {
     let filter = tracing_subscriber::EnvFilter::try_from_env("TEAL_LOG")
-        .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new("warn"));
+        .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new(default));
     let _ = tracing_subscriber::fmt()
         .with_env_filter(filter)
         .with_writer(std::io::stderr)

@@ -1,0 +1,726 @@
+//! The local runtime: one task owns the release state machine, carries out
+//! its actions with the supervisor and the router, and feeds back what it
+//! observes. Everything else talks to it through an [`Engine`] handle.
+
+use std::collections::{BTreeMap, VecDeque};
+use std::path::PathBuf;
+use std::sync::Arc;
+use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
+
+use serde::{Deserialize, Serialize};
+use teal_core::Color;
+use teal_core::analysis::Run;
+use teal_core::release::{
+    Action, Command, Event, Input, Machine, Millis, Phase, Record, Release, Routing, Stage,
+};
+use teal_router::{CookieMatch, HeaderMatch, PreviewRoute, RouteTable, Router, RouterConfig};
+use tokio::sync::{broadcast, mpsc, oneshot, watch};
+use tokio::task::JoinHandle;
+
+use crate::analysis::{self, QueryVars, Report};
+use crate::config::Config;
+use crate::state::{self, SavedState};
+use crate::supervisor::{GroupRecord, ReplicaView, RevisionSpec, Supervisor};
+
+/// How many recent events `status` shows.
+const EVENT_LOG: usize = 50;
+
+/// Something the engine tells its listeners as it happens.
+#[derive(Debug, Clone)]
+pub enum Notice {
+    Event(Event),
+    /// Production traffic moved to `to`: `swap` is how long installing the
+    /// new route table took; `returned` is when it had returned.
+    Switched {
+        from: Color,
+        to: Color,
+        revision: String,
+        generation: u64,
+        swap: Duration,
+        returned: Instant,
+    },
+}
+
+/// An event with the time it happened (ms since the Unix epoch).
+#[derive(Debug, Clone, Serialize, Deserialize)]
+#[serde(rename_all = "camelCase")]
+pub struct EventRecord {
+    pub at: Millis,
+    #[serde(flatten)]
+    pub event: Event,
+}
+
+/// What `teal local status` shows.
+#[derive(Debug, Clone, Default, Serialize, Deserialize)]
+#[serde(rename_all = "camelCase")]
+pub struct Status {
+    pub phase: String,
+    pub active: Option<ColorView>,
+    pub preview: Option<ColorView>,
+    pub desired: String,
+    pub release: Option<Release>,
+    pub history: Vec<Record>,
+    pub generation: u64,
+    pub colors: BTreeMap<Color, ColorDetail>,
+    pub analysis: Option<AnalysisView>,
+    pub events: Vec<EventRecord>,
+    pub listen: String,
+    pub admin: String,
+}
+
+#[derive(Debug, Clone, Serialize, Deserialize)]
+#[serde(rename_all = "camelCase")]
+pub struct ColorView {
+    pub color: Color,
+    pub revision: String,
+}
+
+#[derive(Debug, Clone, Default, Serialize, Deserialize)]
+#[serde(rename_all = "camelCase")]
+pub struct ColorDetail {
+    pub revision: Option<String>,
+    pub ready_replicas: u32,
+    pub replicas: Vec<ReplicaView>,
+    pub requests: u64,
+    pub server_errors: u64,
+    pub in_flight: u64,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub failure: Option<String>,
+}
+
+#[derive(Debug, Clone, Serialize, Deserialize)]
+#[serde(rename_all = "camelCase")]
+pub struct AnalysisView {
+    pub stage: Stage,
+    pub revision: String,
+    pub run: Run,
+}
+
+/// Errors the engine reports to callers.
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+pub enum EngineError {
+    /// The request does not apply now (e.g. nothing waits for promotion).
+    #[error("{0}")]
+    Conflict(String),
+    /// The request itself is wrong.
+    #[error("{0}")]
+    Invalid(String),
+    #[error("the engine has stopped")]
+    Stopped,
+}
+
+enum Msg {
+    Deploy(RevisionSpec, oneshot::Sender<Result<(), EngineError>>),
+    Command(Command, oneshot::Sender<Result<(), EngineError>>),
+    Shutdown(oneshot::Sender<()>),
+}
+
+/// A handle on a running engine. Cheap to clone.
+#[derive(Clone)]
+pub struct Engine {
+    tx: mpsc::UnboundedSender<Msg>,
+    pub router: Router,
+    status: watch::Receiver<Arc<Status>>,
+    notices: broadcast::Sender<Notice>,
+}
+
+fn now_ms() -> Millis {
+    SystemTime::now()
+        .duration_since(UNIX_EPOCH)
+        .map(|d| d.as_millis() as Millis)
+        .unwrap_or(0)
+}
+
+/// Checks a revision name: what `deploy` accepts.
+pub fn validate_revision_name(name: &str) -> Result<(), EngineError> {
+    let ok = !name.is_empty()
+        && name.len() <= 63
+        && name
+            .bytes()
+            .all(|b| b.is_ascii_alphanumeric() || b == b'.' || b == b'-' || b == b'_');
+    if ok {
+        Ok(())
+    } else {
+        Err(EngineError::Invalid(format!(
+            "revision {name:?}: use 1 to 63 letters, digits, '.', '-' or '_'"
+        )))
+    }
+}
+
+impl Engine {
+    /// Starts the engine. With a state file from an earlier run, it takes
+    /// over where that run stopped: surviving replicas are adopted, the live
+    /// color keeps serving, a release in progress continues.
+    pub fn start(config: Config, router_config: RouterConfig) -> std::io::Result<Engine> {
+        std::fs::create_dir_all(config.state_dir.join("logs"))?;
+        let router = Router::unconfigured(router_config);
+        let (changed_tx, changed_rx) = mpsc::unbounded_channel();
+        let supervisor = Supervisor::new(
+            config.app.clone(),
+            config.state_dir.join("logs"),
+            changed_tx,
+        );
+        let saved = state::load(&state::path(&config.state_dir))?;
+        let mut queue = VecDeque::new();
+        let mut revisions = BTreeMap::new();
+        let machine = match saved {
+            Some(s) => {
+                let SavedState {
+                    mut machine,
+                    revisions: revs,
+                    groups,
+                } = s;
+                machine.policy = config.policy();
+                revisions = revs;
+                for g in &groups {
+                    supervisor.adopt(g);
+                }
+                // Colors the machine wants running but nothing recorded.
+                for (color, req) in machine.requested.clone() {
+                    if let Some(rev) = req.revision
+                        && req.replicas > 0
+                        && !groups.iter().any(|g| g.color == color)
+                    {
+                        queue.push_back(Action::Deploy {
+                            color,
+                            revision: rev,
+                            replicas: req.replicas,
+                        });
+                    }
+                }
+                resume_actions(&machine, &mut queue);
+                tracing::info!(phase = %machine.phase_name(), "restored state");
+                machine
+            }
+            None => {
+                let (m, actions) = Machine::new(config.policy(), config.revision.clone());
+                revisions.insert(
+                    config.revision.clone(),
+                    RevisionSpec {
+                        name: config.revision.clone(),
+                        command: None,
+                        env: BTreeMap::new(),
+                    },
+                );
+                queue.extend(actions);
+                m
+            }
+        };
+        let (status_tx, status_rx) = watch::channel(Arc::new(Status::default()));
+        let (notices, _) = broadcast::channel(1024);
+        let (tx, rx) = mpsc::unbounded_channel();
+        let (reports_tx, reports_rx) = mpsc::unbounded_channel();
+        let core = Core {
+            config,
+            machine,
+            revisions,
+            supervisor,
+            router: router.clone(),
+            status: status_tx,
+            notices: notices.clone(),
+            events: VecDeque::new(),
+            analysis: None,
+            analysis_view: None,
+            reports: reports_tx,
+            table_generation: 0,
+            retiring: Vec::new(),
+        };
+        tokio::spawn(core.run(rx, changed_rx, reports_rx, queue));
+        Ok(Engine {
+            tx,
+            router,
+            status: status_rx,
+            notices,
+        })
+    }
+
+    /// Starts a release of `spec` (or returns why not).
+    pub async fn deploy(&self, spec: RevisionSpec) -> Result<(), EngineError> {
+        let (tx, rx) = oneshot::channel();
+        self.tx
+            .send(Msg::Deploy(spec, tx))
+            .map_err(|_| EngineError::Stopped)?;
+        rx.await.map_err(|_| EngineError::Stopped)?
+    }
+
+    pub async fn command(&self, cmd: Command) -> Result<(), EngineError> {
+        let (tx, rx) = oneshot::channel();
+        self.tx
+            .send(Msg::Command(cmd, tx))
+            .map_err(|_| EngineError::Stopped)?;
+        rx.await.map_err(|_| EngineError::Stopped)?
+    }
+
+    pub fn status(&self) -> Arc<Status> {
+        self.status.borrow().clone()
+    }
+
+    /// A receiver that changes whenever the status does.
+    pub fn watch(&self) -> watch::Receiver<Arc<Status>> {
+        self.status.clone()
+    }
+
+    pub fn subscribe(&self) -> broadcast::Receiver<Notice> {
+        self.notices.subscribe()
+    }
+
+    /// Stops every replica and the engine. The state file stays, so the next
+    /// start brings the live color back.
+    pub async fn shutdown(&self) {
+        let (tx, rx) = oneshot::channel();
+        if self.tx.send(Msg::Shutdown(tx)).is_ok() {
+            let _ = rx.await;
+        }
+    }
+
+    /// Waits until the release of `revision` has ended and returns its
+    /// record, or `None` if the engine stopped first.
+    pub async fn wait_for_outcome(&self, revision: &str, since: Millis) -> Option<Record> {
+        let mut w = self.watch();
+        loop {
+            {
+                let s = w.borrow_and_update();
+                if let Some(r) = s
+                    .history
+                    .iter()
+                    .rev()
+                    .find(|r| r.revision == revision && r.ended_at >= since)
+                {
+                    return Some(r.clone());
+                }
+            }
+            if w.changed().await.is_err() {
+                return None;
+            }
+        }
+    }
+
+    /// Waits until production traffic is routed (the first color is ready).
+    pub async fn wait_routed(&self) -> Option<()> {
+        let mut w = self.watch();
+        loop {
+            if w.borrow_and_update().active.is_some() && w.borrow().generation > 0 {
+                return Some(());
+            }
+            w.changed().await.ok()?;
+        }
+    }
+}
+
+/// Actions that re-establish a restored machine's side effects.
+fn resume_actions(machine: &Machine, queue: &mut VecDeque<Action>) {
+    if let Some(routing) = machine.routing {
+        queue.push_back(Action::Route(routing));
+    }
+    let Some(r) = &machine.release else { return };
+    let stage = match r.phase {
+        Phase::Previewing if machine.policy.pre_promotion_analysis && !r.rollback => {
+            Some(Stage::PrePromotion)
+        }
+        Phase::PostPromotion if machine.policy.post_promotion_analysis && !r.held => {
+            Some(Stage::PostPromotion)
+        }
+        _ => None,
+    };
+    if let Some(stage) = stage {
+        queue.push_back(Action::StartAnalysis {
+            stage,
+            color: r.color,
+            revision: r.revision.clone(),
+        });
+    }
+}
+
+struct Core {
+    config: Config,
+    machine: Machine,
+    revisions: BTreeMap<String, RevisionSpec>,
+    supervisor: Supervisor,
+    router: Router,
+    status: watch::Sender<Arc<Status>>,
+    notices: broadcast::Sender<Notice>,
+    events: VecDeque<EventRecord>,
+    analysis: Option<JoinHandle<()>>,
+    analysis_view: Option<AnalysisView>,
+    reports: mpsc::UnboundedSender<Report>,
+    table_generation: u64,
+    retiring: Vec<JoinHandle<()>>,
+}
+
+impl Core {
+    async fn run(
+        mut self,
+        mut rx: mpsc::UnboundedReceiver<Msg>,
+        mut changed: mpsc::UnboundedReceiver<Color>,
+        mut reports: mpsc::UnboundedReceiver<Report>,
+        mut queue: VecDeque<Action>,
+    ) {
+        self.execute(&mut queue);
+        self.publish();
+        loop {
+            let deadline = self.machine.next_deadline().map(|d| {
+                let wait = d.saturating_sub(now_ms());
+                tokio::time::Instant::now() + Duration::from_millis(wait)
+            });
+            let sleep = async {
+                match deadline {
+                    Some(d) => tokio::time::sleep_until(d).await,
+                    None => std::future::pending().await,
+                }
+            };
+            tokio::select! {
+                msg = rx.recv() => match msg {
+                    None => break,
+                    Some(Msg::Shutdown(done)) => {
+                        self.stop().await;
+                        let _ = done.send(());
+                        return;
+                    }
+                    Some(Msg::Deploy(spec, reply)) => {
+                        let r = self.deploy(spec, &mut queue);
+                        let _ = reply.send(r);
+                    }
+                    Some(Msg::Command(cmd, reply)) => {
+                        let r = self.feed(Input::Command(cmd), &mut queue)
+                            .map_err(|e| EngineError::Conflict(e.to_string()));
+                        let _ = reply.send(r);
+                    }
+                },
+                Some(color) = changed.recv() => {
+                    // Coalesce bursts of health changes.
+                    let mut colors = vec![color];
+                    while let Ok(c) = changed.try_recv() {
+                        if !colors.contains(&c) { colors.push(c); }
+                    }
+                    self.sync_router(&mut queue);
+                    for c in colors {
+                        let status = self.supervisor.status(c);
+                        let _ = self.feed(Input::Observed(status), &mut queue);
+                    }
+                }
+                Some(report) = reports.recv() => {
+                    self.analysis_view = Some(AnalysisView {
+                        stage: report.stage,
+                        revision: report.revision.clone(),
+                        run: report.run,
+                    });
+                    if let Some(verdict) = report.verdict {
+                        self.analysis = None;
+                        let _ = self.feed(Input::Analysis { stage: report.stage, revision: report.revision, verdict }, &mut queue);
+                    }
+                }
+                _ = sleep => {
+                    let _ = self.feed(Input::Tick, &mut queue);
+                }
+            }
+            self.execute(&mut queue);
+            self.save();
+            self.publish();
+        }
+    }
+
+    fn feed(
+        &mut self,
+        input: Input,
+        queue: &mut VecDeque<Action>,
+    ) -> Result<(), teal_core::release::Rejected> {
+        let actions = self.machine.handle(now_ms(), input)?;
+        queue.extend(actions);
+        Ok(())
+    }
+
+    fn deploy(
+        &mut self,
+        spec: RevisionSpec,
+        queue: &mut VecDeque<Action>,
+    ) -> Result<(), EngineError> {
+        validate_revision_name(&spec.name)?;
+        if let Some(cmd) = &spec.command
+            && cmd.first().is_none_or(|c| c.trim().is_empty())
+        {
+            return Err(EngineError::Invalid(
+                "command: must name the program to run".into(),
+            ));
+        }
+        if let Some(known) = self.revisions.get(&spec.name)
+            && known != &spec
+        {
+            return Err(EngineError::Invalid(format!(
+                "revision {} already exists with a different command or environment: give the new one another name",
+                spec.name
+            )));
+        }
+        if spec.name == self.machine.active.revision && !self.machine.in_progress() {
+            return Err(EngineError::Conflict(format!(
+                "revision {} is already live",
+                spec.name
+            )));
+        }
+        self.revisions.insert(spec.name.clone(), spec.clone());
+        self.feed(Input::Revision(spec.name), queue)
+            .map_err(|e| EngineError::Conflict(e.to_string()))
+    }
+
+    /// Carries out queued actions; those that produce input (a confirmed
+    /// switch) feed it back at once.
+    fn execute(&mut self, queue: &mut VecDeque<Action>) {
+        while let Some(action) = queue.pop_front() {
+            tracing::debug!(?action, "executing");
+            match action {
+                Action::Deploy {
+                    color,
+                    revision,
+                    replicas,
+                } => {
+                    let spec = self
+                        .revisions
+                        .get(&revision)
+                        .cloned()
+                        .unwrap_or(RevisionSpec {
+                            name: revision.clone(),
+                            command: None,
+                            env: BTreeMap::new(),
+                        });
+                    if let Some(old) = self.supervisor.deploy(color, &spec, replicas) {
+                        self.retiring.push(tokio::spawn(old.stop()));
+                    }
+                    self.sync_router(queue);
+                }
+                Action::Scale { color, replicas } => {
+                    if let Some(removed) = self.supervisor.scale(color, replicas) {
+                        self.retiring.push(tokio::spawn(removed.stop()));
+                    }
+                    self.sync_router(queue);
+                }
+                Action::Route(_) => self.sync_router(queue),
+                Action::StartAnalysis {
+                    stage,
+                    color,
+                    revision,
+                } => self.start_analysis(stage, color, revision),
+                Action::StopAnalysis => {
+                    if let Some(h) = self.analysis.take() {
+                        h.abort();
+                    }
+                }
+                Action::Retire { color } => {
+                    let group = self.supervisor.retire(color);
+                    self.sync_router(queue);
+                    let router = self.router.clone();
+                    let timeout = self.config.drain_timeout.std();
+                    self.retiring.push(tokio::spawn(async move {
+                        let report = router.drain(color, timeout).await;
+                        tracing::info!(%color, ?report, "drained");
+                        if let Some(g) = group {
+                            g.stop().await;
+                        }
+                    }));
+                }
+                Action::Event(e) => {
+                    if e.kind.is_warning() {
+                        tracing::warn!(kind = ?e.kind, revision = %e.revision, "{}", e.message);
+                    } else {
+                        tracing::info!(kind = ?e.kind, revision = %e.revision, "{}", e.message);
+                    }
+                    self.events.push_back(EventRecord {
+                        at: now_ms(),
+                        event: e.clone(),
+                    });
+                    while self.events.len() > EVENT_LOG {
+                        self.events.pop_front();
+                    }
+                    let _ = self.notices.send(Notice::Event(e));
+                }
+            }
+        }
+        self.retiring.retain(|h| !h.is_finished());
+    }
+
+    fn start_analysis(&mut self, stage: Stage, color: Color, revision: String) {
+        if let Some(h) = self.analysis.take() {
+            h.abort();
+        }
+        let spec = match stage {
+            Stage::PrePromotion => self.config.analysis.pre_promotion.clone(),
+            Stage::PostPromotion => self.config.analysis.post_promotion.clone(),
+        };
+        let Some(spec) = spec else { return };
+        let vars = QueryVars {
+            name: "local".into(),
+            namespace: String::new(),
+            color,
+            revision,
+            service: self.config.listen.to_string(),
+        };
+        self.analysis_view = None;
+        self.analysis = Some(tokio::spawn(analysis::run_stage(
+            self.router.clone(),
+            spec,
+            stage,
+            vars,
+            self.reports.clone(),
+        )));
+    }
+
+    /// Installs the route table the machine's routing and the healthy
+    /// endpoints call for; confirms a switch of the live color.
+    fn sync_router(&mut self, queue: &mut VecDeque<Action>) {
+        let Some(routing) = self.machine.routing else {
+            return;
+        };
+        let table = self.table(routing);
+        let (_, current) = self.router.try_current();
+        if current.as_ref() == Some(&table) {
+            return;
+        }
+        let from = current.as_ref().map(|t| t.active);
+        let started = Instant::now();
+        match self.router.swap(table) {
+            Ok(generation) => {
+                let returned = Instant::now();
+                self.table_generation = generation;
+                if from != Some(routing.active) {
+                    let revision = self.machine.active.revision.clone();
+                    if let Some(from) = from {
+                        let _ = self.notices.send(Notice::Switched {
+                            from,
+                            to: routing.active,
+                            revision,
+                            generation,
+                            swap: returned - started,
+                            returned,
+                        });
+                    }
+                    // The router is in this process: the switch is
+                    // complete when swap returns.
+                    if let Ok(actions) = self.machine.handle(
+                        now_ms(),
+                        Input::Routed {
+                            active: routing.active,
+                        },
+                    ) {
+                        queue.extend(actions);
+                    }
+                }
+            }
+            Err(e) => {
+                // Typically: the live color has no healthy replica right now.
+                // Keep serving the previous table rather than none.
+                tracing::warn!("route table not installed: {e}");
+            }
+        }
+    }
+
+    fn table(&self, routing: Routing) -> RouteTable {
+        let mut endpoints = BTreeMap::new();
+        for c in Color::ALL {
+            let eps = self.supervisor.endpoints(c);
+            if !eps.is_empty() {
+                endpoints.insert(c, eps);
+            }
+        }
+        let preview = routing.preview.and_then(|color| {
+            endpoints.contains_key(&color).then(|| PreviewRoute {
+                color,
+                header: self.config.preview.header.as_ref().map(|h| HeaderMatch {
+                    name: h.name.clone(),
+                    value: h.value.clone(),
+                }),
+                cookie: self.config.preview.cookie.as_ref().map(|c| CookieMatch {
+                    name: c.name.clone(),
+                    value: c.value.clone(),
+                }),
+            })
+        });
+        RouteTable {
+            active: routing.active,
+            preview,
+            endpoints,
+        }
+    }
+
+    fn save(&self) {
+        let s = SavedState {
+            machine: self.machine.clone(),
+            revisions: self.revisions.clone(),
+            groups: self.supervisor.records(),
+        };
+        if let Err(e) = state::save(&state::path(&self.config.state_dir), &s) {
+            tracing::error!("cannot save state: {e}");
+        }
+    }
+
+    fn publish(&self) {
+        let m = &self.machine;
+        let mut colors = BTreeMap::new();
+        for c in Color::ALL {
+            let st = self.supervisor.status(c);
+            let stats = self.router.stats(c);
+            colors.insert(
+                c,
+                ColorDetail {
+                    revision: st.revision,
+                    ready_replicas: st.ready_replicas,
+                    replicas: self.supervisor.replicas(c),
+                    requests: stats.requests(),
+                    server_errors: stats.server_errors(),
+                    in_flight: self.router.in_flight(c),
+                    failure: st.failure,
+                },
+            );
+        }
+        let rev_of = |c: Color| {
+            m.requested
+                .get(&c)
+                .and_then(|r| r.revision.clone())
+                .unwrap_or_default()
+        };
+        let status = Status {
+            phase: m.phase_name(),
+            active: m.routing.map(|r| ColorView {
+                color: r.active,
+                revision: m.active.revision.clone(),
+            }),
+            preview: m.preview().map(|c| ColorView {
+                color: c,
+                revision: rev_of(c),
+            }),
+            desired: m.desired.clone(),
+            release: m.release.clone(),
+            history: m.history.clone(),
+            generation: self.table_generation,
+            colors,
+            analysis: self.analysis_view.clone(),
+            events: self.events.iter().cloned().collect(),
+            listen: self.config.listen.to_string(),
+            admin: self.config.admin.to_string(),
+        };
+        self.status.send_replace(Arc::new(status));
+    }
+
+    async fn stop(&mut self) {
+        if let Some(h) = self.analysis.take() {
+            h.abort();
+        }
+        self.save();
+        self.supervisor.shutdown().await;
+        for h in self.retiring.drain(..) {
+            let _ = h.await;
+        }
+        // Nothing runs any more: record that, keeping the machine, so the
+        // next start brings the live color back instead of adopting pids.
+        let s = SavedState {
+            machine: self.machine.clone(),
+            revisions: self.revisions.clone(),
+            groups: Vec::<GroupRecord>::new(),
+        };
+        if let Err(e) = state::save(&state::path(&self.config.state_dir), &s) {
+            tracing::error!("cannot save state: {e}");
+        }
+    }
+}
+
+/// Where the state file of a state directory is.
+pub fn state_file(dir: &std::path::Path) -> PathBuf {
+    state::path(dir)
+}
