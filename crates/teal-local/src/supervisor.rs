@@ -417,12 +417,20 @@ fn alive(pid: u32) -> bool {
     pid != 0 && kill(Pid::from_raw(pid as i32), None).is_ok()
 }
 
+/// Signals the replica's process group (it leads one), so helpers it
+/// started (e.g. under `sh -c`) stop with it.
+fn signal_group(pid: u32, sig: Signal) {
+    if kill(Pid::from_raw(-(pid as i32)), sig).is_err() {
+        let _ = kill(Pid::from_raw(pid as i32), sig);
+    }
+}
+
 async fn terminate(proc: &mut Proc, grace: Duration) {
     let pid = proc.pid();
     if pid == 0 {
         return;
     }
-    let _ = kill(Pid::from_raw(pid as i32), Signal::SIGTERM);
+    signal_group(pid, Signal::SIGTERM);
     match proc {
         Proc::Child(child) => {
             if tokio::time::timeout(grace, child.wait()).await.is_err() {
@@ -430,6 +438,7 @@ async fn terminate(proc: &mut Proc, grace: Duration) {
                     pid,
                     "replica ignored SIGTERM for {grace:?}; sending SIGKILL"
                 );
+                signal_group(pid, Signal::SIGKILL);
                 let _ = child.kill().await;
             }
         }
@@ -439,7 +448,7 @@ async fn terminate(proc: &mut Proc, grace: Duration) {
                 tokio::time::sleep(Duration::from_millis(50)).await;
             }
             if alive(*pid) {
-                let _ = kill(Pid::from_raw(*pid as i32), Signal::SIGKILL);
+                signal_group(*pid, Signal::SIGKILL);
             }
         }
     }
