@@ -301,3 +301,124 @@ impl Router {
         z ^ (z >> 31)
     }
 }
+
+#[cfg(test)]
+mod tests {
+    use std::collections::BTreeMap;
+    use std::net::SocketAddr;
+
+    use super::*;
+
+    fn addr(port: u16) -> SocketAddr {
+        SocketAddr::from(([127, 0, 0, 1], port))
+    }
+
+    fn two_colors(active: Color) -> RouteTable {
+        RouteTable {
+            active,
+            preview: None,
+            endpoints: BTreeMap::from([
+                (Color::Blue, vec![addr(1001), addr(1002)]),
+                (Color::Green, vec![addr(2001)]),
+            ]),
+        }
+    }
+
+    #[test]
+    fn swap_bumps_generation_and_refusal_changes_nothing() {
+        let router = Router::new(RouterConfig::default(), two_colors(Color::Blue)).unwrap();
+        assert_eq!(router.current().0, 1);
+        assert_eq!(router.swap(two_colors(Color::Green)).unwrap(), 2);
+        let mut bad = two_colors(Color::Blue);
+        bad.endpoints.remove(&Color::Blue);
+        let err = router.swap(bad).unwrap_err();
+        assert!(err.to_string().starts_with("endpoints.blue:"), "{err}");
+        assert_eq!(router.current(), (2, two_colors(Color::Green)));
+    }
+
+    #[test]
+    fn unconfigured_router_has_generation_zero() {
+        let router = Router::unconfigured(RouterConfig::default());
+        assert_eq!(router.try_current(), (0, None));
+        assert!(
+            router
+                .render_metrics()
+                .contains("teal_router_route_generation 0")
+        );
+    }
+
+    #[test]
+    fn power_of_two_choices_avoids_the_busier_endpoint() {
+        let router = Router::new(RouterConfig::default(), two_colors(Color::Blue)).unwrap();
+        let table = router.shared.table.load_full().unwrap();
+        let blue = table.pool(Color::Blue);
+        blue[0].outstanding.store(5, Ordering::Relaxed);
+        for _ in 0..100 {
+            assert_eq!(router.pick(blue).unwrap().addr, addr(1002));
+        }
+        blue[0].outstanding.store(0, Ordering::Relaxed);
+        let picked: std::collections::HashSet<_> =
+            (0..200).map(|_| router.pick(blue).unwrap().addr).collect();
+        assert_eq!(picked.len(), 2, "both idle endpoints get traffic");
+    }
+
+    #[test]
+    fn endpoint_counters_survive_a_swap() {
+        let router = Router::new(RouterConfig::default(), two_colors(Color::Blue)).unwrap();
+        let before = router.shared.table.load_full().unwrap();
+        before.pool(Color::Blue)[1]
+            .outstanding
+            .store(3, Ordering::Relaxed);
+        router.swap(two_colors(Color::Green)).unwrap();
+        let after = router.shared.table.load_full().unwrap();
+        assert!(Arc::ptr_eq(
+            &before.pool(Color::Blue)[1],
+            &after.pool(Color::Blue)[1]
+        ));
+    }
+
+    #[test]
+    fn preview_matches_header_or_cookie_exactly() {
+        let mut table = two_colors(Color::Blue);
+        table.preview = Some(PreviewRoute {
+            color: Color::Green,
+            header: Some(HeaderMatch {
+                name: "X-Preview".into(),
+                value: "yes".into(),
+            }),
+            cookie: Some(CookieMatch {
+                name: "canary".into(),
+                value: "1".into(),
+            }),
+        });
+        let router = Router::new(RouterConfig::default(), table).unwrap();
+        let compiled = router.shared.table.load_full().unwrap();
+        let route = |pairs: &[(&str, &str)]| {
+            let mut h = http::HeaderMap::new();
+            for (k, v) in pairs {
+                h.append(
+                    http::HeaderName::from_bytes(k.as_bytes()).unwrap(),
+                    v.parse().unwrap(),
+                );
+            }
+            compiled.route(&h)
+        };
+        assert_eq!(route(&[("x-preview", "yes")]), Color::Green);
+        assert_eq!(route(&[("x-preview", "Yes")]), Color::Blue);
+        assert_eq!(route(&[("cookie", "a=b; canary=1")]), Color::Green);
+        assert_eq!(
+            route(&[("cookie", "canary=10"), ("cookie", "xcanary=1")]),
+            Color::Blue
+        );
+        assert_eq!(route(&[]), Color::Blue);
+    }
+
+    #[tokio::test]
+    async fn drain_of_an_idle_color_completes_at_once() {
+        let router = Router::new(RouterConfig::default(), two_colors(Color::Blue)).unwrap();
+        let report = router.drain(Color::Green, Duration::from_secs(5)).await;
+        assert!(report.completed);
+        assert_eq!(report.remaining, 0);
+        assert_eq!(report.upgrades_closed, 0);
+    }
+}

@@ -94,6 +94,11 @@ impl Compiled {
         }
     }
 
+    /// Endpoints of `color`.
+    pub(crate) fn pool(&self, color: Color) -> &[Arc<Endpoint>] {
+        &self.pools[idx(color)]
+    }
+
     /// The color for a request with these headers.
     pub(crate) fn route(&self, headers: &HeaderMap) -> Color {
         if let Some(p) = &self.preview {
@@ -217,7 +222,7 @@ pub(crate) async fn handle(
             ));
         };
         let color = table.route(req.headers());
-        let Some(endpoint) = router.pick(&table.pools[idx(color)]).cloned() else {
+        let Some(endpoint) = router.pick(table.pool(color)).cloned() else {
             let outcome = Outcome {
                 shared,
                 color,

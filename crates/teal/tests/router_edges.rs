@@ -497,3 +497,92 @@ async fn proxied_requests_carry_forwarded_headers_and_drop_hop_by_hop() {
     assert_eq!(headers["host"][0], "teal.test");
     assert_eq!(echo["body_bytes"], 300_000);
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn sample_app_flags_health_errors_metrics_h2c_and_sigterm() {
+    // PORT from the environment; not ready for a long while; always failing.
+    let mut failing = spawn_teal_env(
+        &[
+            "sample-app",
+            "--color",
+            "green",
+            "--version",
+            "v9",
+            "--error-rate",
+            "1",
+            "--ready-after",
+            "1h",
+        ],
+        &[("PORT", "0")],
+    );
+    let addr: SocketAddr = failing
+        .line
+        .split_whitespace()
+        .nth(1)
+        .unwrap()
+        .parse()
+        .unwrap();
+    assert_eq!(
+        get(addr, "/healthz").await.status(),
+        StatusCode::SERVICE_UNAVAILABLE
+    );
+    for _ in 0..3 {
+        let resp = get(addr, "/").await;
+        assert_eq!(resp.status(), StatusCode::INTERNAL_SERVER_ERROR);
+        assert_eq!(resp.headers()["x-app-color"], "green");
+        assert_eq!(resp.headers()["x-app-version"], "v9");
+    }
+    let metrics = get(addr, "/metrics").await;
+    assert!(
+        metrics
+            .body()
+            .contains("app_requests_total{color=\"green\",version=\"v9\",code=\"500\"} 3"),
+        "{}",
+        metrics.body()
+    );
+
+    // A healthy app over h2c.
+    let healthy = app("blue", "v1");
+    assert_eq!(get(healthy.addr, "/healthz").await.status(), StatusCode::OK);
+    let stream = TcpStream::connect(healthy.addr).await.unwrap();
+    let (mut sender, conn) = hyper::client::conn::http2::handshake(
+        hyper_util::rt::TokioExecutor::new(),
+        hyper_util::rt::TokioIo::new(stream),
+    )
+    .await
+    .expect("h2c handshake");
+    tokio::spawn(conn);
+    let req = http::Request::get(format!("http://{}/", healthy.addr))
+        .body(http_body_util::Empty::<bytes::Bytes>::new())
+        .unwrap();
+    let resp = sender.send_request(req).await.expect("h2 response");
+    assert_eq!(resp.status(), StatusCode::OK);
+    assert_eq!(resp.version(), http::Version::HTTP_2);
+    let body = http_body_util::BodyExt::collect(resp.into_body())
+        .await
+        .unwrap()
+        .to_bytes();
+    assert_eq!(&body[..], br#"{"color":"blue","version":"v1"}"#);
+
+    // SIGTERM while a request is in flight: it completes, then the app exits 0.
+    let addr = healthy.addr;
+    let slow = tokio::spawn(async move { get(addr, "/sleep?ms=1000").await });
+    tokio::time::sleep(Duration::from_millis(300)).await;
+    let status = std::process::Command::new("kill")
+        .args(["-TERM", &healthy.proc.pid().to_string()])
+        .status()
+        .unwrap();
+    assert!(status.success());
+    let resp = slow.await.unwrap();
+    assert_eq!(resp.status(), StatusCode::OK, "{}", resp.body());
+    let mut healthy = healthy;
+    assert!(
+        healthy.proc.wait().success(),
+        "sample-app did not exit cleanly on SIGTERM"
+    );
+    assert!(
+        TcpStream::connect(addr).await.is_err(),
+        "still accepting after SIGTERM"
+    );
+    failing.wait_kill();
+}

@@ -35,6 +35,12 @@ impl Proc {
         self.child.id()
     }
 
+    /// Kills the process and reaps it.
+    pub fn wait_kill(&mut self) {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+    }
+
     /// Waits for the process to exit by itself.
     pub fn wait(&mut self) -> std::process::ExitStatus {
         self.child.wait().expect("wait for child")
@@ -43,8 +49,14 @@ impl Proc {
 
 /// Starts `teal ARGS` and waits for its first stdout line ("listening ...").
 pub fn spawn_teal(args: &[&str]) -> Proc {
+    spawn_teal_env(args, &[])
+}
+
+/// Like [`spawn_teal`] with extra environment variables.
+pub fn spawn_teal_env(args: &[&str], env: &[(&str, &str)]) -> Proc {
     let mut child = Command::new(env!("CARGO_BIN_EXE_teal"))
         .args(args)
+        .envs(env.iter().copied())
         .stdout(Stdio::piped())
         .stderr(Stdio::inherit())
         .spawn()
