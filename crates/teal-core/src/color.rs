@@ -7,6 +7,7 @@ use serde::{Deserialize, Serialize};
 
 /// One of the two slots a revision can run in.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord, Hash, Serialize, Deserialize)]
+#[cfg_attr(feature = "schemars", derive(schemars::JsonSchema))]
 #[serde(rename_all = "lowercase")]
 pub enum Color {
     Blue,
