@@ -10,7 +10,7 @@ use k8s_openapi::api::core::v1::{
 };
 use k8s_openapi::api::discovery::v1::EndpointSlice;
 use k8s_openapi::apimachinery::pkg::apis::meta::v1::{LabelSelector, Time};
-use kube::api::{ListParams, ObjectMeta, PostParams};
+use kube::api::{ListParams, ObjectMeta, Patch, PatchParams, PostParams};
 use kube::{Api, Client};
 use teal_testenv::{TestEnv, sim, wait_for};
 
@@ -215,13 +215,13 @@ async fn changing_a_deployment_selector_is_rejected_as_immutable() {
     let ns = env.namespace("immutable").await;
     let deployments = create(&client, &ns, &deployment("api", 1, &[])).await;
 
-    let mut changed = deployments.get("api").await.unwrap();
-    let other = labels(&[("app", "api"), ("color", "green")]);
-    let spec = &mut changed.spec;
-    spec.selector.match_labels = Some(other.clone());
-    spec.template.metadata.as_mut().unwrap().labels = Some(other);
+    // A merge patch carries no resourceVersion, so only validation can refuse it.
+    let patch = serde_json::json!({"spec": {
+        "selector": {"matchLabels": {"app": "api", "color": "green"}},
+        "template": {"metadata": {"labels": {"app": "api", "color": "green"}}},
+    }});
     let err = deployments
-        .replace("api", &PostParams::default(), &changed)
+        .patch("api", &PatchParams::default(), &Patch::Merge(&patch))
         .await
         .expect_err("the apiserver must refuse a new selector");
     match err {
