@@ -1,7 +1,7 @@
 # Pinned versions of the control-plane components built by scripts/control-plane.
 # Sourced by the scripts; the cache key of each component is "<name>-<version>".
-# Changing a version here requires regenerating the matching wrapper module
-# (scripts/control-plane regen <component>).
+# Changing a version here requires updating the matching wrapper module in scripts/cp/
+# (docs/dev-cluster.md, "Building"); scripts/control-plane build checks that they agree.
 KUBERNETES_VERSION=v1.37.2
 # The k8s.io/* staging modules of a Kubernetes release are tagged v0.<minor>.<patch>.
 KUBERNETES_STAGING_VERSION=v0.37.2
