@@ -15,6 +15,7 @@ use crate::Error;
 /// Directories whose logs are kept when a test panics.
 static LIVE_DIRS: Mutex<Vec<PathBuf>> = Mutex::new(Vec::new());
 static PANIC_HOOK: Once = Once::new();
+static LOG_TAILS: Once = Once::new();
 
 /// The control-plane script: `$TEAL_CONTROL_PLANE`, else the one in this source tree.
 pub(crate) fn script() -> Result<PathBuf, Error> {
@@ -53,14 +54,33 @@ fn keep_logs_on_panic(dir: &Path) {
         let previous = std::panic::take_hook();
         std::panic::set_hook(Box::new(move |info| {
             let dirs = LIVE_DIRS.lock().unwrap_or_else(|e| e.into_inner()).clone();
-            for dir in dirs {
+            for dir in &dirs {
                 if std::fs::write(dir.join("keep"), b"a test panicked\n").is_ok() {
                     eprintln!("teal-testenv: logs kept in {}", dir.display());
                 }
             }
+            // CI machines go away with their logs: show the ends of them once.
+            if std::env::var_os("CI").is_some() {
+                LOG_TAILS.call_once(|| dirs.iter().for_each(|d| print_log_tails(d)));
+            }
             previous(info);
         }));
     });
+}
+
+fn print_log_tails(dir: &Path) {
+    let Ok(entries) = std::fs::read_dir(dir.join("logs")) else {
+        return;
+    };
+    let mut logs: Vec<PathBuf> = entries.flatten().map(|e| e.path()).collect();
+    logs.sort();
+    for log in logs {
+        eprintln!(
+            "--- last lines of {} ---\n{}",
+            log.display(),
+            tail(&log, 15)
+        );
+    }
 }
 
 pub(crate) fn forget(dir: &Path) {
