@@ -46,8 +46,20 @@ impl TestEnv {
     }
 
     fn start() -> Result<TestEnv, Error> {
-        let dir = supervisor::state_dir("control-plane")?;
-        let supervised = supervisor::start("the control plane", "run", dir, &[], START_TIMEOUT)?;
+        // Ports are picked free just before use; in the rare case another process takes one in
+        // between, a component fails to bind and a second attempt picks new ones.
+        let mut attempt = 0;
+        let supervised = loop {
+            attempt += 1;
+            let dir = supervisor::state_dir("control-plane")?;
+            match supervisor::start("the control plane", "run", dir, &[], START_TIMEOUT) {
+                Ok(supervised) => break supervised,
+                Err(e @ Error::Start { .. }) if attempt < 2 => {
+                    tracing::warn!("starting the control plane failed, trying again: {e}");
+                }
+                Err(e) => return Err(e),
+            }
+        };
         let kubeconfig = PathBuf::from(&supervised.detail);
         let config = load_config(&kubeconfig)?;
         Ok(TestEnv {
