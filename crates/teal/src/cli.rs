@@ -23,6 +23,10 @@ enum Command {
     Demo(cmd::demo::Args),
     /// Local mode: run and release an app on this machine.
     Local(cmd::local::Args),
+    /// Run the Kubernetes controller for BlueGreen resources.
+    Controller(cmd::controller::Args),
+    /// Print the BlueGreen CustomResourceDefinition (YAML).
+    Crd(cmd::crd::Args),
     /// Run teal's L7 router (data plane) with an admin API.
     Router(cmd::router::Args),
     /// Sample upstream app reporting its color (tests and `teal demo`).
@@ -49,6 +53,8 @@ pub fn main() -> ExitCode {
         match cli.command {
             Command::Demo(args) => cmd::demo::run(args).await,
             Command::Local(args) => cmd::local::run(args).await,
+            Command::Controller(args) => cmd::controller::run(args).await,
+            Command::Crd(args) => cmd::crd::run(args).await,
             Command::Router(args) => cmd::router::run(args).await,
             Command::SampleApp(args) => cmd::sample_app::run(args).await,
         }

@@ -1,5 +1,7 @@
 //! One file per subcommand.
 
+pub mod controller;
+pub mod crd;
 pub mod demo;
 pub mod local;
 pub mod router;

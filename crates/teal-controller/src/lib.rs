@@ -1,0 +1,159 @@
+//! teal-controller: the Kubernetes controller for `BlueGreen` resources.
+//!
+//! Shape: a kube-runtime `Controller` over BlueGreens, also woken by the
+//! Deployments and Services it owns and by changes to each BlueGreen's
+//! workload; a finalizer that hands traffic back to the workload on delete;
+//! state kept in status; leader election on a Lease; metrics and health on
+//! their own port.
+
+#![forbid(unsafe_code)]
+
+pub mod leader;
+pub mod metrics;
+pub mod objects;
+pub mod reconcile;
+
+use std::net::SocketAddr;
+use std::sync::Arc;
+use std::sync::atomic::Ordering;
+use std::time::Duration;
+
+use futures_util::StreamExt;
+use k8s_openapi::api::apps::v1::Deployment;
+use k8s_openapi::api::coordination::v1::Lease;
+use k8s_openapi::api::core::v1::Service;
+use kube::runtime::events::{Recorder, Reporter};
+use kube::runtime::reflector::ObjectRef;
+use kube::runtime::{Controller, watcher};
+use kube::{Api, Client, ResourceExt};
+use teal_api::BlueGreen;
+
+pub use leader::LeaseConfig;
+pub use metrics::Metrics;
+
+/// How the controller runs.
+#[derive(Debug, Clone)]
+pub struct Options {
+    /// Where `/metrics`, `/healthz` and `/readyz` listen.
+    pub metrics_addr: SocketAddr,
+    /// Watch only this namespace (a namespaced install); all when `None`.
+    pub namespace: Option<String>,
+    /// Leader election; `None` runs without it (one replica only).
+    pub lease: Option<LeaseConfig>,
+}
+
+#[derive(Debug, thiserror::Error)]
+pub enum RunError {
+    #[error("kubernetes: {0}")]
+    Kube(#[from] kube::Error),
+    #[error("metrics listener: {0}")]
+    Io(#[from] std::io::Error),
+    #[error("lost the leader lease {0}: stopping so that only one controller acts")]
+    LostLease(String),
+}
+
+fn api<K>(client: &Client, ns: &Option<String>) -> Api<K>
+where
+    K: kube::Resource<Scope = k8s_openapi::NamespaceResourceScope>
+        + Clone
+        + serde::de::DeserializeOwned
+        + std::fmt::Debug,
+    K::DynamicType: Default,
+{
+    match ns {
+        Some(n) => Api::namespaced(client.clone(), n),
+        None => Api::all(client.clone()),
+    }
+}
+
+/// Runs until the process is stopped or leadership is lost.
+pub async fn run(client: Client, opts: Options) -> Result<(), RunError> {
+    let metrics = Metrics::default();
+    let addr = metrics.clone().serve(opts.metrics_addr).await?;
+    tracing::info!("metrics and health on http://{addr}");
+
+    let leading = async {
+        let Some(cfg) = opts.lease.clone() else {
+            return std::future::pending::<Result<(), RunError>>().await;
+        };
+        let leases: Api<Lease> = Api::namespaced(client.clone(), &cfg.namespace);
+        let every = cfg.duration / 3;
+        loop {
+            tokio::time::sleep(every).await;
+            match leader::try_acquire(&leases, &cfg).await {
+                Ok(true) => {}
+                Ok(false) => return Err(RunError::LostLease(cfg.name.clone())),
+                Err(e) => tracing::warn!("renewing the lease: {e}"),
+            }
+        }
+    };
+    if let Some(cfg) = &opts.lease {
+        let leases: Api<Lease> = Api::namespaced(client.clone(), &cfg.namespace);
+        tracing::info!(identity = %cfg.identity, "waiting to lead (lease {}/{})", cfg.namespace, cfg.name);
+        loop {
+            match leader::try_acquire(&leases, cfg).await {
+                Ok(true) => break,
+                Ok(false) => {}
+                Err(e) => tracing::warn!("acquiring the lease: {e}"),
+            }
+            tokio::time::sleep(Duration::from_secs(1)).await;
+        }
+        tracing::info!(identity = %cfg.identity, "leading");
+    }
+    metrics.ready.store(true, Ordering::SeqCst);
+
+    let reporter = Reporter {
+        controller: "teal-controller".into(),
+        instance: opts.lease.as_ref().map(|l| l.identity.clone()),
+    };
+    let ctx = Arc::new(reconcile::Context {
+        client: client.clone(),
+        recorder: Recorder::new(client.clone(), reporter),
+        metrics: metrics.clone(),
+    });
+    let bgs: Api<BlueGreen> = api(&client, &opts.namespace);
+    let deployments: Api<Deployment> = api(&client, &opts.namespace);
+    let services: Api<Service> = api(&client, &opts.namespace);
+    let controller = Controller::new(bgs, watcher::Config::default());
+    let store = controller.store();
+    let controller = controller
+        .owns(
+            deployments.clone(),
+            watcher::Config::default().labels(teal_api::bluegreen::labels::BLUEGREEN),
+        )
+        .owns(
+            services,
+            watcher::Config::default().labels(teal_api::bluegreen::labels::BLUEGREEN),
+        )
+        .watches(
+            deployments,
+            watcher::Config::default(),
+            move |d: Deployment| {
+                // A workload changed: wake the BlueGreens that release it.
+                let ns = d.namespace();
+                let name = d.name_any();
+                store
+                    .state()
+                    .into_iter()
+                    .filter(|bg| bg.namespace() == ns && bg.spec.workload_ref.name == name)
+                    .map(|bg| ObjectRef::from_obj(&*bg))
+                    .collect::<Vec<_>>()
+            },
+        )
+        .shutdown_on_signal()
+        .run(reconcile::reconcile, reconcile::error_policy, ctx)
+        .for_each(|r| async move {
+            if let Err(e) = r {
+                tracing::debug!("reconcile: {e}");
+            }
+        });
+    let result = tokio::select! {
+        _ = controller => Ok(()),
+        r = leading => r,
+    };
+    if let Some(cfg) = &opts.lease {
+        let leases: Api<Lease> = Api::namespaced(client.clone(), &cfg.namespace);
+        leader::release(&leases, cfg).await;
+    }
+    result
+}

@@ -1,0 +1,145 @@
+//! Controller metrics (Prometheus text on `/metrics`) and health endpoints.
+
+use std::convert::Infallible;
+use std::net::SocketAddr;
+use std::sync::Arc;
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::time::Duration;
+
+use bytes::Bytes;
+use http::{Response, StatusCode};
+use http_body_util::Full;
+use hyper::service::service_fn;
+use hyper_util::rt::{TokioExecutor, TokioIo};
+use prometheus_client::encoding::EncodeLabelSet;
+use prometheus_client::metrics::counter::Counter;
+use prometheus_client::metrics::family::Family;
+use prometheus_client::metrics::histogram::Histogram;
+use prometheus_client::registry::Registry;
+use teal_core::release::Event;
+use tokio::net::TcpListener;
+
+#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+struct ErrorLabels {
+    kind: String,
+}
+
+#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+struct EventLabels {
+    event: String,
+}
+
+/// The controller's metrics. Cheap to clone.
+#[derive(Clone)]
+pub struct Metrics {
+    registry: Arc<Registry>,
+    reconciles: Counter,
+    errors: Family<ErrorLabels, Counter>,
+    events: Family<EventLabels, Counter>,
+    duration: Histogram,
+    pub ready: Arc<AtomicBool>,
+}
+
+impl Default for Metrics {
+    fn default() -> Self {
+        let mut registry = Registry::with_prefix("teal_controller");
+        let reconciles = Counter::default();
+        let errors = Family::<ErrorLabels, Counter>::default();
+        let events = Family::<EventLabels, Counter>::default();
+        let duration = Histogram::new([0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0]);
+        registry.register("reconciles", "Reconciles of BlueGreens", reconciles.clone());
+        registry.register(
+            "reconcile_errors",
+            "Failed reconciles by kind",
+            errors.clone(),
+        );
+        registry.register(
+            "release_events",
+            "Release events by kind (ReleaseStarted, Switched, Succeeded, RolledBack, Failed…)",
+            events.clone(),
+        );
+        registry.register(
+            "reconcile_duration_seconds",
+            "Time one reconcile took",
+            duration.clone(),
+        );
+        Metrics {
+            registry: Arc::new(registry),
+            reconciles,
+            errors,
+            events,
+            duration,
+            ready: Arc::new(AtomicBool::new(false)),
+        }
+    }
+}
+
+impl Metrics {
+    pub fn reconciled(&self, took: Duration) {
+        self.reconciles.inc();
+        self.duration.observe(took.as_secs_f64());
+    }
+
+    pub fn failed(&self, kind: &str) {
+        self.errors
+            .get_or_create(&ErrorLabels { kind: kind.into() })
+            .inc();
+    }
+
+    pub fn event(&self, e: &Event) {
+        self.events
+            .get_or_create(&EventLabels {
+                event: format!("{:?}", e.kind),
+            })
+            .inc();
+    }
+
+    pub fn render(&self) -> String {
+        let mut out = String::new();
+        let _ = prometheus_client::encoding::text::encode(&mut out, &self.registry);
+        out
+    }
+
+    /// Serves `/metrics`, `/healthz` (alive) and `/readyz` (leading and
+    /// watching) until the process ends.
+    pub async fn serve(self, addr: SocketAddr) -> std::io::Result<SocketAddr> {
+        let listener = TcpListener::bind(addr).await?;
+        let local = listener.local_addr()?;
+        tokio::spawn(async move {
+            loop {
+                let Ok((stream, _)) = listener.accept().await else {
+                    continue;
+                };
+                let m = self.clone();
+                tokio::spawn(async move {
+                    let svc = service_fn(move |req: http::Request<hyper::body::Incoming>| {
+                        let m = m.clone();
+                        async move {
+                            let (status, body) = match req.uri().path() {
+                                "/metrics" => (StatusCode::OK, m.render()),
+                                "/healthz" => (StatusCode::OK, "ok\n".to_string()),
+                                "/readyz" if m.ready.load(Ordering::SeqCst) => {
+                                    (StatusCode::OK, "ready\n".into())
+                                }
+                                "/readyz" => {
+                                    (StatusCode::SERVICE_UNAVAILABLE, "not leading\n".into())
+                                }
+                                _ => (StatusCode::NOT_FOUND, "not found\n".into()),
+                            };
+                            Ok::<_, Infallible>(
+                                Response::builder()
+                                    .status(status)
+                                    .body(Full::new(Bytes::from(body)))
+                                    .expect("static response"),
+                            )
+                        }
+                    });
+                    let _ = hyper_util::server::conn::auto::Builder::new(TokioExecutor::new())
+                        .serve_connection(TokioIo::new(stream), svc)
+                        .await;
+                });
+            }
+        });
+        Ok(local)
+    }
+}

@@ -1,0 +1,273 @@
+//! What teal writes to the cluster: per-color Deployments and the live and
+//! preview Services, built as plain objects from the BlueGreen and the
+//! workload, and what it reads back from them.
+
+use std::collections::BTreeMap;
+
+use k8s_openapi::api::apps::v1::{Deployment, DeploymentSpec};
+use k8s_openapi::api::core::v1::{Pod, PodTemplateSpec, Service, ServicePort, ServiceSpec};
+use k8s_openapi::apimachinery::pkg::apis::meta::v1::{LabelSelector, ObjectMeta, OwnerReference};
+use k8s_openapi::apimachinery::pkg::util::intstr::IntOrString;
+use kube::Resource;
+use teal_api::BlueGreen;
+use teal_api::bluegreen::labels;
+use teal_core::Color;
+use teal_core::release::ColorStatus;
+
+/// Restarts of one container after which a pod counts as crash-looping.
+const CRASH_RESTARTS: i32 = 3;
+
+/// A stable short hash of a pod template: the revision name teal uses.
+pub fn revision_of(template: &PodTemplateSpec) -> String {
+    // FNV-1a over the canonical JSON (struct fields in declaration order,
+    // maps sorted), so equal templates give equal revisions everywhere.
+    let bytes = serde_json::to_vec(template).unwrap_or_default();
+    let mut h: u64 = 0xcbf2_9ce4_8422_2325;
+    for b in bytes {
+        h ^= u64::from(b);
+        h = h.wrapping_mul(0x0100_0000_01b3);
+    }
+    format!("{:010x}", h & 0xff_ffff_ffff)
+}
+
+pub fn color_deployment_name(bg: &str, color: Color) -> String {
+    format!("{bg}-{color}")
+}
+
+pub fn service_name(bg: &BlueGreen) -> String {
+    bg.spec
+        .service
+        .name
+        .clone()
+        .unwrap_or_else(|| bg.metadata.name.clone().unwrap_or_default())
+}
+
+pub fn preview_service_name(bg: &BlueGreen) -> String {
+    format!("{}-preview", service_name(bg))
+}
+
+pub fn owner(bg: &BlueGreen) -> OwnerReference {
+    bg.controller_owner_ref(&())
+        .expect("BlueGreen has a name and uid")
+}
+
+fn selector(bg: &str, color: Color) -> BTreeMap<String, String> {
+    BTreeMap::from([
+        (labels::BLUEGREEN.to_string(), bg.to_string()),
+        (labels::COLOR.to_string(), color.to_string()),
+    ])
+}
+
+/// The Deployment that runs `color` at `revision` from `template`.
+pub fn color_deployment(
+    bg: &BlueGreen,
+    color: Color,
+    revision: &str,
+    template: &PodTemplateSpec,
+    replicas: i32,
+) -> Deployment {
+    let name = bg.metadata.name.clone().unwrap_or_default();
+    let mut template = template.clone();
+    let meta = template.metadata.get_or_insert_with(ObjectMeta::default);
+    let tl = meta.labels.get_or_insert_with(BTreeMap::new);
+    tl.extend(selector(&name, color));
+    tl.insert(labels::REVISION.into(), revision.into());
+    let mut obj_labels = selector(&name, color);
+    obj_labels.insert(labels::REVISION.into(), revision.into());
+    Deployment {
+        metadata: ObjectMeta {
+            name: Some(color_deployment_name(&name, color)),
+            namespace: bg.metadata.namespace.clone(),
+            labels: Some(obj_labels),
+            annotations: Some(BTreeMap::from([(
+                labels::REVISION.to_string(),
+                revision.to_string(),
+            )])),
+            owner_references: Some(vec![owner(bg)]),
+            ..Default::default()
+        },
+        spec: DeploymentSpec {
+            replicas: Some(replicas),
+            selector: LabelSelector {
+                match_labels: Some(selector(&name, color)),
+                ..Default::default()
+            },
+            template,
+            ..Default::default()
+        },
+        status: None,
+    }
+}
+
+/// Service ports: the spec's, or one per named container port.
+pub fn service_ports(bg: &BlueGreen, template: Option<&PodTemplateSpec>) -> Vec<ServicePort> {
+    if let Some(p) = &bg.spec.service.ports {
+        return p.clone();
+    }
+    let mut ports = Vec::new();
+    for c in template
+        .and_then(|t| t.spec.as_ref())
+        .map(|s| s.containers.as_slice())
+        .unwrap_or(&[])
+    {
+        for p in c.ports.as_deref().unwrap_or(&[]) {
+            ports.push(ServicePort {
+                name: p.name.clone(),
+                port: p.container_port,
+                target_port: Some(match &p.name {
+                    Some(n) => IntOrString::String(n.clone()),
+                    None => IntOrString::Int(p.container_port),
+                }),
+                protocol: p.protocol.clone(),
+                ..Default::default()
+            });
+        }
+    }
+    if ports.is_empty() {
+        ports.push(ServicePort {
+            name: Some("http".into()),
+            port: 80,
+            target_port: Some(IntOrString::Int(8080)),
+            ..Default::default()
+        });
+    }
+    // Several unnamed ports are not allowed in a Service: name them.
+    if ports.len() > 1 {
+        for (i, p) in ports.iter_mut().enumerate() {
+            if p.name.is_none() {
+                p.name = Some(format!("port-{i}"));
+            }
+        }
+    }
+    ports
+}
+
+/// A Service owned by teal selecting `color`'s pods.
+pub fn service(bg: &BlueGreen, name: String, color: Color, ports: Vec<ServicePort>) -> Service {
+    let bg_name = bg.metadata.name.clone().unwrap_or_default();
+    Service {
+        metadata: ObjectMeta {
+            name: Some(name),
+            namespace: bg.metadata.namespace.clone(),
+            labels: Some(BTreeMap::from([(
+                labels::BLUEGREEN.to_string(),
+                bg_name.clone(),
+            )])),
+            owner_references: Some(vec![owner(bg)]),
+            ..Default::default()
+        },
+        spec: Some(ServiceSpec {
+            selector: Some(selector(&bg_name, color)),
+            ports: Some(ports),
+            ..Default::default()
+        }),
+        status: None,
+    }
+}
+
+/// Whether an existing Service belongs to this BlueGreen.
+pub fn owned_by(meta: &ObjectMeta, bg: &BlueGreen) -> bool {
+    let uid = bg.metadata.uid.as_deref();
+    meta.owner_references
+        .as_deref()
+        .unwrap_or(&[])
+        .iter()
+        .any(|o| Some(o.uid.as_str()) == uid)
+}
+
+/// What the release engine needs to know of a color's Deployment and pods.
+pub fn color_status(color: Color, dep: Option<&Deployment>, pods: &[Pod]) -> ColorStatus {
+    let Some(dep) = dep else {
+        return ColorStatus {
+            color,
+            revision: None,
+            ready_replicas: 0,
+            failure: None,
+        };
+    };
+    let revision = dep
+        .metadata
+        .annotations
+        .as_ref()
+        .and_then(|a| a.get(labels::REVISION))
+        .cloned();
+    let wanted = dep.spec.replicas.unwrap_or(1);
+    let st = dep.status.clone().unwrap_or_default();
+    let current = st.observed_generation.unwrap_or(0) >= dep.metadata.generation.unwrap_or(0);
+    // Only replicas of the current template count, and only once the
+    // Deployment controller has seen the current spec.
+    let ready = if current && wanted > 0 {
+        st.updated_replicas
+            .unwrap_or(0)
+            .min(st.available_replicas.unwrap_or(0))
+            .max(0) as u32
+    } else {
+        0
+    };
+    let failure = pods
+        .iter()
+        .filter(|p| {
+            p.metadata
+                .labels
+                .as_ref()
+                .and_then(|l| l.get(labels::REVISION))
+                == revision.as_ref()
+        })
+        .find_map(|p| {
+            let statuses = p.status.as_ref()?.container_statuses.as_deref()?;
+            statuses.iter().find_map(|cs| {
+                let waiting = cs
+                    .state
+                    .as_ref()
+                    .and_then(|s| s.waiting.as_ref())
+                    .and_then(|w| w.reason.clone());
+                let looping = waiting.as_deref() == Some("CrashLoopBackOff");
+                (looping || cs.restart_count >= CRASH_RESTARTS).then(|| {
+                    format!(
+                        "pod {} container {} is crash-looping ({} restarts{})",
+                        p.metadata.name.as_deref().unwrap_or("?"),
+                        cs.name,
+                        cs.restart_count,
+                        waiting.map(|w| format!(", {w}")).unwrap_or_default()
+                    )
+                })
+            })
+        });
+    ColorStatus {
+        color,
+        revision,
+        ready_replicas: ready,
+        failure,
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use k8s_openapi::api::core::v1::{Container, PodSpec};
+
+    fn template(image: &str) -> PodTemplateSpec {
+        PodTemplateSpec {
+            metadata: Some(ObjectMeta {
+                labels: Some(BTreeMap::from([("app".to_string(), "shop".to_string())])),
+                ..Default::default()
+            }),
+            spec: Some(PodSpec {
+                containers: vec![Container {
+                    name: "app".into(),
+                    image: Some(image.into()),
+                    ..Default::default()
+                }],
+                ..Default::default()
+            }),
+        }
+    }
+
+    #[test]
+    fn revision_is_stable_and_changes_with_the_template() {
+        let a = revision_of(&template("shop:1"));
+        assert_eq!(a, revision_of(&template("shop:1")));
+        assert_ne!(a, revision_of(&template("shop:2")));
+        assert_eq!(a.len(), 10);
+    }
+}

@@ -1,0 +1,788 @@
+//! The reconcile loop: observe the workload and both colors, feed the
+//! release engine, carry out what it decides, record status.
+
+use std::sync::Arc;
+use std::time::{Duration, SystemTime, UNIX_EPOCH};
+
+use k8s_openapi::api::apps::v1::Deployment;
+use k8s_openapi::api::core::v1::{Pod, PodTemplateSpec, Service};
+use k8s_openapi::apimachinery::pkg::apis::meta::v1::{Condition, Time};
+use kube::api::{ListParams, Patch, PatchParams};
+use kube::runtime::controller::Action as Requeue;
+use kube::runtime::events::{Event as KubeEvent, EventType, Recorder};
+use kube::runtime::finalizer::{Event as Finalizer, finalizer};
+use kube::{Api, Client, Resource, ResourceExt};
+use serde::{Deserialize, Serialize};
+use teal_api::bluegreen::{AnalysisStatus, MetricValue, ReleaseRecord, annotations, labels};
+use teal_api::{BlueGreen, BlueGreenStatus};
+use teal_core::Color;
+use teal_core::analysis::Run;
+use teal_core::release::{Action, Command, Input, Machine, Millis, Policy, Stage, Verdict};
+
+use crate::metrics::Metrics;
+use crate::objects::{self, color_status, revision_of};
+
+/// The field manager of teal's server-side applies.
+pub const MANAGER: &str = "teal-controller";
+/// Finalizer that restores the workload when a BlueGreen is deleted.
+pub const FINALIZER: &str = "teal.dev/cleanup";
+
+/// Shared by every reconcile.
+pub struct Context {
+    pub client: Client,
+    pub recorder: Recorder,
+    pub metrics: Metrics,
+}
+
+#[derive(Debug, thiserror::Error)]
+pub enum Error {
+    #[error("kubernetes: {0}")]
+    Kube(#[from] kube::Error),
+    #[error("finalizer: {0}")]
+    Finalizer(#[source] Box<kube::runtime::finalizer::Error<Error>>),
+    #[error("{0}")]
+    State(String),
+}
+
+impl Error {
+    pub fn metric_label(&self) -> &'static str {
+        match self {
+            Error::Kube(_) => "kube",
+            Error::Finalizer(_) => "finalizer",
+            Error::State(_) => "state",
+        }
+    }
+}
+
+/// The controller's durable state for one BlueGreen, kept in status.
+#[derive(Debug, Clone, Serialize, Deserialize)]
+#[serde(rename_all = "camelCase")]
+pub struct EngineState {
+    pub machine: Machine,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub analysis: Option<RunningAnalysis>,
+}
+
+/// An analysis stage in progress: checks run on reconciles as they fall due.
+#[derive(Debug, Clone, Serialize, Deserialize)]
+#[serde(rename_all = "camelCase")]
+pub struct RunningAnalysis {
+    pub stage: Stage,
+    pub color: Color,
+    pub revision: String,
+    pub run: Run,
+    pub next_check: Millis,
+}
+
+fn now_ms() -> Millis {
+    SystemTime::now()
+        .duration_since(UNIX_EPOCH)
+        .map(|d| d.as_millis() as Millis)
+        .unwrap_or(0)
+}
+
+pub async fn reconcile(bg: Arc<BlueGreen>, ctx: Arc<Context>) -> Result<Requeue, Error> {
+    let ns = bg.namespace().unwrap_or_default();
+    let api: Api<BlueGreen> = Api::namespaced(ctx.client.clone(), &ns);
+    let started = std::time::Instant::now();
+    let r = finalizer(&api, FINALIZER, bg, |event| async {
+        match event {
+            Finalizer::Apply(bg) => apply(bg, ctx.clone()).await,
+            Finalizer::Cleanup(bg) => cleanup(bg, ctx.clone()).await,
+        }
+    })
+    .await
+    .map_err(|e| Error::Finalizer(Box::new(e)));
+    ctx.metrics.reconciled(started.elapsed());
+    r
+}
+
+pub fn error_policy(_bg: Arc<BlueGreen>, error: &Error, ctx: Arc<Context>) -> Requeue {
+    tracing::warn!("reconcile failed: {error}");
+    ctx.metrics.failed(error.metric_label());
+    Requeue::requeue(Duration::from_secs(5))
+}
+
+struct Cluster<'a> {
+    bg: &'a BlueGreen,
+    name: String,
+    deployments: Api<Deployment>,
+    services: Api<Service>,
+    pods: Api<Pod>,
+    ctx: &'a Context,
+}
+
+fn condition(
+    type_: &str,
+    ok: bool,
+    reason: &str,
+    message: &str,
+    generation: Option<i64>,
+) -> Condition {
+    Condition {
+        type_: type_.into(),
+        status: if ok { "True" } else { "False" }.into(),
+        reason: reason.into(),
+        message: message.into(),
+        observed_generation: generation,
+        last_transition_time: Time(k8s_openapi::jiff::Timestamp::now()),
+    }
+}
+
+impl Cluster<'_> {
+    async fn event(&self, warning: bool, reason: &str, note: String) {
+        let ev = KubeEvent {
+            type_: if warning {
+                EventType::Warning
+            } else {
+                EventType::Normal
+            },
+            reason: reason.into(),
+            note: Some(note.chars().take(1000).collect()),
+            action: "Release".into(),
+            secondary: None,
+        };
+        if let Err(e) = self
+            .ctx
+            .recorder
+            .publish(&ev, &self.bg.object_ref(&()))
+            .await
+        {
+            tracing::warn!("cannot publish event: {e}");
+        }
+    }
+
+    async fn color_deployment(&self, color: Color) -> Result<Option<Deployment>, Error> {
+        Ok(self
+            .deployments
+            .get_opt(&objects::color_deployment_name(&self.name, color))
+            .await?)
+    }
+
+    async fn observe(&self, color: Color) -> Result<teal_core::release::ColorStatus, Error> {
+        let dep = self.color_deployment(color).await?;
+        let pods = if dep.is_some() {
+            let sel = format!(
+                "{}={},{}={}",
+                labels::BLUEGREEN,
+                self.name,
+                labels::COLOR,
+                color
+            );
+            self.pods
+                .list(&ListParams::default().labels(&sel))
+                .await?
+                .items
+        } else {
+            Vec::new()
+        };
+        Ok(color_status(color, dep.as_ref(), &pods))
+    }
+
+    async fn apply_deployment(&self, d: &Deployment) -> Result<(), Error> {
+        let name = d.metadata.name.clone().unwrap_or_default();
+        let mut d = d.clone();
+        d.metadata.managed_fields = None;
+        let body = serde_json::json!({
+            "apiVersion": "apps/v1",
+            "kind": "Deployment",
+            "metadata": d.metadata,
+            "spec": d.spec,
+        });
+        self.deployments
+            .patch(
+                &name,
+                &PatchParams::apply(MANAGER).force(),
+                &Patch::Apply(body),
+            )
+            .await?;
+        Ok(())
+    }
+
+    async fn scale(&self, color: Color, replicas: i32) -> Result<(), Error> {
+        let name = objects::color_deployment_name(&self.name, color);
+        let patch = serde_json::json!({"spec": {"replicas": replicas}});
+        match self
+            .deployments
+            .patch(&name, &PatchParams::default(), &Patch::Merge(patch))
+            .await
+        {
+            Ok(_) => Ok(()),
+            Err(kube::Error::Api(e)) if e.code == 404 => Ok(()),
+            Err(e) => Err(e.into()),
+        }
+    }
+
+    async fn apply_service(&self, svc: &Service) -> Result<(), Error> {
+        let name = svc.metadata.name.clone().unwrap_or_default();
+        let body = serde_json::json!({
+            "apiVersion": "v1",
+            "kind": "Service",
+            "metadata": svc.metadata,
+            "spec": svc.spec,
+        });
+        self.services
+            .patch(
+                &name,
+                &PatchParams::apply(MANAGER).force(),
+                &Patch::Apply(body),
+            )
+            .await?;
+        Ok(())
+    }
+
+    /// The pod template of `revision`: the workload's if it is current,
+    /// else the one still kept in a color's Deployment.
+    async fn template_of(
+        &self,
+        revision: &str,
+        workload: &Deployment,
+    ) -> Result<Option<PodTemplateSpec>, Error> {
+        let t = &workload.spec.template;
+        if revision_of(t) == revision {
+            return Ok(Some(t.clone()));
+        }
+        for c in Color::ALL {
+            if let Some(d) = self.color_deployment(c).await?
+                && d.metadata
+                    .annotations
+                    .as_ref()
+                    .and_then(|a| a.get(labels::REVISION))
+                    .map(String::as_str)
+                    == Some(revision)
+            {
+                let mut t = d.spec.template;
+                if let Some(l) = t.metadata.as_mut().and_then(|m| m.labels.as_mut()) {
+                    l.remove(labels::BLUEGREEN);
+                    l.remove(labels::COLOR);
+                    l.remove(labels::REVISION);
+                }
+                return Ok(Some(t));
+            }
+        }
+        Ok(None)
+    }
+}
+
+fn policy(bg: &BlueGreen, replicas: u32) -> Policy {
+    let s = &bg.spec;
+    Policy {
+        replicas,
+        preview_replicas: s.preview.replicas,
+        promotion: s.promotion.to_core(),
+        pre_promotion_analysis: s.analysis.pre_promotion.is_some(),
+        post_promotion_analysis: s.analysis.post_promotion.is_some(),
+        progress_deadline_ms: s.progress_deadline.as_millis(),
+        scale_down_delay_ms: s.scale_down_delay.as_millis(),
+    }
+}
+
+fn parse_command(value: &str) -> Option<Command> {
+    let verb = value.split('/').next().unwrap_or(value);
+    Some(match verb {
+        "promote" => Command::Promote { full: false },
+        "promote-full" => Command::Promote { full: true },
+        "abort" => Command::Abort,
+        "rollback" => Command::Rollback,
+        "retry" => Command::Retry,
+        _ => return None,
+    })
+}
+
+async fn apply(bg: Arc<BlueGreen>, ctx: Arc<Context>) -> Result<Requeue, Error> {
+    let ns = bg.namespace().unwrap_or_default();
+    let name = bg.name_any();
+    let client = ctx.client.clone();
+    let cluster = Cluster {
+        bg: &bg,
+        name: name.clone(),
+        deployments: Api::namespaced(client.clone(), &ns),
+        services: Api::namespaced(client.clone(), &ns),
+        pods: Api::namespaced(client.clone(), &ns),
+        ctx: &ctx,
+    };
+    let bgs: Api<BlueGreen> = Api::namespaced(client.clone(), &ns);
+    let generation = bg.metadata.generation;
+    let old_status = bg.status.clone().unwrap_or_default();
+    let mut status = old_status.clone();
+    status.observed_generation = generation;
+
+    // The workload.
+    let workload = cluster
+        .deployments
+        .get_opt(&bg.spec.workload_ref.name)
+        .await?;
+    let Some(workload) = workload else {
+        let msg = format!(
+            "Deployment {}/{} (spec.workloadRef) does not exist",
+            ns, bg.spec.workload_ref.name
+        );
+        set_condition(
+            &mut status,
+            condition("Ready", false, "WorkloadNotFound", &msg, generation),
+        );
+        status.message = Some(msg);
+        write_status(&bgs, &name, &old_status, status).await?;
+        return Ok(Requeue::requeue(Duration::from_secs(30)));
+    };
+    let template = workload.spec.template.clone();
+    let revision = revision_of(&template);
+    let workload_replicas = workload.spec.replicas;
+
+    // Services must be ours (or not exist yet).
+    for svc_name in [
+        objects::service_name(&bg),
+        objects::preview_service_name(&bg),
+    ] {
+        if let Some(s) = cluster.services.get_opt(&svc_name).await?
+            && !objects::owned_by(&s.metadata, &bg)
+        {
+            let msg = format!(
+                "Service {ns}/{svc_name} exists and is not managed by this BlueGreen: delete it, or set spec.service.name to another name"
+            );
+            set_condition(
+                &mut status,
+                condition("Ready", false, "ServiceConflict", &msg, generation),
+            );
+            status.message = Some(msg);
+            write_status(&bgs, &name, &old_status, status).await?;
+            return Ok(Requeue::requeue(Duration::from_secs(30)));
+        }
+    }
+
+    // The engine: restored from status, or new on first adoption.
+    let saved: Option<EngineState> = old_status
+        .engine
+        .clone()
+        .and_then(|v| serde_json::from_value(v).ok());
+    let now = now_ms();
+    let mut queue: Vec<Action> = Vec::new();
+    let mut state = match saved {
+        Some(mut s) => {
+            let replicas = bg
+                .spec
+                .replicas
+                .map(|r| r as u32)
+                .unwrap_or(s.machine.policy.replicas);
+            s.machine.policy = policy(&bg, replicas);
+            s
+        }
+        None => {
+            let replicas = bg.spec.replicas.or(workload_replicas).unwrap_or(1).max(1) as u32;
+            let (m, actions) = Machine::new(policy(&bg, replicas), revision.clone());
+            queue.extend(actions);
+            cluster
+                .event(
+                    false,
+                    "Adopted",
+                    format!(
+                        "adopting Deployment {} at revision {revision}",
+                        bg.spec.workload_ref.name
+                    ),
+                )
+                .await;
+            EngineState {
+                machine: m,
+                analysis: None,
+            }
+        }
+    };
+
+    let mut inputs: Vec<Input> = vec![Input::Revision(revision.clone())];
+    // An operator command given through the annotation.
+    if let Some(cmd_value) = bg.annotations().get(annotations::COMMAND).cloned()
+        && status.last_command.as_deref() != Some(cmd_value.as_str())
+    {
+        status.last_command = Some(cmd_value.clone());
+        match parse_command(&cmd_value) {
+            Some(cmd) => inputs.push(Input::Command(cmd)),
+            None => {
+                cluster
+                    .event(
+                        true,
+                        "InvalidCommand",
+                        format!(
+                            "{} {cmd_value:?}: use promote, promote-full, abort, rollback or retry",
+                            annotations::COMMAND
+                        ),
+                    )
+                    .await
+            }
+        }
+    }
+    for c in Color::ALL {
+        inputs.push(Input::Observed(cluster.observe(c).await?));
+    }
+    // Analysis checks that are due.
+    if let Some(a) = state.analysis.as_mut()
+        && now >= a.next_check
+    {
+        let spec = match a.stage {
+            Stage::PrePromotion => bg.spec.analysis.pre_promotion.clone(),
+            Stage::PostPromotion => bg.spec.analysis.post_promotion.clone(),
+        };
+        if let Some(spec) = spec {
+            let vars = teal_local::analysis::QueryVars {
+                name: name.clone(),
+                namespace: ns.clone(),
+                color: a.color,
+                revision: a.revision.clone(),
+                service: objects::service_name(&bg),
+            };
+            let mut ms = Vec::new();
+            for m in &spec.metrics {
+                ms.push(match (&m.builtin, &m.prometheus) {
+                    (_, Some(p)) => teal_local::analysis::measure_prometheus(m, p, &vars).await,
+                    _ => teal_core::analysis::Measurement {
+                        metric: m.name.clone(),
+                        value: None,
+                        min: m.min,
+                        max: m.max,
+                        note: Some("built-in metrics are measured by teal's router; with router type service use a prometheus metric".into()),
+                    },
+                });
+            }
+            a.next_check = now + spec.interval.as_millis();
+            if let Some(v) = a.run.record(ms) {
+                inputs.push(Input::Analysis {
+                    stage: a.stage,
+                    revision: a.revision.clone(),
+                    verdict: v,
+                });
+            }
+        }
+    }
+    inputs.push(Input::Tick);
+
+    let mut rejected = Vec::new();
+    for input in inputs {
+        let is_cmd = matches!(input, Input::Command(_));
+        match state.machine.handle(now, input) {
+            Ok(a) => queue.extend(a),
+            Err(e) if is_cmd => rejected.push(e.to_string()),
+            Err(_) => {}
+        }
+    }
+    for r in rejected {
+        cluster
+            .event(
+                true,
+                "CommandRejected",
+                format!("BlueGreen {ns}/{name}: {r}"),
+            )
+            .await;
+    }
+
+    // Carry out the actions; a switch of the live Service is confirmed as
+    // soon as the apiserver accepted it.
+    let ports = objects::service_ports(&bg, Some(&template));
+    let mut i = 0;
+    while i < queue.len() {
+        let action = queue[i].clone();
+        i += 1;
+        match action {
+            Action::Deploy {
+                color,
+                revision: rev,
+                replicas,
+            } => {
+                let Some(t) = cluster.template_of(&rev, &workload).await? else {
+                    return Err(Error::State(format!(
+                        "no pod template is known for revision {rev}"
+                    )));
+                };
+                let d = objects::color_deployment(&bg, color, &rev, &t, replicas as i32);
+                cluster.apply_deployment(&d).await?;
+            }
+            Action::Scale { color, replicas } => cluster.scale(color, replicas as i32).await?,
+            Action::Retire { color } => cluster.scale(color, 0).await?,
+            Action::Route(routing) => {
+                let live = objects::service(
+                    &bg,
+                    objects::service_name(&bg),
+                    routing.active,
+                    ports.clone(),
+                );
+                let preview = objects::service(
+                    &bg,
+                    objects::preview_service_name(&bg),
+                    routing.preview.unwrap_or(routing.active),
+                    ports.clone(),
+                );
+                cluster.apply_service(&preview).await?;
+                cluster.apply_service(&live).await?;
+                queue.extend(
+                    state
+                        .machine
+                        .handle(
+                            now_ms(),
+                            Input::Routed {
+                                active: routing.active,
+                            },
+                        )
+                        .unwrap_or_default(),
+                );
+            }
+            Action::StartAnalysis {
+                stage,
+                color,
+                revision: rev,
+            } => {
+                let spec = match stage {
+                    Stage::PrePromotion => bg.spec.analysis.pre_promotion.clone(),
+                    Stage::PostPromotion => bg.spec.analysis.post_promotion.clone(),
+                };
+                if let Some(spec) = spec {
+                    state.analysis = Some(RunningAnalysis {
+                        stage,
+                        color,
+                        revision: rev,
+                        run: Run::new(spec.limits()),
+                        next_check: now + spec.interval.as_millis(),
+                    });
+                }
+            }
+            Action::StopAnalysis => state.analysis = None,
+            Action::Event(e) => {
+                ctx.metrics.event(&e);
+                cluster
+                    .event(
+                        e.kind.is_warning(),
+                        &format!("{:?}", e.kind),
+                        e.message.clone(),
+                    )
+                    .await;
+            }
+        }
+    }
+    if let Some(a) = &state.analysis
+        && a.run.verdict.is_some()
+    {
+        state.analysis = None;
+    }
+
+    // Once a color serves, the workload itself runs nothing.
+    if state.machine.routing.is_some() && workload_replicas != Some(0) {
+        let patch = serde_json::json!({"spec": {"replicas": 0}});
+        cluster
+            .deployments
+            .patch(
+                &bg.spec.workload_ref.name,
+                &PatchParams::default(),
+                &Patch::Merge(patch),
+            )
+            .await?;
+    }
+
+    // Status.
+    let m = &state.machine;
+    status.phase = Some(m.phase_name());
+    status.active_color = m.routing.map(|r| r.active);
+    status.active_revision = m.routing.map(|_| m.active.revision.clone());
+    status.preview_color = m.preview();
+    status.preview_revision = m
+        .preview()
+        .and_then(|c| m.requested.get(&c))
+        .and_then(|r| r.revision.clone());
+    status.desired_revision = Some(revision);
+    status.message = Some(match &m.release {
+        Some(r) => r.message.clone(),
+        None if m.routing.is_none() => "waiting for the first color to be ready".into(),
+        None => "live".into(),
+    });
+    status.history = m.history.iter().map(ReleaseRecord::from).collect();
+    if let Some(a) = &state.analysis {
+        status.analysis = Some(analysis_status(a));
+    }
+    let healthy = m.phase_name() == "Healthy";
+    set_condition(
+        &mut status,
+        condition("Ready", true, "Reconciled", "", generation),
+    );
+    set_condition(
+        &mut status,
+        condition(
+            "Available",
+            m.routing.is_some() && m.phase_name() != "Degraded",
+            if m.routing.is_some() {
+                "Serving"
+            } else {
+                "NotServing"
+            },
+            "",
+            generation,
+        ),
+    );
+    let message = status.message.clone().unwrap_or_default();
+    set_condition(
+        &mut status,
+        condition(
+            "Progressing",
+            m.in_progress(),
+            if m.in_progress() {
+                "Releasing"
+            } else if healthy {
+                "Idle"
+            } else {
+                "Stopped"
+            },
+            &message,
+            generation,
+        ),
+    );
+    let next = state.machine.next_deadline();
+    let next_check = state.analysis.as_ref().map(|a| a.next_check);
+    status.engine = Some(serde_json::to_value(&state).map_err(|e| Error::State(e.to_string()))?);
+    write_status(&bgs, &name, &old_status, status).await?;
+
+    let now = now_ms();
+    let wait = [next, next_check]
+        .into_iter()
+        .flatten()
+        .map(|t| t.saturating_sub(now))
+        .min()
+        .unwrap_or(30_000)
+        .clamp(200, 30_000);
+    // While a color is starting, poll readiness quickly (watches on
+    // Deployments also trigger reconciles).
+    let wait = if state.machine.in_progress() {
+        wait.min(2_000)
+    } else {
+        wait
+    };
+    Ok(Requeue::requeue(Duration::from_millis(wait)))
+}
+
+fn analysis_status(a: &RunningAnalysis) -> AnalysisStatus {
+    AnalysisStatus {
+        stage: match a.stage {
+            Stage::PrePromotion => "prePromotion".into(),
+            Stage::PostPromotion => "postPromotion".into(),
+        },
+        revision: a.revision.clone(),
+        checks: a.run.checks,
+        failures: a.run.failures,
+        inconclusive: a.run.inconclusive,
+        metrics: a
+            .run
+            .last
+            .iter()
+            .map(|m| MetricValue {
+                name: m.metric.clone(),
+                value: m.value,
+                note: m.note.clone(),
+            })
+            .collect(),
+        verdict: a.run.verdict.as_ref().map(|v| match v {
+            Verdict::Pass => "pass".into(),
+            Verdict::Fail(r) => format!("fail: {r}"),
+            Verdict::Inconclusive(r) => format!("inconclusive: {r}"),
+        }),
+    }
+}
+
+fn set_condition(status: &mut BlueGreenStatus, mut c: Condition) {
+    if let Some(old) = status.conditions.iter_mut().find(|o| o.type_ == c.type_) {
+        if old.status == c.status {
+            c.last_transition_time = old.last_transition_time.clone();
+        }
+        *old = c;
+    } else {
+        status.conditions.push(c);
+    }
+}
+
+async fn write_status(
+    api: &Api<BlueGreen>,
+    name: &str,
+    old: &BlueGreenStatus,
+    new: BlueGreenStatus,
+) -> Result<(), Error> {
+    if *old == new {
+        return Ok(());
+    }
+    let patch = serde_json::json!({ "status": new });
+    api.patch_status(name, &PatchParams::default(), &Patch::Merge(patch))
+        .await?;
+    Ok(())
+}
+
+/// On deletion: give the workload its replicas back, wait until it is
+/// available, point the live Service at it and leave the Service behind
+/// (the color Deployments go with the BlueGreen).
+async fn cleanup(bg: Arc<BlueGreen>, ctx: Arc<Context>) -> Result<Requeue, Error> {
+    let ns = bg.namespace().unwrap_or_default();
+    let deployments: Api<Deployment> = Api::namespaced(ctx.client.clone(), &ns);
+    let services: Api<Service> = Api::namespaced(ctx.client.clone(), &ns);
+    let replicas = bg
+        .status
+        .as_ref()
+        .and_then(|s| s.engine.clone())
+        .and_then(|v| serde_json::from_value::<EngineState>(v).ok())
+        .map(|s| s.machine.policy.replicas as i32)
+        .or(bg.spec.replicas)
+        .unwrap_or(1);
+    let Some(workload) = deployments.get_opt(&bg.spec.workload_ref.name).await? else {
+        return Ok(Requeue::await_change());
+    };
+    if workload.spec.replicas != Some(replicas) {
+        let patch = serde_json::json!({"spec": {"replicas": replicas}});
+        deployments
+            .patch(
+                &bg.spec.workload_ref.name,
+                &PatchParams::default(),
+                &Patch::Merge(patch),
+            )
+            .await?;
+    }
+    let st = workload.status.unwrap_or_default();
+    let current = st.observed_generation.unwrap_or(0) >= workload.metadata.generation.unwrap_or(0);
+    if !current || st.available_replicas.unwrap_or(0) < replicas {
+        // Not yet: the finalizer stays until the workload serves again.
+        return Err(Error::State(format!(
+            "waiting for Deployment {} to have {replicas} available replicas before handing its traffic back",
+            bg.spec.workload_ref.name
+        )));
+    }
+    let selector = workload
+        .spec
+        .selector
+        .match_labels
+        .clone()
+        .unwrap_or_default();
+    let svc_name = objects::service_name(&bg);
+    if let Some(svc) = services.get_opt(&svc_name).await?
+        && objects::owned_by(&svc.metadata, &bg)
+    {
+        let patch = serde_json::json!({
+            "metadata": {"ownerReferences": null, "labels": {labels::BLUEGREEN: null}},
+            "spec": {"selector": selector},
+        });
+        // A merge patch replaces the selector map only key by key: clear
+        // teal's keys explicitly.
+        let mut sel = serde_json::Map::new();
+        for (k, v) in &selector {
+            sel.insert(k.clone(), serde_json::Value::String(v.clone()));
+        }
+        sel.insert(labels::BLUEGREEN.into(), serde_json::Value::Null);
+        sel.insert(labels::COLOR.into(), serde_json::Value::Null);
+        let mut patch = patch;
+        patch["spec"]["selector"] = serde_json::Value::Object(sel);
+        services
+            .patch(&svc_name, &PatchParams::default(), &Patch::Merge(patch))
+            .await?;
+    }
+    let recorder = &ctx.recorder;
+    let ev = KubeEvent {
+        type_: EventType::Normal,
+        reason: "Released".into(),
+        note: Some(format!(
+            "BlueGreen deleted: Deployment {} runs {replicas} replicas again and Service {svc_name} selects it",
+            bg.spec.workload_ref.name
+        )),
+        action: "Cleanup".into(),
+        secondary: None,
+    };
+    let _ = recorder.publish(&ev, &bg.object_ref(&())).await;
+    Ok(Requeue::await_change())
+}

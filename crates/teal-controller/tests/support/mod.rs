@@ -1,0 +1,254 @@
+//! Test support: the BlueGreen CRD on the real control plane, a controller
+//! per test (watching only the test's namespace), and object helpers.
+#![allow(dead_code)]
+
+use std::collections::BTreeMap;
+use std::net::SocketAddr;
+use std::time::Duration;
+
+use k8s_openapi::api::apps::v1::Deployment;
+use k8s_openapi::api::core::v1::Service;
+use k8s_openapi::apiextensions_apiserver::pkg::apis::apiextensions::v1::CustomResourceDefinition;
+use kube::api::{Patch, PatchParams, PostParams};
+use kube::{Api, Client, CustomResourceExt};
+use serde_json::json;
+use teal_api::BlueGreen;
+use teal_testenv::{TestEnv, wait_for};
+use tokio::task::JoinHandle;
+
+pub struct Case {
+    pub client: Client,
+    pub ns: String,
+    pub controller: Option<JoinHandle<()>>,
+}
+
+impl Drop for Case {
+    fn drop(&mut self) {
+        if let Some(c) = self.controller.take() {
+            c.abort();
+        }
+    }
+}
+
+pub async fn install_crd(client: &Client) {
+    let crds: Api<CustomResourceDefinition> = Api::all(client.clone());
+    let crd = BlueGreen::crd();
+    crds.patch(
+        "bluegreens.teal.dev",
+        &PatchParams::apply("teal-tests").force(),
+        &Patch::Apply(&crd),
+    )
+    .await
+    .expect("install the CRD");
+    wait_for(
+        "the BlueGreen CRD to be established",
+        Duration::from_secs(30),
+        || {
+            let crds = crds.clone();
+            async move {
+                let c = crds
+                    .get("bluegreens.teal.dev")
+                    .await
+                    .map_err(|e| e.to_string())?;
+                let ok = c
+                    .status
+                    .and_then(|s| s.conditions)
+                    .unwrap_or_default()
+                    .iter()
+                    .any(|c| c.type_ == "Established" && c.status == "True");
+                if ok {
+                    Ok(())
+                } else {
+                    Err("not established yet".to_string())
+                }
+            }
+        },
+    )
+    .await;
+}
+
+/// A fresh namespace with the CRD installed; the controller is started by
+/// [`Case::start_controller`].
+pub async fn case(prefix: &str) -> Case {
+    let env = TestEnv::shared();
+    let client = env.client();
+    install_crd(&client).await;
+    let ns = env.namespace(prefix).await;
+    Case {
+        client,
+        ns,
+        controller: None,
+    }
+}
+
+impl Case {
+    pub fn start_controller(&mut self) {
+        let client = self.client.clone();
+        let opts = teal_controller::Options {
+            metrics_addr: SocketAddr::from(([127, 0, 0, 1], 0)),
+            namespace: Some(self.ns.clone()),
+            lease: None,
+        };
+        self.controller = Some(tokio::spawn(async move {
+            if let Err(e) = teal_controller::run(client, opts).await {
+                panic!("controller stopped: {e}");
+            }
+        }));
+    }
+
+    pub fn stop_controller(&mut self) {
+        if let Some(c) = self.controller.take() {
+            c.abort();
+        }
+    }
+
+    pub fn deployments(&self) -> Api<Deployment> {
+        Api::namespaced(self.client.clone(), &self.ns)
+    }
+
+    pub fn services(&self) -> Api<Service> {
+        Api::namespaced(self.client.clone(), &self.ns)
+    }
+
+    pub fn bluegreens(&self) -> Api<BlueGreen> {
+        Api::namespaced(self.client.clone(), &self.ns)
+    }
+
+    /// The user's Deployment: `app=<name>`, image `<image>`, port `http` 8080.
+    pub async fn create_workload(
+        &self,
+        name: &str,
+        image: &str,
+        replicas: i32,
+        annotations: BTreeMap<String, String>,
+    ) {
+        let d: Deployment = serde_json::from_value(json!({
+            "apiVersion": "apps/v1",
+            "kind": "Deployment",
+            "metadata": {"name": name},
+            "spec": {
+                "replicas": replicas,
+                "selector": {"matchLabels": {"app": name}},
+                "template": {
+                    "metadata": {"labels": {"app": name}, "annotations": annotations},
+                    "spec": {"containers": [{
+                        "name": "app",
+                        "image": image,
+                        "ports": [{"name": "http", "containerPort": 8080}]
+                    }]}
+                }
+            }
+        }))
+        .unwrap();
+        self.deployments()
+            .create(&PostParams::default(), &d)
+            .await
+            .unwrap();
+    }
+
+    /// Changes the workload's image (a new revision), optionally with pod annotations.
+    pub async fn set_image(&self, name: &str, image: &str, annotations: BTreeMap<String, String>) {
+        let patch = json!({"spec": {"template": {
+            "metadata": {"annotations": annotations},
+            "spec": {"containers": [{"name": "app", "image": image}]}
+        }}});
+        self.deployments()
+            .patch(name, &PatchParams::default(), &Patch::Strategic(patch))
+            .await
+            .unwrap();
+    }
+
+    pub async fn create_bluegreen(
+        &self,
+        name: &str,
+        spec: serde_json::Value,
+    ) -> Result<BlueGreen, kube::Error> {
+        let bg: BlueGreen = serde_json::from_value(json!({
+            "apiVersion": "teal.dev/v1alpha1",
+            "kind": "BlueGreen",
+            "metadata": {"name": name},
+            "spec": spec,
+        }))
+        .unwrap();
+        self.bluegreens().create(&PostParams::default(), &bg).await
+    }
+
+    /// Sets the `teal.dev/command` annotation, as `kubectl teal` does.
+    pub async fn command(&self, name: &str, verb: &str) {
+        let id = std::time::SystemTime::now()
+            .duration_since(std::time::UNIX_EPOCH)
+            .unwrap()
+            .as_nanos();
+        let patch =
+            json!({"metadata": {"annotations": {"teal.dev/command": format!("{verb}/{id}")}}});
+        self.bluegreens()
+            .patch(name, &PatchParams::default(), &Patch::Merge(patch))
+            .await
+            .unwrap();
+    }
+
+    /// Waits until the BlueGreen's status satisfies `ok`; the error text
+    /// shows what was last seen.
+    pub async fn wait_status(
+        &self,
+        what: &str,
+        name: &str,
+        ok: impl Fn(&teal_api::BlueGreenStatus) -> bool,
+    ) -> teal_api::BlueGreenStatus {
+        let api = self.bluegreens();
+        wait_for(what, Duration::from_secs(60), || {
+            let api = api.clone();
+            let ok = &ok;
+            async move {
+                let bg = api.get(name).await.map_err(|e| e.to_string())?;
+                let st = bg.status.unwrap_or_default();
+                if ok(&st) {
+                    Ok(st)
+                } else {
+                    Err(format!(
+                        "phase {:?} active {:?}/{:?} preview {:?} message {:?} history {:?}",
+                        st.phase,
+                        st.active_color,
+                        st.active_revision,
+                        st.preview_color,
+                        st.message,
+                        st.history
+                            .iter()
+                            .map(|h| format!("{}:{}", h.revision, h.outcome))
+                            .collect::<Vec<_>>()
+                    ))
+                }
+            }
+        })
+        .await
+    }
+
+    pub async fn selector_color(&self, service: &str) -> Option<String> {
+        let s = self.services().get(service).await.ok()?;
+        s.spec?.selector?.get("teal.dev/color").cloned()
+    }
+
+    pub async fn replicas(&self, deployment: &str) -> Option<i32> {
+        self.deployments().get(deployment).await.ok()?.spec.replicas
+    }
+
+    pub async fn ready(&self, deployment: &str) -> i32 {
+        self.deployments()
+            .get(deployment)
+            .await
+            .ok()
+            .and_then(|d| d.status)
+            .and_then(|s| s.ready_replicas)
+            .unwrap_or(0)
+    }
+
+    /// Reasons of the Events about a BlueGreen, oldest first.
+    pub async fn event_reasons(&self, name: &str) -> Vec<String> {
+        let events: Api<k8s_openapi::api::events::v1::Event> =
+            Api::namespaced(self.client.clone(), &self.ns);
+        let mut list = events.list(&Default::default()).await.unwrap().items;
+        list.retain(|e| e.regarding.as_ref().and_then(|r| r.name.as_deref()) == Some(name));
+        list.sort_by_key(|e| e.event_time.as_ref().map(|t| t.0));
+        list.into_iter().filter_map(|e| e.reason).collect()
+    }
+}
