@@ -47,6 +47,7 @@ wait_port() {
     sleep 0.05
   done
   echo "port $1 did not open" >&2
+  cat "$WORK"/*.log >&2 2>/dev/null || true
   return 1
 }
 
@@ -100,7 +101,7 @@ PIDS+=($!)
 cat >"$WORK/haproxy.cfg" <<EOF
 global
   nbthread $WORKERS
-  maxconn 10000
+  maxconn 4096
 defaults
   mode http
   timeout connect 2s

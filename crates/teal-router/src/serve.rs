@@ -25,7 +25,9 @@ impl Router {
         shutdown: impl Future<Output = ()> + Send,
     ) -> std::io::Result<()> {
         let config = &self.shared.config;
-        let max = config.max_connections.clamp(1, Semaphore::MAX_PERMITS);
+        let max = config
+            .max_connections
+            .clamp(1, Semaphore::MAX_PERMITS.min(u32::MAX as usize));
         let limit = Arc::new(Semaphore::new(max));
         let (stop_tx, stop_rx) = watch::channel(false);
         let builder = Arc::new(self.conn_builder());
