@@ -735,9 +735,18 @@ async fn cleanup(bg: Arc<BlueGreen>, ctx: Arc<Context>) -> Result<Requeue, Error
             )
             .await?;
     }
-    let st = workload.status.unwrap_or_default();
+    // Judge readiness on a fresh read, after the scale-up was accepted.
+    let workload = deployments.get(&bg.spec.workload_ref.name).await?;
+    let st = workload.status.clone().unwrap_or_default();
     let current = st.observed_generation.unwrap_or(0) >= workload.metadata.generation.unwrap_or(0);
-    if !current || st.available_replicas.unwrap_or(0) < replicas {
+    let serving = [
+        st.updated_replicas,
+        st.ready_replicas,
+        st.available_replicas,
+    ]
+    .iter()
+    .all(|n| n.unwrap_or(0) >= replicas);
+    if !current || !serving {
         // Not yet: the finalizer stays until the workload serves again.
         return Err(Error::State(format!(
             "waiting for Deployment {} to have {replicas} available replicas before handing its traffic back",

@@ -581,8 +581,11 @@ impl Machine {
         Ok(out)
     }
 
+    /// A release starts when the desired revision *changes*. Hearing the
+    /// same revision again (every reconcile does) changes nothing, also after
+    /// that revision failed or was rolled back: `retry` runs it again.
     fn on_revision(&mut self, now: Millis, rev: String, out: &mut Vec<Action>) {
-        if rev == self.desired && (self.in_progress() || rev == self.active.revision) {
+        if rev == self.desired {
             return;
         }
         self.replace_release(now, rev, out);
@@ -1169,16 +1172,16 @@ impl Machine {
                     let Some(prev) = self.previous_revision.clone() else {
                         return Err(Rejected("no previous revision to roll back to".into()));
                     };
-                    self.desired = prev.clone();
+                    // `desired` keeps naming what the workload asks for, so
+                    // hearing it again does not undo the rollback.
                     self.start_release(now, prev, true, out);
                     Ok(())
                 }
             },
             Command::Retry => {
-                let retryable = matches!(
-                    phase,
-                    Some(Phase::Aborted | Phase::RolledBack | Phase::Failed)
-                );
+                // Anything that left the desired revision not live: a failed,
+                // aborted or rolled-back release, or an operator rollback.
+                let retryable = phase.is_none_or(|p| p.is_terminal());
                 if !retryable || self.desired == self.active.revision {
                     return Err(Rejected(format!(
                         "nothing to retry (phase: {})",

@@ -332,3 +332,36 @@ fn machine_state_round_trips_through_json() {
     let back: Machine = serde_json::from_str(&json).unwrap();
     assert_eq!(back, w.machine);
 }
+
+#[test]
+fn hearing_the_same_revision_again_changes_nothing() {
+    let mut w = started(policy());
+    w.send(Input::Revision("v2".into())).unwrap();
+    w.report_failure(Green, "crashed");
+    assert_eq!(w.phase(), Some(Phase::Failed));
+    // A controller feeds the workload's revision on every reconcile.
+    for _ in 0..3 {
+        w.send(Input::Revision("v2".into())).unwrap();
+        assert_eq!(
+            w.phase(),
+            Some(Phase::Failed),
+            "a failed revision is not retried by itself"
+        );
+    }
+    w.send(Input::Command(Command::Retry)).unwrap();
+    assert_eq!(w.phase(), Some(Phase::Deploying));
+    w.settle(Verdict::Pass);
+    assert_eq!(w.production_revision().as_deref(), Some("v2"));
+
+    // Rolled back after the window: the workload still names v2, and that
+    // must not undo the rollback.
+    w.send(Input::Command(Command::Rollback)).unwrap();
+    w.settle(Verdict::Pass);
+    assert_eq!(w.production_revision().as_deref(), Some("v1"));
+    w.send(Input::Revision("v2".into())).unwrap();
+    assert!(!w.machine.in_progress());
+    assert_eq!(w.production_revision().as_deref(), Some("v1"));
+    w.send(Input::Command(Command::Retry)).unwrap();
+    w.settle(Verdict::Pass);
+    assert_eq!(w.production_revision().as_deref(), Some("v2"));
+}

@@ -456,6 +456,13 @@ impl Core {
                 spec.name
             )));
         }
+        if spec.name == self.machine.desired {
+            return Err(EngineError::Conflict(format!(
+                "revision {} was released already (phase: {}): use `teal local retry` to release it again",
+                spec.name,
+                self.machine.phase_name()
+            )));
+        }
         self.revisions.insert(spec.name.clone(), spec.clone());
         self.feed(Input::Revision(spec.name), queue)
             .map_err(|e| EngineError::Conflict(e.to_string()))
