@@ -173,6 +173,22 @@ impl Case {
         self.bluegreens().create(&PostParams::default(), &bg).await
     }
 
+    /// Creates a BlueGreen from raw JSON, as `kubectl apply` would send it,
+    /// so the apiserver (not the Rust types) judges it.
+    pub async fn create_raw(&self, name: &str, spec: serde_json::Value) -> Result<(), kube::Error> {
+        let ar = kube::core::ApiResource::erase::<BlueGreen>(&());
+        let api: Api<kube::core::DynamicObject> =
+            Api::namespaced_with(self.client.clone(), &self.ns, &ar);
+        let obj: kube::core::DynamicObject = serde_json::from_value(json!({
+            "apiVersion": "teal.dev/v1alpha1",
+            "kind": "BlueGreen",
+            "metadata": {"name": name},
+            "spec": spec,
+        }))
+        .unwrap();
+        api.create(&PostParams::default(), &obj).await.map(|_| ())
+    }
+
     /// Sets the `teal.dev/command` annotation, as `kubectl teal` does.
     pub async fn command(&self, name: &str, verb: &str) {
         let id = std::time::SystemTime::now()
