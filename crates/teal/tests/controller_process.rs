@@ -1,0 +1,334 @@
+//! The `teal controller` binary against the real control plane: killed
+//! mid-release it resumes and finishes each release exactly once; two
+//! replicas share one Lease and never act at once.
+
+use std::net::TcpListener;
+use std::path::Path;
+use std::process::{Child, Command, Stdio};
+use std::time::Duration;
+
+use k8s_openapi::api::apps::v1::Deployment;
+use k8s_openapi::api::coordination::v1::Lease;
+use kube::Api;
+use kube::api::{Patch, PatchParams};
+use serde_json::json;
+use teal_api::BlueGreen;
+use teal_testenv::{TestEnv, wait_for};
+
+fn free_port() -> u16 {
+    TcpListener::bind("127.0.0.1:0")
+        .unwrap()
+        .local_addr()
+        .unwrap()
+        .port()
+}
+
+fn kubectl(env: &TestEnv, args: &[&str], stdin: Option<&str>) {
+    let mut cmd = env.kubectl();
+    cmd.args(args);
+    let out = if let Some(input) = stdin {
+        let mut child = cmd
+            .stdin(Stdio::piped())
+            .stdout(Stdio::piped())
+            .stderr(Stdio::piped())
+            .spawn()
+            .unwrap();
+        use std::io::Write;
+        child
+            .stdin
+            .take()
+            .unwrap()
+            .write_all(input.as_bytes())
+            .unwrap();
+        child.wait_with_output().unwrap()
+    } else {
+        cmd.output().unwrap()
+    };
+    assert!(
+        out.status.success(),
+        "kubectl {args:?}: {}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+}
+
+/// Installs deploy/crd.yaml (the file users apply) and a workload + BlueGreen.
+async fn setup(env: &TestEnv, prefix: &str, bg_extra: &str) -> String {
+    let crd = Path::new(env!("CARGO_MANIFEST_DIR")).join("../../deploy/crd.yaml");
+    kubectl(
+        env,
+        &[
+            "apply",
+            "--server-side",
+            "--force-conflicts",
+            "-f",
+            crd.to_str().unwrap(),
+        ],
+        None,
+    );
+    kubectl(
+        env,
+        &[
+            "wait",
+            "--for=condition=Established",
+            "crd/bluegreens.teal.dev",
+            "--timeout=30s",
+        ],
+        None,
+    );
+    let ns = env.namespace(prefix).await;
+    let manifest = format!(
+        r#"
+apiVersion: apps/v1
+kind: Deployment
+metadata: {{name: shop}}
+spec:
+  replicas: 2
+  selector: {{matchLabels: {{app: shop}}}}
+  template:
+    metadata: {{labels: {{app: shop}}}}
+    spec: {{containers: [{{name: app, image: "shop:1", ports: [{{name: http, containerPort: 8080}}]}}]}}
+---
+apiVersion: teal.dev/v1alpha1
+kind: BlueGreen
+metadata: {{name: shop}}
+spec:
+  workloadRef: {{kind: Deployment, name: shop}}
+  scaleDownDelay: 2s
+  progressDeadline: 60s
+{bg_extra}
+"#
+    );
+    kubectl(env, &["apply", "-n", &ns, "-f", "-"], Some(&manifest));
+    ns
+}
+
+struct Controller(Child);
+
+impl Controller {
+    fn start(env: &TestEnv, ns: &str, extra: &[&str]) -> Controller {
+        let log = std::fs::OpenOptions::new()
+            .create(true)
+            .append(true)
+            .open(std::env::temp_dir().join(format!("teal-controller-{ns}.log")))
+            .unwrap();
+        let child = Command::new(env!("CARGO_BIN_EXE_teal"))
+            .arg("controller")
+            .args(["--namespace", ns])
+            .args(extra)
+            .env("KUBECONFIG", env.kubeconfig_path())
+            .env("TEAL_LOG", "info")
+            .stdout(Stdio::null())
+            .stderr(log)
+            .spawn()
+            .unwrap();
+        Controller(child)
+    }
+
+    fn kill(mut self) {
+        let _ = self.0.kill();
+        let _ = self.0.wait();
+        std::mem::forget(self);
+    }
+}
+
+impl Drop for Controller {
+    fn drop(&mut self) {
+        let _ = self.0.kill();
+        let _ = self.0.wait();
+    }
+}
+
+async fn status(api: &Api<BlueGreen>) -> teal_api::BlueGreenStatus {
+    api.get("shop").await.unwrap().status.unwrap_or_default()
+}
+
+/// The revision teal computes for the workload's current pod template.
+async fn workload_revision(deps: &Api<Deployment>) -> String {
+    let d = deps.get("shop").await.unwrap();
+    teal_controller::objects::revision_of(&d.spec.template)
+}
+
+async fn wait_healthy_at(
+    api: &Api<BlueGreen>,
+    revision: Option<&str>,
+) -> teal_api::BlueGreenStatus {
+    wait_for(
+        "Healthy at the desired revision",
+        Duration::from_secs(90),
+        || async {
+            let st = status(api).await;
+            let ok = st.phase.as_deref() == Some("Healthy")
+                && st.active_revision.is_some()
+                && (revision.is_none() || st.active_revision.as_deref() == revision);
+            if ok {
+                Ok(st)
+            } else {
+                Err(format!(
+                    "{:?} {:?} {:?}",
+                    st.phase, st.active_revision, st.message
+                ))
+            }
+        },
+    )
+    .await
+}
+
+async fn set_image(deps: &Api<Deployment>, image: &str) {
+    let patch =
+        json!({"spec": {"template": {"spec": {"containers": [{"name": "app", "image": image}]}}}});
+    deps.patch("shop", &PatchParams::default(), &Patch::Strategic(patch))
+        .await
+        .unwrap();
+}
+
+#[tokio::test]
+async fn killed_mid_release_the_controller_resumes_and_finishes_exactly_once() {
+    let env = TestEnv::shared();
+    let ns = setup(env, "kill", "").await;
+    let client = env.client();
+    let bgs: Api<BlueGreen> = Api::namespaced(client.clone(), &ns);
+    let deps: Api<Deployment> = Api::namespaced(client.clone(), &ns);
+    let args = ["--no-leader-election", "--metrics-addr", "127.0.0.1:0"];
+    let mut ctl = Controller::start(env, &ns, &args);
+    wait_healthy_at(&bgs, None).await;
+
+    // Kill the controller at different points of four releases.
+    let kill_after_ms = [150u64, 600, 1200, 2500];
+    for (i, delay) in kill_after_ms.iter().enumerate() {
+        set_image(&deps, &format!("shop:{}", i + 2)).await;
+        tokio::time::sleep(Duration::from_millis(*delay)).await;
+        ctl.kill();
+        let seen = status(&bgs).await;
+        tokio::time::sleep(Duration::from_millis(300)).await;
+        ctl = Controller::start(env, &ns, &args);
+        let want = workload_revision(&deps).await;
+        let st = wait_healthy_at(&bgs, Some(&want)).await;
+        let rev = st.active_revision.clone().unwrap();
+        let records: Vec<_> = st.history.iter().filter(|h| h.revision == rev).collect();
+        assert_eq!(
+            records.len(),
+            1,
+            "killed in {:?}: {:?}",
+            seen.phase,
+            st.history
+        );
+        assert_eq!(records[0].outcome, "promoted");
+        let svc: Api<k8s_openapi::api::core::v1::Service> = Api::namespaced(client.clone(), &ns);
+        let sel = svc
+            .get("shop")
+            .await
+            .unwrap()
+            .spec
+            .unwrap()
+            .selector
+            .unwrap();
+        assert_eq!(
+            sel.get("teal.dev/color").map(String::as_str),
+            st.active_color.map(|c| c.as_str())
+        );
+    }
+    let st = status(&bgs).await;
+    assert_eq!(
+        st.history
+            .iter()
+            .filter(|h| h.outcome == "promoted")
+            .count(),
+        4,
+        "{:?}",
+        st.history
+    );
+}
+
+#[tokio::test]
+async fn two_controllers_share_one_lease() {
+    let env = TestEnv::shared();
+    let ns = setup(env, "lease", "").await;
+    let client = env.client();
+    let leases: Api<Lease> = Api::namespaced(client.clone(), &ns);
+    let bgs: Api<BlueGreen> = Api::namespaced(client.clone(), &ns);
+    let deps: Api<Deployment> = Api::namespaced(client.clone(), &ns);
+    let ports = [free_port(), free_port()];
+    let start = |id: &str, port: u16| {
+        Controller::start(
+            env,
+            &ns,
+            &[
+                "--lease-namespace",
+                &ns,
+                "--lease-seconds",
+                "3",
+                "--identity",
+                id,
+                "--metrics-addr",
+                &format!("127.0.0.1:{port}"),
+            ],
+        )
+    };
+    let a = start("a", ports[0]);
+    let b = start("b", ports[1]);
+    let holder = wait_for("a leader", Duration::from_secs(30), || async {
+        let l = leases
+            .get_opt("teal-controller")
+            .await
+            .map_err(|e| e.to_string())?;
+        l.and_then(|l| l.spec?.holder_identity)
+            .ok_or("no holder yet".to_string())
+    })
+    .await;
+    wait_healthy_at(&bgs, None).await;
+
+    let readyz = |port: u16| async move {
+        let url = format!("http://127.0.0.1:{port}/readyz");
+        teal_local::http::request("GET", &url, None, None, Duration::from_secs(5))
+            .await
+            .map(|a| a.status)
+            .unwrap_or(0)
+    };
+    let (leader_port, follower_port) = if holder == "a" {
+        (ports[0], ports[1])
+    } else {
+        (ports[1], ports[0])
+    };
+    wait_for("the leader's /readyz", Duration::from_secs(10), || async {
+        if readyz(leader_port).await == 200 {
+            Ok(())
+        } else {
+            Err("not 200")
+        }
+    })
+    .await;
+    assert_eq!(
+        readyz(follower_port).await,
+        503,
+        "the follower is not ready: it does not act"
+    );
+
+    // The leader dies; the other takes over and finishes the next release.
+    let (leader, follower) = if holder == "a" { (a, b) } else { (b, a) };
+    leader.kill();
+    let new_holder = wait_for("a new leader", Duration::from_secs(30), || async {
+        let l = leases
+            .get("teal-controller")
+            .await
+            .map_err(|e| e.to_string())?;
+        let h = l.spec.and_then(|s| s.holder_identity).unwrap_or_default();
+        if h != holder {
+            Ok(h)
+        } else {
+            Err(format!("still {h}"))
+        }
+    })
+    .await;
+    assert_ne!(new_holder, holder);
+    set_image(&deps, "shop:2").await;
+    let want = workload_revision(&deps).await;
+    let st = wait_healthy_at(&bgs, Some(&want)).await;
+    assert_eq!(
+        st.history
+            .iter()
+            .filter(|h| h.outcome == "promoted")
+            .count(),
+        1
+    );
+    drop(follower);
+}
