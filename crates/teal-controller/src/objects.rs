@@ -204,6 +204,27 @@ pub fn color_status(color: Color, dep: Option<&Deployment>, pods: &[Pod]) -> Col
     } else {
         0
     };
+    // Pods are the ground truth: a Deployment's counts can still include
+    // pods that are being deleted right after a scale-down.
+    let of_revision = |p: &&Pod| {
+        p.metadata
+            .labels
+            .as_ref()
+            .and_then(|l| l.get(labels::REVISION))
+            == revision.as_ref()
+    };
+    let pods_ready = pods
+        .iter()
+        .filter(of_revision)
+        .filter(|p| p.metadata.deletion_timestamp.is_none())
+        .filter(|p| {
+            p.status
+                .as_ref()
+                .and_then(|s| s.conditions.as_ref())
+                .is_some_and(|c| c.iter().any(|c| c.type_ == "Ready" && c.status == "True"))
+        })
+        .count() as u32;
+    let ready = ready.min(pods_ready);
     let failure = pods
         .iter()
         .filter(|p| {

@@ -502,6 +502,15 @@ impl Machine {
         }
     }
 
+    /// Ready replicas of `color` at `revision`, as last observed.
+    fn ready_replicas(&self, color: Color, revision: &str) -> u32 {
+        self.observed
+            .get(&color)
+            .filter(|o| o.revision.as_deref() == Some(revision) && o.failure.is_none())
+            .map(|o| o.ready_replicas)
+            .unwrap_or(0)
+    }
+
     /// Records what the runtime is asked to run in `color`. Observations
     /// made before a redeploy say nothing about the new one, so a change of
     /// revision forgets them.
@@ -737,10 +746,15 @@ impl Machine {
                 }
             }
             Phase::CuttingOver | Phase::PostPromotion | Phase::ScaleDownDelay => {
-                let live_ok =
-                    failure.is_none() && self.is_ready(r.color, &r.revision, self.policy.replicas);
+                // Back to the previous color when the new one is failing or
+                // has lost most of its replicas; losing one replica of many
+                // is capacity to restore, not a reason to switch back.
+                let ready = self.ready_replicas(r.color, &r.revision);
+                let live_ok = failure.is_none() && ready * 2 >= self.policy.replicas;
                 if !live_ok {
-                    let why = failure.unwrap_or_else(|| "not all replicas are ready".into());
+                    let why = failure.unwrap_or_else(|| {
+                        format!("{ready} of {} replicas ready", self.policy.replicas)
+                    });
                     out.push(Action::StopAnalysis);
                     self.revert(
                         now,

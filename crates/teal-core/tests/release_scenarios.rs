@@ -365,3 +365,32 @@ fn hearing_the_same_revision_again_changes_nothing() {
     w.settle(Verdict::Pass);
     assert_eq!(w.production_revision().as_deref(), Some("v2"));
 }
+
+#[test]
+fn losing_one_replica_after_cutover_does_not_switch_back_losing_most_does() {
+    let mut w = started(policy());
+    w.send(Input::Revision("v2".into())).unwrap();
+    w.report_ready(Green);
+    w.verdict(Verdict::Pass);
+    w.confirm_route();
+    w.report(Green, 2);
+    assert_eq!(
+        w.production,
+        Some(Green),
+        "2 of 3 ready: keep serving, restore capacity"
+    );
+    w.report(Green, 1);
+    assert_eq!(
+        w.production,
+        Some(Blue),
+        "1 of 3 ready: back to the previous color"
+    );
+    assert!(
+        w.machine
+            .history
+            .last()
+            .unwrap()
+            .reason
+            .contains("1 of 3 replicas ready")
+    );
+}
