@@ -180,23 +180,7 @@ impl Cluster<'_> {
     }
 
     async fn apply_deployment(&self, d: &Deployment) -> Result<(), Error> {
-        let name = d.metadata.name.clone().unwrap_or_default();
-        let mut d = d.clone();
-        d.metadata.managed_fields = None;
-        let body = serde_json::json!({
-            "apiVersion": "apps/v1",
-            "kind": "Deployment",
-            "metadata": d.metadata,
-            "spec": d.spec,
-        });
-        self.deployments
-            .patch(
-                &name,
-                &PatchParams::apply(MANAGER).force(),
-                &Patch::Apply(body),
-            )
-            .await?;
-        Ok(())
+        server_side_apply(&self.deployments, d).await
     }
 
     async fn scale(&self, color: Color, replicas: i32) -> Result<(), Error> {
@@ -214,21 +198,7 @@ impl Cluster<'_> {
     }
 
     async fn apply_service(&self, svc: &Service) -> Result<(), Error> {
-        let name = svc.metadata.name.clone().unwrap_or_default();
-        let body = serde_json::json!({
-            "apiVersion": "v1",
-            "kind": "Service",
-            "metadata": svc.metadata,
-            "spec": svc.spec,
-        });
-        self.services
-            .patch(
-                &name,
-                &PatchParams::apply(MANAGER).force(),
-                &Patch::Apply(body),
-            )
-            .await?;
-        Ok(())
+        server_side_apply(&self.services, svc).await
     }
 
     /// The pod template of `revision`: the workload's if it is current,
@@ -262,6 +232,32 @@ impl Cluster<'_> {
         }
         Ok(None)
     }
+}
+
+/// Server-side apply of a whole object with teal's field manager (taking
+/// over fields another manager set, as the owner of these objects).
+async fn server_side_apply<K>(api: &Api<K>, obj: &K) -> Result<(), Error>
+where
+    K: Resource<DynamicType = ()>
+        + Clone
+        + Serialize
+        + serde::de::DeserializeOwned
+        + std::fmt::Debug,
+{
+    let name = obj.meta().name.clone().unwrap_or_default();
+    let mut body = serde_json::to_value(obj).map_err(|e| Error::State(e.to_string()))?;
+    body["apiVersion"] = K::api_version(&()).into();
+    body["kind"] = K::kind(&()).into();
+    if let Some(m) = body.get_mut("metadata").and_then(|m| m.as_object_mut()) {
+        m.remove("managedFields");
+    }
+    api.patch(
+        &name,
+        &PatchParams::apply(MANAGER).force(),
+        &Patch::Apply(body),
+    )
+    .await?;
+    Ok(())
 }
 
 fn policy(bg: &BlueGreen, replicas: u32) -> Policy {

@@ -134,8 +134,23 @@ struct Sample {
     preview: bool,
 }
 
+/// The built-in sample app's command line, with extra flags.
+fn sample_app(exe: &std::path::Path, extra: &[&str]) -> Vec<String> {
+    let base = [
+        "sample-app",
+        "--color",
+        "{color}",
+        "--version",
+        "{revision}",
+        "--port",
+        "{port}",
+    ];
+    std::iter::once(exe.display().to_string())
+        .chain(base.iter().chain(extra).map(|s| s.to_string()))
+        .collect()
+}
+
 fn config(opts: &Options, state_dir: PathBuf) -> Config {
-    let exe = opts.exe.display().to_string();
     let metric = |name: &str, b: BuiltinMetric, min: Option<f64>, max: Option<f64>| MetricSpec {
         name: name.into(),
         builtin: Some(b),
@@ -146,16 +161,7 @@ fn config(opts: &Options, state_dir: PathBuf) -> Config {
     };
     Config {
         app: AppSpec {
-            command: vec![
-                exe,
-                "sample-app".into(),
-                "--color".into(),
-                "{color}".into(),
-                "--version".into(),
-                "{revision}".into(),
-                "--port".into(),
-                "{port}".into(),
-            ],
+            command: sample_app(&opts.exe, &[]),
             env: BTreeMap::new(),
             workdir: None,
             replicas: opts.replicas,
@@ -466,18 +472,7 @@ async fn drive(
         ("v2", None, Outcome::Promoted),
         (
             "v3",
-            Some(vec![
-                opts.exe.display().to_string(),
-                "sample-app".into(),
-                "--color".into(),
-                "{color}".into(),
-                "--version".into(),
-                "{revision}".into(),
-                "--port".into(),
-                "{port}".into(),
-                "--error-rate".into(),
-                "0.3".into(),
-            ]),
+            Some(sample_app(&opts.exe, &["--error-rate", "0.3"])),
             Outcome::RolledBack,
         ),
     ];
