@@ -723,7 +723,7 @@ pub fn render(r: &Report) -> String {
     }
     line(
         &mut out,
-        "\ntimeline (production requests per 100 ms by color; x = errors):".into(),
+        "\ntimeline, one row per second (B/G: production requests served by blue/green; errors: failed requests of all traffic, preview included):".into(),
     );
     let max = r
         .timeline
