@@ -37,7 +37,12 @@ pub struct Metrics {
     errors: Family<ErrorLabels, Counter>,
     events: Family<EventLabels, Counter>,
     duration: Histogram,
+    releases: Family<EventLabels, Histogram>,
     pub ready: Arc<AtomicBool>,
+}
+
+fn release_histogram() -> Histogram {
+    Histogram::new([5.0, 15.0, 30.0, 60.0, 120.0, 300.0, 600.0, 1800.0, 3600.0])
 }
 
 impl Default for Metrics {
@@ -63,12 +68,21 @@ impl Default for Metrics {
             "Time one reconcile took",
             duration.clone(),
         );
+        let releases = Family::<EventLabels, Histogram>::new_with_constructor(
+            release_histogram as fn() -> Histogram,
+        );
+        registry.register(
+            "release_duration_seconds",
+            "Duration of finished releases by how they ended (Succeeded, RolledBack, Aborted, Failed, Superseded)",
+            releases.clone(),
+        );
         Metrics {
             registry: Arc::new(registry),
             reconciles,
             errors,
             events,
             duration,
+            releases,
             ready: Arc::new(AtomicBool::new(false)),
         }
     }
@@ -92,6 +106,13 @@ impl Metrics {
                 event: format!("{:?}", e.kind),
             })
             .inc();
+    }
+
+    /// A release ended with event `kind` after `seconds`.
+    pub fn release_ended(&self, kind: &str, seconds: f64) {
+        self.releases
+            .get_or_create(&EventLabels { event: kind.into() })
+            .observe(seconds);
     }
 
     pub fn render(&self) -> String {

@@ -17,7 +17,9 @@ use teal_api::bluegreen::{AnalysisStatus, MetricValue, ReleaseRecord, annotation
 use teal_api::{BlueGreen, BlueGreenStatus};
 use teal_core::Color;
 use teal_core::analysis::Run;
-use teal_core::release::{Action, Command, Input, Machine, Millis, Policy, Stage, Verdict};
+use teal_core::release::{
+    Action, Command, EventKind, Input, Machine, Millis, Policy, Stage, Verdict,
+};
 
 use crate::metrics::Metrics;
 use crate::objects::{self, color_status, revision_of};
@@ -541,6 +543,23 @@ async fn apply(bg: Arc<BlueGreen>, ctx: Arc<Context>) -> Result<Requeue, Error> 
             Action::StopAnalysis => state.analysis = None,
             Action::Event(e) => {
                 ctx.metrics.event(&e);
+                if let Some(r) = state
+                    .machine
+                    .release
+                    .as_ref()
+                    .filter(|r| r.phase.is_terminal() && r.revision == e.revision)
+                    && matches!(
+                        e.kind,
+                        EventKind::Succeeded
+                            | EventKind::RolledBack
+                            | EventKind::Aborted
+                            | EventKind::Failed
+                            | EventKind::Superseded
+                    )
+                {
+                    let secs = now_ms().saturating_sub(r.started_at) as f64 / 1000.0;
+                    ctx.metrics.release_ended(&format!("{:?}", e.kind), secs);
+                }
                 cluster
                     .event(
                         e.kind.is_warning(),

@@ -41,6 +41,16 @@ async fn adoption_then_auto_promotion_switches_the_service() {
     );
 
     c.set_image("shop", "shop:2", BTreeMap::new()).await;
+    c.wait_status("scale-down delay", "shop", |s| {
+        s.phase.as_deref() == Some("ScaleDownDelay")
+    })
+    .await;
+    assert_eq!(c.selector_color("shop").await.as_deref(), Some("green"));
+    assert_eq!(
+        c.replicas("shop-blue").await,
+        Some(3),
+        "blue stays up during the scale-down delay"
+    );
     let st = c
         .wait_status("v2 promoted", "shop", |s| {
             s.history.iter().any(|h| h.outcome == "promoted")

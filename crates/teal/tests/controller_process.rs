@@ -302,6 +302,22 @@ async fn two_controllers_share_one_lease() {
         503,
         "the follower is not ready: it does not act"
     );
+    let metrics = teal_local::http::get(
+        &format!("http://127.0.0.1:{leader_port}/metrics"),
+        None,
+        Duration::from_secs(5),
+    )
+    .await
+    .unwrap();
+    let metrics = String::from_utf8_lossy(&metrics);
+    assert!(
+        metrics.contains("teal_controller_reconciles_total"),
+        "{metrics}"
+    );
+    assert!(
+        metrics.contains("teal_controller_reconcile_duration_seconds_bucket"),
+        "{metrics}"
+    );
 
     // The leader dies; the other takes over and finishes the next release.
     let (leader, follower) = if holder == "a" { (a, b) } else { (b, a) };
