@@ -1,0 +1,89 @@
+//! Prometheus analysis in local mode, against a real Prometheus (Debian's
+//! package) scraping the router's per-color metrics: a healthy release
+//! passes, a failing one rolls back with the metric's name and value.
+
+mod local_support;
+
+use std::sync::Arc;
+use std::sync::atomic::{AtomicBool, Ordering};
+
+use local_support::*;
+
+#[tokio::test(flavor = "multi_thread")]
+async fn prometheus_metric_gates_the_release() {
+    let admin = free_port();
+    let scrape = format!(
+        "global: {{scrape_interval: 1s, evaluation_interval: 1s}}\nscrape_configs:\n  - job_name: teal\n    static_configs: [{{targets: ['127.0.0.1:{admin}']}}]\n"
+    );
+    let prom = teal_testenv::prometheus::start(&scrape)
+        .await
+        .expect("prometheus starts");
+    let query = r#"100 * sum(increase(teal_router_requests_total{color="{{color}}",class="5xx"}[10s])) / sum(increase(teal_router_requests_total{color="{{color}}"}[10s]))"#;
+    let extra = format!(
+        "admin: 127.0.0.1:{admin}\nanalysis:\n  prePromotion:\n    interval: 3s\n    checks: 2\n    inconclusiveLimit: 3\n    metrics:\n      - name: error-rate\n        prometheus: {{address: \"{}\", query: '{query}'}}\n        max: 5\n",
+        prom.url()
+    );
+    let setup = tokio::task::spawn_blocking(move || healthy_daemon("prom", &extra))
+        .await
+        .unwrap();
+    let (config, port) = (setup.config.clone(), setup.port);
+    // Analysis can only judge what Prometheus has scraped: wait for the
+    // router's series to be there.
+    let mut scraped = false;
+    for _ in 0..120 {
+        let s = prom
+            .query("sum(teal_router_requests_total)")
+            .await
+            .unwrap_or_default();
+        if !s.is_empty() {
+            scraped = true;
+            break;
+        }
+        tokio::time::sleep(std::time::Duration::from_millis(500)).await;
+    }
+    assert!(
+        scraped,
+        "prometheus never scraped the router's admin /metrics"
+    );
+
+    let stop = Arc::new(AtomicBool::new(false));
+    let preview = std::thread::spawn({
+        let stop = stop.clone();
+        move || {
+            while !stop.load(Ordering::Relaxed) {
+                let _ = get(port, &[("x-teal-preview", "1")]);
+                std::thread::sleep(std::time::Duration::from_millis(5));
+            }
+        }
+    });
+    let run = |args: Vec<String>| {
+        let config = config.clone();
+        tokio::task::spawn_blocking(move || {
+            let a: Vec<&str> = args.iter().map(String::as_str).collect();
+            cli(&config, &a)
+        })
+    };
+    let o = run(vec!["deploy".into(), "--revision".into(), "v2".into()])
+        .await
+        .unwrap();
+    assert!(o.status.success(), "{}\n{}", text(&o), setup.daemon.log());
+
+    let mut args: Vec<String> = ["deploy", "--revision", "v3", "--"]
+        .iter()
+        .map(|s| s.to_string())
+        .collect();
+    args.extend(sample_app_argv(&["--error-rate", "0.5"]));
+    let o = run(args).await.unwrap();
+    stop.store(true, Ordering::Relaxed);
+    preview.join().unwrap();
+    assert_eq!(o.status.code(), Some(1), "{}", text(&o));
+    let out = String::from_utf8_lossy(&o.stdout);
+    assert!(out.contains("v3: RolledBack"), "{}", text(&o));
+    assert!(
+        out.contains("error-rate = "),
+        "the metric and its value are named: {}",
+        text(&o)
+    );
+    assert!(out.contains("above the maximum 5"), "{}", text(&o));
+    assert_eq!(live_version(port).as_deref(), Some("v2"));
+}
