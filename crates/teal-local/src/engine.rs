@@ -224,6 +224,7 @@ impl Engine {
             reports: reports_tx,
             table_generation: 0,
             retiring: Vec::new(),
+            restarts: BTreeMap::new(),
         };
         tokio::spawn(core.run(rx, changed_rx, reports_rx, queue));
         Ok(Engine {
@@ -345,6 +346,8 @@ struct Core {
     reports: mpsc::UnboundedSender<Report>,
     table_generation: u64,
     retiring: Vec<JoinHandle<()>>,
+    /// Restarts seen per color and replica, to report new exits once.
+    restarts: BTreeMap<(Color, u32), u32>,
 }
 
 impl Core {
@@ -394,6 +397,7 @@ impl Core {
                     }
                     self.sync_router(&mut queue);
                     for c in colors {
+                        self.report_exits(c, &mut queue);
                         let status = self.supervisor.status(c);
                         let _ = self.feed(Input::Observed(status), &mut queue);
                     }
@@ -416,6 +420,30 @@ impl Core {
             self.execute(&mut queue);
             self.save();
             self.publish();
+        }
+    }
+
+    /// An event for every replica that exited since last looked: a crash
+    /// of the live color is reported, not only restarted.
+    fn report_exits(&mut self, color: Color, queue: &mut VecDeque<Action>) {
+        let live = self.machine.routing.map(|r| r.active) == Some(color);
+        let revision = self.supervisor.status(color).revision.unwrap_or_default();
+        for r in self.supervisor.replicas(color) {
+            let seen = self
+                .restarts
+                .insert((color, r.index), r.restarts)
+                .unwrap_or(0);
+            if r.restarts > seen {
+                let role = if live { "live" } else { "idle" };
+                queue.push_back(Action::Event(Event {
+                    kind: teal_core::release::EventKind::Degraded,
+                    revision: revision.clone(),
+                    message: format!(
+                        "replica {} of the {role} color {color} ({revision}) exited and was restarted ({} restarts)",
+                        r.index, r.restarts
+                    ),
+                }));
+            }
         }
     }
 

@@ -353,3 +353,46 @@ fn port_in_use_is_refused_before_any_process_starts() {
     let started = std::fs::read_dir(&logs).map(|d| d.count()).unwrap_or(0);
     assert_eq!(started, 0, "no app process was started");
 }
+
+#[test]
+fn a_live_replica_that_crashes_is_restarted_and_reported() {
+    let Setup {
+        daemon: d,
+        config: _config,
+        port,
+        dir: _dir,
+    } = healthy_daemon("livecrash", "");
+    let s = d.status();
+    let victim = pids(&s, "blue")[0];
+    nix::sys::signal::kill(
+        nix::unistd::Pid::from_raw(victim as i32),
+        nix::sys::signal::Signal::SIGKILL,
+    )
+    .unwrap();
+    let s = wait_until(Duration::from_secs(20), "the crash reported", || {
+        let s = d.status();
+        let reported = s["events"].as_array().is_some_and(|e| {
+            e.iter().any(|e| {
+                e["message"]
+                    .as_str()
+                    .is_some_and(|m| m.contains("of the live color blue (v1) exited"))
+            })
+        });
+        reported.then_some(s)
+    });
+    assert_eq!(
+        s["events"].as_array().unwrap().last().unwrap()["kind"],
+        "Degraded"
+    );
+    wait_until(Duration::from_secs(20), "the replica restarted", || {
+        let p = pids(&d.status(), "blue");
+        (p.len() == 2 && !p.contains(&victim) && p.iter().all(|p| alive(*p))).then_some(())
+    });
+    for _ in 0..20 {
+        assert_eq!(
+            live_version(port).as_deref(),
+            Some("v1"),
+            "the other replica kept serving"
+        );
+    }
+}
