@@ -4,15 +4,18 @@
 
 use std::pin::Pin;
 use std::sync::Arc;
-use std::sync::atomic::{AtomicU64, AtomicUsize, Ordering};
+use std::sync::Mutex;
+use std::sync::atomic::{AtomicBool, AtomicU64, AtomicUsize, Ordering};
 use std::task::{Context, Poll};
 
 use bytes::Bytes;
 use http_body::{Body, Frame, SizeHint};
 use hyper::body::Incoming;
+use tokio::io::{AsyncRead, AsyncWrite, ReadBuf};
 
 use crate::Shared;
 use crate::proxy::Endpoint;
+use crate::upstream::Pooled;
 
 /// Counts one request (or upgraded connection) to a color and endpoint.
 pub(crate) struct InFlightGuard {
@@ -45,12 +48,17 @@ impl Drop for InFlightGuard {
     }
 }
 
-/// Activity of one client connection, for the idle timeout.
+/// Activity of one client connection, for the idle timeout, and the
+/// requests whose response has been produced but not yet written out.
 pub(crate) struct ConnActivity {
     pub(crate) active: AtomicUsize,
     /// Milliseconds since router start when `active` last dropped to zero.
     pub(crate) idle_since_ms: AtomicU64,
     shared: Arc<Shared>,
+    /// In-flight counts of responses whose last byte is in the connection's
+    /// write buffer: released once the connection has flushed it.
+    unflushed: Mutex<Vec<InFlightGuard>>,
+    has_unflushed: AtomicBool,
 }
 
 impl ConnActivity {
@@ -60,7 +68,27 @@ impl ConnActivity {
             active: AtomicUsize::new(0),
             idle_since_ms: AtomicU64::new(now),
             shared,
+            unflushed: Mutex::new(Vec::new()),
+            has_unflushed: AtomicBool::new(false),
         })
+    }
+
+    /// Keeps `flight` counted until the connection next flushes.
+    fn hold_until_flushed(&self, flight: InFlightGuard) {
+        self.unflushed
+            .lock()
+            .unwrap_or_else(|e| e.into_inner())
+            .push(flight);
+        self.has_unflushed.store(true, Ordering::Release);
+    }
+
+    /// The connection flushed everything it had buffered.
+    pub(crate) fn flushed(&self) {
+        if self.has_unflushed.swap(false, Ordering::AcqRel) {
+            let done =
+                std::mem::take(&mut *self.unflushed.lock().unwrap_or_else(|e| e.into_inner()));
+            drop(done);
+        }
     }
 
     pub(crate) fn now_ms(&self) -> u64 {
@@ -94,8 +122,20 @@ pub(crate) struct Guards {
     pub(crate) _conn: Option<ConnGuard>,
 }
 
+impl Guards {
+    /// The whole response was handed to the client connection: the request
+    /// stays in flight until the connection has written it out.
+    fn completed(mut self) {
+        if let (Some(flight), Some(conn)) = (self._flight.take(), &self._conn) {
+            conn.0.hold_until_flushed(flight);
+        }
+    }
+}
+
 enum Kind {
-    Upstream(Incoming),
+    /// An upstream body and the connection it arrives on, which this body
+    /// drives and returns to its pool once the body was read to the end.
+    Upstream(Incoming, Option<Pooled>),
     Full(Option<Bytes>),
 }
 
@@ -106,9 +146,9 @@ pub struct ProxyBody {
 }
 
 impl ProxyBody {
-    pub(crate) fn upstream(body: Incoming, guards: Guards) -> Self {
+    pub(crate) fn upstream(body: Incoming, conn: Option<Pooled>, guards: Guards) -> Self {
         ProxyBody {
-            kind: Kind::Upstream(body),
+            kind: Kind::Upstream(body, conn),
             guards: Some(guards),
         }
     }
@@ -139,26 +179,142 @@ impl Body for ProxyBody {
     ) -> Poll<Option<Result<Frame<Bytes>, hyper::Error>>> {
         let this = self.get_mut();
         let polled = match &mut this.kind {
-            Kind::Upstream(body) => Pin::new(body).poll_frame(cx),
+            Kind::Upstream(body, conn) => {
+                let mut polled = Pin::new(&mut *body).poll_frame(cx);
+                if polled.is_pending()
+                    && let Some(c) = conn
+                {
+                    c.poll(cx);
+                    polled = Pin::new(&mut *body).poll_frame(cx);
+                }
+                match &polled {
+                    Poll::Ready(None) => release(conn),
+                    Poll::Ready(Some(Ok(_))) if body.is_end_stream() => {
+                        release(conn);
+                        if let Some(g) = this.guards.take() {
+                            g.completed();
+                        }
+                    }
+                    Poll::Ready(Some(Err(_))) => *conn = None,
+                    _ => {}
+                }
+                polled
+            }
             Kind::Full(data) => Poll::Ready(data.take().map(|d| Ok(Frame::data(d)))),
         };
-        if matches!(polled, Poll::Ready(None) | Poll::Ready(Some(Err(_)))) {
-            this.guards = None;
+        match &polled {
+            Poll::Ready(None) => {
+                if let Some(g) = this.guards.take() {
+                    g.completed();
+                }
+            }
+            Poll::Ready(Some(Err(_))) => this.guards = None,
+            _ => {}
         }
         polled
     }
 
     fn is_end_stream(&self) -> bool {
         match &self.kind {
-            Kind::Upstream(body) => body.is_end_stream(),
+            Kind::Upstream(body, _) => body.is_end_stream(),
             Kind::Full(data) => data.is_none(),
         }
     }
 
     fn size_hint(&self) -> SizeHint {
         match &self.kind {
-            Kind::Upstream(body) => body.size_hint(),
+            Kind::Upstream(body, _) => body.size_hint(),
             Kind::Full(data) => SizeHint::with_exact(data.as_ref().map_or(0, |d| d.len() as u64)),
         }
+    }
+}
+
+fn release(conn: &mut Option<Pooled>) {
+    if let Some(mut c) = conn.take() {
+        c.release();
+    }
+}
+
+impl Drop for ProxyBody {
+    /// A body the server stopped polling because it knew the body had
+    /// ended (a known length reached, or no body at all) still returns its
+    /// connection to the pool; any other unfinished body closes it.
+    fn drop(&mut self) {
+        let ended = match &mut self.kind {
+            Kind::Upstream(body, conn) => {
+                let ended = body.is_end_stream();
+                if ended {
+                    release(conn);
+                }
+                ended
+            }
+            Kind::Full(data) => data.is_none(),
+        };
+        if ended && let Some(g) = self.guards.take() {
+            g.completed();
+        }
+    }
+}
+
+/// A client connection's socket that tells its [`ConnActivity`] when the
+/// connection has flushed what it wrote.
+pub(crate) struct FlushWatch<T> {
+    io: T,
+    activity: Arc<ConnActivity>,
+}
+
+impl<T> FlushWatch<T> {
+    pub(crate) fn new(io: T, activity: Arc<ConnActivity>) -> Self {
+        FlushWatch { io, activity }
+    }
+}
+
+impl<T: AsyncRead + Unpin> AsyncRead for FlushWatch<T> {
+    fn poll_read(
+        self: Pin<&mut Self>,
+        cx: &mut Context<'_>,
+        buf: &mut ReadBuf<'_>,
+    ) -> Poll<std::io::Result<()>> {
+        Pin::new(&mut self.get_mut().io).poll_read(cx, buf)
+    }
+}
+
+impl<T: AsyncWrite + Unpin> AsyncWrite for FlushWatch<T> {
+    fn poll_write(
+        self: Pin<&mut Self>,
+        cx: &mut Context<'_>,
+        buf: &[u8],
+    ) -> Poll<std::io::Result<usize>> {
+        Pin::new(&mut self.get_mut().io).poll_write(cx, buf)
+    }
+
+    fn poll_write_vectored(
+        self: Pin<&mut Self>,
+        cx: &mut Context<'_>,
+        bufs: &[std::io::IoSlice<'_>],
+    ) -> Poll<std::io::Result<usize>> {
+        Pin::new(&mut self.get_mut().io).poll_write_vectored(cx, bufs)
+    }
+
+    fn is_write_vectored(&self) -> bool {
+        self.io.is_write_vectored()
+    }
+
+    fn poll_flush(self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<std::io::Result<()>> {
+        let this = self.get_mut();
+        let flushed = Pin::new(&mut this.io).poll_flush(cx);
+        if matches!(flushed, Poll::Ready(Ok(()))) {
+            this.activity.flushed();
+        }
+        flushed
+    }
+
+    fn poll_shutdown(self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<std::io::Result<()>> {
+        let this = self.get_mut();
+        let shut = Pin::new(&mut this.io).poll_shutdown(cx);
+        if matches!(shut, Poll::Ready(Ok(()))) {
+            this.activity.flushed();
+        }
+        shut
     }
 }

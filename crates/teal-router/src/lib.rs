@@ -9,12 +9,14 @@
 mod admin;
 mod body;
 mod config;
+mod counters;
 mod duration;
 mod headers;
 mod metrics;
 mod proxy;
 mod serve;
 mod table;
+mod upstream;
 
 use std::collections::HashMap;
 use std::sync::atomic::{AtomicU64, Ordering};
@@ -31,7 +33,9 @@ pub use duration::{format_duration, parse_duration};
 pub use table::{CookieMatch, HeaderMatch, PreviewRoute, RouteTable, TableError};
 pub use teal_core::{Color, ColorStats};
 
-use proxy::{Compiled, Endpoint, UpstreamClient};
+use counters::Counters;
+use proxy::{Compiled, Endpoint};
+use upstream::Pool;
 
 /// What [`Router::drain`] observed.
 #[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
@@ -68,9 +72,9 @@ pub(crate) struct ColorState {
     /// Requests being proxied plus open upgraded connections.
     pub(crate) in_flight: AtomicU64,
     pub(crate) idle: Notify,
-    pub(crate) stats: Mutex<ColorStats>,
-    /// Replaced on drain, which drops the pool of idle connections.
-    pub(crate) client: ArcSwap<UpstreamClient>,
+    pub(crate) stats: Counters,
+    /// Replaced on drain, which closes the idle connections it holds.
+    pub(crate) pool: ArcSwap<Pool>,
     pub(crate) upgrades: Mutex<Upgrades>,
 }
 
@@ -118,8 +122,8 @@ impl Router {
         let color = || ColorState {
             in_flight: AtomicU64::new(0),
             idle: Notify::new(),
-            stats: Mutex::new(ColorStats::empty()),
-            client: ArcSwap::from_pointee(proxy::new_client(&config)),
+            stats: Counters::new(),
+            pool: ArcSwap::from_pointee(Pool::new(&config)),
             upgrades: Mutex::new(Upgrades::default()),
         };
         let colors = [color(), color()];
@@ -197,13 +201,14 @@ impl Router {
             .len() as u64
     }
 
+    /// Idle pooled upstream connections to `color` kept now.
+    pub fn idle_upstream_connections(&self, color: Color) -> usize {
+        self.shared.colors[idx(color)].pool.load().idle_count()
+    }
+
     /// Cumulative statistics of `color`.
     pub fn stats(&self, color: Color) -> ColorStats {
-        self.shared.colors[idx(color)]
-            .stats
-            .lock()
-            .unwrap_or_else(|e| e.into_inner())
-            .clone()
+        self.shared.colors[idx(color)].stats.snapshot()
     }
 
     /// Waits until `color` has nothing in flight or `timeout` passes, then
@@ -228,11 +233,9 @@ impl Router {
                 }
             }
         };
-        // A fresh client: the old pool (and its idle connections) goes away
+        // A fresh pool: the old one (and its idle connections) goes away
         // once the requests still holding it finish.
-        state
-            .client
-            .store(Arc::new(proxy::new_client(&self.shared.config)));
+        state.pool.store(Arc::new(Pool::new(&self.shared.config)));
         let mut upgrades_closed = 0;
         if !completed && self.shared.config.upgrade_policy == UpgradePolicy::Close {
             let senders: Vec<_> = {

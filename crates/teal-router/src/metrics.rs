@@ -87,6 +87,12 @@ pub(crate) fn render(router: &Router) -> String {
         "gauge",
     );
     counter(
+        "teal_router_upstream_idle_connections",
+        "Idle pooled upstream connections.",
+        &|c| router.idle_upstream_connections(c) as u64,
+        "gauge",
+    );
+    counter(
         "teal_router_active_color",
         "1 for the color that receives default traffic.",
         &|c| u64::from(table.as_ref().is_some_and(|t| t.active == c)),

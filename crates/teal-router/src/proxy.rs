@@ -10,27 +10,13 @@ use http::header::{self, HeaderMap, HeaderName, HeaderValue};
 use http::uri::Authority;
 use http::{Method, Request, Response, StatusCode, Uri, Version};
 use hyper::body::Incoming;
-use hyper_util::client::legacy::Client;
-use hyper_util::client::legacy::connect::HttpConnector;
-use hyper_util::rt::{TokioExecutor, TokioIo, TokioTimer};
+use hyper_util::rt::TokioIo;
 use teal_core::Color;
 
 use crate::body::{ConnActivity, ConnGuard, Guards, InFlightGuard, ProxyBody};
 use crate::headers::{add_forwarded, strip_hop_by_hop, wants_upgrade};
-use crate::{RouteTable, Router, RouterConfig, Shared, format_duration, idx};
-
-pub(crate) type UpstreamClient = Client<HttpConnector, Incoming>;
-
-pub(crate) fn new_client(config: &RouterConfig) -> UpstreamClient {
-    let mut connector = HttpConnector::new();
-    connector.set_connect_timeout(Some(config.connect_timeout));
-    connector.set_nodelay(true);
-    Client::builder(TokioExecutor::new())
-        .pool_idle_timeout(config.pool_idle_timeout)
-        .pool_max_idle_per_host(config.pool_max_idle_per_endpoint)
-        .pool_timer(TokioTimer::new())
-        .build(connector)
-}
+use crate::upstream::SendError;
+use crate::{RouteTable, Router, Shared, format_duration, idx};
 
 /// One upstream address; its outstanding count survives table swaps.
 pub(crate) struct Endpoint {
@@ -170,14 +156,11 @@ struct Outcome<'a> {
 
 impl Outcome<'_> {
     fn record(&self, status: StatusCode, router_error: bool) {
-        let mut stats = self.shared.colors[idx(self.color)]
-            .stats
-            .lock()
-            .unwrap_or_else(|e| e.into_inner());
-        stats.record(status.as_u16(), self.start.elapsed().as_secs_f64());
-        if router_error {
-            stats.router_errors += 1;
-        }
+        self.shared.colors[idx(self.color)].stats.record(
+            status.as_u16(),
+            self.start.elapsed(),
+            router_error,
+        );
     }
 
     fn fail(&self, status: StatusCode, message: String) -> Response<ProxyBody> {
@@ -285,10 +268,26 @@ pub(crate) async fn handle(
     parts.version = Version::HTTP_11;
     let upstream_req = Request::from_parts(parts, body);
 
-    let http_client = shared.colors[idx(color)].client.load_full();
+    let pool = shared.colors[idx(color)].pool.load_full();
     let timeout = shared.config.upstream_timeout;
     let addr = endpoint.addr;
-    let mut resp = match tokio::time::timeout(timeout, http_client.request(upstream_req)).await {
+    let sent = if client_upgrade.is_some() {
+        tokio::time::timeout(timeout, async {
+            pool.send_upgrade(addr, upstream_req)
+                .await
+                .map(|r| (r, None))
+        })
+        .await
+    } else {
+        tokio::time::timeout(timeout, async {
+            pool.send(addr, upstream_req)
+                .await
+                .map(|(r, c)| (r, Some(c)))
+        })
+        .await
+    };
+    drop(pool);
+    let (mut resp, upstream_conn) = match sent {
         Err(_) => {
             return Ok(outcome.fail(
                 StatusCode::GATEWAY_TIMEOUT,
@@ -298,21 +297,14 @@ pub(crate) async fn handle(
                 ),
             ));
         }
-        Ok(Err(e)) if e.is_connect() => {
-            shared.colors[idx(color)]
-                .stats
-                .lock()
-                .unwrap_or_else(|e| e.into_inner())
-                .connect_errors += 1;
+        Ok(Err(SendError::Connect(e))) => {
+            shared.colors[idx(color)].stats.connect_error();
             return Ok(outcome.fail(
                 StatusCode::BAD_GATEWAY,
-                format!(
-                    "502 bad gateway: cannot connect to upstream {color} {addr}: {}\n",
-                    root_cause(&e)
-                ),
+                format!("502 bad gateway: cannot connect to upstream {color} {addr}: {e}\n"),
             ));
         }
-        Ok(Err(e)) if is_client_body_error(&e) => {
+        Ok(Err(SendError::Http(e))) if is_client_body_error(&e) => {
             tracing::debug!(error = %e, "client request body failed");
             let mut resp = outcome.fail(
                 StatusCode::BAD_REQUEST,
@@ -325,7 +317,7 @@ pub(crate) async fn handle(
                 .insert(header::CONNECTION, HeaderValue::from_static("close"));
             return Ok(resp);
         }
-        Ok(Err(e)) => {
+        Ok(Err(SendError::Http(e))) => {
             return Ok(outcome.fail(
                 StatusCode::BAD_GATEWAY,
                 format!(
@@ -334,7 +326,7 @@ pub(crate) async fn handle(
                 ),
             ));
         }
-        Ok(Ok(resp)) => resp,
+        Ok(Ok(pair)) => pair,
     };
     let status = resp.status();
     outcome.record(status, false);
@@ -381,6 +373,7 @@ pub(crate) async fn handle(
         parts,
         ProxyBody::upstream(
             body,
+            upstream_conn,
             Guards {
                 _flight: Some(flight),
                 _conn: Some(conn_guard),

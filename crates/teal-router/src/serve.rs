@@ -12,7 +12,7 @@ use tokio::net::{TcpListener, TcpStream};
 use tokio::sync::{OwnedSemaphorePermit, Semaphore, watch};
 
 use crate::Router;
-use crate::body::ConnActivity;
+use crate::body::{ConnActivity, FlushWatch};
 use crate::proxy::handle;
 
 impl Router {
@@ -101,7 +101,8 @@ impl Router {
         let router = self.clone();
         let act = activity.clone();
         let service = service_fn(move |req| handle(router.clone(), req, addr, act.clone()));
-        let conn = builder.serve_connection_with_upgrades(TokioIo::new(stream), service);
+        let io = TokioIo::new(FlushWatch::new(stream, activity.clone()));
+        let conn = builder.serve_connection_with_upgrades(io, service);
         tokio::pin!(conn);
         let check_every =
             (idle_timeout / 4).clamp(Duration::from_millis(50), Duration::from_secs(5));

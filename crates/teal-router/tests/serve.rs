@@ -6,6 +6,7 @@ use std::collections::BTreeMap;
 use std::convert::Infallible;
 use std::net::SocketAddr;
 use std::pin::Pin;
+use std::sync::atomic::{AtomicUsize, Ordering};
 use std::sync::{Arc, Mutex};
 use std::task::{Context, Poll};
 use std::time::Duration;
@@ -163,4 +164,76 @@ async fn drain_gives_up_at_the_timeout_and_reports_what_is_left() {
     assert_eq!(report.remaining, 1);
     assert!(report.waited >= Duration::from_millis(200));
     drop(chunks);
+}
+
+/// An upstream answering `ok` that counts the connections it accepted and
+/// the ones that were closed.
+async fn counting_upstream() -> (SocketAddr, Arc<AtomicUsize>, Arc<AtomicUsize>) {
+    let accepted = Arc::new(AtomicUsize::new(0));
+    let closed = Arc::new(AtomicUsize::new(0));
+    let listener = TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let addr = listener.local_addr().unwrap();
+    let (a, c) = (accepted.clone(), closed.clone());
+    tokio::spawn(async move {
+        while let Ok((stream, _)) = listener.accept().await {
+            a.fetch_add(1, Ordering::SeqCst);
+            let c = c.clone();
+            tokio::spawn(async move {
+                let service = service_fn(|_req| async {
+                    Ok::<_, Infallible>(hyper::Response::new(http_body_util::Full::new(
+                        Bytes::from_static(b"ok"),
+                    )))
+                });
+                let _ = hyper::server::conn::http1::Builder::new()
+                    .serve_connection(TokioIo::new(stream), service)
+                    .await;
+                c.fetch_add(1, Ordering::SeqCst);
+            });
+        }
+    });
+    (addr, accepted, closed)
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn upstream_connections_are_reused_and_closed_by_drain() {
+    let (blue, accepted, closed) = counting_upstream().await;
+    let (green, _, _) = counting_upstream().await;
+    let (router, proxy) = start(table(Color::Blue, blue, green)).await;
+    // Sequential requests, each on a new client connection: one upstream
+    // connection serves them all.
+    for i in 0..5 {
+        let stream = TcpStream::connect(proxy).await.unwrap();
+        let (mut send, conn) = hyper::client::conn::http1::handshake(TokioIo::new(stream))
+            .await
+            .unwrap();
+        tokio::spawn(conn);
+        let req = hyper::Request::get("/")
+            .header("host", "test")
+            .body(Empty::<Bytes>::new())
+            .unwrap();
+        let resp = send.send_request(req).await.unwrap();
+        assert_eq!(resp.status(), 200, "request {i}");
+        let body = resp.into_body().collect().await.unwrap().to_bytes();
+        assert_eq!(body, "ok");
+        wait_for("the connection back in the pool", || {
+            router.idle_upstream_connections(Color::Blue) == 1
+        })
+        .await;
+    }
+    assert_eq!(
+        accepted.load(Ordering::SeqCst),
+        1,
+        "one upstream connection"
+    );
+    assert_eq!(closed.load(Ordering::SeqCst), 0);
+    assert_eq!(router.stats(Color::Blue).requests(), 5);
+
+    // Drain closes the idle pooled connection.
+    let report = router.drain(Color::Blue, Duration::from_secs(5)).await;
+    assert!(report.completed);
+    assert_eq!(router.idle_upstream_connections(Color::Blue), 0);
+    wait_for("the upstream to see its connection closed", || {
+        closed.load(Ordering::SeqCst) == 1
+    })
+    .await;
 }

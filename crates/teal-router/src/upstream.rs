@@ -1,0 +1,332 @@
+//! Upstream HTTP/1.1 connections, pooled per color and endpoint.
+//!
+//! A connection is driven by the task of the request that uses it: the
+//! request future polls the connection while it waits for the response head,
+//! and the response body polls it while the client side reads the body. No
+//! background task per connection and no hand-off between tasks, so a
+//! proxied request costs one task's polls, as in an event-loop proxy. An idle
+//! connection sits in its pool unpolled; a connection the upstream closed
+//! meanwhile is noticed when it is checked out (its sender reports closed, or
+//! it is not ready), and the request is sent on another one, since it was
+//! never written.
+
+use std::collections::{HashMap, VecDeque};
+use std::future::{Future, poll_fn};
+use std::net::SocketAddr;
+use std::pin::{Pin, pin};
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::{Arc, Mutex, Weak};
+use std::task::{Context, Poll, Waker};
+use std::time::{Duration, Instant};
+
+use http::{Request, Response};
+use hyper::body::Incoming;
+use hyper::client::conn::http1;
+use hyper_util::rt::TokioIo;
+use tokio::net::TcpStream;
+
+use crate::RouterConfig;
+
+type Conn = http1::Connection<TokioIo<TcpStream>, Incoming>;
+
+/// Why a request could not be forwarded.
+#[derive(Debug)]
+pub(crate) enum SendError {
+    /// No connection to the endpoint could be made.
+    Connect(std::io::Error),
+    /// The connection failed while the request was sent or before the
+    /// response head arrived.
+    Http(hyper::Error),
+}
+
+/// One upstream connection: the sender and the connection state machine.
+pub(crate) struct Upstream {
+    sender: http1::SendRequest<Incoming>,
+    conn: Conn,
+    /// The connection future finished: the connection is closed.
+    done: bool,
+    /// Came from the pool (and may have been closed by the upstream while
+    /// it sat there).
+    reused: bool,
+}
+
+impl Upstream {
+    /// Polls the connection once in `cx`; true while it is still open.
+    fn poll_conn(&mut self, cx: &mut Context<'_>) -> bool {
+        if !self.done
+            && let Poll::Ready(r) = Pin::new(&mut self.conn).poll(cx)
+        {
+            if let Err(e) = r {
+                tracing::debug!(error = %e, "upstream connection ended with an error");
+            }
+            self.done = true;
+        }
+        !self.done
+    }
+}
+
+/// Pending response head on a connection, polled together with the
+/// connection in the request's task.
+async fn send_on(
+    up: &mut Upstream,
+    req: Request<Incoming>,
+) -> Result<Response<Incoming>, (hyper::Error, Option<Request<Incoming>>)> {
+    let Upstream {
+        sender, conn, done, ..
+    } = up;
+    let fut = async {
+        if let Err(e) = sender.ready().await {
+            return Err((e, Some(req)));
+        }
+        sender.try_send_request(req).await.map_err(|mut e| {
+            let message = e.take_message();
+            (e.into_error(), message)
+        })
+    };
+    let mut fut = pin!(fut);
+    poll_fn(|cx| {
+        // Request first (it may hand the connection a message), then the
+        // connection (it may complete the request), then the request again,
+        // so one wake-up usually does the whole step.
+        for _ in 0..2 {
+            if let Poll::Ready(v) = fut.as_mut().poll(cx) {
+                return Poll::Ready(v);
+            }
+            if !*done && let Poll::Ready(r) = Pin::new(&mut *conn).poll(cx) {
+                if let Err(e) = r {
+                    tracing::debug!(error = %e, "upstream connection ended with an error");
+                }
+                *done = true;
+            }
+        }
+        fut.as_mut().poll(cx)
+    })
+    .await
+}
+
+struct Idle {
+    up: Box<Upstream>,
+    since: Instant,
+}
+
+/// Idle connections of one color, by endpoint. Replaced on drain, which
+/// closes them.
+pub(crate) struct Pool {
+    idle: Mutex<HashMap<SocketAddr, VecDeque<Idle>>>,
+    max_idle: usize,
+    idle_timeout: Duration,
+    connect_timeout: Duration,
+    reaper: AtomicBool,
+}
+
+impl Pool {
+    pub(crate) fn new(config: &RouterConfig) -> Pool {
+        Pool {
+            idle: Mutex::new(HashMap::new()),
+            max_idle: config.pool_max_idle_per_endpoint,
+            idle_timeout: config.pool_idle_timeout,
+            connect_timeout: config.connect_timeout,
+            reaper: AtomicBool::new(false),
+        }
+    }
+
+    /// Idle connections kept now, over all endpoints.
+    pub(crate) fn idle_count(&self) -> usize {
+        self.lock().values().map(VecDeque::len).sum()
+    }
+
+    fn lock(&self) -> std::sync::MutexGuard<'_, HashMap<SocketAddr, VecDeque<Idle>>> {
+        self.idle.lock().unwrap_or_else(|e| e.into_inner())
+    }
+
+    /// The most recently used idle connection to `addr` that has not timed
+    /// out and is not known to be closed.
+    fn checkout(&self, addr: SocketAddr) -> Option<Box<Upstream>> {
+        let now = Instant::now();
+        let mut idle = self.lock();
+        let list = idle.get_mut(&addr)?;
+        while let Some(front) = list.front() {
+            if now.duration_since(front.since) < self.idle_timeout {
+                break;
+            }
+            list.pop_front();
+        }
+        while let Some(Idle { mut up, .. }) = list.pop_back() {
+            if !up.done && !up.sender.is_closed() {
+                up.reused = true;
+                return Some(up);
+            }
+        }
+        None
+    }
+
+    /// Keeps `up` for the next request to `addr`, when it is still open and
+    /// the endpoint has room.
+    fn checkin(self: &Arc<Self>, addr: SocketAddr, mut up: Box<Upstream>) {
+        // Let the connection finish the response it just delivered (and
+        // notice a close the upstream announced with it).
+        if !up.poll_conn(&mut Context::from_waker(Waker::noop())) || up.sender.is_closed() {
+            return;
+        }
+        let now = Instant::now();
+        {
+            let mut idle = self.lock();
+            let list = idle.entry(addr).or_default();
+            while list
+                .front()
+                .is_some_and(|f| now.duration_since(f.since) >= self.idle_timeout)
+            {
+                list.pop_front();
+            }
+            if list.len() >= self.max_idle {
+                return;
+            }
+            list.push_back(Idle { up, since: now });
+        }
+        self.start_reaper();
+    }
+
+    /// Closes connections idle for longer than the idle timeout, even when
+    /// their endpoint sees no more requests. Runs while the pool exists.
+    fn start_reaper(self: &Arc<Self>) {
+        if self.reaper.swap(true, Ordering::Relaxed) {
+            return;
+        }
+        let Ok(handle) = tokio::runtime::Handle::try_current() else {
+            self.reaper.store(false, Ordering::Relaxed);
+            return;
+        };
+        let pool: Weak<Pool> = Arc::downgrade(self);
+        let every = (self.idle_timeout / 2).max(Duration::from_millis(100));
+        handle.spawn(async move {
+            loop {
+                tokio::time::sleep(every).await;
+                let Some(pool) = pool.upgrade() else { return };
+                let now = Instant::now();
+                let expired: Vec<Idle> = {
+                    let mut idle = pool.lock();
+                    let mut out = Vec::new();
+                    for list in idle.values_mut() {
+                        while list
+                            .front()
+                            .is_some_and(|f| now.duration_since(f.since) >= pool.idle_timeout)
+                        {
+                            out.extend(list.pop_front());
+                        }
+                    }
+                    idle.retain(|_, list| !list.is_empty());
+                    out
+                };
+                drop(expired);
+            }
+        });
+    }
+
+    async fn tcp(&self, addr: SocketAddr) -> Result<TokioIo<TcpStream>, SendError> {
+        let stream =
+            match tokio::time::timeout(self.connect_timeout, TcpStream::connect(addr)).await {
+                Ok(Ok(s)) => s,
+                Ok(Err(e)) => return Err(SendError::Connect(e)),
+                Err(_) => {
+                    return Err(SendError::Connect(std::io::Error::new(
+                        std::io::ErrorKind::TimedOut,
+                        format!(
+                            "no connection within the connect timeout of {}",
+                            crate::format_duration(self.connect_timeout)
+                        ),
+                    )));
+                }
+            };
+        let _ = stream.set_nodelay(true);
+        Ok(TokioIo::new(stream))
+    }
+
+    async fn connect(&self, addr: SocketAddr) -> Result<Box<Upstream>, SendError> {
+        let (sender, conn) = http1::Builder::new()
+            .handshake(self.tcp(addr).await?)
+            .await
+            .map_err(SendError::Http)?;
+        Ok(Box::new(Upstream {
+            sender,
+            conn,
+            done: false,
+            reused: false,
+        }))
+    }
+
+    /// Sends an upgrade request on a connection of its own, driven by a task
+    /// of its own that hands the connection over on `101`. Such connections
+    /// are never pooled.
+    pub(crate) async fn send_upgrade(
+        &self,
+        addr: SocketAddr,
+        req: Request<Incoming>,
+    ) -> Result<Response<Incoming>, SendError> {
+        let (mut sender, conn) = http1::Builder::new()
+            .handshake(self.tcp(addr).await?)
+            .await
+            .map_err(SendError::Http)?;
+        tokio::spawn(async move {
+            if let Err(e) = conn.with_upgrades().await {
+                tracing::debug!(error = %e, "upstream connection of an upgrade ended with an error");
+            }
+        });
+        sender.send_request(req).await.map_err(SendError::Http)
+    }
+
+    /// Sends `req` to `addr` on a pooled connection (or a new one) and waits
+    /// for the response head. A request that a pooled connection refused
+    /// before writing it is sent again on another connection.
+    pub(crate) async fn send(
+        self: &Arc<Self>,
+        addr: SocketAddr,
+        mut req: Request<Incoming>,
+    ) -> Result<(Response<Incoming>, Pooled), SendError> {
+        loop {
+            let mut up = match self.checkout(addr) {
+                Some(up) => up,
+                None => self.connect(addr).await?,
+            };
+            match send_on(&mut up, req).await {
+                Ok(resp) => {
+                    let pooled = Pooled {
+                        up: Some(up),
+                        pool: self.clone(),
+                        addr,
+                    };
+                    return Ok((resp, pooled));
+                }
+                Err((e, Some(unsent))) if up.reused => {
+                    tracing::debug!(error = %e, endpoint = %addr, "pooled connection was closed; sending on another");
+                    req = unsent;
+                }
+                Err((e, _)) => return Err(SendError::Http(e)),
+            }
+        }
+    }
+}
+
+/// A connection carrying a response body; back to its pool when the body
+/// was read to the end, closed otherwise.
+pub(crate) struct Pooled {
+    up: Option<Box<Upstream>>,
+    pool: Arc<Pool>,
+    addr: SocketAddr,
+}
+
+impl Pooled {
+    /// Drives the connection so the response body makes progress.
+    pub(crate) fn poll(&mut self, cx: &mut Context<'_>) {
+        if let Some(up) = &mut self.up {
+            up.poll_conn(cx);
+        }
+    }
+
+    /// The body was read to the end: the connection may serve another
+    /// request.
+    pub(crate) fn release(&mut self) {
+        if let Some(up) = self.up.take() {
+            self.pool.checkin(self.addr, up);
+        }
+    }
+}
