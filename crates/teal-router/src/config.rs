@@ -45,6 +45,25 @@ pub struct RouterConfig {
     pub upgrade_policy: UpgradePolicy,
     /// On shutdown, how long open connections get to finish.
     pub shutdown_grace: Duration,
+    /// Threads serving client connections, each running its own
+    /// single-threaded runtime (a connection and its upstream requests stay
+    /// on one thread). 0: `TOKIO_WORKER_THREADS` when set, else one per CPU.
+    pub workers: usize,
+}
+
+impl RouterConfig {
+    /// The number of worker threads `workers` asks for.
+    pub fn worker_threads(&self) -> usize {
+        if self.workers > 0 {
+            return self.workers;
+        }
+        std::env::var("TOKIO_WORKER_THREADS")
+            .ok()
+            .and_then(|v| v.trim().parse::<usize>().ok())
+            .filter(|n| *n > 0)
+            .or_else(|| std::thread::available_parallelism().ok().map(|n| n.get()))
+            .unwrap_or(1)
+    }
 }
 
 impl Default for RouterConfig {
@@ -62,6 +81,7 @@ impl Default for RouterConfig {
             color_header: None,
             upgrade_policy: UpgradePolicy::Close,
             shutdown_grace: Duration::from_secs(10),
+            workers: 0,
         }
     }
 }

@@ -1,6 +1,7 @@
 //! Accepting client connections: limits, timeouts, graceful shutdown.
 
 use std::future::Future;
+use std::net::SocketAddr;
 use std::sync::Arc;
 use std::sync::atomic::Ordering;
 use std::time::Duration;
@@ -9,16 +10,37 @@ use hyper::service::service_fn;
 use hyper_util::rt::{TokioExecutor, TokioIo, TokioTimer};
 use hyper_util::server::conn::auto;
 use tokio::net::{TcpListener, TcpStream};
-use tokio::sync::{OwnedSemaphorePermit, Semaphore, watch};
+use tokio::sync::{OwnedSemaphorePermit, Semaphore, mpsc, oneshot, watch};
 
 use crate::Router;
 use crate::body::{ConnActivity, FlushWatch};
 use crate::proxy::handle;
 
+/// A client connection handed from the acceptor to a worker.
+struct Accepted {
+    stream: std::net::TcpStream,
+    addr: SocketAddr,
+    permit: OwnedSemaphorePermit,
+}
+
+/// A worker thread: its own single-threaded runtime serving the
+/// connections it is handed.
+struct Worker {
+    tx: mpsc::UnboundedSender<Accepted>,
+    done: oneshot::Receiver<()>,
+}
+
 impl Router {
     /// Serves client connections from `listener` until `shutdown` completes,
     /// then stops accepting, lets open connections finish their requests
     /// (bounded by [`crate::RouterConfig::shutdown_grace`]) and returns.
+    ///
+    /// Connections are accepted here and handed round-robin to
+    /// [`crate::RouterConfig::worker_threads`] threads, each with a
+    /// single-threaded runtime: a connection, its requests and the upstream
+    /// connections they use are all driven by one thread, with no work
+    /// stealing or wake-ups across threads on the request path. Connections
+    /// still open when the grace period ends are closed.
     pub async fn serve(
         &self,
         listener: TcpListener,
@@ -31,6 +53,10 @@ impl Router {
         let limit = Arc::new(Semaphore::new(max));
         let (stop_tx, stop_rx) = watch::channel(false);
         let builder = Arc::new(self.conn_builder());
+        let workers = (1..=config.worker_threads())
+            .map(|n| self.spawn_worker(n, builder.clone(), stop_rx.clone()))
+            .collect::<std::io::Result<Vec<Worker>>>()?;
+        let mut next = 0;
         tokio::pin!(shutdown);
         loop {
             let permit = tokio::select! {
@@ -54,19 +80,73 @@ impl Router {
                 },
             };
             let _ = stream.set_nodelay(true);
-            let router = self.clone();
-            let builder = builder.clone();
-            let stop = stop_rx.clone();
-            tokio::spawn(async move {
-                router
-                    .serve_conn(&builder, stream, addr, permit, stop)
-                    .await;
-            });
+            let stream = match stream.into_std() {
+                Ok(s) => s,
+                Err(e) => {
+                    tracing::warn!(client = %addr, error = %e, "cannot hand a connection to a worker");
+                    continue;
+                }
+            };
+            let accepted = Accepted {
+                stream,
+                addr,
+                permit,
+            };
+            if workers[next].tx.send(accepted).is_err() {
+                tracing::error!(worker = next + 1, "router worker thread is gone");
+            }
+            next = (next + 1) % workers.len();
         }
         drop(listener);
         let _ = stop_tx.send(true);
         let _ = tokio::time::timeout(config.shutdown_grace, limit.acquire_many(max as u32)).await;
+        for worker in workers {
+            drop(worker.tx);
+            let _ = worker.done.await;
+        }
         Ok(())
+    }
+
+    fn spawn_worker(
+        &self,
+        n: usize,
+        builder: Arc<auto::Builder<TokioExecutor>>,
+        stop: watch::Receiver<bool>,
+    ) -> std::io::Result<Worker> {
+        let runtime = tokio::runtime::Builder::new_current_thread()
+            .enable_all()
+            .build()?;
+        let (tx, mut rx) = mpsc::unbounded_channel::<Accepted>();
+        let (done_tx, done) = oneshot::channel();
+        let router = self.clone();
+        std::thread::Builder::new()
+            .name(format!("teal-router-{n}"))
+            .spawn(move || {
+                crate::upstream::set_worker_shard(n);
+                runtime.block_on(async move {
+                    while let Some(a) = rx.recv().await {
+                        let stream = match TcpStream::from_std(a.stream) {
+                            Ok(s) => s,
+                            Err(e) => {
+                                tracing::warn!(client = %a.addr, error = %e, "cannot register a client connection");
+                                continue;
+                            }
+                        };
+                        let router = router.clone();
+                        let builder = builder.clone();
+                        let stop = stop.clone();
+                        tokio::spawn(async move {
+                            router
+                                .serve_conn(&builder, stream, a.addr, a.permit, stop)
+                                .await;
+                        });
+                    }
+                });
+                // Dropping the runtime closes what is still open.
+                drop(runtime);
+                let _ = done_tx.send(());
+            })?;
+        Ok(Worker { tx, done })
     }
 
     fn conn_builder(&self) -> auto::Builder<TokioExecutor> {

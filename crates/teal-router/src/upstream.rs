@@ -10,6 +10,7 @@
 //! it is not ready), and the request is sent on another one, since it was
 //! never written.
 
+use std::cell::Cell;
 use std::collections::{HashMap, VecDeque};
 use std::future::{Future, poll_fn};
 use std::net::SocketAddr;
@@ -104,15 +105,30 @@ async fn send_on(
     .await
 }
 
+thread_local! {
+    /// Which shard of every pool this thread uses: its worker number, 0 on
+    /// threads that are not router workers.
+    static SHARD: Cell<usize> = const { Cell::new(0) };
+}
+
+/// Makes the current thread use shard `worker` of every pool, so the
+/// connections a worker opens are reused by that worker (whose runtime
+/// drives their sockets).
+pub(crate) fn set_worker_shard(worker: usize) {
+    SHARD.set(worker);
+}
+
+type Shard = Mutex<HashMap<SocketAddr, VecDeque<Idle>>>;
+
 struct Idle {
     up: Box<Upstream>,
     since: Instant,
 }
 
-/// Idle connections of one color, by endpoint. Replaced on drain, which
-/// closes them.
+/// Idle connections of one color, by worker thread and endpoint. Replaced
+/// on drain, which closes them.
 pub(crate) struct Pool {
-    idle: Mutex<HashMap<SocketAddr, VecDeque<Idle>>>,
+    shards: Box<[Shard]>,
     max_idle: usize,
     idle_timeout: Duration,
     connect_timeout: Duration,
@@ -122,7 +138,9 @@ pub(crate) struct Pool {
 impl Pool {
     pub(crate) fn new(config: &RouterConfig) -> Pool {
         Pool {
-            idle: Mutex::new(HashMap::new()),
+            shards: (0..=config.worker_threads())
+                .map(|_| Mutex::new(HashMap::new()))
+                .collect(),
             max_idle: config.pool_max_idle_per_endpoint,
             idle_timeout: config.pool_idle_timeout,
             connect_timeout: config.connect_timeout,
@@ -132,11 +150,15 @@ impl Pool {
 
     /// Idle connections kept now, over all endpoints.
     pub(crate) fn idle_count(&self) -> usize {
-        self.lock().values().map(VecDeque::len).sum()
+        self.shards
+            .iter()
+            .map(|s| lock(s).values().map(VecDeque::len).sum::<usize>())
+            .sum()
     }
 
+    /// The shard of the current thread.
     fn lock(&self) -> std::sync::MutexGuard<'_, HashMap<SocketAddr, VecDeque<Idle>>> {
-        self.idle.lock().unwrap_or_else(|e| e.into_inner())
+        lock(&self.shards[SHARD.get() % self.shards.len()])
     }
 
     /// The most recently used idle connection to `addr` that has not timed
@@ -203,20 +225,20 @@ impl Pool {
                 tokio::time::sleep(every).await;
                 let Some(pool) = pool.upgrade() else { return };
                 let now = Instant::now();
-                let expired: Vec<Idle> = {
-                    let mut idle = pool.lock();
-                    let mut out = Vec::new();
+                let mut expired: Vec<Idle> = Vec::new();
+                for shard in pool.shards.iter() {
+                    let mut idle = lock(shard);
                     for list in idle.values_mut() {
                         while list
                             .front()
                             .is_some_and(|f| now.duration_since(f.since) >= pool.idle_timeout)
                         {
-                            out.extend(list.pop_front());
+                            expired.extend(list.pop_front());
                         }
                     }
                     idle.retain(|_, list| !list.is_empty());
-                    out
-                };
+                }
+                // Closed outside the locks.
                 drop(expired);
             }
         });
@@ -304,6 +326,10 @@ impl Pool {
             }
         }
     }
+}
+
+fn lock(shard: &Shard) -> std::sync::MutexGuard<'_, HashMap<SocketAddr, VecDeque<Idle>>> {
+    shard.lock().unwrap_or_else(|e| e.into_inner())
 }
 
 /// A connection carrying a response body; back to its pool when the body

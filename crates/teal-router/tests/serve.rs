@@ -199,14 +199,14 @@ async fn upstream_connections_are_reused_and_closed_by_drain() {
     let (blue, accepted, closed) = counting_upstream().await;
     let (green, _, _) = counting_upstream().await;
     let (router, proxy) = start(table(Color::Blue, blue, green)).await;
-    // Sequential requests, each on a new client connection: one upstream
-    // connection serves them all.
+    // Sequential requests on one keep-alive client connection (served by
+    // one worker thread): one upstream connection serves them all.
+    let stream = TcpStream::connect(proxy).await.unwrap();
+    let (mut send, conn) = hyper::client::conn::http1::handshake(TokioIo::new(stream))
+        .await
+        .unwrap();
+    tokio::spawn(conn);
     for i in 0..5 {
-        let stream = TcpStream::connect(proxy).await.unwrap();
-        let (mut send, conn) = hyper::client::conn::http1::handshake(TokioIo::new(stream))
-            .await
-            .unwrap();
-        tokio::spawn(conn);
         let req = hyper::Request::get("/")
             .header("host", "test")
             .body(Empty::<Bytes>::new())
