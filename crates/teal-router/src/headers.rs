@@ -1,7 +1,9 @@
 //! Hop-by-hop header handling (RFC 9110 §7.6.1) and `x-forwarded-*`.
 
+use std::fmt::Write;
 use std::net::IpAddr;
 
+use bytes::Bytes;
 use http::header::{self, HeaderMap, HeaderName, HeaderValue};
 
 /// Headers that describe one connection and never cross a proxy.
@@ -87,12 +89,15 @@ pub(crate) fn add_forwarded(headers: &mut HeaderMap, client: IpAddr, host: Optio
     static XFF: HeaderName = HeaderName::from_static("x-forwarded-for");
     static XFP: HeaderName = HeaderName::from_static("x-forwarded-proto");
     static XFH: HeaderName = HeaderName::from_static("x-forwarded-host");
-    let client = client.to_string();
-    let joined = match headers.get(&XFF).and_then(|v| v.to_str().ok()) {
-        Some(prior) if !prior.trim().is_empty() => format!("{prior}, {client}"),
-        _ => client,
-    };
-    if let Ok(v) = HeaderValue::from_str(&joined) {
+    let mut joined = String::with_capacity(64);
+    if let Some(prior) = headers.get(&XFF).and_then(|v| v.to_str().ok())
+        && !prior.trim().is_empty()
+    {
+        joined.push_str(prior);
+        joined.push_str(", ");
+    }
+    let _ = write!(joined, "{client}");
+    if let Ok(v) = HeaderValue::from_maybe_shared(Bytes::from(joined)) {
         headers.insert(XFF.clone(), v);
     }
     headers.insert(XFP.clone(), HeaderValue::from_static("http"));

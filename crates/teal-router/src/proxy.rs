@@ -7,7 +7,7 @@ use std::sync::atomic::AtomicU64;
 use std::time::Instant;
 
 use http::header::{self, HeaderMap, HeaderName, HeaderValue};
-use http::uri::Authority;
+use http::uri::PathAndQuery;
 use http::{Method, Request, Response, StatusCode, Uri, Version};
 use hyper::body::Incoming;
 use hyper_util::rt::TokioIo;
@@ -21,7 +21,6 @@ use crate::{RouteTable, Router, Shared, format_duration, idx};
 /// One upstream address; its outstanding count survives table swaps.
 pub(crate) struct Endpoint {
     pub(crate) addr: SocketAddr,
-    authority: Authority,
     pub(crate) outstanding: AtomicU64,
 }
 
@@ -53,8 +52,6 @@ impl Compiled {
                         .unwrap_or_else(|| {
                             Arc::new(Endpoint {
                                 addr: *addr,
-                                authority: Authority::try_from(addr.to_string().as_str())
-                                    .expect("a socket address is a valid authority"),
                                 outstanding: AtomicU64::new(0),
                             })
                         })
@@ -198,7 +195,8 @@ pub(crate) async fn handle(
     // happened in between. A drain that starts after a swap returned
     // therefore sees every request routed by the old table.
     let (color, endpoint, flight) = loop {
-        let Some(table) = shared.table.load_full() else {
+        let installed = shared.table.load();
+        let Some(table) = installed.as_ref() else {
             return Ok(plain(
                 StatusCode::SERVICE_UNAVAILABLE,
                 "503 service unavailable: no route table installed yet\n".into(),
@@ -221,7 +219,7 @@ pub(crate) async fn handle(
             .table
             .load()
             .as_ref()
-            .is_some_and(|now| Arc::ptr_eq(now, &table))
+            .is_some_and(|now| Arc::ptr_eq(now, table))
         {
             break (color, endpoint, flight);
         }
@@ -246,25 +244,14 @@ pub(crate) async fn handle(
     if let Some(h) = host {
         parts.headers.insert(header::HOST, h);
     }
-    let path = parts
-        .uri
-        .path_and_query()
-        .map(|p| p.as_str())
-        .unwrap_or("/");
-    parts.uri = match Uri::builder()
-        .scheme("http")
-        .authority(endpoint.authority.clone())
-        .path_and_query(path)
-        .build()
-    {
-        Ok(u) => u,
-        Err(e) => {
-            return Ok(outcome.fail(
-                StatusCode::BAD_REQUEST,
-                format!("400 bad request: invalid request target: {e}\n"),
-            ));
-        }
-    };
+    // Upstream connections are to the endpoint itself: origin-form target.
+    parts.uri = Uri::from(
+        parts
+            .uri
+            .path_and_query()
+            .cloned()
+            .unwrap_or_else(|| PathAndQuery::from_static("/")),
+    );
     parts.version = Version::HTTP_11;
     let upstream_req = Request::from_parts(parts, body);
 
