@@ -5,7 +5,7 @@
 # workers/threads. Then the route-swap timing bench. Writes
 # docs/benchmarks.md.
 #
-# Usage: bench/router.sh [DURATION_SECONDS] [CONNECTIONS]
+# Usage: [ROUNDS=3] [WORKERS=2] bench/router.sh [DURATION_SECONDS] [CONNECTIONS]
 set -euo pipefail
 cd "$(dirname "$0")/.."
 
@@ -13,6 +13,7 @@ DURATION="${1:-10}"
 CONNS="${2:-64}"
 WORKERS="${WORKERS:-2}"
 WRK_THREADS="${WRK_THREADS:-2}"
+ROUNDS="${ROUNDS:-3}"
 export CARGO_BUILD_JOBS="${CARGO_BUILD_JOBS:-2}"
 
 need=()
@@ -140,17 +141,41 @@ print(f"{rps:.0f} {ms('50%'):.3f} {ms('99%'):.3f} {errors.group(1) if errors els
 PY
 }
 
+# ROUNDS rounds, each measuring every target in turn, so a burst of other
+# load on the machine hits all targets alike; each figure is the median
+# over the rounds.
+declare -A ALL
+LOAD_BEFORE="$(cut -d' ' -f1-3 /proc/loadavg)"
+for round in $(seq 1 "$ROUNDS"); do
+  for name in direct teal nginx haproxy; do
+    case "$name" in
+      direct) port="$APP_PORT" ;;
+      teal) port="$TEAL_PORT" ;;
+      nginx) port="$NGINX_PORT" ;;
+      haproxy) port="$HAPROXY_PORT" ;;
+    esac
+    echo "==> round $round/$ROUNDS: wrk against $name (port $port)"
+    out="$(measure "$port")"
+    ALL[$name]+="$out;"
+    echo "    rps p50_ms p99_ms non2xx socket_errors: $out"
+  done
+done
+LOAD_AFTER="$(cut -d' ' -f1-3 /proc/loadavg)"
+
+# "rps p50 p99 non2xx sockerr;" per round -> medians, summed non-2xx, any
+# socket errors, and the per-round throughputs.
+median_of() {
+  python3 - "$1" <<'PY'
+import statistics, sys
+rows = [r.split() for r in sys.argv[1].split(";") if r.strip()]
+med = lambda i: statistics.median(float(r[i]) for r in rows)
+print(f"{med(0):.0f} {med(1):.3f} {med(2):.3f} {sum(int(r[3]) for r in rows)} "
+      f"{'yes' if any(r[4] == 'yes' for r in rows) else 'no'} {'/'.join(r[0] for r in rows)}")
+PY
+}
 declare -A R
 for name in direct teal nginx haproxy; do
-  case "$name" in
-    direct) port="$APP_PORT" ;;
-    teal) port="$TEAL_PORT" ;;
-    nginx) port="$NGINX_PORT" ;;
-    haproxy) port="$HAPROXY_PORT" ;;
-  esac
-  echo "==> wrk against $name (port $port)"
-  R[$name]="$(measure "$port")"
-  echo "    rps p50_ms p99_ms non2xx socket_errors: ${R[$name]}"
+  R[$name]="$(median_of "${ALL[$name]}")"
 done
 
 echo "==> swap timing (in-process, release)"
@@ -158,30 +183,33 @@ SWAP_OUT="$(cargo bench -q -p teal-router --bench swap 2>/dev/null | grep "^swap
 echo "$SWAP_OUT"
 
 ratio() { python3 -c "import sys; a,b=float(sys.argv[1]),float(sys.argv[2]); print(f'{a/b:.2f}' if b else 'n/a')" "$1" "$2"; }
-read -r t_rps t_p50 t_p99 _ _ <<<"${R[teal]}"
-read -r n_rps n_p50 n_p99 _ _ <<<"${R[nginx]}"
-read -r h_rps h_p50 h_p99 _ _ <<<"${R[haproxy]}"
+read -r t_rps t_p50 t_p99 _ _ _ <<<"${R[teal]}"
+read -r n_rps n_p50 n_p99 _ _ _ <<<"${R[nginx]}"
+read -r h_rps h_p50 h_p99 _ _ _ <<<"${R[haproxy]}"
 
 {
   echo "# Benchmarks"
   echo
-  echo "All figures come from one run of \`bench/router.sh $DURATION $CONNS\` on one machine"
+  echo "All figures come from one run of \`ROUNDS=$ROUNDS bench/router.sh $DURATION $CONNS\` on one machine"
   echo "($(nproc) cores, $(uname -sr)); wrk, the proxies and the upstream share those cores, so"
   echo "absolute numbers are low and only the ratios between peers of the same run mean anything."
+  echo "Load average (1, 5, 15 min) before the measurements: $LOAD_BEFORE; after: $LOAD_AFTER."
   echo
   echo "## Proxy throughput and latency"
   echo
   echo "Upstream: \`teal sample-app\` (release build) answering \`GET /\` with a small JSON body."
-  echo "Each proxy runs $WORKERS workers/threads (teal: \`TOKIO_WORKER_THREADS=$WORKERS\`; nginx:"
+  echo "Each proxy runs $WORKERS workers/threads (teal: \`TOKIO_WORKER_THREADS=$WORKERS\`, which sets its worker threads; nginx:"
   echo "\`worker_processes $WORKERS\` with upstream keepalive; HAProxy: \`nbthread $WORKERS\`, \`http-reuse always\`)."
   echo "Load: \`wrk -t$WRK_THREADS -c$CONNS -d${DURATION}s --latency\` after a 2 s warm-up, HTTP/1.1 keep-alive."
+  echo "The targets are measured in turn, $ROUNDS rounds; each figure is the median over the rounds"
+  echo "(non-2xx summed). The last column lists each round's requests/s."
   echo
-  echo "| target | requests/s | p50 (ms) | p99 (ms) | non-2xx | socket errors |"
-  echo "| --- | ---: | ---: | ---: | ---: | --- |"
+  echo "| target | requests/s | p50 (ms) | p99 (ms) | non-2xx | socket errors | rounds (req/s) |"
+  echo "| --- | ---: | ---: | ---: | ---: | --- | --- |"
   for name in direct teal nginx haproxy; do
-    read -r a b c d e <<<"${R[$name]}"
+    read -r a b c d e f <<<"${R[$name]}"
     label="$name"; [ "$name" = teal ] && label="teal router"; [ "$name" = haproxy ] && label="HAProxy"
-    echo "| $label | $a | $b | $c | $d | $e |"
+    echo "| $label | $a | $b | $c | $d | $e | $f |"
   done
   echo
   echo "| ratio | throughput | p99 latency |"
