@@ -2,6 +2,8 @@
 //! mid-release it resumes and finishes each release exactly once; two
 //! replicas share one Lease and never act at once.
 
+mod k8s_support;
+
 use std::net::TcpListener;
 use std::path::Path;
 use std::process::{Child, Command, Stdio};
@@ -9,6 +11,7 @@ use std::time::Duration;
 
 use k8s_openapi::api::apps::v1::Deployment;
 use k8s_openapi::api::coordination::v1::Lease;
+use k8s_support::kubectl;
 use kube::Api;
 use kube::api::{Patch, PatchParams};
 use serde_json::json;
@@ -21,34 +24,6 @@ fn free_port() -> u16 {
         .local_addr()
         .unwrap()
         .port()
-}
-
-fn kubectl(env: &TestEnv, args: &[&str], stdin: Option<&str>) {
-    let mut cmd = env.kubectl();
-    cmd.args(args);
-    let out = if let Some(input) = stdin {
-        let mut child = cmd
-            .stdin(Stdio::piped())
-            .stdout(Stdio::piped())
-            .stderr(Stdio::piped())
-            .spawn()
-            .unwrap();
-        use std::io::Write;
-        child
-            .stdin
-            .take()
-            .unwrap()
-            .write_all(input.as_bytes())
-            .unwrap();
-        child.wait_with_output().unwrap()
-    } else {
-        cmd.output().unwrap()
-    };
-    assert!(
-        out.status.success(),
-        "kubectl {args:?}: {}",
-        String::from_utf8_lossy(&out.stderr)
-    );
 }
 
 /// Installs deploy/crd.yaml (the file users apply) and a workload + BlueGreen.

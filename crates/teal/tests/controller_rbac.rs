@@ -3,7 +3,11 @@
 //! through a whole release, and verbs it never uses are denied.
 
 use std::path::Path;
+mod k8s_support;
+
 use std::process::{Command, Stdio};
+
+use k8s_support::kubectl;
 use std::time::Duration;
 
 use k8s_openapi::api::apps::v1::Deployment;
@@ -12,30 +16,6 @@ use kube::api::{Patch, PatchParams};
 use serde_json::json;
 use teal_api::BlueGreen;
 use teal_testenv::{TestEnv, wait_for};
-
-fn kubectl(env: &TestEnv, args: &[&str], stdin: Option<&str>) -> String {
-    let mut cmd = env.kubectl();
-    cmd.args(args).stdout(Stdio::piped()).stderr(Stdio::piped());
-    let out = if let Some(input) = stdin {
-        let mut child = cmd.stdin(Stdio::piped()).spawn().unwrap();
-        use std::io::Write;
-        child
-            .stdin
-            .take()
-            .unwrap()
-            .write_all(input.as_bytes())
-            .unwrap();
-        child.wait_with_output().unwrap()
-    } else {
-        cmd.output().unwrap()
-    };
-    assert!(
-        out.status.success(),
-        "kubectl {args:?}: {}",
-        String::from_utf8_lossy(&out.stderr)
-    );
-    String::from_utf8_lossy(&out.stdout).trim().to_string()
-}
 
 fn can_i(env: &TestEnv, verb: &str, resource: &str) -> bool {
     let out = env

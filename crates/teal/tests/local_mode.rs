@@ -4,8 +4,6 @@
 
 mod local_support;
 
-use std::sync::Arc;
-use std::sync::atomic::{AtomicBool, Ordering};
 use std::time::Duration;
 
 use local_support::*;
@@ -67,16 +65,7 @@ fn failed_analysis_rolls_back_and_production_never_sees_it() {
     d.wait_phase("Healthy");
 
     // Preview traffic, as testers of the idle color would send it.
-    let stop = Arc::new(AtomicBool::new(false));
-    let preview = std::thread::spawn({
-        let stop = stop.clone();
-        move || {
-            while !stop.load(Ordering::Relaxed) {
-                let _ = get(port, &[("x-teal-preview", "1")]);
-                std::thread::sleep(Duration::from_millis(5));
-            }
-        }
-    });
+    let preview = PreviewTraffic::start(port);
 
     let o = cli(&config, &["deploy", "--revision", "v2"]);
     assert!(o.status.success(), "{}", text(&o));
@@ -85,8 +74,7 @@ fn failed_analysis_rolls_back_and_production_never_sees_it() {
     let mut args = vec!["deploy", "--revision", "v3", "--env", "EXTRA=1", "--"];
     args.extend(argv.iter().map(String::as_str));
     let o = cli(&config, &args);
-    stop.store(true, Ordering::Relaxed);
-    preview.join().unwrap();
+    drop(preview);
     assert_eq!(o.status.code(), Some(1), "{}", text(&o));
     let out = String::from_utf8_lossy(&o.stdout);
     assert!(out.contains("v3: RolledBack"), "{}", text(&o));

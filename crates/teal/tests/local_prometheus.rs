@@ -4,9 +4,6 @@
 
 mod local_support;
 
-use std::sync::Arc;
-use std::sync::atomic::{AtomicBool, Ordering};
-
 use local_support::*;
 
 #[tokio::test(flavor = "multi_thread")]
@@ -46,16 +43,7 @@ async fn prometheus_metric_gates_the_release() {
         "prometheus never scraped the router's admin /metrics"
     );
 
-    let stop = Arc::new(AtomicBool::new(false));
-    let preview = std::thread::spawn({
-        let stop = stop.clone();
-        move || {
-            while !stop.load(Ordering::Relaxed) {
-                let _ = get(port, &[("x-teal-preview", "1")]);
-                std::thread::sleep(std::time::Duration::from_millis(5));
-            }
-        }
-    });
+    let preview = PreviewTraffic::start(port);
     let run = |args: Vec<String>| {
         let config = config.clone();
         tokio::task::spawn_blocking(move || {
@@ -74,8 +62,7 @@ async fn prometheus_metric_gates_the_release() {
         .collect();
     args.extend(sample_app_argv(&["--error-rate", "0.5"]));
     let o = run(args).await.unwrap();
-    stop.store(true, Ordering::Relaxed);
-    preview.join().unwrap();
+    drop(preview);
     assert_eq!(o.status.code(), Some(1), "{}", text(&o));
     let out = String::from_utf8_lossy(&o.stdout);
     assert!(out.contains("v3: RolledBack"), "{}", text(&o));

@@ -276,3 +276,38 @@ pub fn healthy_daemon(name: &str, extra: &str) -> Setup {
         dir,
     }
 }
+
+/// Requests with the preview header in a loop, as testers of the idle color
+/// would send them, until dropped.
+pub struct PreviewTraffic {
+    stop: std::sync::Arc<std::sync::atomic::AtomicBool>,
+    thread: Option<std::thread::JoinHandle<()>>,
+}
+
+impl PreviewTraffic {
+    pub fn start(port: u16) -> PreviewTraffic {
+        let stop = std::sync::Arc::new(std::sync::atomic::AtomicBool::new(false));
+        let thread = std::thread::spawn({
+            let stop = stop.clone();
+            move || {
+                while !stop.load(Ordering::Relaxed) {
+                    let _ = get(port, &[("x-teal-preview", "1")]);
+                    std::thread::sleep(Duration::from_millis(5));
+                }
+            }
+        });
+        PreviewTraffic {
+            stop,
+            thread: Some(thread),
+        }
+    }
+}
+
+impl Drop for PreviewTraffic {
+    fn drop(&mut self) {
+        self.stop.store(true, Ordering::Relaxed);
+        if let Some(t) = self.thread.take() {
+            let _ = t.join();
+        }
+    }
+}
