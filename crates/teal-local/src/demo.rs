@@ -134,8 +134,9 @@ struct Sample {
     preview: bool,
 }
 
-/// The built-in sample app's command line, with extra flags.
-fn sample_app(exe: &std::path::Path, extra: &[&str]) -> Vec<String> {
+/// The built-in sample app's command line (`exe` is the teal executable),
+/// with extra flags; `{color}`, `{revision}` and `{port}` are filled in per replica.
+pub fn sample_app(exe: &std::path::Path, extra: &[&str]) -> Vec<String> {
     let base = [
         "sample-app",
         "--color",

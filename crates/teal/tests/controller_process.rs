@@ -5,13 +5,12 @@
 mod k8s_support;
 
 use std::net::TcpListener;
-use std::path::Path;
 use std::process::{Child, Command, Stdio};
 use std::time::Duration;
 
 use k8s_openapi::api::apps::v1::Deployment;
 use k8s_openapi::api::coordination::v1::Lease;
-use k8s_support::kubectl;
+use k8s_support::{apply_deploy_files, kubectl};
 use kube::Api;
 use kube::api::{Patch, PatchParams};
 use serde_json::json;
@@ -28,28 +27,7 @@ fn free_port() -> u16 {
 
 /// Installs deploy/crd.yaml (the file users apply) and a workload + BlueGreen.
 async fn setup(env: &TestEnv, prefix: &str, bg_extra: &str) -> String {
-    let crd = Path::new(env!("CARGO_MANIFEST_DIR")).join("../../deploy/crd.yaml");
-    kubectl(
-        env,
-        &[
-            "apply",
-            "--server-side",
-            "--force-conflicts",
-            "-f",
-            crd.to_str().unwrap(),
-        ],
-        None,
-    );
-    kubectl(
-        env,
-        &[
-            "wait",
-            "--for=condition=Established",
-            "crd/bluegreens.teal.dev",
-            "--timeout=30s",
-        ],
-        None,
-    );
+    apply_deploy_files(env, &["crd.yaml"]);
     let ns = env.namespace(prefix).await;
     let manifest = format!(
         r#"

@@ -2,12 +2,11 @@
 //! controller runs as that ServiceAccount (a real token from the apiserver)
 //! through a whole release, and verbs it never uses are denied.
 
-use std::path::Path;
 mod k8s_support;
 
 use std::process::{Command, Stdio};
 
-use k8s_support::kubectl;
+use k8s_support::{apply_deploy_files, kubectl};
 use std::time::Duration;
 
 use k8s_openapi::api::apps::v1::Deployment;
@@ -36,32 +35,7 @@ fn can_i(env: &TestEnv, verb: &str, resource: &str) -> bool {
 #[tokio::test]
 async fn the_controller_runs_a_release_with_only_its_role() {
     let env = TestEnv::shared();
-    let root = Path::new(env!("CARGO_MANIFEST_DIR")).join("../..");
-    for file in ["deploy/crd.yaml", "deploy/rbac.yaml"] {
-        let path = root.join(file);
-        kubectl(
-            env,
-            &[
-                "apply",
-                "--server-side",
-                "--force-conflicts",
-                "-f",
-                path.to_str().unwrap(),
-            ],
-            None,
-        );
-    }
-    kubectl(
-        env,
-        &[
-            "wait",
-            "--for=condition=Established",
-            "crd/bluegreens.teal.dev",
-            "--timeout=30s",
-        ],
-        None,
-    );
-
+    apply_deploy_files(env, &["crd.yaml", "rbac.yaml"]);
     // Least privilege: what teal never does is denied.
     for (verb, resource) in [
         ("delete", "deployments"),

@@ -29,3 +29,28 @@ pub fn kubectl(env: &TestEnv, args: &[&str], stdin: Option<&str>) -> String {
     );
     String::from_utf8_lossy(&out.stdout).trim().to_string()
 }
+
+/// Applies files of `deploy/` (as users do, server-side) and waits until the
+/// BlueGreen CRD is established.
+pub fn apply_deploy_files(env: &TestEnv, files: &[&str]) {
+    let root = std::path::Path::new(env!("CARGO_MANIFEST_DIR")).join("../../deploy");
+    for file in files {
+        let path = root.join(file);
+        let path = path.to_str().unwrap();
+        kubectl(
+            env,
+            &["apply", "--server-side", "--force-conflicts", "-f", path],
+            None,
+        );
+    }
+    kubectl(
+        env,
+        &[
+            "wait",
+            "--for=condition=Established",
+            "crd/bluegreens.teal.dev",
+            "--timeout=30s",
+        ],
+        None,
+    );
+}

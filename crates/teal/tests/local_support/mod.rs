@@ -49,21 +49,7 @@ impl Drop for Scratch {
 
 /// The sample app's command line, with extra arguments.
 pub fn sample_app_argv(extra: &[&str]) -> Vec<String> {
-    let mut argv: Vec<String> = [
-        teal(),
-        "sample-app",
-        "--color",
-        "{color}",
-        "--version",
-        "{revision}",
-        "--port",
-        "{port}",
-    ]
-    .iter()
-    .map(|s| s.to_string())
-    .collect();
-    argv.extend(extra.iter().map(|s| s.to_string()));
-    argv
+    teal_local::demo::sample_app(Path::new(teal()), extra)
 }
 
 /// The sample app as a YAML (flow) command list.
