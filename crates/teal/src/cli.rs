@@ -2,7 +2,7 @@
 
 use std::process::ExitCode;
 
-use clap::{Parser, Subcommand};
+use clap::{CommandFactory, FromArgMatches, Parser, Subcommand};
 
 use crate::cmd;
 
@@ -19,6 +19,8 @@ struct Cli {
 
 #[derive(Subcommand)]
 enum Command {
+    #[command(flatten)]
+    Kube(cmd::kube::Verb),
     /// Run a blue/green release under live traffic on this machine.
     Demo(cmd::demo::Args),
     /// Local mode: run and release an app on this machine.
@@ -29,13 +31,35 @@ enum Command {
     Crd(cmd::crd::Args),
     /// Run teal's L7 router (data plane) with an admin API.
     Router(cmd::router::Args),
+    /// Print a shell completion script (bash, zsh, fish).
+    Completion(cmd::completion::Args),
     /// Sample upstream app reporting its color (tests and `teal demo`).
     #[command(hide = true)]
     SampleApp(cmd::sample_app::Args),
 }
 
+/// The command-line definition (for completion scripts).
+pub fn command() -> clap::Command {
+    Cli::command()
+}
+
+/// Parses the arguments; invoked as `kubectl-teal` (a kubectl plugin),
+/// help and errors say `kubectl teal`.
+fn parse() -> Cli {
+    let argv0 = std::env::args_os().next().unwrap_or_default();
+    let file = std::path::Path::new(&argv0)
+        .file_name()
+        .map(|f| f.to_string_lossy().into_owned())
+        .unwrap_or_default();
+    if !file.starts_with("kubectl-teal") {
+        return Cli::parse();
+    }
+    let matches = Cli::command().bin_name("kubectl teal").get_matches();
+    Cli::from_arg_matches(&matches).unwrap_or_else(|e| e.exit())
+}
+
 pub fn main() -> ExitCode {
-    let cli = Cli::parse();
+    let cli = parse();
     // The demo prints its own progress; only errors go to the log there.
     init_tracing(if matches!(cli.command, Command::Demo(_)) {
         "error"
@@ -51,11 +75,13 @@ pub fn main() -> ExitCode {
     };
     let result = runtime.block_on(async move {
         match cli.command {
+            Command::Kube(verb) => cmd::kube::run(verb).await,
             Command::Demo(args) => cmd::demo::run(args).await,
             Command::Local(args) => cmd::local::run(args).await,
             Command::Controller(args) => cmd::controller::run(args).await,
             Command::Crd(args) => cmd::crd::run(args).await,
             Command::Router(args) => cmd::router::run(args).await,
+            Command::Completion(args) => cmd::completion::run(args).await,
             Command::SampleApp(args) => cmd::sample_app::run(args).await,
         }
     });
