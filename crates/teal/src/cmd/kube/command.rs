@@ -12,7 +12,9 @@ use serde_json::json;
 use teal_api::BlueGreen;
 use teal_api::bluegreen::annotations;
 
-use super::{Conn, EXIT_NOT_DONE, EXIT_TIMEOUT, Kube, event_time_ms, fail, now_ms, parse_timeout};
+use k8s_openapi::api::events::v1::Event;
+
+use super::{Conn, EXIT_NOT_DONE, EXIT_TIMEOUT, Kube, fail, now_ms, parse_timeout};
 
 /// Field manager of the CLI's writes.
 pub const MANAGER: &str = "teal-cli";
@@ -49,8 +51,9 @@ pub async fn send(
     let id = k.id(name);
     let value = format!("{verb}/{}-{}", now_ms(), std::process::id());
     // Rejections are published just before the status that records the
-    // command; allow for clocks that differ a little.
-    let since = now_ms() - 2000;
+    // command. A rejection of this command is an event not seen before,
+    // or one seen before whose series count grew (repeats are counted).
+    let seen: Vec<(String, i32)> = rejections(&k.events(name).await?);
     let patch = json!({"metadata": {"annotations": {annotations::COMMAND: value}}});
     k.bluegreens()
         .patch(
@@ -90,11 +93,10 @@ pub async fn send(
         .await?
         .into_iter()
         .filter(|e| {
-            matches!(
-                e.reason.as_deref(),
-                Some("CommandRejected" | "InvalidCommand")
-            ) && event_time_ms(e) >= since
-                && e.regarding.as_ref().and_then(|r| r.uid.clone()) == uid
+            e.regarding.as_ref().and_then(|r| r.uid.clone()) == uid
+                && rejections(std::slice::from_ref(e))
+                    .first()
+                    .is_some_and(|key| !seen.contains(key))
         })
         .next_back();
     if let Some(e) = rejected {
@@ -112,6 +114,25 @@ pub async fn send(
         .map(Err);
     }
     Ok(Ok(bg))
+}
+
+/// The rejection events among `events`, as (uid, times seen).
+fn rejections(events: &[Event]) -> Vec<(String, i32)> {
+    events
+        .iter()
+        .filter(|e| {
+            matches!(
+                e.reason.as_deref(),
+                Some("CommandRejected" | "InvalidCommand")
+            )
+        })
+        .map(|e| {
+            (
+                e.metadata.uid.clone().unwrap_or_default(),
+                e.series.as_ref().map(|s| s.count).unwrap_or(1),
+            )
+        })
+        .collect()
 }
 
 /// Reports a command the controller accepted.

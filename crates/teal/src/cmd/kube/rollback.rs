@@ -126,7 +126,10 @@ async fn recorded_templates(
         if !found.iter().any(|(r, _, _)| *r == rev) {
             found.push((
                 rev,
-                format!("ReplicaSet {} (history of the workload)", rs.metadata.name.unwrap_or_default()),
+                format!(
+                    "ReplicaSet {} (history of the workload)",
+                    rs.metadata.name.unwrap_or_default()
+                ),
                 t,
             ));
         }
@@ -187,7 +190,12 @@ async fn to_revision(
             &changed,
         )
         .await
-        .with_context(|| format!("cannot write the pod template of Deployment {}", k.id(wname)))?;
+        .with_context(|| {
+            format!(
+                "cannot write the pod template of Deployment {}",
+                k.id(wname)
+            )
+        })?;
     let now = revision_of(&updated.spec.template);
     println!(
         "Deployment {}: pod template of revision {rev} restored from {source}; BlueGreen {id} releases it now",

@@ -4,8 +4,8 @@
 use std::process::ExitCode;
 
 use anyhow::Context as _;
-use kube::api::{Patch, PatchParams};
 use kube::ResourceExt;
+use kube::api::{Patch, PatchParams};
 use serde_json::json;
 use teal_controller::objects::revision_of;
 
@@ -60,12 +60,7 @@ pub async fn run(args: Args) -> anyhow::Result<ExitCode> {
     for (c, image) in &args.images {
         let (list, current) = if let Some(x) = pod.containers.iter().find(|x| &x.name == c) {
             (&mut containers, x.image.clone())
-        } else if let Some(x) = pod
-            .init_containers
-            .iter()
-            .flatten()
-            .find(|x| &x.name == c)
-        {
+        } else if let Some(x) = pod.init_containers.iter().flatten().find(|x| &x.name == c) {
             (&mut init, x.image.clone())
         } else {
             let names: Vec<&str> = pod

@@ -67,6 +67,12 @@ pub fn judge(bg: &BlueGreen, desired: &str) -> Judgement {
             "revision {desired} is live on {}",
             st.active_color.map(|c| c.to_string()).unwrap_or_default()
         )),
+        // Post-promotion checks passed; the previous color only waits for
+        // its scale-down (an operator may still roll back to it).
+        "ScaleDownDelay" if active == Some(desired) => Judgement::Live(format!(
+            "revision {desired} is live on {} (the previous color is kept until its scale-down delay ends)",
+            st.active_color.map(|c| c.to_string()).unwrap_or_default()
+        )),
         "Failed" | "RolledBack" | "Aborted" => Judgement::NotLive(format!(
             "release of revision {desired} ended {phase}: {}",
             record.map(|r| r.reason.clone()).unwrap_or(message)
