@@ -468,3 +468,94 @@ async fn kubectl_plugin_completions_and_a_controller_that_does_not_answer() {
     );
     let _ = std::fs::remove_dir_all(&dir);
 }
+
+#[tokio::test]
+async fn watch_redraws_in_a_terminal_as_the_release_moves() {
+    let env = TestEnv::shared();
+    let ns = setup(env, "cli-watch", "  promotion: {mode: manual}", true).await;
+    let out = teal(env, &ns, &["status", "shop", "--wait", "--timeout", "120s"]).await;
+    assert_eq!(out.code, 0, "{out:?}");
+
+    // A tmux server of this test's own, with one 200x50 terminal.
+    let socket = format!("teal-{ns}");
+    let _server = TmuxServer(socket.clone());
+    let tmux = |args: &[&str]| {
+        let mut cmd = tokio::process::Command::new("tmux");
+        cmd.args(["-L", &socket])
+            .args(args)
+            .env("KUBECONFIG", env.kubeconfig_path());
+        run(cmd)
+    };
+    let watch = format!("{} watch shop -n {ns}", env!("CARGO_BIN_EXE_teal"));
+    let out = tmux(&[
+        "new-session",
+        "-d",
+        "-x",
+        "200",
+        "-y",
+        "50",
+        "-s",
+        "w",
+        &watch,
+    ])
+    .await;
+    assert_eq!(out.code, 0, "{out:?}");
+    let shows = |wanted: Vec<String>| {
+        let tmux = &tmux;
+        async move {
+            wait_for("the watch screen", Duration::from_secs(120), || {
+                let wanted = wanted.clone();
+                async move {
+                    let screen = tmux(&["capture-pane", "-p", "-t", "w"]).await.stdout;
+                    match wanted.iter().all(|w| screen.contains(w.as_str())) {
+                        true => Ok(screen),
+                        false => Err(format!("want {wanted:?} on\n{screen}")),
+                    }
+                }
+            })
+            .await
+        }
+    };
+    let v1 = status(env, &ns).await.active_revision.unwrap();
+    shows(vec![
+        format!("BlueGreen {ns}/shop"),
+        "Phase:     Healthy".into(),
+        format!("Active:    blue  revision {v1}"),
+    ])
+    .await;
+
+    let out = teal(env, &ns, &["set", "image", "shop", "app=shop:2"]).await;
+    assert_eq!(out.code, 0, "{out:?}");
+    let screen = shows(vec![
+        "Phase:     AwaitingPromotion".into(),
+        "Preview:   green  revision".into(),
+        "AwaitingPromotion ".into(),
+    ])
+    .await;
+    assert!(screen.contains("ReleaseStarted"), "{screen}");
+    assert_eq!(
+        screen.matches("Phase:").count(),
+        1,
+        "redrawn in place, not appended: {screen}"
+    );
+
+    let out = teal(env, &ns, &["promote", "shop"]).await;
+    assert_eq!(out.code, 0, "{out:?}");
+    shows(vec![
+        "Active:    green".into(),
+        "Last command: promote/".into(),
+        "Switched".into(),
+    ])
+    .await;
+}
+
+/// Stops the test's tmux server, also when an assertion failed.
+struct TmuxServer(String);
+
+impl Drop for TmuxServer {
+    fn drop(&mut self) {
+        let _ = std::process::Command::new("tmux")
+            .args(["-L", &self.0, "kill-server"])
+            .status();
+    }
+}

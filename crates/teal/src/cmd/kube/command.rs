@@ -88,28 +88,25 @@ pub async fn send(
         tokio::time::sleep(Duration::from_millis(250)).await;
     };
     let uid = bg.meta().uid.clone();
-    let rejected = k
-        .events(name)
-        .await?
-        .into_iter()
-        .filter(|e| {
-            e.regarding.as_ref().and_then(|r| r.uid.clone()) == uid
-                && rejections(std::slice::from_ref(e))
-                    .first()
-                    .is_some_and(|key| !seen.contains(key))
-        })
-        .next_back();
+    let rejected = k.events(name).await?.into_iter().rfind(|e| {
+        e.regarding.as_ref().and_then(|r| r.uid.clone()) == uid
+            && rejections(std::slice::from_ref(e))
+                .first()
+                .is_some_and(|key| !seen.contains(key))
+    });
     if let Some(e) = rejected {
         let note = e.note.unwrap_or_default();
         let reason = note
             .strip_prefix(&format!("BlueGreen {id}: "))
             .unwrap_or(&note);
+        let phase_note = if reason.contains("(phase:") {
+            String::new()
+        } else {
+            format!(" (phase: {})", phase(&bg))
+        };
         return fail(
             EXIT_NOT_DONE,
-            format!(
-                "BlueGreen {id} rejected {verb}: {reason} (phase: {})",
-                phase(&bg)
-            ),
+            format!("BlueGreen {id} rejected {verb}: {reason}{phase_note}"),
         )
         .map(Err);
     }

@@ -72,7 +72,7 @@ pub fn detail(ns: &str, bg: &BlueGreen, events: &[Event], max_events: usize) -> 
     let _ = writeln!(
         s,
         "Promotion: {}",
-        serde_json::to_value(&bg.spec.promotion.mode)
+        serde_json::to_value(bg.spec.promotion.mode)
             .ok()
             .and_then(|v| v.as_str().map(str::to_string))
             .unwrap_or_else(|| "-".into())
