@@ -272,6 +272,7 @@ fn policy(bg: &BlueGreen, replicas: u32) -> Policy {
         post_promotion_analysis: s.analysis.post_promotion.is_some(),
         progress_deadline_ms: s.progress_deadline.as_millis(),
         scale_down_delay_ms: s.scale_down_delay.as_millis(),
+        hooks: teal_api::hooks::hook_policy(&s.webhooks),
     }
 }
 
