@@ -226,7 +226,10 @@ impl SecretRef {
             SecretSource::Local => "env (an environment variable) or file",
         };
         if set != 1 {
-            errors.push(FieldError::new(path, format!("set exactly one source: {allowed}")));
+            errors.push(FieldError::new(
+                path,
+                format!("set exactly one source: {allowed}"),
+            ));
             return;
         }
         match source {
@@ -240,8 +243,9 @@ impl SecretRef {
             )),
             _ => {}
         }
-        if k8s && (self.name.as_deref().is_none_or(str::is_empty)
-            || self.key.as_deref().is_none_or(str::is_empty))
+        if k8s
+            && (self.name.as_deref().is_none_or(str::is_empty)
+                || self.key.as_deref().is_none_or(str::is_empty))
         {
             errors.push(FieldError::new(path, "needs both name and key"));
         }
@@ -436,7 +440,10 @@ mod tests {
             "notifications[2].secretRef: Kubernetes Secrets are not available in local mode",
         ];
         for w in want {
-            assert!(e.iter().any(|x| x.starts_with(w)), "missing {w:?} in {e:#?}");
+            assert!(
+                e.iter().any(|x| x.starts_with(w)),
+                "missing {w:?} in {e:#?}"
+            );
         }
         assert_eq!(e.len(), want.len(), "{e:#?}");
         let e = errors(

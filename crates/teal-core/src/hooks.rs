@@ -72,7 +72,10 @@ impl HookResult {
 
 /// The first result that did not pass, described.
 pub fn first_failure(results: &[HookResult]) -> Option<String> {
-    results.iter().find(|r| !r.passed()).map(HookResult::describe)
+    results
+        .iter()
+        .find(|r| !r.passed())
+        .map(HookResult::describe)
 }
 
 /// Fire-and-forget hooks an engine event sets off: `event` hooks for

@@ -66,7 +66,11 @@ fn pre_rollout_hooks_run_before_analysis() {
     assert_eq!(r.waiting_on, Some(HookKind::PreRollout));
     assert_eq!(r.message, "running pre-rollout webhooks");
 
-    answer(&mut w, HookKind::PreRollout, vec![result(HookKind::PreRollout, "smoke", 200)]);
+    answer(
+        &mut w,
+        HookKind::PreRollout,
+        vec![result(HookKind::PreRollout, "smoke", 200)],
+    );
     assert_eq!(w.analysis, Some((Stage::PrePromotion, "v2".into())));
     assert_eq!(w.machine.release.as_ref().unwrap().waiting_on, None);
     w.verdict(Verdict::Pass);
@@ -87,7 +91,11 @@ fn a_failing_pre_rollout_hook_ends_the_release_before_traffic() {
     assert_eq!(w.phase(), Some(Phase::Failed));
     assert_eq!(w.production, Some(Blue));
     assert_eq!(w.preview, None);
-    assert!(w.switches.iter().all(|(c, _)| *c == Blue), "{:?}", w.switches);
+    assert!(
+        w.switches.iter().all(|(c, _)| *c == Blue),
+        "{:?}",
+        w.switches
+    );
     assert_eq!(w.colors[&Green].replicas, 0);
     let reason = &w.machine.history.last().unwrap().reason;
     assert!(
@@ -145,15 +153,23 @@ fn with_manual_promotion_the_gate_comes_first_then_the_operator() {
     w.send(Input::Revision("v2".into())).unwrap();
     w.report_ready(Green);
     w.verdict(Verdict::Pass);
-    assert_eq!(w.machine.next_deadline(), None, "no auto-promotion while the gate is closed");
+    assert_eq!(
+        w.machine.next_deadline(),
+        None,
+        "no auto-promotion while the gate is closed"
+    );
     answer(
         &mut w,
         HookKind::ConfirmPromotion,
         vec![result(HookKind::ConfirmPromotion, "approve", 200)],
     );
     assert_eq!(w.phase(), Some(Phase::AwaitingPromotion));
-    assert_eq!(w.machine.release.as_ref().unwrap().message, "waiting for promotion");
-    w.send(Input::Command(Command::Promote { full: false })).unwrap();
+    assert_eq!(
+        w.machine.release.as_ref().unwrap().message,
+        "waiting for promotion"
+    );
+    w.send(Input::Command(Command::Promote { full: false }))
+        .unwrap();
     assert_eq!(w.phase(), Some(Phase::CuttingOver));
 }
 
@@ -169,7 +185,8 @@ fn answers_for_another_revision_or_a_finished_wait_change_nothing() {
     .unwrap();
     assert_eq!(w.phase(), Some(Phase::AwaitingPromotion));
     // An operator may open the gate; a late answer then does nothing.
-    w.send(Input::Command(Command::Promote { full: false })).unwrap();
+    w.send(Input::Command(Command::Promote { full: false }))
+        .unwrap();
     assert_eq!(w.phase(), Some(Phase::CuttingOver));
     let before = w.log.len();
     answer(
