@@ -224,6 +224,18 @@ impl Config {
         {
             config.app.workdir = Some(base.join(w));
         }
+        for n in &mut config.notifications {
+            for s in [n.secret_ref.as_mut(), n.hmac_secret_ref.as_mut()]
+                .into_iter()
+                .flatten()
+            {
+                if let Some(f) = &s.file
+                    && f.is_relative()
+                {
+                    s.file = Some(base.join(f));
+                }
+            }
+        }
         Ok(config)
     }
 
