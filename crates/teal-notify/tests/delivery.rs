@@ -1,12 +1,9 @@
 //! Webhook calls and notification delivery against real HTTP receivers on
 //! loopback: payloads per service, retries, signatures, failing notifiers.
 
-mod receiver;
-
 use std::collections::BTreeMap;
 use std::time::Duration;
 
-use receiver::Receiver;
 use teal_api::Duration as SpecDuration;
 use teal_api::hooks::{NotificationEvent, NotifierType, WebhookSpec, WebhookType};
 use teal_core::Color;
@@ -14,6 +11,7 @@ use teal_core::hooks::HookKind;
 use teal_notify::message::signature;
 use teal_notify::webhook::{self, HookColors, HookPayload};
 use teal_notify::{Backoff, Notification, Notifier, Secret, Target};
+use teal_testenv::receiver::Receiver;
 
 fn payload() -> HookPayload {
     HookPayload {

@@ -1,6 +1,6 @@
 //! A real HTTP server on loopback that records what it is sent and answers
-//! with the statuses it is given (then the default).
-#![allow(dead_code)]
+//! with the statuses it is given (then the default): the other end of
+//! webhooks and notifiers in tests.
 
 use std::collections::VecDeque;
 use std::net::SocketAddr;
@@ -113,6 +113,6 @@ impl Receiver {
             }
             tokio::time::sleep(Duration::from_millis(100)).await;
         }
-        panic!("expected {n} requests, got {:#?}", self.received());
+        panic!("expected {n} requests, got {:#?}", self.received().len());
     }
 }
