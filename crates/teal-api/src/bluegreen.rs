@@ -6,6 +6,7 @@ use kube::{CustomResource, KubeSchema};
 use schemars::JsonSchema;
 use serde::{Deserialize, Serialize};
 
+use crate::hooks::{NotifierSpec, WebhookSpec};
 use crate::{AnalysisSpec, Duration, PreviewSpec, PromotionSpec};
 use teal_core::Color;
 
@@ -56,6 +57,12 @@ pub struct BlueGreenSpec {
     /// Time a color has to become ready, and a switch to be confirmed.
     #[serde(default = "default_progress_deadline")]
     pub progress_deadline: Duration,
+    /// Test hooks and promotion gates (see docs/analysis.md).
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub webhooks: Vec<WebhookSpec>,
+    /// Where people hear about releases; URLs come from Secrets.
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub notifications: Vec<NotifierSpec>,
 }
 
 fn default_scale_down_delay() -> Duration {

@@ -5,6 +5,7 @@
 
 pub mod bluegreen;
 pub mod duration;
+pub mod hooks;
 pub mod spec;
 
 pub use bluegreen::{BlueGreen, BlueGreenSpec, BlueGreenStatus};

@@ -8,6 +8,7 @@
 
 #![forbid(unsafe_code)]
 
+pub mod hooks;
 pub mod leader;
 pub mod metrics;
 pub mod objects;

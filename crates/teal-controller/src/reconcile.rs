@@ -272,6 +272,7 @@ fn policy(bg: &BlueGreen, replicas: u32) -> Policy {
         post_promotion_analysis: s.analysis.post_promotion.is_some(),
         progress_deadline_ms: s.progress_deadline.as_millis(),
         scale_down_delay_ms: s.scale_down_delay.as_millis(),
+        hooks: teal_api::hooks::hook_policy(&s.webhooks),
     }
 }
 
@@ -441,7 +442,8 @@ async fn apply(bg: Arc<BlueGreen>, ctx: Arc<Context>) -> Result<Requeue, Error> 
                 });
             }
             a.next_check = now + spec.interval.as_millis();
-            if let Some(v) = a.run.record(ms) {
+            let hooks = crate::hooks::with_check(&bg, &state.machine, &a.revision, a.color).await;
+            if let Some(v) = a.run.record_checks(ms, hooks) {
                 inputs.push(Input::Analysis {
                     stage: a.stage,
                     revision: a.revision.clone(),
@@ -450,6 +452,7 @@ async fn apply(bg: Arc<BlueGreen>, ctx: Arc<Context>) -> Result<Requeue, Error> 
             }
         }
     }
+    inputs.extend(crate::hooks::due(&bg, &state.machine).await);
     inputs.push(Input::Tick);
 
     let mut rejected = Vec::new();
@@ -541,8 +544,18 @@ async fn apply(bg: Arc<BlueGreen>, ctx: Arc<Context>) -> Result<Requeue, Error> 
                 }
             }
             Action::StopAnalysis => state.analysis = None,
+            Action::RunHooks { kind, .. } => {
+                if let Some(input) = crate::hooks::round(&bg, &state.machine, kind).await {
+                    queue.extend(state.machine.handle(now_ms(), input).unwrap_or_default());
+                }
+            }
             Action::Event(e) => {
                 ctx.metrics.event(&e);
+                if let Some(problem) =
+                    crate::hooks::on_event(&ctx.client, &bg, &state.machine, &e).await
+                {
+                    cluster.event(true, "NotificationFailed", problem).await;
+                }
                 if let Some(r) = state
                     .machine
                     .release

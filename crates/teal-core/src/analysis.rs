@@ -8,6 +8,7 @@
 
 use serde::{Deserialize, Serialize};
 
+use crate::hooks::{HookKind, HookResult};
 use crate::release::Verdict;
 
 /// One metric's value in one check; `None` means no data.
@@ -94,6 +95,9 @@ pub struct Run {
     pub inconclusive: u32,
     /// The latest measurement of every metric.
     pub last: Vec<Measurement>,
+    /// The latest result of every rollout and rollback webhook.
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub hooks: Vec<HookResult>,
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub verdict: Option<Verdict>,
 }
@@ -106,18 +110,51 @@ impl Run {
             failures: 0,
             inconclusive: 0,
             last: Vec::new(),
+            hooks: Vec::new(),
             verdict: None,
         }
     }
 
     /// Records one check; returns the stage's verdict once there is one.
     pub fn record(&mut self, measurements: Vec<Measurement>) -> Option<Verdict> {
+        self.record_checks(measurements, Vec::new())
+    }
+
+    /// Records one check with the webhooks called with it: a failed
+    /// `rollout` webhook fails the check like a metric out of range; a
+    /// `rollback` webhook answering 2xx fails the stage at once, whatever
+    /// the failure limit.
+    pub fn record_checks(
+        &mut self,
+        measurements: Vec<Measurement>,
+        hooks: Vec<HookResult>,
+    ) -> Option<Verdict> {
         if self.verdict.is_some() {
             return self.verdict.clone();
         }
         self.checks += 1;
-        let results: Vec<CheckResult> = measurements.iter().map(Measurement::judge).collect();
+        if let Some(h) = hooks
+            .iter()
+            .find(|h| h.kind == HookKind::Rollback && h.passed())
+        {
+            self.failures += 1;
+            self.verdict = Some(Verdict::Fail(format!(
+                "{}: rollback requested",
+                h.describe()
+            )));
+            self.last = measurements;
+            self.hooks = hooks;
+            return self.verdict.clone();
+        }
+        let mut results: Vec<CheckResult> = measurements.iter().map(Measurement::judge).collect();
+        results.extend(
+            hooks
+                .iter()
+                .filter(|h| h.kind == HookKind::Rollout && !h.passed())
+                .map(|h| CheckResult::Fail(h.describe())),
+        );
         self.last = measurements;
+        self.hooks = hooks;
         let failed: Vec<&str> = results
             .iter()
             .filter_map(|r| match r {
@@ -163,6 +200,46 @@ impl Run {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    fn hook(kind: HookKind, status: u16) -> HookResult {
+        HookResult {
+            name: "h".into(),
+            kind,
+            status: Some(status),
+            error: None,
+        }
+    }
+
+    #[test]
+    fn a_failing_rollout_hook_fails_the_check_naming_it() {
+        let mut r = Run::new(limits(3, 0, 0));
+        let v = r
+            .record_checks(vec![m(Some(100.0))], vec![hook(HookKind::Rollout, 500)])
+            .unwrap();
+        assert_eq!(
+            v,
+            Verdict::Fail("rollout webhook \"h\" answered 500".into())
+        );
+        let mut r = Run::new(limits(2, 0, 0));
+        r.record_checks(vec![m(Some(100.0))], vec![hook(HookKind::Rollout, 200)]);
+        assert_eq!(
+            r.record_checks(vec![m(Some(100.0))], vec![hook(HookKind::Rollback, 500)]),
+            Some(Verdict::Pass),
+            "a rollback hook that does not answer 2xx asks for nothing"
+        );
+    }
+
+    #[test]
+    fn a_rollback_hook_answering_2xx_fails_at_once() {
+        let mut r = Run::new(limits(5, 3, 0));
+        let v = r
+            .record_checks(vec![m(Some(100.0))], vec![hook(HookKind::Rollback, 200)])
+            .unwrap();
+        assert_eq!(
+            v,
+            Verdict::Fail("rollback webhook \"h\" answered 200: rollback requested".into())
+        );
+    }
 
     fn m(v: Option<f64>) -> Measurement {
         Measurement {

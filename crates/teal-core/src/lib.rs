@@ -8,6 +8,7 @@
 
 pub mod analysis;
 pub mod color;
+pub mod hooks;
 pub mod release;
 pub mod stats;
 

@@ -19,6 +19,7 @@ use std::fmt;
 use serde::{Deserialize, Serialize};
 
 use crate::Color;
+use crate::hooks::{HookKind, HookResult};
 
 /// Milliseconds on a clock of the caller's choosing (monotonic or wall).
 pub type Millis = u64;
@@ -62,6 +63,21 @@ pub struct Policy {
     pub progress_deadline_ms: Millis,
     /// How long the previous color stays up after cutover, for instant rollback.
     pub scale_down_delay_ms: Millis,
+    /// Which webhooks hold the release.
+    #[serde(default)]
+    pub hooks: HookPolicy,
+}
+
+/// Webhooks the release waits for (the others never hold it).
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default, Serialize, Deserialize)]
+#[serde(rename_all = "camelCase")]
+pub struct HookPolicy {
+    /// `pre-rollout` hooks run before analysis; a failure ends the release.
+    #[serde(default)]
+    pub pre_rollout: bool,
+    /// `confirm-promotion` hooks gate the cutover until they answer 2xx.
+    #[serde(default)]
+    pub confirm_promotion: bool,
 }
 
 impl Default for Policy {
@@ -74,6 +90,7 @@ impl Default for Policy {
             post_promotion_analysis: false,
             progress_deadline_ms: 600_000,
             scale_down_delay_ms: 30_000,
+            hooks: HookPolicy::default(),
         }
     }
 }
@@ -202,6 +219,12 @@ pub struct Release {
     /// While reverting: how the release will be recorded once traffic is back.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub revert: Option<(Outcome, String)>,
+    /// Webhooks the release waits for now (pre-rollout or confirm-promotion).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub waiting_on: Option<HookKind>,
+    /// Every confirm-promotion webhook answered 2xx.
+    #[serde(default)]
+    pub gate_open: bool,
 }
 
 /// A finished release as kept in history.
@@ -289,6 +312,13 @@ pub enum Input {
     Command(Command),
     /// Time passed; deadlines are checked.
     Tick,
+    /// One round of the webhooks of `kind` asked for with
+    /// [`Action::RunHooks`].
+    Hooks {
+        kind: HookKind,
+        revision: String,
+        results: Vec<HookResult>,
+    },
 }
 
 /// Where production and preview traffic go.
@@ -322,6 +352,14 @@ pub enum Action {
         revision: String,
     },
     StopAnalysis,
+    /// Call the webhooks of `kind` and answer with [`Input::Hooks`]:
+    /// pre-rollout once; confirm-promotion again and again (every few
+    /// seconds) for as long as the release waits on it.
+    RunHooks {
+        kind: HookKind,
+        color: Color,
+        revision: String,
+    },
     /// Drain `color` and take it down (scale to zero / stop its processes).
     Retire {
         color: Color,
@@ -356,6 +394,10 @@ pub enum EventKind {
     DeadlineExceeded,
     Superseded,
     Degraded,
+    /// Webhooks the release waited for answered 2xx.
+    HookPassed,
+    /// A webhook failed or asked for a rollback.
+    HookFailed,
 }
 
 impl EventKind {
@@ -370,6 +412,7 @@ impl EventKind {
                 | EventKind::Failed
                 | EventKind::DeadlineExceeded
                 | EventKind::Degraded
+                | EventKind::HookFailed
         )
     }
 }
@@ -494,7 +537,7 @@ impl Machine {
             Phase::AwaitingPromotion => match p.promotion {
                 Promotion::Manual {
                     auto_promote_after_ms: Some(after),
-                } if !r.held => Some(r.phase_since + after),
+                } if !r.held && r.waiting_on.is_none() => Some(r.phase_since + after),
                 _ => None,
             },
             Phase::ScaleDownDelay => Some(r.phase_since + p.scale_down_delay_ms),
@@ -586,6 +629,11 @@ impl Machine {
             } => self.on_analysis(now, stage, revision, verdict, &mut out),
             Input::Command(cmd) => self.on_command(now, cmd, &mut out)?,
             Input::Tick => self.on_tick(now, &mut out),
+            Input::Hooks {
+                kind,
+                revision,
+                results,
+            } => self.on_hooks(now, kind, revision, results, &mut out),
         }
         Ok(out)
     }
@@ -670,6 +718,8 @@ impl Machine {
             switch_confirmed_at: None,
             held: false,
             revert: None,
+            waiting_on: None,
+            gate_open: false,
         });
         out.push(Action::Deploy {
             color,
@@ -805,6 +855,23 @@ impl Machine {
             &revision,
             format!("{color} runs {revision} and is reachable with the preview header"),
         ));
+        if self.policy.hooks.pre_rollout && !r.rollback {
+            set_phase(r, now, Phase::Previewing, "running pre-rollout webhooks");
+            r.waiting_on = Some(HookKind::PreRollout);
+            out.push(Action::RunHooks {
+                kind: HookKind::PreRollout,
+                color,
+                revision,
+            });
+            return;
+        }
+        self.start_checks(now, analyse, out);
+    }
+
+    /// Pre-rollout hooks passed (or there are none): analysis, or the gate.
+    fn start_checks(&mut self, now: Millis, analyse: bool, out: &mut Vec<Action>) {
+        let r = self.release.as_mut().expect("release in progress");
+        let (color, revision) = (r.color, r.revision.clone());
         if analyse && !r.rollback {
             set_phase(r, now, Phase::Previewing, "pre-promotion analysis");
             out.push(Action::StartAnalysis {
@@ -831,6 +898,30 @@ impl Machine {
             out.push(event(EventKind::AwaitingPromotion, &rev, msg));
             return;
         }
+        if self.policy.hooks.confirm_promotion && !r.rollback && !r.gate_open {
+            let first = r.waiting_on != Some(HookKind::ConfirmPromotion);
+            r.waiting_on = Some(HookKind::ConfirmPromotion);
+            set_phase(
+                r,
+                now,
+                Phase::AwaitingPromotion,
+                "waiting for the confirm-promotion webhooks to answer 2xx",
+            );
+            if first {
+                let (color, rev) = (r.color, r.revision.clone());
+                out.push(event(
+                    EventKind::AwaitingPromotion,
+                    &rev,
+                    format!("{rev} waits for the confirm-promotion webhooks"),
+                ));
+                out.push(Action::RunHooks {
+                    kind: HookKind::ConfirmPromotion,
+                    color,
+                    revision: rev,
+                });
+            }
+            return;
+        }
         if auto {
             self.promote(now, out);
         } else {
@@ -844,6 +935,7 @@ impl Machine {
     fn promote(&mut self, now: Millis, out: &mut Vec<Action>) {
         let full = self.policy.replicas;
         let r = self.release.as_mut().expect("release in progress");
+        r.waiting_on = None;
         let (color, rev) = (r.color, r.revision.clone());
         out.push(event(
             EventKind::Promoting,
@@ -1090,6 +1182,56 @@ impl Machine {
                 );
                 r.held = true;
             }
+        }
+    }
+
+    fn on_hooks(
+        &mut self,
+        now: Millis,
+        kind: HookKind,
+        revision: String,
+        results: Vec<HookResult>,
+        out: &mut Vec<Action>,
+    ) {
+        let Some(r) = self.release.as_mut() else {
+            return;
+        };
+        if r.revision != revision || r.waiting_on != Some(kind) || r.phase.is_terminal() {
+            return;
+        }
+        let rev = r.revision.clone();
+        let failure = crate::hooks::first_failure(&results);
+        match (kind, failure) {
+            (HookKind::PreRollout, None) => {
+                r.waiting_on = None;
+                out.push(event(
+                    EventKind::HookPassed,
+                    &rev,
+                    "pre-rollout webhooks passed".into(),
+                ));
+                let analyse = self.policy.pre_promotion_analysis;
+                self.start_checks(now, analyse, out);
+            }
+            (HookKind::PreRollout, Some(why)) => {
+                r.waiting_on = None;
+                let reason = format!("{why}; the release stopped before taking traffic");
+                out.push(event(EventKind::HookFailed, &rev, reason.clone()));
+                self.finish_before_cutover(now, Outcome::Failed, reason, out);
+            }
+            (HookKind::ConfirmPromotion, None) => {
+                r.waiting_on = None;
+                r.gate_open = true;
+                out.push(event(
+                    EventKind::HookPassed,
+                    &rev,
+                    "confirm-promotion webhooks answered 2xx".into(),
+                ));
+                self.gate(now, None, out);
+            }
+            (HookKind::ConfirmPromotion, Some(why)) => {
+                r.message = format!("waiting for promotion: {why}");
+            }
+            _ => {}
         }
     }
 

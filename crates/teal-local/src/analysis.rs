@@ -1,8 +1,11 @@
 //! Measuring analysis metrics: built-in ones from the router's per-color
 //! counters, Prometheus ones through its HTTP API.
 
+use std::future::Future;
+use std::pin::Pin;
 use std::time::Duration;
 
+use teal_api::hooks::{WebhookSpec, WebhookType};
 use teal_api::{AnalysisStageSpec, BuiltinMetric, MetricSpec, PrometheusMetric};
 use teal_core::analysis::{Measurement, Run};
 use teal_core::release::{Stage, Verdict};
@@ -21,6 +24,68 @@ pub struct QueryVars {
     pub color: Color,
     pub revision: String,
     pub service: String,
+}
+
+/// What a provider has at hand for one check.
+pub struct CheckContext<'a> {
+    pub vars: &'a QueryVars,
+    /// The router's counters of the analysed color since the last check.
+    pub window: &'a ColorStats,
+}
+
+/// A boxed future, so providers can be trait objects.
+pub type Measuring<'a> = Pin<Box<dyn Future<Output = Measurement> + Send + 'a>>;
+
+/// A source of metric values. A new provider (Datadog, CloudWatch…) is a
+/// new spec field, an implementation of this trait and one arm in
+/// [`provider_for`]; the stage loop and the verdict logic stay as they are.
+pub trait MetricProvider: Send + Sync {
+    fn measure<'a>(&'a self, m: &'a MetricSpec, cx: &'a CheckContext<'a>) -> Measuring<'a>;
+}
+
+/// teal-router's per-color counters.
+pub struct Builtin(pub BuiltinMetric);
+
+impl MetricProvider for Builtin {
+    fn measure<'a>(&'a self, m: &'a MetricSpec, cx: &'a CheckContext<'a>) -> Measuring<'a> {
+        Box::pin(async move { measure_builtin(m, self.0, cx.window) })
+    }
+}
+
+/// A PromQL query through the Prometheus HTTP API.
+pub struct Prometheus(pub PrometheusMetric);
+
+impl MetricProvider for Prometheus {
+    fn measure<'a>(&'a self, m: &'a MetricSpec, cx: &'a CheckContext<'a>) -> Measuring<'a> {
+        Box::pin(measure_prometheus(m, &self.0, cx.vars))
+    }
+}
+
+/// The provider a metric names (validation makes sure there is exactly one).
+pub fn provider_for(m: &MetricSpec) -> Option<Box<dyn MetricProvider>> {
+    match (&m.builtin, &m.prometheus) {
+        (Some(b), _) => Some(Box::new(Builtin(*b))),
+        (None, Some(p)) => Some(Box::new(Prometheus(p.clone()))),
+        (None, None) => None,
+    }
+}
+
+/// Rollout and rollback webhooks called with every check.
+#[derive(Debug, Clone, Default)]
+pub struct StageHooks {
+    pub hooks: Vec<WebhookSpec>,
+    pub payload: Option<teal_notify::HookPayload>,
+}
+
+impl StageHooks {
+    async fn call(&self) -> Vec<teal_core::hooks::HookResult> {
+        let Some(p) = &self.payload else {
+            return Vec::new();
+        };
+        let mut out = teal_notify::webhook::call_all(&self.hooks, WebhookType::Rollout, p).await;
+        out.extend(teal_notify::webhook::call_all(&self.hooks, WebhookType::Rollback, p).await);
+        out
+    }
 }
 
 /// Progress and end of one analysis stage, as sent to the engine.
@@ -144,8 +209,11 @@ pub async fn run_stage(
     spec: AnalysisStageSpec,
     stage: Stage,
     vars: QueryVars,
+    hooks: StageHooks,
     reports: mpsc::UnboundedSender<Report>,
 ) {
+    let providers: Vec<Option<Box<dyn MetricProvider>>> =
+        spec.metrics.iter().map(provider_for).collect();
     let mut run = Run::new(spec.limits());
     let mut prev = router.stats(vars.color);
     let mut ticker = tokio::time::interval(spec.interval.std());
@@ -156,12 +224,15 @@ pub async fn run_stage(
         let now = router.stats(vars.color);
         let window = now.since(&prev);
         prev = now;
+        let cx = CheckContext {
+            vars: &vars,
+            window: &window,
+        };
         let mut ms = Vec::with_capacity(spec.metrics.len());
-        for m in &spec.metrics {
-            ms.push(match (&m.builtin, &m.prometheus) {
-                (Some(b), _) => measure_builtin(m, *b, &window),
-                (None, Some(p)) => measure_prometheus(m, p, &vars).await,
-                (None, None) => Measurement {
+        for (m, p) in spec.metrics.iter().zip(&providers) {
+            ms.push(match p {
+                Some(p) => p.measure(m, &cx).await,
+                None => Measurement {
                     metric: m.name.clone(),
                     value: None,
                     min: m.min,
@@ -170,7 +241,8 @@ pub async fn run_stage(
                 },
             });
         }
-        let verdict = run.record(ms);
+        let results = hooks.call().await;
+        let verdict = run.record_checks(ms, results);
         let done = verdict.is_some();
         let _ = reports.send(Report {
             stage,

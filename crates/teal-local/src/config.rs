@@ -8,6 +8,7 @@ use std::net::SocketAddr;
 use std::path::{Path, PathBuf};
 
 use serde::{Deserialize, Serialize};
+use teal_api::hooks::{NotifierSpec, SecretSource, WebhookSpec};
 use teal_api::{AnalysisSpec, Duration, FieldError, MatchSpec, PreviewSpec, PromotionSpec};
 use teal_core::release::Policy;
 
@@ -46,6 +47,12 @@ pub struct Config {
     /// When set, responses name the color that served them in this header.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub color_header: Option<String>,
+    /// Test hooks and promotion gates.
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub webhooks: Vec<WebhookSpec>,
+    /// Where people hear about releases; URLs from `env` or `file`.
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub notifications: Vec<NotifierSpec>,
 }
 
 /// The application teal runs in each color.
@@ -217,6 +224,18 @@ impl Config {
         {
             config.app.workdir = Some(base.join(w));
         }
+        for n in &mut config.notifications {
+            for s in [n.secret_ref.as_mut(), n.hmac_secret_ref.as_mut()]
+                .into_iter()
+                .flatten()
+            {
+                if let Some(f) = &s.file
+                    && f.is_relative()
+                {
+                    s.file = Some(base.join(f));
+                }
+            }
+        }
         Ok(config)
     }
 
@@ -294,6 +313,13 @@ impl Config {
         self.preview.validate("preview", app.replicas, &mut e);
         self.promotion.validate("promotion", &mut e);
         self.analysis.validate("analysis", &mut e);
+        teal_api::hooks::validate(
+            &self.webhooks,
+            &self.notifications,
+            self.analysis.pre_promotion.is_some() || self.analysis.post_promotion.is_some(),
+            SecretSource::Local,
+            &mut e,
+        );
         if let Some(h) = &self.color_header
             && http::HeaderName::from_bytes(h.as_bytes()).is_err()
         {
@@ -315,6 +341,7 @@ impl Config {
             post_promotion_analysis: self.analysis.post_promotion.is_some(),
             progress_deadline_ms: self.app.startup_deadline.as_millis(),
             scale_down_delay_ms: self.scale_down_delay.as_millis(),
+            hooks: teal_api::hooks::hook_policy(&self.webhooks),
         }
     }
 }

@@ -217,6 +217,8 @@ fn config(opts: &Options, state_dir: PathBuf) -> Config {
         scale_down_delay: SpecDuration::from_secs(2),
         drain_timeout: SpecDuration::from_secs(5),
         color_header: None,
+        webhooks: Vec::new(),
+        notifications: Vec::new(),
     }
 }
 

@@ -10,6 +10,7 @@ use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
 use serde::{Deserialize, Serialize};
 use teal_core::Color;
 use teal_core::analysis::Run;
+use teal_core::hooks::{HookKind, HookResult};
 use teal_core::release::{
     Action, Command, Event, Input, Machine, Millis, Phase, Record, Release, Routing, Stage,
 };
@@ -19,6 +20,7 @@ use tokio::task::JoinHandle;
 
 use crate::analysis::{self, QueryVars, Report};
 use crate::config::Config;
+use crate::hooks::HookContext;
 use crate::state::{self, SavedState};
 use crate::supervisor::{GroupRecord, ReplicaView, RevisionSpec, Supervisor};
 
@@ -64,6 +66,12 @@ pub struct Status {
     pub colors: BTreeMap<Color, ColorDetail>,
     pub analysis: Option<AnalysisView>,
     pub events: Vec<EventRecord>,
+    /// The latest answer of every webhook, by name.
+    #[serde(default, skip_serializing_if = "BTreeMap::is_empty")]
+    pub hooks: BTreeMap<String, HookResult>,
+    /// Delivery figures per notifier (never its URL).
+    #[serde(default, skip_serializing_if = "BTreeMap::is_empty")]
+    pub notifications: BTreeMap<String, teal_notify::DeliveryStats>,
     pub listen: String,
     pub admin: String,
 }
@@ -153,6 +161,8 @@ impl Engine {
     /// color keeps serving, a release in progress continues.
     pub fn start(config: Config, router_config: RouterConfig) -> std::io::Result<Engine> {
         std::fs::create_dir_all(config.state_dir.join("logs"))?;
+        let notifier = crate::hooks::notifier(&config.notifications, std::path::Path::new("."))
+            .map_err(|e| std::io::Error::new(std::io::ErrorKind::InvalidInput, e))?;
         let router = Router::unconfigured(router_config);
         let (changed_tx, changed_rx) = mpsc::unbounded_channel();
         let supervisor = Supervisor::new(
@@ -210,7 +220,18 @@ impl Engine {
         let (notices, _) = broadcast::channel(1024);
         let (tx, rx) = mpsc::unbounded_channel();
         let (reports_tx, reports_rx) = mpsc::unbounded_channel();
+        let (hooks_tx, hooks_rx) = mpsc::unbounded_channel();
+        let hook_context = HookContext {
+            name: "local".into(),
+            namespace: String::new(),
+            hooks: config.webhooks.clone(),
+        };
         let core = Core {
+            notifier,
+            hook_context,
+            hook_round: None,
+            hook_inputs: hooks_tx,
+            hook_results: BTreeMap::new(),
             config,
             machine,
             revisions,
@@ -226,7 +247,7 @@ impl Engine {
             retiring: Vec::new(),
             restarts: BTreeMap::new(),
         };
-        tokio::spawn(core.run(rx, changed_rx, reports_rx, queue));
+        tokio::spawn(core.run(rx, changed_rx, reports_rx, hooks_rx, queue));
         Ok(Engine {
             tx,
             router,
@@ -314,6 +335,15 @@ fn resume_actions(machine: &Machine, queue: &mut VecDeque<Action>) {
         queue.push_back(Action::Route(routing));
     }
     let Some(r) = &machine.release else { return };
+    if let Some(kind) = r.waiting_on
+        && !r.phase.is_terminal()
+    {
+        queue.push_back(Action::RunHooks {
+            kind,
+            color: r.color,
+            revision: r.revision.clone(),
+        });
+    }
     let stage = match r.phase {
         Phase::Previewing if machine.policy.pre_promotion_analysis && !r.rollback => {
             Some(Stage::PrePromotion)
@@ -333,6 +363,12 @@ fn resume_actions(machine: &Machine, queue: &mut VecDeque<Action>) {
 }
 
 struct Core {
+    notifier: teal_notify::Notifier,
+    hook_context: HookContext,
+    /// The running pre-rollout or confirm-promotion round.
+    hook_round: Option<(HookKind, JoinHandle<()>)>,
+    hook_inputs: mpsc::UnboundedSender<Input>,
+    hook_results: BTreeMap<String, HookResult>,
     config: Config,
     machine: Machine,
     revisions: BTreeMap<String, RevisionSpec>,
@@ -356,6 +392,7 @@ impl Core {
         mut rx: mpsc::UnboundedReceiver<Msg>,
         mut changed: mpsc::UnboundedReceiver<Color>,
         mut reports: mpsc::UnboundedReceiver<Report>,
+        mut hook_rx: mpsc::UnboundedReceiver<Input>,
         mut queue: VecDeque<Action>,
     ) {
         self.execute(&mut queue);
@@ -402,7 +439,18 @@ impl Core {
                         let _ = self.feed(Input::Observed(status), &mut queue);
                     }
                 }
+                Some(input) = hook_rx.recv() => {
+                    if let Input::Hooks { results, .. } = &input {
+                        for r in results {
+                            self.hook_results.insert(r.name.clone(), r.clone());
+                        }
+                    }
+                    let _ = self.feed(input, &mut queue);
+                }
                 Some(report) = reports.recv() => {
+                    for r in &report.run.hooks {
+                        self.hook_results.insert(r.name.clone(), r.clone());
+                    }
                     self.analysis_view = Some(AnalysisView {
                         stage: report.stage,
                         revision: report.revision.clone(),
@@ -418,9 +466,30 @@ impl Core {
                 }
             }
             self.execute(&mut queue);
+            self.stop_stale_hook_round();
             self.save();
             self.publish();
         }
+    }
+
+    /// Ends a hook round the release no longer waits on.
+    fn stop_stale_hook_round(&mut self) {
+        let waiting = self.machine.release.as_ref().and_then(|r| r.waiting_on);
+        if let Some((kind, h)) = &self.hook_round
+            && (waiting != Some(*kind) || h.is_finished())
+        {
+            h.abort();
+            self.hook_round = None;
+        }
+    }
+
+    fn hook_payload(&self, revision: &str, color: Color) -> teal_notify::HookPayload {
+        self.hook_context.payload(
+            &self.machine.phase_name(),
+            revision,
+            self.machine.routing.map(|r| r.active),
+            color,
+        )
     }
 
     /// An event for every replica that exited since last looked: a crash
@@ -551,7 +620,34 @@ impl Core {
                         }
                     }));
                 }
+                Action::RunHooks {
+                    kind,
+                    color,
+                    revision,
+                } => {
+                    if let Some((_, h)) = self.hook_round.take() {
+                        h.abort();
+                    }
+                    let payload = self.hook_payload(&revision, color);
+                    let h = self
+                        .hook_context
+                        .run_round(kind, payload, self.hook_inputs.clone());
+                    self.hook_round = Some((kind, h));
+                }
                 Action::Event(e) => {
+                    let color = self
+                        .machine
+                        .release
+                        .as_ref()
+                        .filter(|r| r.revision == e.revision)
+                        .map(|r| r.color)
+                        .unwrap_or(self.machine.active.color);
+                    self.hook_context
+                        .fire(&e, self.hook_payload(&e.revision, color));
+                    let phase = self.machine.phase_name();
+                    if let Some(n) = crate::hooks::notification(&e, "local", "", &phase, now_ms()) {
+                        self.notifier.notify(&n);
+                    }
                     if e.kind.is_warning() {
                         tracing::warn!(kind = ?e.kind, revision = %e.revision, "{}", e.message);
                     } else {
@@ -588,11 +684,16 @@ impl Core {
             service: self.config.listen.to_string(),
         };
         self.analysis_view = None;
+        let hooks = analysis::StageHooks {
+            hooks: self.config.webhooks.clone(),
+            payload: Some(self.hook_payload(&vars.revision, color)),
+        };
         self.analysis = Some(tokio::spawn(analysis::run_stage(
             self.router.clone(),
             spec,
             stage,
             vars,
+            hooks,
             self.reports.clone(),
         )));
     }
@@ -727,6 +828,8 @@ impl Core {
             colors,
             analysis: self.analysis_view.clone(),
             events: self.events.iter().cloned().collect(),
+            hooks: self.hook_results.clone(),
+            notifications: self.notifier.stats(),
             listen: self.config.listen.to_string(),
             admin: self.config.admin.to_string(),
         };
@@ -735,6 +838,9 @@ impl Core {
 
     async fn stop(&mut self) {
         if let Some(h) = self.analysis.take() {
+            h.abort();
+        }
+        if let Some((_, h)) = self.hook_round.take() {
             h.abort();
         }
         self.save();

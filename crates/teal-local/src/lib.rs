@@ -10,6 +10,7 @@ pub mod config;
 pub mod daemon;
 pub mod demo;
 pub mod engine;
+pub mod hooks;
 pub mod http;
 pub mod state;
 pub mod supervisor;

@@ -36,6 +36,7 @@
 mod env;
 mod error;
 pub mod prometheus;
+pub mod receiver;
 mod supervisor;
 mod wait;
 

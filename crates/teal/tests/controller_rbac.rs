@@ -40,7 +40,8 @@ async fn the_controller_runs_a_release_with_only_its_role() {
     for (verb, resource) in [
         ("delete", "deployments"),
         ("delete", "services"),
-        ("get", "secrets"),
+        ("list", "secrets"),
+        ("watch", "secrets"),
         ("create", "pods"),
         ("update", "deployments"),
         ("delete", "bluegreens.teal.dev"),
@@ -51,6 +52,8 @@ async fn the_controller_runs_a_release_with_only_its_role() {
         );
     }
     assert!(can_i(env, "patch", "deployments"));
+    // Notifier URLs: one Secret read by name, never listed.
+    assert!(can_i(env, "get", "secrets"));
     assert!(can_i(env, "patch", "bluegreens.teal.dev/status"));
 
     // A kubeconfig holding a real ServiceAccount token.

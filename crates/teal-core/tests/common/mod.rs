@@ -24,6 +24,8 @@ pub struct World {
     pub log: Vec<Action>,
     /// (color, revision) of every switch of production traffic.
     pub switches: Vec<(Color, String)>,
+    /// Webhook rounds asked for and not answered yet.
+    pub hooks: Vec<(teal_core::hooks::HookKind, String)>,
 }
 
 impl World {
@@ -38,6 +40,7 @@ impl World {
             analysis: None,
             log: Vec::new(),
             switches: Vec::new(),
+            hooks: Vec::new(),
         };
         w.apply(actions);
         w
@@ -72,6 +75,9 @@ impl World {
                 Action::StopAnalysis => self.analysis = None,
                 Action::Retire { color } => {
                     self.colors.insert(*color, ColorWorld::default());
+                }
+                Action::RunHooks { kind, revision, .. } => {
+                    self.hooks.push((*kind, revision.clone()))
                 }
                 Action::Event(_) => {}
             }
@@ -185,5 +191,6 @@ pub fn policy() -> Policy {
         post_promotion_analysis: true,
         progress_deadline_ms: 60_000,
         scale_down_delay_ms: 30_000,
+        hooks: HookPolicy::default(),
     }
 }

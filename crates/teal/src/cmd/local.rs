@@ -304,6 +304,32 @@ fn render_status(s: &Status) -> String {
             ));
         }
     }
+    if !s.hooks.is_empty() {
+        out.push_str("webhooks:\n");
+        for (name, r) in &s.hooks {
+            let how = match (r.status, &r.error) {
+                (Some(st), _) => format!("answered {st}"),
+                (None, Some(e)) => format!("failed: {e}"),
+                (None, None) => "no answer".into(),
+            };
+            out.push_str(&format!("          {name} ({}): {how}\n", r.kind));
+        }
+    }
+    if !s.notifications.is_empty() {
+        out.push_str("notifications:\n");
+        for (name, d) in &s.notifications {
+            out.push_str(&format!(
+                "          {name}: {} delivered, {} failed attempts, {} given up{}\n",
+                d.delivered,
+                d.failed_attempts,
+                d.given_up,
+                d.last_error
+                    .as_ref()
+                    .map(|e| format!(" (last: {e})"))
+                    .unwrap_or_default()
+            ));
+        }
+    }
     if !s.history.is_empty() {
         out.push_str("history:\n");
         for r in s.history.iter().rev().take(5) {

@@ -1,0 +1,204 @@
+//! Webhooks and notifications for BlueGreens: hook rounds the release
+//! engine asks for, rollout/rollback hooks with analysis checks, and
+//! notifiers whose URLs (and HMAC keys) come from Secrets in the
+//! BlueGreen's namespace. Secret values are never logged nor put in status.
+
+use std::collections::HashMap;
+use std::sync::{Mutex, OnceLock};
+
+use k8s_openapi::api::core::v1::Secret as KubeSecret;
+use kube::{Api, Client, ResourceExt};
+use teal_api::BlueGreen;
+use teal_api::hooks::{NotificationEvent, SecretRef, WebhookType};
+use teal_core::Color;
+use teal_core::hooks::{HookKind, HookResult};
+use teal_core::release::{Event, Input, Machine};
+use teal_notify::webhook::{self, HookColors, HookEvent, HookPayload};
+use teal_notify::{Backoff, Notification, Notifier, Secret, Target};
+
+fn payload(bg: &BlueGreen, m: &Machine, revision: &str, color: Color) -> HookPayload {
+    HookPayload {
+        name: bg.name_any(),
+        namespace: bg.namespace().unwrap_or_default(),
+        kind: String::new(),
+        phase: m.phase_name(),
+        revision: revision.to_string(),
+        colors: HookColors {
+            active: m.routing.map(|r| r.active),
+            release: color,
+        },
+        event: None,
+        metadata: Default::default(),
+    }
+}
+
+fn webhook_type(kind: HookKind) -> WebhookType {
+    match kind {
+        HookKind::PreRollout => WebhookType::PreRollout,
+        HookKind::Rollout => WebhookType::Rollout,
+        HookKind::ConfirmPromotion => WebhookType::ConfirmPromotion,
+        HookKind::PostRollout => WebhookType::PostRollout,
+        HookKind::Rollback => WebhookType::Rollback,
+        HookKind::Event => WebhookType::Event,
+    }
+}
+
+/// One round of `kind` hooks (the answer to `Action::RunHooks`, and the
+/// poll of a closed confirm-promotion gate on later reconciles).
+pub async fn round(bg: &BlueGreen, m: &Machine, kind: HookKind) -> Option<Input> {
+    let r = m.release.as_ref()?;
+    let p = payload(bg, m, &r.revision, r.color);
+    let results = webhook::call_all(&bg.spec.webhooks, webhook_type(kind), &p).await;
+    Some(Input::Hooks {
+        kind,
+        revision: r.revision.clone(),
+        results,
+    })
+}
+
+/// The round a waiting release needs on this reconcile, if any.
+pub async fn due(bg: &BlueGreen, m: &Machine) -> Option<Input> {
+    let kind = m.release.as_ref().and_then(|r| r.waiting_on)?;
+    round(bg, m, kind).await
+}
+
+/// Rollout and rollback hooks called with one analysis check.
+pub async fn with_check(
+    bg: &BlueGreen,
+    m: &Machine,
+    revision: &str,
+    color: Color,
+) -> Vec<HookResult> {
+    if bg.spec.webhooks.is_empty() {
+        return Vec::new();
+    }
+    let p = payload(bg, m, revision, color);
+    let mut out = webhook::call_all(&bg.spec.webhooks, WebhookType::Rollout, &p).await;
+    out.extend(webhook::call_all(&bg.spec.webhooks, WebhookType::Rollback, &p).await);
+    out
+}
+
+/// Notifiers per BlueGreen, kept while its notification spec is unchanged.
+fn notifiers() -> &'static Mutex<HashMap<String, (String, Notifier)>> {
+    static N: OnceLock<Mutex<HashMap<String, (String, Notifier)>>> = OnceLock::new();
+    N.get_or_init(Default::default)
+}
+
+async fn secret_value(api: &Api<KubeSecret>, s: &SecretRef, field: &str) -> Result<Secret, String> {
+    let (Some(name), Some(key)) = (&s.name, &s.key) else {
+        return Err(format!("{field}: needs name and key of a Secret"));
+    };
+    let secret = api
+        .get_opt(name)
+        .await
+        .map_err(|e| format!("{field}: reading Secret {name}: {e}"))?
+        .ok_or_else(|| format!("{field}: Secret {name} does not exist"))?;
+    let bytes = secret
+        .data
+        .as_ref()
+        .and_then(|d| d.get(key))
+        .map(|b| b.0.clone())
+        .or_else(|| {
+            secret
+                .string_data
+                .as_ref()
+                .and_then(|d| d.get(key))
+                .map(|s| s.clone().into_bytes())
+        })
+        .ok_or_else(|| format!("{field}: Secret {name} has no key {key:?}"))?;
+    let v = String::from_utf8(bytes)
+        .map_err(|_| format!("{field}: Secret {name} key {key:?} is not UTF-8"))?;
+    Ok(Secret::new(v))
+}
+
+async fn notifier(client: &Client, bg: &BlueGreen) -> Result<Option<Notifier>, String> {
+    if bg.spec.notifications.is_empty() {
+        return Ok(None);
+    }
+    let id = format!("{}/{}", bg.namespace().unwrap_or_default(), bg.name_any());
+    let spec = serde_json::to_string(&bg.spec.notifications).unwrap_or_default();
+    if let Some((s, n)) = notifiers().lock().expect("notifiers").get(&id)
+        && *s == spec
+    {
+        return Ok(Some(n.clone()));
+    }
+    let api: Api<KubeSecret> = Api::namespaced(client.clone(), &bg.namespace().unwrap_or_default());
+    let mut targets = Vec::new();
+    for (i, n) in bg.spec.notifications.iter().enumerate() {
+        let field = format!("spec.notifications[{i}]");
+        let url = match (&n.url, &n.secret_ref) {
+            (Some(u), _) => Secret::new(u.clone()),
+            (None, Some(s)) => secret_value(&api, s, &format!("{field}.secretRef")).await?,
+            (None, None) => return Err(format!("{field}: set url or secretRef")),
+        };
+        let hmac = match &n.hmac_secret_ref {
+            Some(s) => Some(secret_value(&api, s, &format!("{field}.hmacSecretRef")).await?),
+            None => None,
+        };
+        targets.push(Target {
+            name: n.name.clone(),
+            kind: n.kind,
+            url,
+            hmac,
+            events: n.events.clone(),
+        });
+    }
+    let n = Notifier::start(targets, Backoff::default());
+    notifiers()
+        .lock()
+        .expect("notifiers")
+        .insert(id, (spec, n.clone()));
+    Ok(Some(n))
+}
+
+/// Tells notifiers and fire-and-forget hooks about an event. Returns a
+/// problem to report (a missing Secret…); the release goes on regardless.
+pub async fn on_event(client: &Client, bg: &BlueGreen, m: &Machine, e: &Event) -> Option<String> {
+    let color = m
+        .release
+        .as_ref()
+        .filter(|r| r.revision == e.revision)
+        .map(|r| r.color)
+        .unwrap_or(m.active.color);
+    let mut p = payload(bg, m, &e.revision, color);
+    p.event = Some(HookEvent {
+        kind: format!("{:?}", e.kind),
+        message: e.message.clone(),
+    });
+    for kind in teal_core::hooks::fired_by(e.kind) {
+        webhook::fire(&bg.spec.webhooks, webhook_type(*kind), p.clone());
+    }
+    let event = NotificationEvent::of(e.kind)?;
+    match notifier(client, bg).await {
+        Ok(Some(n)) => {
+            n.notify(&Notification {
+                event,
+                name: bg.name_any(),
+                namespace: bg.namespace().unwrap_or_default(),
+                revision: e.revision.clone(),
+                phase: m.phase_name(),
+                message: e.message.clone(),
+                at: std::time::SystemTime::now()
+                    .duration_since(std::time::UNIX_EPOCH)
+                    .map(|d| d.as_millis() as u64)
+                    .unwrap_or(0),
+            });
+            None
+        }
+        Ok(None) => None,
+        Err(e) => Some(e),
+    }
+}
+
+/// Delivery figures of a BlueGreen's notifiers.
+pub fn delivery_stats(
+    bg: &BlueGreen,
+) -> std::collections::BTreeMap<String, teal_notify::DeliveryStats> {
+    let id = format!("{}/{}", bg.namespace().unwrap_or_default(), bg.name_any());
+    notifiers()
+        .lock()
+        .expect("notifiers")
+        .get(&id)
+        .map(|(_, n)| n.stats())
+        .unwrap_or_default()
+}
