@@ -54,3 +54,81 @@ pub fn apply_deploy_files(env: &TestEnv, files: &[&str]) {
         None,
     );
 }
+
+/// Writes a kubeconfig into `dir` that authenticates with a real token of the
+/// ServiceAccount `ns/name` (what a pod running as it gets) and returns its path.
+#[allow(dead_code)]
+pub fn service_account_kubeconfig(
+    env: &TestEnv,
+    ns: &str,
+    name: &str,
+    dir: &std::path::Path,
+) -> std::path::PathBuf {
+    let token = kubectl(
+        env,
+        &["create", "token", name, "-n", ns, "--duration", "1h"],
+        None,
+    );
+    let field = |path: &str| {
+        kubectl(
+            env,
+            &[
+                "config",
+                "view",
+                "--raw",
+                "--minify",
+                "-o",
+                &format!("jsonpath={{.clusters[0].cluster.{path}}}"),
+            ],
+            None,
+        )
+    };
+    let (server, ca) = (field("server"), field("certificate-authority-data"));
+    std::fs::create_dir_all(dir).unwrap();
+    let path = dir.join(format!("kubeconfig-{ns}-{name}"));
+    std::fs::write(
+        &path,
+        format!(
+            "apiVersion: v1\nkind: Config\nclusters:\n- name: c\n  cluster: {{server: \"{server}\", certificate-authority-data: \"{ca}\"}}\nusers:\n- name: u\n  user: {{token: \"{token}\"}}\ncontexts:\n- name: c\n  context: {{cluster: c, user: u}}\ncurrent-context: c\n"
+        ),
+    )
+    .unwrap();
+    path
+}
+
+/// The path of a file or directory under `deploy/`.
+#[allow(dead_code)]
+pub fn deploy_path(rel: &str) -> std::path::PathBuf {
+    std::path::Path::new(env!("CARGO_MANIFEST_DIR"))
+        .join("../../deploy")
+        .join(rel)
+}
+
+/// Waits until BlueGreen `name` is Healthy (with `want` live, if given) and
+/// returns its status.
+#[allow(dead_code)]
+pub async fn wait_healthy(
+    bgs: &kube::Api<teal_api::BlueGreen>,
+    name: &str,
+    want: Option<&str>,
+) -> teal_api::BlueGreenStatus {
+    teal_testenv::wait_for(
+        &format!("BlueGreen {name} Healthy at {want:?}"),
+        std::time::Duration::from_secs(90),
+        || async {
+            let st = bgs
+                .get(name)
+                .await
+                .map_err(|e| e.to_string())?
+                .status
+                .unwrap_or_default();
+            let at = want.is_none() || st.active_revision.as_deref() == want;
+            if st.phase.as_deref() == Some("Healthy") && at {
+                Ok(st)
+            } else {
+                Err(format!("{:?} {:?}", st.phase, st.message))
+            }
+        },
+    )
+    .await
+}
