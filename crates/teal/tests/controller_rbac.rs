@@ -6,13 +6,8 @@ mod k8s_support;
 
 use std::process::{Command, Stdio};
 
-use k8s_support::{apply_deploy_files, kubectl, service_account_kubeconfig, wait_healthy};
+use k8s_support::{apply_deploy_files, kubectl, release_image, service_account_kubeconfig};
 
-use k8s_openapi::api::apps::v1::Deployment;
-use kube::Api;
-use kube::api::{Patch, PatchParams};
-use serde_json::json;
-use teal_api::BlueGreen;
 use teal_testenv::TestEnv;
 
 fn can_i(env: &TestEnv, verb: &str, resource: &str) -> bool {
@@ -94,16 +89,7 @@ spec:
         .unwrap();
 
     let client = env.client();
-    let bgs: Api<BlueGreen> = Api::namespaced(client.clone(), &ns);
-    let deps: Api<Deployment> = Api::namespaced(client.clone(), &ns);
-    wait_healthy(&bgs, "shop", None).await;
-    let patch = json!({"spec": {"template": {"spec": {"containers": [{"name": "app", "image": "shop:2"}]}}}});
-    deps.patch("shop", &PatchParams::default(), &Patch::Strategic(patch))
-        .await
-        .unwrap();
-    let want =
-        teal_controller::objects::revision_of(&deps.get("shop").await.unwrap().spec.template);
-    let st = wait_healthy(&bgs, "shop", Some(&want)).await;
+    let st = release_image(&client, &ns, "shop", "shop:2").await;
     assert!(st.history.iter().any(|h| h.outcome == "promoted"));
     let _ = controller.kill();
     let _ = controller.wait();

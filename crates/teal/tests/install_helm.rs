@@ -8,7 +8,7 @@ mod k8s_support;
 
 use std::process::Command;
 
-use k8s_support::{apply_deploy_files, deploy_path, kubectl};
+use k8s_support::{apply_deploy_files, can_i_as, deploy_path, kubectl};
 use teal_testenv::TestEnv;
 
 /// helm, built from source by `scripts/control-plane build helm`.
@@ -193,17 +193,8 @@ async fn the_rendered_cluster_install_is_accepted_and_matches_deploy_rbac() {
         )
     };
     assert_eq!(rules("teal"), rules("teal-controller"));
-    let sa = format!("--as=system:serviceaccount:{ns}:teal");
-    let yes = |args: &[&str]| {
-        let out = env
-            .kubectl()
-            .args(["auth", "can-i"])
-            .args(args)
-            .arg(&sa)
-            .output()
-            .unwrap();
-        String::from_utf8_lossy(&out.stdout).trim() == "yes"
-    };
+    let sa = format!("system:serviceaccount:{ns}:teal");
+    let yes = |args: &[&str]| can_i_as(env, &sa, args);
     assert!(yes(&["patch", "deployments", "-A"]));
     assert!(yes(&["update", "leases", "-n", &ns]));
     assert!(!yes(&["update", "leases", "-n", "default"]));
@@ -243,17 +234,8 @@ async fn the_rendered_namespaced_install_grants_only_its_namespace() {
         ),
         "metadata.namespace"
     );
-    let sa = format!("--as=system:serviceaccount:{ns}:tenant-teal");
-    let yes = |args: &[&str]| {
-        let out = env
-            .kubectl()
-            .args(["auth", "can-i"])
-            .args(args)
-            .arg(&sa)
-            .output()
-            .unwrap();
-        String::from_utf8_lossy(&out.stdout).trim() == "yes"
-    };
+    let sa = format!("system:serviceaccount:{ns}:tenant-teal");
+    let yes = |args: &[&str]| can_i_as(env, &sa, args);
     assert!(yes(&["patch", "bluegreens.teal.dev/status", "-n", &ns]));
     assert!(!yes(&[
         "patch",

@@ -9,13 +9,10 @@ mod k8s_support;
 use std::process::{Command, Stdio};
 use std::time::Duration;
 
-use k8s_openapi::api::apps::v1::Deployment;
 use k8s_support::{
-    apply_deploy_files, deploy_path, kubectl, service_account_kubeconfig, wait_healthy,
+    apply_deploy_files, can_i_as, deploy_path, kubectl, release_image, service_account_kubeconfig,
 };
 use kube::Api;
-use kube::api::{Patch, PatchParams};
-use serde_json::json;
 use teal_api::BlueGreen;
 use teal_testenv::{TestEnv, wait_for};
 
@@ -41,15 +38,8 @@ async fn wait_output(env: &TestEnv, args: &[&str], want: &str) {
     .await
 }
 
-fn can_i(env: &TestEnv, sa: &str, verb: &str, resource: &str, ns: Option<&str>) -> bool {
-    let mut cmd = env.kubectl();
-    cmd.args(["auth", "can-i", verb, resource, &format!("--as={sa}")]);
-    match ns {
-        Some(ns) => cmd.args(["-n", ns]),
-        None => cmd.arg("-A"),
-    };
-    let out = cmd.output().unwrap();
-    String::from_utf8_lossy(&out.stdout).trim() == "yes"
+fn can_i(env: &TestEnv, sa: &str, verb: &str, resource: &str, ns: &str) -> bool {
+    can_i_as(env, sa, &[verb, resource, "-n", ns])
 }
 
 #[tokio::test]
@@ -176,16 +166,16 @@ async fn the_namespaced_install_grants_one_namespace_and_runs_a_release() {
         ("update", "leases.coordination.k8s.io"),
     ] {
         assert!(
-            can_i(env, &sa, verb, resource, Some(&ns)),
+            can_i(env, &sa, verb, resource, &ns),
             "{verb} {resource} in {ns}"
         );
         assert!(
-            !can_i(env, &sa, verb, resource, Some(&other)),
+            !can_i(env, &sa, verb, resource, &other),
             "the namespaced role allows {verb} {resource} in another namespace"
         );
     }
-    assert!(!can_i(env, &sa, "list", "bluegreens.teal.dev", None));
-    assert!(!can_i(env, &sa, "delete", "deployments", Some(&ns)));
+    assert!(!can_i_as(env, &sa, &["list", "bluegreens.teal.dev", "-A"]));
+    assert!(!can_i(env, &sa, "delete", "deployments", &ns));
 
     // The controller binary as that ServiceAccount, watching only `ns`.
     let kubeconfig = service_account_kubeconfig(env, &ns, "teal-controller", &dir);
@@ -230,16 +220,7 @@ spec:
         .unwrap();
 
     let client = env.client();
-    let bgs: Api<BlueGreen> = Api::namespaced(client.clone(), &ns);
-    let deps: Api<Deployment> = Api::namespaced(client.clone(), &ns);
-    wait_healthy(&bgs, "shop", None).await;
-    let patch = json!({"spec": {"template": {"spec": {"containers": [{"name": "app", "image": "shop:2"}]}}}});
-    deps.patch("shop", &PatchParams::default(), &Patch::Strategic(patch))
-        .await
-        .unwrap();
-    let want =
-        teal_controller::objects::revision_of(&deps.get("shop").await.unwrap().spec.template);
-    let st = wait_healthy(&bgs, "shop", Some(&want)).await;
+    let st = release_image(&client, &ns, "shop", "shop:2").await;
     assert!(st.history.iter().any(|h| h.outcome == "promoted"));
     // The BlueGreen in the other namespace was never touched.
     let elsewhere: Api<BlueGreen> = Api::namespaced(client.clone(), &other);

@@ -132,3 +132,39 @@ pub async fn wait_healthy(
     )
     .await
 }
+
+/// Waits until BlueGreen `name` in `ns` is Healthy, sets the image of the
+/// workload's `app` container and waits until that revision is live and
+/// Healthy; returns the final status.
+#[allow(dead_code)]
+pub async fn release_image(
+    client: &kube::Client,
+    ns: &str,
+    name: &str,
+    image: &str,
+) -> teal_api::BlueGreenStatus {
+    use kube::api::{Patch, PatchParams};
+    let bgs: kube::Api<teal_api::BlueGreen> = kube::Api::namespaced(client.clone(), ns);
+    let deps: kube::Api<k8s_openapi::api::apps::v1::Deployment> =
+        kube::Api::namespaced(client.clone(), ns);
+    wait_healthy(&bgs, name, None).await;
+    let patch = serde_json::json!({"spec": {"template": {"spec": {"containers": [{"name": "app", "image": image}]}}}});
+    deps.patch(name, &PatchParams::default(), &Patch::Strategic(patch))
+        .await
+        .unwrap();
+    let want = teal_controller::objects::revision_of(&deps.get(name).await.unwrap().spec.template);
+    wait_healthy(&bgs, name, Some(&want)).await
+}
+
+/// `kubectl auth can-i ARGS… --as=USER` answered yes.
+#[allow(dead_code)]
+pub fn can_i_as(env: &TestEnv, user: &str, args: &[&str]) -> bool {
+    let out = env
+        .kubectl()
+        .args(["auth", "can-i"])
+        .args(args)
+        .arg(format!("--as={user}"))
+        .output()
+        .unwrap();
+    String::from_utf8_lossy(&out.stdout).trim() == "yes"
+}
