@@ -6,7 +6,9 @@ mod k8s_support;
 
 use std::process::{Command, Stdio};
 
-use k8s_support::{apply_deploy_files, kubectl, release_image, service_account_kubeconfig};
+use k8s_support::{
+    apply_deploy_files, kubectl, release_image, service_account_kubeconfig, workload_and_bluegreen,
+};
 
 use teal_testenv::TestEnv;
 
@@ -52,25 +54,8 @@ async fn the_controller_runs_a_release_with_only_its_role() {
     let kubeconfig = service_account_kubeconfig(env, "teal-system", "teal-controller", &dir);
 
     let ns = env.namespace("rbac").await;
-    let manifest = r#"
-apiVersion: apps/v1
-kind: Deployment
-metadata: {name: shop}
-spec:
-  replicas: 2
-  selector: {matchLabels: {app: shop}}
-  template:
-    metadata: {labels: {app: shop}}
-    spec: {containers: [{name: app, image: "shop:1", ports: [{name: http, containerPort: 8080}]}]}
----
-apiVersion: teal.dev/v1alpha1
-kind: BlueGreen
-metadata: {name: shop}
-spec:
-  workloadRef: {kind: Deployment, name: shop}
-  scaleDownDelay: 1s
-"#;
-    kubectl(env, &["apply", "-n", &ns, "-f", "-"], Some(manifest));
+    let manifest = workload_and_bluegreen("shop", "  scaleDownDelay: 1s\n");
+    kubectl(env, &["apply", "-n", &ns, "-f", "-"], Some(&manifest));
     let log = std::fs::File::create(dir.join("controller.log")).unwrap();
     let mut controller = Command::new(env!("CARGO_BIN_EXE_teal"))
         .args([

@@ -11,6 +11,7 @@ use std::time::Duration;
 
 use k8s_support::{
     apply_deploy_files, can_i_as, deploy_path, kubectl, release_image, service_account_kubeconfig,
+    workload_and_bluegreen,
 };
 use kube::Api;
 use teal_api::BlueGreen;
@@ -179,28 +180,7 @@ async fn the_namespaced_install_grants_one_namespace_and_runs_a_release() {
 
     // The controller binary as that ServiceAccount, watching only `ns`.
     let kubeconfig = service_account_kubeconfig(env, &ns, "teal-controller", &dir);
-    let app = |name: &str| {
-        format!(
-            r#"
-apiVersion: apps/v1
-kind: Deployment
-metadata: {{name: {name}}}
-spec:
-  replicas: 2
-  selector: {{matchLabels: {{app: {name}}}}}
-  template:
-    metadata: {{labels: {{app: {name}}}}}
-    spec: {{containers: [{{name: app, image: "{name}:1", ports: [{{name: http, containerPort: 8080}}]}}]}}
----
-apiVersion: teal.dev/v1alpha1
-kind: BlueGreen
-metadata: {{name: {name}}}
-spec:
-  workloadRef: {{kind: Deployment, name: {name}}}
-  scaleDownDelay: 1s
-"#
-        )
-    };
+    let app = |name: &str| workload_and_bluegreen(name, "  scaleDownDelay: 1s\n");
     kubectl(env, &["apply", "-n", &ns, "-f", "-"], Some(&app("shop")));
     kubectl(
         env,

@@ -168,3 +168,28 @@ pub fn can_i_as(env: &TestEnv, user: &str, args: &[&str]) -> bool {
         .unwrap();
     String::from_utf8_lossy(&out.stdout).trim() == "yes"
 }
+
+/// A two-replica Deployment `name` (container `app`, image `name:1`) and a
+/// BlueGreen releasing it; `extra` is appended to the BlueGreen's spec.
+#[allow(dead_code)]
+pub fn workload_and_bluegreen(name: &str, extra: &str) -> String {
+    format!(
+        r#"
+apiVersion: apps/v1
+kind: Deployment
+metadata: {{name: {name}}}
+spec:
+  replicas: 2
+  selector: {{matchLabels: {{app: {name}}}}}
+  template:
+    metadata: {{labels: {{app: {name}}}}}
+    spec: {{containers: [{{name: app, image: "{name}:1", ports: [{{name: http, containerPort: 8080}}]}}]}}
+---
+apiVersion: teal.dev/v1alpha1
+kind: BlueGreen
+metadata: {{name: {name}}}
+spec:
+  workloadRef: {{kind: Deployment, name: {name}}}
+{extra}"#
+    )
+}
