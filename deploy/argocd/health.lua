@@ -52,8 +52,8 @@ end
 if phase == "Aborted" or phase == "RolledBack" or phase == "Failed" then
   -- The workload's current revision did not go live; the previous one still serves.
   hs.status = "Degraded"
-  hs.message = describe("The release of revision " .. (st.desiredRevision or "?") ..
-    " ended " .. phase .. "; revision " .. revision .. " is still live")
+  hs.message = describe("The release of revision " .. (st.desiredRevision or "?") .. " ended " .. phase) ..
+    "; revision " .. revision .. " is still live"
   return hs
 end
 
