@@ -6,10 +6,12 @@
 pub mod bluegreen;
 pub mod duration;
 pub mod hooks;
+pub mod reference;
 pub mod spec;
 
 pub use bluegreen::{BlueGreen, BlueGreenSpec, BlueGreenStatus};
 pub use duration::{Duration, InvalidDuration};
+pub use reference::crd_reference_markdown;
 pub use spec::*;
 
 /// The `BlueGreen` CustomResourceDefinition as YAML, as installed from `deploy/crd.yaml`.

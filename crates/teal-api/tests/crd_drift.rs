@@ -12,6 +12,16 @@ fn deploy_crd_yaml_matches_the_types() {
 }
 
 #[test]
+fn docs_crd_reference_matches_the_types() {
+    let path = concat!(env!("CARGO_MANIFEST_DIR"), "/../../docs/crd-reference.md");
+    let on_disk = std::fs::read_to_string(path).unwrap_or_default();
+    assert!(
+        on_disk == teal_api::crd_reference_markdown(),
+        "docs/crd-reference.md is out of date: run `teal crd --reference > docs/crd-reference.md`"
+    );
+}
+
+#[test]
 fn crd_has_columns_validation_and_status() {
     let y = teal_api::crd_yaml();
     for want in [

@@ -8,6 +8,7 @@
 
 #![forbid(unsafe_code)]
 
+pub mod dashboard;
 pub mod hooks;
 pub mod leader;
 pub mod metrics;
@@ -70,8 +71,12 @@ where
 /// Runs until the process is stopped or leadership is lost.
 pub async fn run(client: Client, opts: Options) -> Result<(), RunError> {
     let metrics = Metrics::default();
+    let _ = metrics.dashboard.set(dashboard::Dashboard::new(
+        client.clone(),
+        opts.namespace.clone(),
+    ));
     let addr = metrics.clone().serve(opts.metrics_addr).await?;
-    tracing::info!("metrics and health on http://{addr}");
+    tracing::info!("metrics, health and dashboard on http://{addr}");
 
     let leading = async {
         let Some(cfg) = opts.lease.clone() else {

@@ -39,6 +39,8 @@ pub struct Metrics {
     duration: Histogram,
     releases: Family<EventLabels, Histogram>,
     pub ready: Arc<AtomicBool>,
+    /// The read-only dashboard on `/`, once the controller has a client.
+    pub dashboard: Arc<std::sync::OnceLock<crate::dashboard::Dashboard>>,
 }
 
 fn release_histogram() -> Histogram {
@@ -84,6 +86,7 @@ impl Default for Metrics {
             duration,
             releases,
             ready: Arc::new(AtomicBool::new(false)),
+            dashboard: Arc::default(),
         }
     }
 }
@@ -121,8 +124,9 @@ impl Metrics {
         out
     }
 
-    /// Serves `/metrics`, `/healthz` (alive) and `/readyz` (leading and
-    /// watching) until the process ends.
+    /// Serves `/metrics`, `/healthz` (alive), `/readyz` (leading and
+    /// watching) and the dashboard (`/`, `/dashboard.json`) until the
+    /// process ends.
     pub async fn serve(self, addr: SocketAddr) -> std::io::Result<SocketAddr> {
         let listener = TcpListener::bind(addr).await?;
         let local = listener.local_addr()?;
@@ -136,6 +140,11 @@ impl Metrics {
                     let svc = service_fn(move |req: http::Request<hyper::body::Incoming>| {
                         let m = m.clone();
                         async move {
+                            if let Some(d) = m.dashboard.get()
+                                && let Some(page) = d.route(&req).await
+                            {
+                                return Ok::<_, Infallible>(page);
+                            }
                             let (status, body) = match req.uri().path() {
                                 "/metrics" => (StatusCode::OK, m.render()),
                                 "/healthz" => (StatusCode::OK, "ok\n".to_string()),

@@ -55,6 +55,7 @@ pub async fn serve(
     shutdown: impl Future<Output = ()> + Send,
 ) -> std::io::Result<()> {
     let token = Arc::new(token);
+    let dashboard = crate::dashboard::Dashboard::start(engine.clone());
     tokio::pin!(shutdown);
     loop {
         let (stream, _) = tokio::select! {
@@ -63,11 +64,19 @@ pub async fn serve(
         };
         let engine = engine.clone();
         let token = token.clone();
+        let dashboard = dashboard.clone();
         tokio::spawn(async move {
             let svc = service_fn(move |req| {
                 let engine = engine.clone();
                 let token = token.clone();
-                async move { Ok::<_, Infallible>(handle(engine, &token, req).await) }
+                // The read-only dashboard needs no token (see crate::dashboard).
+                let page = dashboard.route(&req);
+                async move {
+                    Ok::<_, Infallible>(match page {
+                        Some(page) => page,
+                        None => handle(engine, &token, req).await,
+                    })
+                }
             });
             let _ = auto::Builder::new(TokioExecutor::new())
                 .serve_connection(TokioIo::new(stream), svc)

@@ -144,6 +144,7 @@ pub async fn serve(
         control_token,
         stopped(stop_rx.clone()),
     ));
+    tracing::info!("dashboard on http://{}/", bound.control);
     if let Some(r) = ready {
         let _ = r.send((bound, engine.clone()));
     }

@@ -6,15 +6,11 @@ mod k8s_support;
 
 use std::process::{Command, Stdio};
 
-use k8s_support::{apply_deploy_files, kubectl};
-use std::time::Duration;
+use k8s_support::{
+    apply_deploy_files, kubectl, release_image, service_account_kubeconfig, workload_and_bluegreen,
+};
 
-use k8s_openapi::api::apps::v1::Deployment;
-use kube::Api;
-use kube::api::{Patch, PatchParams};
-use serde_json::json;
-use teal_api::BlueGreen;
-use teal_testenv::{TestEnv, wait_for};
+use teal_testenv::TestEnv;
 
 fn can_i(env: &TestEnv, verb: &str, resource: &str) -> bool {
     let out = env
@@ -57,74 +53,12 @@ async fn the_controller_runs_a_release_with_only_its_role() {
     assert!(can_i(env, "patch", "bluegreens.teal.dev/status"));
 
     // A kubeconfig holding a real ServiceAccount token.
-    let token = kubectl(
-        env,
-        &[
-            "create",
-            "token",
-            "teal-controller",
-            "-n",
-            "teal-system",
-            "--duration",
-            "1h",
-        ],
-        None,
-    );
-    let server = kubectl(
-        env,
-        &[
-            "config",
-            "view",
-            "--raw",
-            "--minify",
-            "-o",
-            "jsonpath={.clusters[0].cluster.server}",
-        ],
-        None,
-    );
-    let ca = kubectl(
-        env,
-        &[
-            "config",
-            "view",
-            "--raw",
-            "--minify",
-            "-o",
-            "jsonpath={.clusters[0].cluster.certificate-authority-data}",
-        ],
-        None,
-    );
     let dir = std::env::temp_dir().join(format!("teal-rbac-{}", std::process::id()));
-    std::fs::create_dir_all(&dir).unwrap();
-    let kubeconfig = dir.join("kubeconfig");
-    std::fs::write(
-        &kubeconfig,
-        format!(
-            "apiVersion: v1\nkind: Config\nclusters:\n- name: c\n  cluster: {{server: \"{server}\", certificate-authority-data: \"{ca}\"}}\nusers:\n- name: teal\n  user: {{token: \"{token}\"}}\ncontexts:\n- name: c\n  context: {{cluster: c, user: teal}}\ncurrent-context: c\n"
-        ),
-    )
-    .unwrap();
+    let kubeconfig = service_account_kubeconfig(env, "teal-system", "teal-controller", &dir);
 
     let ns = env.namespace("rbac").await;
-    let manifest = r#"
-apiVersion: apps/v1
-kind: Deployment
-metadata: {name: shop}
-spec:
-  replicas: 2
-  selector: {matchLabels: {app: shop}}
-  template:
-    metadata: {labels: {app: shop}}
-    spec: {containers: [{name: app, image: "shop:1", ports: [{name: http, containerPort: 8080}]}]}
----
-apiVersion: teal.dev/v1alpha1
-kind: BlueGreen
-metadata: {name: shop}
-spec:
-  workloadRef: {kind: Deployment, name: shop}
-  scaleDownDelay: 1s
-"#;
-    kubectl(env, &["apply", "-n", &ns, "-f", "-"], Some(manifest));
+    let manifest = workload_and_bluegreen("shop", "  scaleDownDelay: 1s\n");
+    kubectl(env, &["apply", "-n", &ns, "-f", "-"], Some(&manifest));
     let log = std::fs::File::create(dir.join("controller.log")).unwrap();
     let mut controller = Command::new(env!("CARGO_BIN_EXE_teal"))
         .args([
@@ -143,40 +77,7 @@ spec:
         .unwrap();
 
     let client = env.client();
-    let bgs: Api<BlueGreen> = Api::namespaced(client.clone(), &ns);
-    let deps: Api<Deployment> = Api::namespaced(client.clone(), &ns);
-    let healthy = |want: Option<String>| {
-        let bgs = bgs.clone();
-        async move {
-            wait_for("Healthy", Duration::from_secs(60), || {
-                let bgs = bgs.clone();
-                let want = want.clone();
-                async move {
-                    let st = bgs
-                        .get("shop")
-                        .await
-                        .map_err(|e| e.to_string())?
-                        .status
-                        .unwrap_or_default();
-                    let at = want.is_none() || st.active_revision == want;
-                    if st.phase.as_deref() == Some("Healthy") && at {
-                        Ok(st)
-                    } else {
-                        Err(format!("{:?} {:?}", st.phase, st.message))
-                    }
-                }
-            })
-            .await
-        }
-    };
-    healthy(None).await;
-    let patch = json!({"spec": {"template": {"spec": {"containers": [{"name": "app", "image": "shop:2"}]}}}});
-    deps.patch("shop", &PatchParams::default(), &Patch::Strategic(patch))
-        .await
-        .unwrap();
-    let want =
-        teal_controller::objects::revision_of(&deps.get("shop").await.unwrap().spec.template);
-    let st = healthy(Some(want)).await;
+    let st = release_image(&client, &ns, "shop", "shop:2").await;
     assert!(st.history.iter().any(|h| h.outcome == "promoted"));
     let _ = controller.kill();
     let _ = controller.wait();

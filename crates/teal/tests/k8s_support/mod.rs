@@ -54,3 +54,142 @@ pub fn apply_deploy_files(env: &TestEnv, files: &[&str]) {
         None,
     );
 }
+
+/// Writes a kubeconfig into `dir` that authenticates with a real token of the
+/// ServiceAccount `ns/name` (what a pod running as it gets) and returns its path.
+#[allow(dead_code)]
+pub fn service_account_kubeconfig(
+    env: &TestEnv,
+    ns: &str,
+    name: &str,
+    dir: &std::path::Path,
+) -> std::path::PathBuf {
+    let token = kubectl(
+        env,
+        &["create", "token", name, "-n", ns, "--duration", "1h"],
+        None,
+    );
+    let field = |path: &str| {
+        kubectl(
+            env,
+            &[
+                "config",
+                "view",
+                "--raw",
+                "--minify",
+                "-o",
+                &format!("jsonpath={{.clusters[0].cluster.{path}}}"),
+            ],
+            None,
+        )
+    };
+    let (server, ca) = (field("server"), field("certificate-authority-data"));
+    std::fs::create_dir_all(dir).unwrap();
+    let path = dir.join(format!("kubeconfig-{ns}-{name}"));
+    std::fs::write(
+        &path,
+        format!(
+            "apiVersion: v1\nkind: Config\nclusters:\n- name: c\n  cluster: {{server: \"{server}\", certificate-authority-data: \"{ca}\"}}\nusers:\n- name: u\n  user: {{token: \"{token}\"}}\ncontexts:\n- name: c\n  context: {{cluster: c, user: u}}\ncurrent-context: c\n"
+        ),
+    )
+    .unwrap();
+    path
+}
+
+/// The path of a file or directory under `deploy/`.
+#[allow(dead_code)]
+pub fn deploy_path(rel: &str) -> std::path::PathBuf {
+    std::path::Path::new(env!("CARGO_MANIFEST_DIR"))
+        .join("../../deploy")
+        .join(rel)
+}
+
+/// Waits until BlueGreen `name` is Healthy (with `want` live, if given) and
+/// returns its status.
+#[allow(dead_code)]
+pub async fn wait_healthy(
+    bgs: &kube::Api<teal_api::BlueGreen>,
+    name: &str,
+    want: Option<&str>,
+) -> teal_api::BlueGreenStatus {
+    teal_testenv::wait_for(
+        &format!("BlueGreen {name} Healthy at {want:?}"),
+        std::time::Duration::from_secs(90),
+        || async {
+            let st = bgs
+                .get(name)
+                .await
+                .map_err(|e| e.to_string())?
+                .status
+                .unwrap_or_default();
+            let at = want.is_none() || st.active_revision.as_deref() == want;
+            if st.phase.as_deref() == Some("Healthy") && at {
+                Ok(st)
+            } else {
+                Err(format!("{:?} {:?}", st.phase, st.message))
+            }
+        },
+    )
+    .await
+}
+
+/// Waits until BlueGreen `name` in `ns` is Healthy, sets the image of the
+/// workload's `app` container and waits until that revision is live and
+/// Healthy; returns the final status.
+#[allow(dead_code)]
+pub async fn release_image(
+    client: &kube::Client,
+    ns: &str,
+    name: &str,
+    image: &str,
+) -> teal_api::BlueGreenStatus {
+    use kube::api::{Patch, PatchParams};
+    let bgs: kube::Api<teal_api::BlueGreen> = kube::Api::namespaced(client.clone(), ns);
+    let deps: kube::Api<k8s_openapi::api::apps::v1::Deployment> =
+        kube::Api::namespaced(client.clone(), ns);
+    wait_healthy(&bgs, name, None).await;
+    let patch = serde_json::json!({"spec": {"template": {"spec": {"containers": [{"name": "app", "image": image}]}}}});
+    deps.patch(name, &PatchParams::default(), &Patch::Strategic(patch))
+        .await
+        .unwrap();
+    let want = teal_controller::objects::revision_of(&deps.get(name).await.unwrap().spec.template);
+    wait_healthy(&bgs, name, Some(&want)).await
+}
+
+/// `kubectl auth can-i ARGS… --as=USER` answered yes.
+#[allow(dead_code)]
+pub fn can_i_as(env: &TestEnv, user: &str, args: &[&str]) -> bool {
+    let out = env
+        .kubectl()
+        .args(["auth", "can-i"])
+        .args(args)
+        .arg(format!("--as={user}"))
+        .output()
+        .unwrap();
+    String::from_utf8_lossy(&out.stdout).trim() == "yes"
+}
+
+/// A two-replica Deployment `name` (container `app`, image `name:1`) and a
+/// BlueGreen releasing it; `extra` is appended to the BlueGreen's spec.
+#[allow(dead_code)]
+pub fn workload_and_bluegreen(name: &str, extra: &str) -> String {
+    format!(
+        r#"
+apiVersion: apps/v1
+kind: Deployment
+metadata: {{name: {name}}}
+spec:
+  replicas: 2
+  selector: {{matchLabels: {{app: {name}}}}}
+  template:
+    metadata: {{labels: {{app: {name}}}}}
+    spec: {{containers: [{{name: app, image: "{name}:1", ports: [{{name: http, containerPort: 8080}}]}}]}}
+---
+apiVersion: teal.dev/v1alpha1
+kind: BlueGreen
+metadata: {{name: {name}}}
+spec:
+  workloadRef: {{kind: Deployment, name: {name}}}
+{extra}"#
+    )
+}
