@@ -18,13 +18,10 @@ use crate::objects;
 use crate::reconcile::Error;
 
 /// A backendRef to a Service, written out with the defaults the apiserver
-/// would add so that what teal writes is what it reads back.
-fn backend(name: &str, port: i32, weight: Option<i32>) -> Value {
-    let mut b = json!({"group": "", "kind": "Service", "name": name, "port": port});
-    if let Some(w) = weight {
-        b["weight"] = w.into();
-    }
-    b
+/// would add (group, kind, weight 1) so that what teal writes is what it
+/// reads back, and an adopted route is not rewritten on every reconcile.
+fn backend(name: &str, port: i32, weight: i32) -> Value {
+    json!({"group": "", "kind": "Service", "name": name, "port": port, "weight": weight})
 }
 
 fn all_paths() -> Value {
@@ -41,7 +38,7 @@ pub fn rules(bg: &BlueGreen, routing: Routing, port: i32) -> (Option<Value>, Val
                 "path": {"type": "PathPrefix", "value": "/"},
                 "headers": [{"type": "Exact", "name": h.name, "value": h.value}],
             }],
-            "backendRefs": [backend(&objects::color_service_name(bg, color), port, None)],
+            "backendRefs": [backend(&objects::color_service_name(bg, color), port, 1)],
         })
     });
     let idle = routing.active.other();
@@ -49,8 +46,8 @@ pub fn rules(bg: &BlueGreen, routing: Routing, port: i32) -> (Option<Value>, Val
         "name": ACTIVE_ROUTE,
         "matches": all_paths(),
         "backendRefs": [
-            backend(&objects::color_service_name(bg, routing.active), port, Some(100)),
-            backend(&objects::color_service_name(bg, idle), port, Some(0)),
+            backend(&objects::color_service_name(bg, routing.active), port, 100),
+            backend(&objects::color_service_name(bg, idle), port, 0),
         ],
     });
     (preview, active)
@@ -119,7 +116,7 @@ pub async fn hand_back(t: &Target<'_>, name: &str) -> Result<(), Error> {
     let active = json!({
         "name": ACTIVE_ROUTE,
         "matches": all_paths(),
-        "backendRefs": [backend(&t.service(), t.port(), Some(1))],
+        "backendRefs": [backend(&t.service(), t.port(), 1)],
     });
     t.edit_adopted(Kind::HttpRoute, name, "rules", |list| {
         merge_routes(list, None, active)
