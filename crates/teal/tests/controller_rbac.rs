@@ -39,8 +39,8 @@ async fn the_controller_runs_a_release_with_only_its_role() {
     // Least privilege: what teal never does is denied.
     for (verb, resource) in [
         ("delete", "deployments"),
-        ("delete", "services"),
         ("get", "secrets"),
+        ("update", "services"),
         ("create", "pods"),
         ("update", "deployments"),
         ("delete", "bluegreens.teal.dev"),
@@ -51,6 +51,7 @@ async fn the_controller_runs_a_release_with_only_its_role() {
         );
     }
     assert!(can_i(env, "patch", "deployments"));
+    assert!(can_i(env, "delete", "services"));
     assert!(can_i(env, "patch", "bluegreens.teal.dev/status"));
 
     // A kubeconfig holding a real ServiceAccount token.
