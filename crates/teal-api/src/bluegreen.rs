@@ -98,6 +98,7 @@ pub struct ServiceSpec {
 #[derive(Serialize, Deserialize, Clone, Debug, PartialEq, Default, KubeSchema)]
 #[serde(rename_all = "camelCase")]
 #[x_kube(validation = Rule::new("self.type == 'gatewayAPI' || !has(self.gatewayAPI)").message("spec.router.gatewayAPI only applies with type: gatewayAPI").field_path(".gatewayAPI"))]
+#[x_kube(validation = Rule::new("self.type == 'teal' || !has(self.teal)").message("spec.router.teal only applies with type: teal").field_path(".teal"))]
 #[x_kube(validation = Rule::new("self.type == 'istio' || !has(self.istio)").message("spec.router.istio only applies with type: istio").field_path(".istio"))]
 #[x_kube(validation = Rule::new("self.type != 'gatewayAPI' || (has(self.gatewayAPI) && (has(self.gatewayAPI.httpRoute) != (has(self.gatewayAPI.parentRefs) && size(self.gatewayAPI.parentRefs) > 0)))").message("type gatewayAPI needs spec.router.gatewayAPI with exactly one of httpRoute (patch your HTTPRoute) or parentRefs (teal owns the HTTPRoute)").field_path(".gatewayAPI"))]
 pub struct RouterSpec {
@@ -113,6 +114,9 @@ pub struct RouterSpec {
         skip_serializing_if = "Option::is_none"
     )]
     pub gateway_api: Option<GatewayApiRouter>,
+    /// Settings of type `teal`.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub teal: Option<TealRouter>,
 }
 
 #[derive(Serialize, Deserialize, Clone, Copy, Debug, PartialEq, Eq, Default, JsonSchema)]
@@ -128,6 +132,9 @@ pub enum RouterKind {
     /// A Gateway API HTTPRoute with one Service per color.
     #[serde(rename = "gatewayAPI")]
     GatewayApi,
+    /// teal's own L7 router: a router Deployment in front of one Service
+    /// per color; every router replica acknowledges each switch.
+    Teal,
 }
 
 impl RouterKind {
@@ -137,6 +144,7 @@ impl RouterKind {
             RouterKind::Service => "service",
             RouterKind::Istio => "istio",
             RouterKind::GatewayApi => "gatewayAPI",
+            RouterKind::Teal => "teal",
         }
     }
 }
@@ -180,6 +188,22 @@ pub struct GatewayApiRouter {
     pub hostnames: Vec<String>,
 }
 
+/// teal's router: Deployment `<service>-router` running `teal router
+/// --kubernetes` (image: the controller's `TEAL_ROUTER_IMAGE`), the live
+/// Service `<service>` in front of it, Services `<service>-blue`/`-green`.
+#[derive(Serialize, Deserialize, Clone, Debug, PartialEq, Default, JsonSchema)]
+#[serde(rename_all = "camelCase")]
+pub struct TealRouter {
+    /// Router replicas (default 2).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    #[schemars(range(min = 1, max = 100))]
+    pub replicas: Option<i32>,
+    /// Port the router listens on in its pods (default 8080).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    #[schemars(range(min = 1, max = 65535))]
+    pub port: Option<i32>,
+}
+
 /// A Gateway an HTTPRoute attaches to.
 #[derive(Serialize, Deserialize, Clone, Debug, PartialEq, Eq, JsonSchema)]
 #[serde(rename_all = "camelCase")]
@@ -195,23 +219,31 @@ pub struct ParentRef {
 }
 
 /// What teal last wrote for traffic, so that a change of router type (or
-/// of the adopted object) removes what the previous one wrote.
+/// of the adopted object) removes what the previous one wrote. Unset fields
+/// are written as null, so that the status merge patch clears them.
 #[derive(Serialize, Deserialize, Clone, Debug, PartialEq, JsonSchema)]
 #[serde(rename_all = "camelCase")]
 pub struct RouterStatus {
     #[serde(rename = "type")]
     pub kind: RouterKind,
     /// The user's VirtualService or HTTPRoute teal edits, if any.
-    #[serde(default, skip_serializing_if = "Option::is_none")]
+    #[serde(default)]
     pub adopted: Option<String>,
     /// The color the routes send production traffic to.
-    #[serde(default, skip_serializing_if = "Option::is_none")]
+    #[serde(default)]
     pub active: Option<Color>,
+    /// The color the preview route sends to, if any.
+    #[serde(default)]
+    pub preview: Option<Color>,
+    /// Counts changes of `active`/`preview`; teal's router replicas report
+    /// the generation they serve.
+    #[serde(default)]
+    pub generation: i64,
     /// When the switch to `active` was requested (Unix milliseconds).
-    #[serde(default, skip_serializing_if = "Option::is_none")]
+    #[serde(default)]
     pub switch_requested_at: Option<i64>,
     /// When the router confirmed it serves `active` (Unix milliseconds).
-    #[serde(default, skip_serializing_if = "Option::is_none")]
+    #[serde(default)]
     pub switch_confirmed_at: Option<i64>,
 }
 

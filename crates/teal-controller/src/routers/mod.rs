@@ -12,6 +12,7 @@
 pub mod gateway;
 pub mod istio;
 pub mod service;
+pub mod teal;
 
 use k8s_openapi::api::core::v1::{Service, ServicePort};
 use kube::api::{DeleteParams, Patch, PatchParams};
@@ -46,6 +47,10 @@ pub enum Kind {
     DestinationRule,
     VirtualService,
     HttpRoute,
+    Deployment,
+    ServiceAccount,
+    Role,
+    RoleBinding,
 }
 
 impl Kind {
@@ -65,6 +70,15 @@ impl Kind {
                 "virtualservices",
             ),
             Kind::HttpRoute => ("gateway.networking.k8s.io", "v1", "HTTPRoute", "httproutes"),
+            Kind::Deployment => ("apps", "v1", "Deployment", "deployments"),
+            Kind::ServiceAccount => ("", "v1", "ServiceAccount", "serviceaccounts"),
+            Kind::Role => ("rbac.authorization.k8s.io", "v1", "Role", "roles"),
+            Kind::RoleBinding => (
+                "rbac.authorization.k8s.io",
+                "v1",
+                "RoleBinding",
+                "rolebindings",
+            ),
         };
         ApiResource {
             group: group.into(),
@@ -201,7 +215,13 @@ impl Target<'_> {
 /// A 404 on a kind teal writes means its CRD is not installed: say so.
 fn not_installed(kind: Kind, e: kube::Error) -> Error {
     match e {
-        kube::Error::Api(ae) if ae.code == 404 && kind != Kind::Service => {
+        kube::Error::Api(ae)
+            if ae.code == 404
+                && matches!(
+                    kind,
+                    Kind::DestinationRule | Kind::VirtualService | Kind::HttpRoute
+                ) =>
+        {
             let ar = kind.resource();
             Error::State(format!(
                 "cannot write {} ({}): {} — is the CRD {}.{} installed?",
@@ -239,6 +259,7 @@ pub fn adopted(bg: &BlueGreen) -> Option<String> {
         RouterKind::Service => None,
         RouterKind::Istio => r.istio.as_ref().and_then(|i| i.virtual_service.clone()),
         RouterKind::GatewayApi => r.gateway_api.as_ref().and_then(|g| g.http_route.clone()),
+        RouterKind::Teal => None,
     }
 }
 
@@ -281,6 +302,26 @@ pub fn owned(bg: &BlueGreen, kind: RouterKind, adopted: Option<&str>) -> Vec<Own
                 });
             }
         }
+        RouterKind::Teal => {
+            for c in teal_core::Color::ALL {
+                v.push(Owned {
+                    kind: Kind::Service,
+                    name: objects::color_service_name(bg, c),
+                });
+            }
+            let name = teal::router_name(bg);
+            for kind in [
+                Kind::Deployment,
+                Kind::ServiceAccount,
+                Kind::Role,
+                Kind::RoleBinding,
+            ] {
+                v.push(Owned {
+                    kind,
+                    name: name.clone(),
+                });
+            }
+        }
     }
     v
 }
@@ -301,24 +342,36 @@ pub async fn route(
 ) -> Result<Ack, Error> {
     let kind = t.bg.spec.router.kind;
     let adopted = adopted(t.bg);
-    let ack = match kind {
-        RouterKind::Service => service::route(t, routing).await?,
-        RouterKind::Istio => istio::route(t, routing, adopted.as_deref()).await?,
-        RouterKind::GatewayApi => gateway::route(t, routing, adopted.as_deref()).await?,
-    };
-    // The new routes are in place: now remove the previous router's.
-    if let Some(prev) = status.as_ref()
-        && (prev.kind != kind || prev.adopted != adopted)
-    {
-        undo(t, prev, kind, adopted.as_deref()).await?;
-    }
     let now = now_ms();
     let prev = status.take();
     let switched = prev.as_ref().and_then(|p| p.active) != Some(routing.active);
+    let changed = switched || prev.as_ref().and_then(|p| p.preview) != routing.preview;
+    let generation = prev.as_ref().map(|p| p.generation).unwrap_or(0) + i64::from(changed);
+    let ack = match kind {
+        RouterKind::Service => service::route(t, routing).await,
+        RouterKind::Istio => istio::route(t, routing, adopted.as_deref()).await,
+        RouterKind::GatewayApi => gateway::route(t, routing, adopted.as_deref()).await,
+        RouterKind::Teal => teal::route(t, generation).await,
+    };
+    let ack = match ack {
+        Ok(a) => a,
+        Err(e) => {
+            *status = prev;
+            return Err(e);
+        }
+    };
+    // The new routes are in place: now remove the previous router's.
+    if let Some(p) = prev.as_ref()
+        && (p.kind != kind || p.adopted != adopted)
+    {
+        undo(t, p, kind, adopted.as_deref()).await?;
+    }
     let mut st = RouterStatus {
         kind,
         adopted,
         active: Some(routing.active),
+        preview: routing.preview,
+        generation,
         switch_requested_at: prev.as_ref().and_then(|p| p.switch_requested_at),
         switch_confirmed_at: prev.as_ref().and_then(|p| p.switch_confirmed_at),
     };
@@ -362,6 +415,7 @@ async fn hand_back(t: &Target<'_>, kind: RouterKind, name: &str) -> Result<(), E
         RouterKind::Service => Ok(()),
         RouterKind::Istio => istio::hand_back(t, name).await,
         RouterKind::GatewayApi => gateway::hand_back(t, name).await,
+        RouterKind::Teal => Ok(()),
     }
 }
 

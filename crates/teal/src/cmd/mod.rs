@@ -5,4 +5,5 @@ pub mod crd;
 pub mod demo;
 pub mod local;
 pub mod router;
+pub mod router_kube;
 pub mod sample_app;
