@@ -38,9 +38,12 @@ async fn the_controller_runs_a_release_with_only_its_role() {
     apply_deploy_files(env, &["crd.yaml", "rbac.yaml"]);
     // Least privilege: what teal never does is denied.
     for (verb, resource) in [
-        ("delete", "deployments"),
         ("get", "secrets"),
         ("update", "services"),
+        ("delete", "pods"),
+        ("update", "leases.coordination.k8s.io"),
+        ("bind", "roles.rbac.authorization.k8s.io"),
+        ("escalate", "roles.rbac.authorization.k8s.io"),
         ("create", "pods"),
         ("update", "deployments"),
         ("delete", "bluegreens.teal.dev"),
