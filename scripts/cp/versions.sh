@@ -8,3 +8,8 @@ KUBERNETES_STAGING_VERSION=v0.37.2
 ETCD_VERSION=v3.6.16
 KWOK_VERSION=v0.8.0
 HELM_VERSION=v3.22.0
+# Upstream CRDs installed by the router tests (scripts/upstream-crds), read from the
+# published Go modules: Istio's networking CRDs ship in istio.io/api under kubernetes/,
+# Gateway API's standard channel in sigs.k8s.io/gateway-api under config/crd/standard/.
+ISTIO_API_VERSION=v1.31.4
+GATEWAY_API_VERSION=v1.6.3

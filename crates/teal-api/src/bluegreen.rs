@@ -102,11 +102,28 @@ pub struct ServiceSpec {
 }
 
 /// How traffic moves between colors.
-#[derive(Serialize, Deserialize, Clone, Debug, PartialEq, Default, JsonSchema)]
+#[derive(Serialize, Deserialize, Clone, Debug, PartialEq, Default, KubeSchema)]
 #[serde(rename_all = "camelCase")]
+#[x_kube(validation = Rule::new("self.type == 'gatewayAPI' || !has(self.gatewayAPI)").message("spec.router.gatewayAPI only applies with type: gatewayAPI").field_path(".gatewayAPI"))]
+#[x_kube(validation = Rule::new("self.type == 'teal' || !has(self.teal)").message("spec.router.teal only applies with type: teal").field_path(".teal"))]
+#[x_kube(validation = Rule::new("self.type == 'istio' || !has(self.istio)").message("spec.router.istio only applies with type: istio").field_path(".istio"))]
+#[x_kube(validation = Rule::new("self.type != 'gatewayAPI' || (has(self.gatewayAPI) && (has(self.gatewayAPI.httpRoute) != (has(self.gatewayAPI.parentRefs) && size(self.gatewayAPI.parentRefs) > 0)))").message("type gatewayAPI needs spec.router.gatewayAPI with exactly one of httpRoute (patch your HTTPRoute) or parentRefs (teal owns the HTTPRoute)").field_path(".gatewayAPI"))]
 pub struct RouterSpec {
     #[serde(default, rename = "type")]
     pub kind: RouterKind,
+    /// Settings of type `istio`.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub istio: Option<IstioRouter>,
+    /// Settings of type `gatewayAPI`.
+    #[serde(
+        default,
+        rename = "gatewayAPI",
+        skip_serializing_if = "Option::is_none"
+    )]
+    pub gateway_api: Option<GatewayApiRouter>,
+    /// Settings of type `teal`.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub teal: Option<TealRouter>,
 }
 
 #[derive(Serialize, Deserialize, Clone, Copy, Debug, PartialEq, Eq, Default, JsonSchema)]
@@ -117,6 +134,124 @@ pub enum RouterKind {
     /// `scaleDownDelay` ends them.
     #[default]
     Service,
+    /// An Istio VirtualService and DestinationRule (subsets by color).
+    Istio,
+    /// A Gateway API HTTPRoute with one Service per color.
+    #[serde(rename = "gatewayAPI")]
+    GatewayApi,
+    /// teal's own L7 router: a router Deployment in front of one Service
+    /// per color; every router replica acknowledges each switch.
+    Teal,
+}
+
+impl RouterKind {
+    /// The name used in the spec.
+    pub fn as_str(self) -> &'static str {
+        match self {
+            RouterKind::Service => "service",
+            RouterKind::Istio => "istio",
+            RouterKind::GatewayApi => "gatewayAPI",
+            RouterKind::Teal => "teal",
+        }
+    }
+}
+
+/// Istio: teal writes a DestinationRule with one subset per color and two
+/// HTTP routes, `teal-preview` (preview header to the preview color) and
+/// `teal-active` (everything else to the active color).
+#[derive(Serialize, Deserialize, Clone, Debug, PartialEq, Default, JsonSchema)]
+#[serde(rename_all = "camelCase")]
+pub struct IstioRouter {
+    /// Adopt this existing VirtualService (same namespace): teal edits only
+    /// its own routes in it, by name, and leaves every other route alone.
+    /// Default: teal owns a VirtualService named like the live Service.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    #[schemars(length(min = 1, max = 253))]
+    pub virtual_service: Option<String>,
+    /// `hosts` of an owned VirtualService. Default: the live Service's name.
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub hosts: Vec<String>,
+    /// `gateways` of an owned VirtualService (e.g. `mesh`, `ns/gateway`).
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub gateways: Vec<String>,
+}
+
+/// Gateway API: an HTTPRoute with a rule `teal-preview` (preview header to
+/// the preview color's Service) and a rule `teal-active` (backendRefs
+/// active: 100, idle: 0).
+#[derive(Serialize, Deserialize, Clone, Debug, PartialEq, Default, JsonSchema)]
+#[serde(rename_all = "camelCase")]
+pub struct GatewayApiRouter {
+    /// Patch this existing HTTPRoute (same namespace): teal edits only its
+    /// own rules in it, by name.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    #[schemars(length(min = 1, max = 253))]
+    pub http_route: Option<String>,
+    /// Gateways of an HTTPRoute teal owns (named like the live Service).
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub parent_refs: Vec<ParentRef>,
+    /// `hostnames` of an HTTPRoute teal owns.
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub hostnames: Vec<String>,
+}
+
+/// teal's router: Deployment `<service>-router` running `teal router
+/// --kubernetes` (image: the controller's `TEAL_ROUTER_IMAGE`), the live
+/// Service `<service>` in front of it, Services `<service>-blue`/`-green`.
+#[derive(Serialize, Deserialize, Clone, Debug, PartialEq, Default, JsonSchema)]
+#[serde(rename_all = "camelCase")]
+pub struct TealRouter {
+    /// Router replicas (default 2).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    #[schemars(range(min = 1, max = 100))]
+    pub replicas: Option<i32>,
+    /// Port the router listens on in its pods (default 8080).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    #[schemars(range(min = 1, max = 65535))]
+    pub port: Option<i32>,
+}
+
+/// A Gateway an HTTPRoute attaches to.
+#[derive(Serialize, Deserialize, Clone, Debug, PartialEq, Eq, JsonSchema)]
+#[serde(rename_all = "camelCase")]
+pub struct ParentRef {
+    #[schemars(length(min = 1, max = 253))]
+    pub name: String,
+    /// Default: the BlueGreen's namespace.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub namespace: Option<String>,
+    /// A listener of the Gateway.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub section_name: Option<String>,
+}
+
+/// What teal last wrote for traffic, so that a change of router type (or
+/// of the adopted object) removes what the previous one wrote. Unset fields
+/// are written as null, so that the status merge patch clears them.
+#[derive(Serialize, Deserialize, Clone, Debug, PartialEq, JsonSchema)]
+#[serde(rename_all = "camelCase")]
+pub struct RouterStatus {
+    #[serde(rename = "type")]
+    pub kind: RouterKind,
+    /// The user's VirtualService or HTTPRoute teal edits, if any.
+    #[serde(default)]
+    pub adopted: Option<String>,
+    /// The color the routes send production traffic to.
+    #[serde(default)]
+    pub active: Option<Color>,
+    /// The color the preview route sends to, if any.
+    #[serde(default)]
+    pub preview: Option<Color>,
+    /// Counts changes of `active`/`preview`; teal's router replicas report
+    /// the generation they serve.
+    #[serde(default)]
+    pub generation: i64,
+    /// When the switch to `active` was requested (Unix milliseconds).
+    #[serde(default)]
+    pub switch_requested_at: Option<i64>,
+    /// When the router confirmed it serves `active` (Unix milliseconds).
+    #[serde(default)]
+    pub switch_confirmed_at: Option<i64>,
 }
 
 /// What teal reports about a BlueGreen.
@@ -148,6 +283,9 @@ pub struct BlueGreenStatus {
     /// The last analysis measurements.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub analysis: Option<AnalysisStatus>,
+    /// What the router wrote and when it confirmed the last switch.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub router: Option<RouterStatus>,
     /// The last operator command handled (`teal.dev/command` annotation).
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub last_command: Option<String>,

@@ -14,6 +14,7 @@ pub mod leader;
 pub mod metrics;
 pub mod objects;
 pub mod reconcile;
+pub mod routers;
 
 use std::net::SocketAddr;
 use std::sync::Arc;

@@ -145,19 +145,49 @@ pub fn service_ports(bg: &BlueGreen, template: Option<&PodTemplateSpec>) -> Vec<
 /// A Service owned by teal selecting `color`'s pods.
 pub fn service(bg: &BlueGreen, name: String, color: Color, ports: Vec<ServicePort>) -> Service {
     let bg_name = bg.metadata.name.clone().unwrap_or_default();
+    service_selecting(bg, name, selector(&bg_name, color), ports)
+}
+
+/// A Service owned by teal selecting the pods of both colors (the host
+/// whose subsets a mesh routes to).
+pub fn both_colors_service(bg: &BlueGreen, name: String, ports: Vec<ServicePort>) -> Service {
+    let bg_name = bg.metadata.name.clone().unwrap_or_default();
+    let sel = BTreeMap::from([(labels::BLUEGREEN.to_string(), bg_name)]);
+    service_selecting(bg, name, sel, ports)
+}
+
+/// The per-color Service of `color`: `<live service>-<color>`.
+pub fn color_service_name(bg: &BlueGreen, color: Color) -> String {
+    format!("{}-{color}", service_name(bg))
+}
+
+/// Labels selecting the pods of `color` of BlueGreen `bg`.
+pub fn color_labels(bg: &str, color: Color) -> BTreeMap<String, String> {
+    selector(bg, color)
+}
+
+/// The labels and owner reference of everything teal creates for `bg`.
+pub fn owned_meta(bg: &BlueGreen, name: String) -> ObjectMeta {
+    let bg_name = bg.metadata.name.clone().unwrap_or_default();
+    ObjectMeta {
+        name: Some(name),
+        namespace: bg.metadata.namespace.clone(),
+        labels: Some(BTreeMap::from([(labels::BLUEGREEN.to_string(), bg_name)])),
+        owner_references: Some(vec![owner(bg)]),
+        ..Default::default()
+    }
+}
+
+fn service_selecting(
+    bg: &BlueGreen,
+    name: String,
+    selector: BTreeMap<String, String>,
+    ports: Vec<ServicePort>,
+) -> Service {
     Service {
-        metadata: ObjectMeta {
-            name: Some(name),
-            namespace: bg.metadata.namespace.clone(),
-            labels: Some(BTreeMap::from([(
-                labels::BLUEGREEN.to_string(),
-                bg_name.clone(),
-            )])),
-            owner_references: Some(vec![owner(bg)]),
-            ..Default::default()
-        },
+        metadata: owned_meta(bg, name),
         spec: Some(ServiceSpec {
-            selector: Some(selector(&bg_name, color)),
+            selector: Some(selector),
             ports: Some(ports),
             ..Default::default()
         }),

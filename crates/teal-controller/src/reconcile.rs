@@ -23,6 +23,7 @@ use teal_core::release::{
 
 use crate::metrics::Metrics;
 use crate::objects::{self, color_status, revision_of};
+use crate::routers;
 
 /// The field manager of teal's server-side applies.
 pub const MANAGER: &str = "teal-controller";
@@ -197,10 +198,6 @@ impl Cluster<'_> {
             Err(kube::Error::Api(e)) if e.code == 404 => Ok(()),
             Err(e) => Err(e.into()),
         }
-    }
-
-    async fn apply_service(&self, svc: &Service) -> Result<(), Error> {
-        server_side_apply(&self.services, svc).await
     }
 
     /// The pod template of `revision`: the workload's if it is current,
@@ -477,6 +474,13 @@ async fn apply(bg: Arc<BlueGreen>, ctx: Arc<Context>) -> Result<Requeue, Error> 
     // Carry out the actions; a switch of the live Service is confirmed as
     // soon as the apiserver accepted it.
     let ports = objects::service_ports(&bg, Some(&template));
+    // Keep the routes written (and re-check an unconfirmed switch) on every
+    // reconcile, also when the router type changed.
+    if let Some(r) = state.machine.routing
+        && !queue.iter().any(|a| matches!(a, Action::Route(_)))
+    {
+        queue.insert(0, Action::Route(r));
+    }
     let mut i = 0;
     while i < queue.len() {
         let action = queue[i].clone();
@@ -498,31 +502,26 @@ async fn apply(bg: Arc<BlueGreen>, ctx: Arc<Context>) -> Result<Requeue, Error> 
             Action::Scale { color, replicas } => cluster.scale(color, replicas as i32).await?,
             Action::Retire { color } => cluster.scale(color, 0).await?,
             Action::Route(routing) => {
-                let live = objects::service(
-                    &bg,
-                    objects::service_name(&bg),
-                    routing.active,
-                    ports.clone(),
-                );
-                let preview = objects::service(
-                    &bg,
-                    objects::preview_service_name(&bg),
-                    routing.preview.unwrap_or(routing.active),
-                    ports.clone(),
-                );
-                cluster.apply_service(&preview).await?;
-                cluster.apply_service(&live).await?;
-                queue.extend(
-                    state
-                        .machine
-                        .handle(
-                            now_ms(),
-                            Input::Routed {
-                                active: routing.active,
-                            },
-                        )
-                        .unwrap_or_default(),
-                );
+                let target = routers::Target {
+                    client: &client,
+                    bg: &bg,
+                    ns: &ns,
+                    ports: &ports,
+                };
+                let ack = routers::route(&target, routing, &mut status.router).await?;
+                if ack == routers::Ack::Confirmed {
+                    queue.extend(
+                        state
+                            .machine
+                            .handle(
+                                now_ms(),
+                                Input::Routed {
+                                    active: routing.active,
+                                },
+                            )
+                            .unwrap_or_default(),
+                    );
+                }
             }
             Action::StartAnalysis {
                 stage,
@@ -809,6 +808,12 @@ async fn cleanup(bg: Arc<BlueGreen>, ctx: Arc<Context>) -> Result<Requeue, Error
             .patch(&svc_name, &PatchParams::default(), &Patch::Merge(patch))
             .await?;
     }
+    routers::release(
+        &ctx.client,
+        &bg,
+        &objects::service_ports(&bg, Some(&workload.spec.template)),
+    )
+    .await?;
     let recorder = &ctx.recorder;
     let ev = KubeEvent {
         type_: EventType::Normal,

@@ -34,10 +34,13 @@ async fn the_controller_runs_a_release_with_only_its_role() {
     apply_deploy_files(env, &["crd.yaml", "rbac.yaml"]);
     // Least privilege: what teal never does is denied.
     for (verb, resource) in [
-        ("delete", "deployments"),
-        ("delete", "services"),
         ("list", "secrets"),
         ("watch", "secrets"),
+        ("update", "services"),
+        ("delete", "pods"),
+        ("update", "leases.coordination.k8s.io"),
+        ("bind", "roles.rbac.authorization.k8s.io"),
+        ("escalate", "roles.rbac.authorization.k8s.io"),
         ("create", "pods"),
         ("update", "deployments"),
         ("delete", "bluegreens.teal.dev"),
@@ -50,6 +53,7 @@ async fn the_controller_runs_a_release_with_only_its_role() {
     assert!(can_i(env, "patch", "deployments"));
     // Notifier URLs: one Secret read by name, never listed.
     assert!(can_i(env, "get", "secrets"));
+    assert!(can_i(env, "delete", "services"));
     assert!(can_i(env, "patch", "bluegreens.teal.dev/status"));
 
     // A kubeconfig holding a real ServiceAccount token.

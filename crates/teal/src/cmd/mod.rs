@@ -7,4 +7,5 @@ pub mod demo;
 pub mod kube;
 pub mod local;
 pub mod router;
+pub mod router_kube;
 pub mod sample_app;

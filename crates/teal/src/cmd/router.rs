@@ -45,6 +45,19 @@ pub struct Args {
     /// What a drain that times out does with upgraded (WebSocket) connections.
     #[arg(long, default_value = "close", value_parser = ["close", "keep"])]
     upgrades_after_drain: String,
+    /// Follow this BlueGreen in Kubernetes (router type teal): routes come
+    /// from its status and the EndpointSlices of its per-color Services.
+    #[arg(long, conflicts_with = "routes")]
+    kubernetes_bluegreen: Option<String>,
+    /// Namespace of the BlueGreen (default: the kubeconfig's or in-cluster namespace).
+    #[arg(long, env = "POD_NAMESPACE")]
+    kubernetes_namespace: Option<String>,
+    /// This replica's pod name: names the Lease it reports its route generation in.
+    #[arg(long, env = "POD_NAME")]
+    pod_name: Option<String>,
+    /// This replica's pod uid: the Lease is owned by the pod.
+    #[arg(long, env = "POD_UID")]
+    pod_uid: Option<String>,
 }
 
 pub async fn run(args: Args) -> anyhow::Result<ExitCode> {
@@ -122,6 +135,23 @@ pub async fn run(args: Args) -> anyhow::Result<ExitCode> {
     }
     tracing::info!(%local, admin = %admin_desc, generation = router.try_current().0, "router started");
 
+    let follow_task = match &args.kubernetes_bluegreen {
+        Some(bg) => {
+            let Some(pod_name) = args.pod_name.clone() else {
+                bail!(
+                    "--kubernetes-bluegreen needs --pod-name (or POD_NAME) to report the route generation it serves"
+                );
+            };
+            let f = super::router_kube::Follow {
+                namespace: args.kubernetes_namespace.clone(),
+                bluegreen: bg.clone(),
+                pod_name,
+                pod_uid: args.pod_uid.clone(),
+            };
+            Some(tokio::spawn(super::router_kube::follow(router.clone(), f)))
+        }
+        None => None,
+    };
     let (stop_tx, stop_rx) = tokio::sync::watch::channel(false);
     let stopped = |mut rx: tokio::sync::watch::Receiver<bool>| async move {
         let _ = rx.wait_for(|s| *s).await;
@@ -136,7 +166,16 @@ pub async fn run(args: Args) -> anyhow::Result<ExitCode> {
         let stop = stopped(stop_rx);
         tokio::spawn(async move { router.serve(listener, stop).await })
     };
-    shutdown_signal().await;
+    match follow_task {
+        Some(t) => tokio::select! {
+            _ = shutdown_signal() => {}
+            r = t => {
+                let r = r.context("following the BlueGreen")?;
+                r?;
+            }
+        },
+        None => shutdown_signal().await,
+    }
     tracing::info!("shutting down");
     let _ = stop_tx.send(true);
     proxy_task.await??;

@@ -1,0 +1,465 @@
+//! Traffic routers: how a BlueGreen's [`Routing`] (active color, preview
+//! color) becomes objects in the cluster, one module per `spec.router.type`.
+//!
+//! Every router writes the live Service (`<service>`) so that in-cluster
+//! clients and the deletion hand-back always have it; what else it writes
+//! is listed by [`owned`]. [`route`] writes the current type's objects,
+//! then removes what a previous type (or a previously adopted object)
+//! left, and reports whether the switch is confirmed. [`release`] hands an
+//! adopted object back when the BlueGreen is deleted (owned objects go with
+//! it through their owner reference).
+
+pub mod gateway;
+pub mod istio;
+pub mod service;
+pub mod teal;
+
+use k8s_openapi::api::core::v1::{Service, ServicePort};
+use kube::api::{DeleteParams, Patch, PatchParams};
+use kube::core::{ApiResource, DynamicObject};
+use kube::{Api, Client};
+use serde_json::Value;
+use teal_api::BlueGreen;
+use teal_api::bluegreen::{RouterKind, RouterStatus};
+use teal_core::release::Routing;
+
+use crate::objects;
+use crate::reconcile::{Error, MANAGER};
+
+/// The name of teal's preview route (Istio) or rule (Gateway API).
+pub const PREVIEW_ROUTE: &str = "teal-preview";
+/// The name of teal's production route (Istio) or rule (Gateway API).
+pub const ACTIVE_ROUTE: &str = "teal-active";
+
+/// Whether the data plane serves the requested routing yet.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum Ack {
+    /// The switch is in effect: the release may go on.
+    Confirmed,
+    /// Written, not yet acknowledged; the text says what is awaited.
+    Pending(String),
+}
+
+/// The kinds of object routers write.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Kind {
+    Service,
+    DestinationRule,
+    VirtualService,
+    HttpRoute,
+    Deployment,
+    ServiceAccount,
+    Role,
+    RoleBinding,
+}
+
+impl Kind {
+    pub fn resource(self) -> ApiResource {
+        let (group, version, kind, plural) = match self {
+            Kind::Service => ("", "v1", "Service", "services"),
+            Kind::DestinationRule => (
+                "networking.istio.io",
+                "v1",
+                "DestinationRule",
+                "destinationrules",
+            ),
+            Kind::VirtualService => (
+                "networking.istio.io",
+                "v1",
+                "VirtualService",
+                "virtualservices",
+            ),
+            Kind::HttpRoute => ("gateway.networking.k8s.io", "v1", "HTTPRoute", "httproutes"),
+            Kind::Deployment => ("apps", "v1", "Deployment", "deployments"),
+            Kind::ServiceAccount => ("", "v1", "ServiceAccount", "serviceaccounts"),
+            Kind::Role => ("rbac.authorization.k8s.io", "v1", "Role", "roles"),
+            Kind::RoleBinding => (
+                "rbac.authorization.k8s.io",
+                "v1",
+                "RoleBinding",
+                "rolebindings",
+            ),
+        };
+        ApiResource {
+            group: group.into(),
+            version: version.into(),
+            api_version: if group.is_empty() {
+                version.into()
+            } else {
+                format!("{group}/{version}")
+            },
+            kind: kind.into(),
+            plural: plural.into(),
+        }
+    }
+}
+
+/// One object a router owns.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Owned {
+    pub kind: Kind,
+    pub name: String,
+}
+
+/// What routers need to know.
+pub struct Target<'a> {
+    pub client: &'a Client,
+    pub bg: &'a BlueGreen,
+    pub ns: &'a str,
+    /// Ports of the Services teal writes.
+    pub ports: &'a [ServicePort],
+}
+
+impl Target<'_> {
+    pub fn api(&self, kind: Kind) -> Api<DynamicObject> {
+        Api::namespaced_with(self.client.clone(), self.ns, &kind.resource())
+    }
+
+    /// The live Service's name.
+    pub fn service(&self) -> String {
+        objects::service_name(self.bg)
+    }
+
+    /// The port number routes send to: the first Service port.
+    pub fn port(&self) -> i32 {
+        self.ports.first().map(|p| p.port).unwrap_or(80)
+    }
+
+    /// Server-side applies a whole object with teal's field manager.
+    pub async fn apply(&self, kind: Kind, body: Value) -> Result<(), Error> {
+        let name = body["metadata"]["name"]
+            .as_str()
+            .unwrap_or_default()
+            .to_string();
+        let mut body = body;
+        let ar = kind.resource();
+        body["apiVersion"] = ar.api_version.into();
+        body["kind"] = ar.kind.into();
+        self.api(kind)
+            .patch(
+                &name,
+                &PatchParams::apply(MANAGER).force(),
+                &Patch::Apply(body),
+            )
+            .await
+            .map_err(|e| not_installed(kind, e))?;
+        Ok(())
+    }
+
+    pub async fn apply_service(&self, svc: &Service) -> Result<(), Error> {
+        let body = serde_json::to_value(svc).map_err(|e| Error::State(e.to_string()))?;
+        self.apply(Kind::Service, body).await
+    }
+
+    /// Deletes an object if this BlueGreen owns it; objects of others and
+    /// kinds the cluster does not know are left alone.
+    pub async fn delete_owned(&self, o: &Owned) -> Result<(), Error> {
+        let api = self.api(o.kind);
+        let obj = match api.get_opt(&o.name).await {
+            Ok(Some(obj)) => obj,
+            Ok(None) => return Ok(()),
+            Err(kube::Error::Api(e)) if e.code == 404 => return Ok(()),
+            Err(e) => return Err(e.into()),
+        };
+        if !objects::owned_by(&obj.metadata, self.bg) {
+            return Ok(());
+        }
+        match api.delete(&o.name, &DeleteParams::default()).await {
+            Ok(_) => Ok(()),
+            Err(kube::Error::Api(e)) if e.code == 404 => Ok(()),
+            Err(e) => Err(e.into()),
+        }
+    }
+
+    /// Rewrites the route list at `field` of the user's object `name` with
+    /// `edit`, guarded by the resourceVersion read (a concurrent change by
+    /// someone else fails the write, and the next reconcile starts over).
+    pub async fn edit_adopted(
+        &self,
+        kind: Kind,
+        name: &str,
+        field: &str,
+        edit: impl FnOnce(&mut Vec<Value>),
+    ) -> Result<(), Error> {
+        let api = self.api(kind);
+        let obj = match api.get_opt(name).await {
+            Ok(Some(o)) => o,
+            Ok(None) => {
+                return Err(Error::State(format!(
+                    "{} {}/{name} (spec.router) does not exist: create it, or leave the field out to let teal own one",
+                    kind.resource().kind,
+                    self.ns
+                )));
+            }
+            Err(e) => return Err(not_installed(kind, e)),
+        };
+        let mut list: Vec<Value> = obj.data["spec"][field]
+            .as_array()
+            .cloned()
+            .unwrap_or_default();
+        let before = list.clone();
+        edit(&mut list);
+        if list == before {
+            return Ok(());
+        }
+        let patch = serde_json::json!({
+            "metadata": {"resourceVersion": obj.metadata.resource_version},
+            "spec": {field: list},
+        });
+        api.patch(name, &PatchParams::default(), &Patch::Merge(patch))
+            .await?;
+        Ok(())
+    }
+}
+
+/// A 404 on a kind teal writes means its CRD is not installed: say so.
+fn not_installed(kind: Kind, e: kube::Error) -> Error {
+    match e {
+        kube::Error::Api(ae)
+            if ae.code == 404
+                && matches!(
+                    kind,
+                    Kind::DestinationRule | Kind::VirtualService | Kind::HttpRoute
+                ) =>
+        {
+            let ar = kind.resource();
+            Error::State(format!(
+                "cannot write {} ({}): {} — is the CRD {}.{} installed?",
+                ar.kind, ar.api_version, ae.message, ar.plural, ar.group
+            ))
+        }
+        e => e.into(),
+    }
+}
+
+/// Replaces the routes named [`PREVIEW_ROUTE`] and [`ACTIVE_ROUTE`] in a
+/// user's list, in place; a missing preview route goes first, a missing
+/// active route last. `preview: None` removes teal's preview route. Every
+/// other entry stays as it is, in its place.
+pub fn merge_routes(list: &mut Vec<Value>, preview: Option<Value>, active: Value) {
+    let pos = |list: &Vec<Value>, name: &str| list.iter().position(|r| r["name"] == name);
+    match (pos(list, PREVIEW_ROUTE), preview) {
+        (Some(i), Some(p)) => list[i] = p,
+        (Some(i), None) => {
+            list.remove(i);
+        }
+        (None, Some(p)) => list.insert(0, p),
+        (None, None) => {}
+    }
+    match pos(list, ACTIVE_ROUTE) {
+        Some(i) => list[i] = active,
+        None => list.push(active),
+    }
+}
+
+/// The adopted object of the current spec, if any.
+pub fn adopted(bg: &BlueGreen) -> Option<String> {
+    let r = &bg.spec.router;
+    match r.kind {
+        RouterKind::Service => None,
+        RouterKind::Istio => r.istio.as_ref().and_then(|i| i.virtual_service.clone()),
+        RouterKind::GatewayApi => r.gateway_api.as_ref().and_then(|g| g.http_route.clone()),
+        RouterKind::Teal => None,
+    }
+}
+
+/// The objects router `kind` owns for `bg` (with `adopted` as its adopted
+/// object, which it does not own).
+pub fn owned(bg: &BlueGreen, kind: RouterKind, adopted: Option<&str>) -> Vec<Owned> {
+    let svc = objects::service_name(bg);
+    let mut v = vec![Owned {
+        kind: Kind::Service,
+        name: svc.clone(),
+    }];
+    match kind {
+        RouterKind::Service => v.push(Owned {
+            kind: Kind::Service,
+            name: objects::preview_service_name(bg),
+        }),
+        RouterKind::Istio => {
+            v.push(Owned {
+                kind: Kind::DestinationRule,
+                name: svc.clone(),
+            });
+            if adopted.is_none() {
+                v.push(Owned {
+                    kind: Kind::VirtualService,
+                    name: svc,
+                });
+            }
+        }
+        RouterKind::GatewayApi => {
+            for c in teal_core::Color::ALL {
+                v.push(Owned {
+                    kind: Kind::Service,
+                    name: objects::color_service_name(bg, c),
+                });
+            }
+            if adopted.is_none() {
+                v.push(Owned {
+                    kind: Kind::HttpRoute,
+                    name: svc,
+                });
+            }
+        }
+        RouterKind::Teal => {
+            for c in teal_core::Color::ALL {
+                v.push(Owned {
+                    kind: Kind::Service,
+                    name: objects::color_service_name(bg, c),
+                });
+            }
+            let name = teal::router_name(bg);
+            for kind in [
+                Kind::Deployment,
+                Kind::ServiceAccount,
+                Kind::Role,
+                Kind::RoleBinding,
+            ] {
+                v.push(Owned {
+                    kind,
+                    name: name.clone(),
+                });
+            }
+        }
+    }
+    v
+}
+
+fn now_ms() -> i64 {
+    std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .map(|d| d.as_millis() as i64)
+        .unwrap_or(0)
+}
+
+/// Writes `routing` with the BlueGreen's router, removes what a previous
+/// router left, and records it all in `status`.
+pub async fn route(
+    t: &Target<'_>,
+    routing: Routing,
+    status: &mut Option<RouterStatus>,
+) -> Result<Ack, Error> {
+    let kind = t.bg.spec.router.kind;
+    let adopted = adopted(t.bg);
+    let now = now_ms();
+    let prev = status.take();
+    let switched = prev.as_ref().and_then(|p| p.active) != Some(routing.active);
+    let changed = switched || prev.as_ref().and_then(|p| p.preview) != routing.preview;
+    let generation = prev.as_ref().map(|p| p.generation).unwrap_or(0) + i64::from(changed);
+    let ack = match kind {
+        RouterKind::Service => service::route(t, routing).await,
+        RouterKind::Istio => istio::route(t, routing, adopted.as_deref()).await,
+        RouterKind::GatewayApi => gateway::route(t, routing, adopted.as_deref()).await,
+        RouterKind::Teal => teal::route(t, generation).await,
+    };
+    let ack = match ack {
+        Ok(a) => a,
+        Err(e) => {
+            *status = prev;
+            return Err(e);
+        }
+    };
+    // The new routes are in place: now remove the previous router's.
+    if let Some(p) = prev.as_ref()
+        && (p.kind != kind || p.adopted != adopted)
+    {
+        undo(t, p, kind, adopted.as_deref()).await?;
+    }
+    let mut st = RouterStatus {
+        kind,
+        adopted,
+        active: Some(routing.active),
+        preview: routing.preview,
+        generation,
+        switch_requested_at: prev.as_ref().and_then(|p| p.switch_requested_at),
+        switch_confirmed_at: prev.as_ref().and_then(|p| p.switch_confirmed_at),
+    };
+    if switched {
+        st.switch_requested_at = Some(now);
+        st.switch_confirmed_at = None;
+    }
+    if ack == Ack::Confirmed && st.switch_confirmed_at.is_none() {
+        st.switch_confirmed_at = Some(now);
+    }
+    *status = Some(st);
+    Ok(ack)
+}
+
+/// Removes what router `prev` wrote and router `kind` (adopting
+/// `adopted`) does not use.
+async fn undo(
+    t: &Target<'_>,
+    prev: &RouterStatus,
+    kind: RouterKind,
+    adopted: Option<&str>,
+) -> Result<(), Error> {
+    let keep = owned(t.bg, kind, adopted);
+    for o in owned(t.bg, prev.kind, prev.adopted.as_deref()) {
+        if !keep.contains(&o) {
+            t.delete_owned(&o).await?;
+        }
+    }
+    if let Some(name) = prev.adopted.as_deref()
+        && (prev.kind != kind || Some(name) != adopted)
+    {
+        hand_back(t, prev.kind, name).await?;
+    }
+    Ok(())
+}
+
+/// Takes teal's routes out of a user's object: the preview route goes, the
+/// active route is pointed at the live Service (which survives teal).
+async fn hand_back(t: &Target<'_>, kind: RouterKind, name: &str) -> Result<(), Error> {
+    match kind {
+        RouterKind::Service => Ok(()),
+        RouterKind::Istio => istio::hand_back(t, name).await,
+        RouterKind::GatewayApi => gateway::hand_back(t, name).await,
+        RouterKind::Teal => Ok(()),
+    }
+}
+
+/// On deletion of the BlueGreen: hand back the adopted object, if any.
+pub async fn release(client: &Client, bg: &BlueGreen, ports: &[ServicePort]) -> Result<(), Error> {
+    let ns = bg.metadata.namespace.clone().unwrap_or_default();
+    let t = Target {
+        client,
+        bg,
+        ns: &ns,
+        ports,
+    };
+    let st = bg.status.as_ref().and_then(|s| s.router.clone());
+    if let Some(st) = st
+        && let Some(name) = st.adopted.as_deref()
+    {
+        match hand_back(&t, st.kind, name).await {
+            Ok(()) => {}
+            // The user deleted it first: nothing to hand back.
+            Err(Error::State(m)) if m.contains("does not exist") => {}
+            Err(e) => return Err(e),
+        }
+    }
+    Ok(())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use serde_json::json;
+
+    #[test]
+    fn merge_keeps_user_routes_in_place() {
+        let user = json!({"name": "api", "match": [{"uri": {"prefix": "/api"}}]});
+        let mut list = vec![user.clone()];
+        let p = json!({"name": PREVIEW_ROUTE, "v": 1});
+        let a = json!({"name": ACTIVE_ROUTE, "v": 1});
+        merge_routes(&mut list, Some(p.clone()), a.clone());
+        assert_eq!(list, vec![p, user.clone(), a]);
+        let p2 = json!({"name": PREVIEW_ROUTE, "v": 2});
+        let a2 = json!({"name": ACTIVE_ROUTE, "v": 2});
+        merge_routes(&mut list, Some(p2.clone()), a2.clone());
+        assert_eq!(list, vec![p2, user.clone(), a2.clone()]);
+        merge_routes(&mut list, None, a2.clone());
+        assert_eq!(list, vec![user, a2]);
+    }
+}

@@ -1,0 +1,208 @@
+//! `type: teal`: teal's own L7 router in front of the colors.
+//!
+//! teal writes one Service per color (`<service>-blue`, `<service>-green`),
+//! a router Deployment `<service>-router` running `teal router --kubernetes`
+//! with its own ServiceAccount and Role, and the live Service `<service>`
+//! selecting the router pods. Router replicas watch the BlueGreen (its
+//! `status.router`: active, preview, generation) and the EndpointSlices of
+//! the per-color Services, install the route table, and then report the
+//! generation they serve in a Lease named after their pod
+//! (annotation [`GENERATION_ANNOTATION`]). A switch is confirmed only when
+//! every ready router pod reports it.
+
+use std::collections::BTreeMap;
+
+use k8s_openapi::api::coordination::v1::Lease;
+use k8s_openapi::api::core::v1::Pod;
+use kube::Api;
+use kube::api::ListParams;
+use serde_json::{Value, json};
+use teal_api::BlueGreen;
+use teal_core::Color;
+
+use super::{Ack, Kind, Target};
+use crate::objects;
+use crate::reconcile::Error;
+
+/// Label on router pods: the BlueGreen they route for.
+pub const ROUTER_LABEL: &str = "teal.dev/router";
+/// Annotation on a router replica's Lease: the route generation it serves.
+pub const GENERATION_ANNOTATION: &str = "teal.dev/route-generation";
+/// Environment variable of the controller naming the router image.
+pub const IMAGE_ENV: &str = "TEAL_ROUTER_IMAGE";
+
+/// Name of the router Deployment, ServiceAccount, Role and RoleBinding.
+pub fn router_name(bg: &BlueGreen) -> String {
+    format!("{}-router", objects::service_name(bg))
+}
+
+fn router_labels(bg: &BlueGreen) -> BTreeMap<String, String> {
+    BTreeMap::from([(
+        ROUTER_LABEL.to_string(),
+        bg.metadata.name.clone().unwrap_or_default(),
+    )])
+}
+
+/// The router port in its pods.
+pub fn router_port(bg: &BlueGreen) -> i32 {
+    bg.spec
+        .router
+        .teal
+        .as_ref()
+        .and_then(|t| t.port)
+        .unwrap_or(8080)
+}
+
+/// What router replicas may do: read their BlueGreen, watch EndpointSlices
+/// of the namespace, and write their own Lease.
+pub fn role(bg: &BlueGreen) -> Value {
+    let bg_name = bg.metadata.name.clone().unwrap_or_default();
+    json!({
+        "metadata": objects::owned_meta(bg, router_name(bg)),
+        "rules": [
+            {"apiGroups": ["teal.dev"], "resources": ["bluegreens"], "resourceNames": [bg_name], "verbs": ["get", "list", "watch"]},
+            {"apiGroups": ["discovery.k8s.io"], "resources": ["endpointslices"], "verbs": ["list", "watch"]},
+            {"apiGroups": ["coordination.k8s.io"], "resources": ["leases"], "verbs": ["get", "create", "patch"]},
+        ],
+    })
+}
+
+pub fn role_binding(bg: &BlueGreen) -> Value {
+    let name = router_name(bg);
+    json!({
+        "metadata": objects::owned_meta(bg, name.clone()),
+        "roleRef": {"apiGroup": "rbac.authorization.k8s.io", "kind": "Role", "name": name},
+        "subjects": [{"kind": "ServiceAccount", "name": name, "namespace": bg.metadata.namespace}],
+    })
+}
+
+/// The router Deployment.
+pub fn deployment(bg: &BlueGreen, image: &str) -> Value {
+    let name = router_name(bg);
+    let bg_name = bg.metadata.name.clone().unwrap_or_default();
+    let replicas = bg
+        .spec
+        .router
+        .teal
+        .as_ref()
+        .and_then(|t| t.replicas)
+        .unwrap_or(2);
+    let port = router_port(bg);
+    let field = |path: &str| json!({"valueFrom": {"fieldRef": {"fieldPath": path}}});
+    let mut pod_name = field("metadata.name");
+    pod_name["name"] = "POD_NAME".into();
+    let mut pod_uid = field("metadata.uid");
+    pod_uid["name"] = "POD_UID".into();
+    json!({
+        "metadata": objects::owned_meta(bg, name.clone()),
+        "spec": {
+            "replicas": replicas,
+            "selector": {"matchLabels": router_labels(bg)},
+            "template": {
+                "metadata": {"labels": router_labels(bg)},
+                "spec": {
+                    "serviceAccountName": name,
+                    "containers": [{
+                        "name": "router",
+                        "image": image,
+                        "args": [
+                            "router",
+                            "--listen", format!("0.0.0.0:{port}"),
+                            "--admin", "unix:/tmp/teal-router-admin.sock",
+                            "--kubernetes-bluegreen", bg_name,
+                        ],
+                        "env": [pod_name, pod_uid],
+                        "ports": [{"name": "http", "containerPort": port}],
+                        "readinessProbe": {"tcpSocket": {"port": port}, "periodSeconds": 2},
+                    }],
+                },
+            },
+        },
+    })
+}
+
+/// Whether a pod is ready and not going away.
+fn ready(p: &Pod) -> bool {
+    p.metadata.deletion_timestamp.is_none()
+        && p.status
+            .as_ref()
+            .and_then(|s| s.conditions.as_ref())
+            .is_some_and(|c| c.iter().any(|c| c.type_ == "Ready" && c.status == "True"))
+}
+
+pub async fn route(t: &Target<'_>, generation: i64) -> Result<Ack, Error> {
+    let Ok(image) = std::env::var(IMAGE_ENV) else {
+        return Err(Error::State(format!(
+            "spec.router.type teal needs the router image: set {IMAGE_ENV} on the controller (its own image)"
+        )));
+    };
+    let bg = t.bg;
+    for c in Color::ALL {
+        let svc = objects::service(bg, objects::color_service_name(bg, c), c, t.ports.to_vec());
+        t.apply_service(&svc).await?;
+    }
+    let name = router_name(bg);
+    t.apply(
+        Kind::ServiceAccount,
+        json!({"metadata": objects::owned_meta(bg, name.clone())}),
+    )
+    .await?;
+    t.apply(Kind::Role, role(bg)).await?;
+    t.apply(Kind::RoleBinding, role_binding(bg)).await?;
+    t.apply(Kind::Deployment, deployment(bg, &image)).await?;
+    // The front door: the live Service, every port to the router.
+    let mut ports = t.ports.to_vec();
+    for p in &mut ports {
+        p.target_port =
+            Some(k8s_openapi::apimachinery::pkg::util::intstr::IntOrString::Int(router_port(bg)));
+    }
+    let mut live = objects::service(bg, t.service(), Color::Blue, ports);
+    if let Some(spec) = live.spec.as_mut() {
+        spec.selector = Some(router_labels(bg));
+    }
+    t.apply_service(&live).await?;
+    acknowledged(t, generation).await
+}
+
+/// Confirmed when every ready router pod's Lease reports `generation`.
+async fn acknowledged(t: &Target<'_>, generation: i64) -> Result<Ack, Error> {
+    let pods: Api<Pod> = Api::namespaced(t.client.clone(), t.ns);
+    let leases: Api<Lease> = Api::namespaced(t.client.clone(), t.ns);
+    let sel = format!(
+        "{ROUTER_LABEL}={}",
+        t.bg.metadata.name.clone().unwrap_or_default()
+    );
+    let ready: Vec<Pod> = pods
+        .list(&ListParams::default().labels(&sel))
+        .await?
+        .items
+        .into_iter()
+        .filter(ready)
+        .collect();
+    if ready.is_empty() {
+        return Ok(Ack::Pending(format!("no ready router pod ({sel}) yet")));
+    }
+    let mut behind = Vec::new();
+    for p in &ready {
+        let pod = p.metadata.name.clone().unwrap_or_default();
+        let served = leases
+            .get_opt(&pod)
+            .await?
+            .and_then(|l| l.metadata.annotations)
+            .and_then(|a| a.get(GENERATION_ANNOTATION).cloned())
+            .and_then(|g| g.parse::<i64>().ok());
+        if served.is_none_or(|g| g < generation) {
+            behind.push(pod);
+        }
+    }
+    if behind.is_empty() {
+        Ok(Ack::Confirmed)
+    } else {
+        Ok(Ack::Pending(format!(
+            "{} of {} ready router pods do not serve route generation {generation} yet: {}",
+            behind.len(),
+            ready.len(),
+            behind.join(", ")
+        )))
+    }
+}

@@ -1,0 +1,237 @@
+//! `teal router --kubernetes-bluegreen NAME`: the router follows a BlueGreen
+//! from inside the cluster. It watches the BlueGreen (`status.router`:
+//! active and preview color, route generation; `spec.preview`: the match)
+//! and the EndpointSlices of the per-color Services, installs the route
+//! table they describe, and then reports the generation it serves in a
+//! Lease named after its pod, which the controller reads to confirm a
+//! switch.
+
+use std::collections::BTreeMap;
+use std::net::{IpAddr, SocketAddr};
+use std::time::Duration;
+
+use anyhow::Context;
+use futures_util::StreamExt;
+use k8s_openapi::api::discovery::v1::EndpointSlice;
+use kube::api::{Patch, PatchParams};
+use kube::runtime::reflector::{self, Store};
+use kube::runtime::{WatchStreamExt, watcher};
+use kube::{Api, Client};
+use serde_json::json;
+use teal_api::BlueGreen;
+use teal_controller::objects;
+use teal_controller::routers::teal::{GENERATION_ANNOTATION, ROUTER_LABEL};
+use teal_core::Color;
+use teal_router::{CookieMatch, HeaderMatch, PreviewRoute, RouteTable, Router};
+
+/// Who this router replica is.
+pub struct Follow {
+    pub namespace: Option<String>,
+    pub bluegreen: String,
+    pub pod_name: String,
+    pub pod_uid: Option<String>,
+}
+
+/// The route table a BlueGreen and the per-color EndpointSlices describe,
+/// with the generation it belongs to; `None` while the BlueGreen has no
+/// routing yet.
+pub fn table(bg: &BlueGreen, slices: &[EndpointSlice]) -> Option<(i64, RouteTable)> {
+    let st = bg.status.as_ref()?.router.as_ref()?;
+    let active = st.active?;
+    let mut endpoints: BTreeMap<Color, Vec<SocketAddr>> = BTreeMap::new();
+    for c in Color::ALL {
+        let svc = objects::color_service_name(bg, c);
+        let mut addrs = Vec::new();
+        for s in slices.iter().filter(|s| {
+            s.metadata
+                .labels
+                .as_ref()
+                .and_then(|l| l.get("kubernetes.io/service-name"))
+                == Some(&svc)
+        }) {
+            let Some(port) = s
+                .ports
+                .as_ref()
+                .and_then(|p| p.first())
+                .and_then(|p| p.port)
+            else {
+                continue;
+            };
+            for e in s.endpoints.iter().flatten() {
+                if e.conditions.as_ref().and_then(|c| c.ready) == Some(false) {
+                    continue;
+                }
+                for a in &e.addresses {
+                    if let Ok(ip) = a.parse::<IpAddr>() {
+                        let addr = SocketAddr::new(ip, port as u16);
+                        if !addrs.contains(&addr) {
+                            addrs.push(addr);
+                        }
+                    }
+                }
+            }
+        }
+        addrs.sort();
+        endpoints.insert(c, addrs);
+    }
+    let p = &bg.spec.preview;
+    let preview = st.preview.and_then(|color| {
+        let header = p.header.as_ref().map(|h| HeaderMatch {
+            name: h.name.clone(),
+            value: h.value.clone(),
+        });
+        let cookie = p.cookie.as_ref().map(|c| CookieMatch {
+            name: c.name.clone(),
+            value: c.value.clone(),
+        });
+        (header.is_some() || cookie.is_some()).then_some(PreviewRoute {
+            color,
+            header,
+            cookie,
+        })
+    });
+    Some((
+        st.generation,
+        RouteTable {
+            active,
+            preview,
+            endpoints,
+        },
+    ))
+}
+
+/// Runs until the watches end (they retry on their own).
+pub async fn follow(router: Router, f: Follow) -> anyhow::Result<()> {
+    let client = Client::try_default().await.context(
+        "--kubernetes-bluegreen: no Kubernetes configuration (in-cluster or KUBECONFIG)",
+    )?;
+    let ns = f
+        .namespace
+        .clone()
+        .unwrap_or_else(|| client.default_namespace().to_string());
+    let bgs: Api<BlueGreen> = Api::namespaced(client.clone(), &ns);
+    let slices: Api<EndpointSlice> = Api::namespaced(client.clone(), &ns);
+    let leases: Api<k8s_openapi::api::coordination::v1::Lease> =
+        Api::namespaced(client.clone(), &ns);
+
+    let (bg_store, bg_writer) = reflector::store();
+    let (slice_store, slice_writer) = reflector::store();
+    let bg_events = reflector::reflector(
+        bg_writer,
+        watcher(
+            bgs,
+            watcher::Config::default().fields(&format!("metadata.name={}", f.bluegreen)),
+        ),
+    )
+    .default_backoff()
+    .map(|e| e.map(|_| ()));
+    let slice_events = reflector::reflector(
+        slice_writer,
+        watcher(
+            slices,
+            watcher::Config::default().labels("kubernetes.io/service-name"),
+        ),
+    )
+    .default_backoff()
+    .map(|e| e.map(|_| ()));
+    let mut events = std::pin::pin!(futures_util::stream::select(bg_events, slice_events));
+    let mut reported: Option<i64> = None;
+    let mut last_error = String::new();
+    while let Some(ev) = events.next().await {
+        if let Err(e) = ev {
+            tracing::warn!("watch: {e}");
+            continue;
+        }
+        if let Err(e) = sync(&router, &f, &leases, &bg_store, &slice_store, &mut reported).await {
+            let msg = format!("{e:#}");
+            if msg != last_error {
+                tracing::warn!("{msg}");
+                last_error = msg;
+            }
+            // Try again soon even without a new event (e.g. a Lease write
+            // that failed).
+            tokio::time::sleep(Duration::from_millis(500)).await;
+        }
+    }
+    Ok(())
+}
+
+async fn sync(
+    router: &Router,
+    f: &Follow,
+    leases: &Api<k8s_openapi::api::coordination::v1::Lease>,
+    bg_store: &Store<BlueGreen>,
+    slice_store: &Store<EndpointSlice>,
+    reported: &mut Option<i64>,
+) -> anyhow::Result<()> {
+    let Some(bg) = bg_store
+        .state()
+        .into_iter()
+        .find(|b| b.metadata.name.as_deref() == Some(f.bluegreen.as_str()))
+    else {
+        return Ok(());
+    };
+    let slices: Vec<EndpointSlice> = slice_store.state().iter().map(|s| (**s).clone()).collect();
+    let Some((generation, table)) = table(&bg, &slices) else {
+        return Ok(());
+    };
+    let current = router.try_current().1;
+    if current.as_ref() != Some(&table) {
+        router
+            .swap(table.clone())
+            .with_context(|| format!("route generation {generation} cannot be served yet"))?;
+        tracing::info!(
+            generation,
+            active = %table.active,
+            preview = ?table.preview.as_ref().map(|p| p.color),
+            "route table installed"
+        );
+    }
+    if *reported != Some(generation) {
+        report(leases, f, generation).await?;
+        *reported = Some(generation);
+    }
+    Ok(())
+}
+
+/// Writes this replica's Lease: holder = the pod, annotation = the
+/// generation served; owned by the pod so it goes away with it.
+async fn report(
+    leases: &Api<k8s_openapi::api::coordination::v1::Lease>,
+    f: &Follow,
+    generation: i64,
+) -> anyhow::Result<()> {
+    let now = k8s_openapi::apimachinery::pkg::apis::meta::v1::MicroTime(
+        k8s_openapi::jiff::Timestamp::now(),
+    );
+    let mut meta = json!({
+        "name": f.pod_name,
+        "labels": {ROUTER_LABEL: f.bluegreen},
+        "annotations": {GENERATION_ANNOTATION: generation.to_string()},
+    });
+    if let Some(uid) = &f.pod_uid {
+        meta["ownerReferences"] =
+            json!([{"apiVersion": "v1", "kind": "Pod", "name": f.pod_name, "uid": uid}]);
+    }
+    let body = json!({
+        "apiVersion": "coordination.k8s.io/v1",
+        "kind": "Lease",
+        "metadata": meta,
+        "spec": {"holderIdentity": f.pod_name, "renewTime": now},
+    });
+    leases
+        .patch(
+            &f.pod_name,
+            &PatchParams::apply("teal-router").force(),
+            &Patch::Apply(body),
+        )
+        .await
+        .with_context(|| {
+            format!(
+                "reporting route generation {generation} in Lease {}",
+                f.pod_name
+            )
+        })?;
+    tracing::info!(generation, lease = %f.pod_name, "route generation reported");
+    Ok(())
+}

@@ -1,0 +1,343 @@
+//! Router type `teal` against the real control plane: the controller (the
+//! `teal controller` binary) writes the router Deployment and per-color
+//! Services; real `teal router --kubernetes-bluegreen` processes, started
+//! by the test under the names of the router pods kwok runs, follow the
+//! BlueGreen through a release: their route tables hold the pod addresses
+//! of the per-color EndpointSlices, and a switch is confirmed only once
+//! every ready router replica reports the new route generation.
+
+mod k8s_support;
+mod router_support;
+
+use std::collections::BTreeMap;
+use std::process::{Child, Command, Stdio};
+use std::time::Duration;
+
+use k8s_openapi::api::coordination::v1::Lease;
+use k8s_openapi::api::core::v1::Pod;
+use kube::Api;
+use kube::api::{ListParams, Patch, PatchParams, PostParams};
+use router_support::{Proc, spawn_teal_env};
+use serde_json::json;
+use teal_api::BlueGreen;
+use teal_testenv::{TestEnv, wait_for};
+
+struct Killed(Child);
+
+impl Drop for Killed {
+    fn drop(&mut self) {
+        let _ = self.0.kill();
+        let _ = self.0.wait();
+    }
+}
+
+fn field(line: &str, key: &str) -> String {
+    line.split_whitespace()
+        .find_map(|w| w.strip_prefix(key))
+        .unwrap_or_else(|| panic!("no {key} in {line:?}"))
+        .to_string()
+}
+
+/// A router replica: `teal router` following BlueGreen `shop` as pod `pod`.
+fn router(env: &TestEnv, ns: &str, pod: &Pod) -> (Proc, std::net::SocketAddr) {
+    let dir = router_support::temp_dir();
+    let token = dir.join("token");
+    std::fs::write(&token, format!("{}\n", router_support::TOKEN)).unwrap();
+    let name = pod.metadata.name.clone().unwrap();
+    let uid = pod.metadata.uid.clone().unwrap();
+    let kubeconfig = env.kubeconfig_path().display().to_string();
+    let token = token.display().to_string();
+    let p = spawn_teal_env(
+        &[
+            "router",
+            "--listen",
+            "127.0.0.1:0",
+            "--admin",
+            "127.0.0.1:0",
+            "--admin-token-file",
+            &token,
+            "--kubernetes-bluegreen",
+            "shop",
+            "--kubernetes-namespace",
+            ns,
+            "--pod-name",
+            &name,
+            "--pod-uid",
+            &uid,
+        ],
+        &[("KUBECONFIG", kubeconfig.as_str())],
+    );
+    let admin = field(&p.line, "admin=").parse().unwrap();
+    (p, admin)
+}
+
+async fn create_workload(client: &kube::Client, ns: &str) {
+    let d: k8s_openapi::api::apps::v1::Deployment = serde_json::from_value(json!({
+        "metadata": {"name": "shop"},
+        "spec": {
+            "replicas": 2,
+            "selector": {"matchLabels": {"app": "shop"}},
+            "template": {
+                "metadata": {"labels": {"app": "shop"}},
+                "spec": {"containers": [{"name": "app", "image": "shop:1",
+                    "ports": [{"name": "http", "containerPort": 8080}]}]}
+            }
+        }
+    }))
+    .unwrap();
+    Api::namespaced(client.clone(), ns)
+        .create(&PostParams::default(), &d)
+        .await
+        .unwrap();
+}
+
+async fn status(bgs: &Api<BlueGreen>) -> teal_api::BlueGreenStatus {
+    bgs.get("shop").await.unwrap().status.unwrap_or_default()
+}
+
+async fn wait_phase(bgs: &Api<BlueGreen>, phase: &'static str) -> teal_api::BlueGreenStatus {
+    wait_for(phase, Duration::from_secs(90), || {
+        let bgs = bgs.clone();
+        async move {
+            let st = bgs
+                .get("shop")
+                .await
+                .map_err(|e| e.to_string())?
+                .status
+                .unwrap_or_default();
+            if st.phase.as_deref() == Some(phase) {
+                Ok(st)
+            } else {
+                Err(format!("phase {:?}: {:?}", st.phase, st.message))
+            }
+        }
+    })
+    .await
+}
+
+/// IPs of the ready pods of `color`, with port 8080, sorted.
+async fn color_endpoints(pods: &Api<Pod>, color: &str) -> Vec<String> {
+    let list = pods
+        .list(
+            &ListParams::default()
+                .labels(&format!("teal.dev/bluegreen=shop,teal.dev/color={color}")),
+        )
+        .await
+        .unwrap();
+    let mut v: Vec<String> = list
+        .items
+        .iter()
+        .filter(|p| p.metadata.deletion_timestamp.is_none())
+        .filter_map(|p| p.status.as_ref()?.pod_ip.clone())
+        .map(|ip| format!("{ip}:8080"))
+        .collect();
+    v.sort();
+    v
+}
+
+async fn lease_generation(leases: &Api<Lease>, pod: &str) -> Option<i64> {
+    leases
+        .get_opt(pod)
+        .await
+        .ok()??
+        .metadata
+        .annotations?
+        .get("teal.dev/route-generation")?
+        .parse()
+        .ok()
+}
+
+#[tokio::test]
+async fn teal_router_replicas_follow_a_release_and_acknowledge_the_switch() {
+    let env = TestEnv::shared();
+    k8s_support::apply_deploy_files(env, &["crd.yaml"]);
+    let client = env.client();
+    let ns = env.namespace("tealrouter").await;
+    create_workload(&client, &ns).await;
+    let bgs: Api<BlueGreen> = Api::namespaced(client.clone(), &ns);
+    let bg: BlueGreen = serde_json::from_value(json!({
+        "apiVersion": "teal.dev/v1alpha1", "kind": "BlueGreen",
+        "metadata": {"name": "shop"},
+        "spec": {
+            "workloadRef": {"kind": "Deployment", "name": "shop"},
+            "scaleDownDelay": "10m",
+            "progressDeadline": "120s",
+            "promotion": {"mode": "manual"},
+            "preview": {"header": {"name": "x-version", "value": "preview"}},
+            "router": {"type": "teal", "teal": {"replicas": 2}},
+        }
+    }))
+    .unwrap();
+    bgs.create(&PostParams::default(), &bg).await.unwrap();
+    let _controller = Killed(
+        Command::new(env!("CARGO_BIN_EXE_teal"))
+            .args([
+                "controller",
+                "--namespace",
+                &ns,
+                "--no-leader-election",
+                "--metrics-addr",
+                "127.0.0.1:0",
+            ])
+            .env("KUBECONFIG", env.kubeconfig_path())
+            .env("TEAL_ROUTER_IMAGE", "teal:test")
+            .stdout(Stdio::null())
+            .stderr(Stdio::inherit())
+            .spawn()
+            .unwrap(),
+    );
+
+    // The router Deployment runs (as kwok pods); the test plays their
+    // processes.
+    let pods: Api<Pod> = Api::namespaced(client.clone(), &ns);
+    let router_pods = wait_for("2 ready router pods", Duration::from_secs(90), || {
+        let pods = pods.clone();
+        async move {
+            let l = pods
+                .list(&ListParams::default().labels("teal.dev/router=shop"))
+                .await
+                .map_err(|e| e.to_string())?;
+            let ready: Vec<Pod> = l
+                .items
+                .into_iter()
+                .filter(|p| {
+                    p.status
+                        .as_ref()
+                        .and_then(|s| s.conditions.as_ref())
+                        .is_some_and(|c| c.iter().any(|c| c.type_ == "Ready" && c.status == "True"))
+                })
+                .collect();
+            if ready.len() == 2 {
+                Ok(ready)
+            } else {
+                Err(format!("{} ready", ready.len()))
+            }
+        }
+    })
+    .await;
+    let deployments: Api<k8s_openapi::api::apps::v1::Deployment> =
+        Api::namespaced(client.clone(), &ns);
+    let d = deployments.get("shop-router").await.unwrap();
+    let c = &d.spec.template.spec.unwrap().containers[0];
+    assert_eq!(c.image.as_deref(), Some("teal:test"));
+    assert!(
+        c.args
+            .as_ref()
+            .unwrap()
+            .iter()
+            .any(|a| a == "--kubernetes-bluegreen")
+    );
+
+    let mut r1 = Some(router(env, &ns, &router_pods[0]));
+    let r2 = router(env, &ns, &router_pods[1]);
+    let pod2 = router_pods[1].metadata.name.clone().unwrap();
+    let pod1 = router_pods[0].metadata.name.clone().unwrap();
+
+    let st = wait_phase(&bgs, "Healthy").await;
+    assert_eq!(st.active_color, Some(teal_core::Color::Blue));
+    // The live Service is the router's front door.
+    let svcs: Api<k8s_openapi::api::core::v1::Service> = Api::namespaced(client.clone(), &ns);
+    let live = svcs.get("shop").await.unwrap().spec.unwrap();
+    assert_eq!(
+        live.selector.unwrap(),
+        BTreeMap::from([("teal.dev/router".to_string(), "shop".to_string())])
+    );
+
+    // Each router serves blue's pod addresses from the EndpointSlices.
+    let blue = color_endpoints(&pods, "blue").await;
+    assert_eq!(blue.len(), 2);
+    for admin in [r1.as_ref().unwrap().1, r2.1] {
+        let want = blue.clone();
+        router_support::eventually("router table on blue", || {
+            let want = want.clone();
+            async move {
+                let (_, t) = router_support::generation(admin).await;
+                t["active"] == "blue" && t["endpoints"]["blue"] == json!(want)
+            }
+        })
+        .await;
+    }
+
+    // v2 in preview: the routers preview green.
+    let patch = json!({"spec": {"template": {"spec": {"containers": [{"name": "app", "image": "shop:2"}]}}}});
+    deployments
+        .patch("shop", &PatchParams::default(), &Patch::Strategic(patch))
+        .await
+        .unwrap();
+    wait_phase(&bgs, "AwaitingPromotion").await;
+    let green = color_endpoints(&pods, "green").await;
+    assert_eq!(green.len(), 2);
+    for admin in [r1.as_ref().unwrap().1, r2.1] {
+        let want = green.clone();
+        router_support::eventually("router previews green", || {
+            let want = want.clone();
+            async move {
+                let (_, t) = router_support::generation(admin).await;
+                t["active"] == "blue"
+                    && t["preview"]["color"] == "green"
+                    && t["preview"]["header"]["name"] == "x-version"
+                    && t["endpoints"]["green"] == json!(want)
+            }
+        })
+        .await;
+    }
+
+    // One replica is down: the switch is requested but not confirmed.
+    r1.take().unwrap().0.wait_kill();
+    let gen_before = status(&bgs).await.router.unwrap().generation;
+    bgs.patch(
+        "shop",
+        &PatchParams::default(),
+        &Patch::Merge(json!({"metadata": {"annotations": {"teal.dev/command": "promote/1"}}})),
+    )
+    .await
+    .unwrap();
+    let leases: Api<Lease> = Api::namespaced(client.clone(), &ns);
+    let target = wait_for(
+        "the other replica serves the switch",
+        Duration::from_secs(60),
+        || {
+            let (bgs, leases, pod2) = (bgs.clone(), leases.clone(), pod2.clone());
+            async move {
+                let st = bgs
+                    .get("shop")
+                    .await
+                    .map_err(|e| e.to_string())?
+                    .status
+                    .unwrap_or_default();
+                let r = st.router.clone().ok_or("no status.router")?;
+                let g = lease_generation(&leases, &pod2).await;
+                if r.active == Some(teal_core::Color::Green)
+                    && r.generation > gen_before
+                    && g == Some(r.generation)
+                {
+                    Ok(r.generation)
+                } else {
+                    Err(format!("status.router {r:?}, lease of {pod2}: {g:?}"))
+                }
+            }
+        },
+    )
+    .await;
+    let st = status(&bgs).await;
+    assert_eq!(
+        st.phase.as_deref(),
+        Some("CuttingOver"),
+        "confirmed although router pod {pod1} never reported generation {target}"
+    );
+    assert!(st.router.as_ref().unwrap().switch_confirmed_at.is_none());
+    assert!(st.router.as_ref().unwrap().switch_requested_at.is_some());
+
+    // The replica comes back, serves the new table and reports it: confirmed.
+    let r1 = router(env, &ns, &router_pods[0]);
+    let st = wait_phase(&bgs, "ScaleDownDelay").await;
+    let r = st.router.unwrap();
+    assert_eq!(r.active, Some(teal_core::Color::Green));
+    assert!(r.switch_confirmed_at >= r.switch_requested_at);
+    assert_eq!(lease_generation(&leases, &pod1).await, Some(target));
+    for admin in [r1.1, r2.1] {
+        let (_, t) = router_support::generation(admin).await;
+        assert_eq!(t["active"], "green");
+        assert_eq!(t["endpoints"]["green"], json!(green));
+    }
+}
