@@ -728,10 +728,47 @@ async fn write_status(
     if *old == new {
         return Ok(());
     }
-    let patch = serde_json::json!({ "status": new });
+    let patch = serde_json::json!({ "status": status_patch(old, &new)? });
     api.patch_status(name, &PatchParams::default(), &Patch::Merge(patch))
         .await?;
     Ok(())
+}
+
+/// The merge patch from `old` to `new`: a field `new` leaves out (an
+/// optional field that was cleared) is sent as null, so the apiserver
+/// removes it instead of keeping the old value.
+fn status_patch(old: &BlueGreenStatus, new: &BlueGreenStatus) -> Result<serde_json::Value, Error> {
+    let to_json =
+        |s: &BlueGreenStatus| serde_json::to_value(s).map_err(|e| Error::State(e.to_string()));
+    let mut patch = to_json(new)?;
+    if let (Some(p), serde_json::Value::Object(o)) = (patch.as_object_mut(), to_json(old)?) {
+        for key in o.keys() {
+            p.entry(key.clone()).or_insert(serde_json::Value::Null);
+        }
+    }
+    Ok(patch)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn a_cleared_status_field_is_sent_as_null() {
+        let old = BlueGreenStatus {
+            preview_color: Some(Color::Green),
+            phase: Some("Previewing".into()),
+            ..Default::default()
+        };
+        let new = BlueGreenStatus {
+            phase: Some("Healthy".into()),
+            ..Default::default()
+        };
+        let p = status_patch(&old, &new).unwrap();
+        assert_eq!(p["previewColor"], serde_json::Value::Null);
+        assert!(p.as_object().unwrap().contains_key("previewColor"));
+        assert_eq!(p["phase"], "Healthy");
+    }
 }
 
 /// On deletion: give the workload its replicas back, wait until it is
