@@ -301,6 +301,18 @@ impl AnalysisStageSpec {
                     "set min, max or both: a metric without a range checks nothing",
                 ));
             }
+            for (bound, v) in [("min", m.min), ("max", m.max)] {
+                if let Some(v) = v
+                    && !v.is_finite()
+                {
+                    errors.push(FieldError::new(
+                        format!("{p}.{bound}"),
+                        format!(
+                            "must be a finite number, got {v} (a check against it would never fail)"
+                        ),
+                    ));
+                }
+            }
             if let (Some(lo), Some(hi)) = (m.min, m.max)
                 && lo > hi
             {
@@ -369,6 +381,28 @@ mod tests {
                 "missing {w:?} in {e:#?}"
             );
         }
+    }
+
+    #[test]
+    fn non_finite_bounds_are_refused() {
+        // Found by the bluegreen_spec fuzz target: YAML accepts .nan and
+        // .inf, and a NaN bound made every comparison pass.
+        let s = stage(
+            "metrics:\n  - name: a\n    builtin: successRate\n    min: .nan\n  - name: b\n    builtin: latencyP99\n    max: .inf\n",
+        );
+        let e = errors(&s);
+        assert!(
+            e.iter()
+                .any(|x| x
+                    .starts_with("analysis.prePromotion.metrics[0].min: must be a finite number")),
+            "{e:?}"
+        );
+        assert!(
+            e.iter()
+                .any(|x| x
+                    .starts_with("analysis.prePromotion.metrics[1].max: must be a finite number")),
+            "{e:?}"
+        );
     }
 
     #[test]
