@@ -9,6 +9,7 @@
 #![forbid(unsafe_code)]
 
 pub mod cache;
+pub mod checkpoint;
 pub mod leader;
 pub mod metrics;
 pub mod objects;

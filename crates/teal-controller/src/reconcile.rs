@@ -354,6 +354,7 @@ async fn apply(bg: Arc<BlueGreen>, ctx: Arc<Context>) -> Result<Requeue, Error> 
                 .map(|r| r as u32)
                 .unwrap_or(s.machine.policy.replicas);
             s.machine.policy = policy(&bg, replicas);
+            queue.extend(crate::checkpoint::unconfirmed_switch(&s));
             s
         }
         None => {
@@ -464,6 +465,7 @@ async fn apply(bg: Arc<BlueGreen>, ctx: Arc<Context>) -> Result<Requeue, Error> 
 
     // Carry out the actions; a switch of the live Service is confirmed as
     // soon as the apiserver accepted it.
+    crate::checkpoint::before_routing(&bgs, &bg, &state, &queue).await?;
     let ports = objects::service_ports(&bg, Some(&template));
     let mut i = 0;
     while i < queue.len() {
@@ -638,7 +640,10 @@ async fn apply(bg: Arc<BlueGreen>, ctx: Arc<Context>) -> Result<Requeue, Error> 
     );
     let next = state.machine.next_deadline();
     let next_check = state.analysis.as_ref().map(|a| a.next_check);
-    status.engine = Some(serde_json::to_value(&state).map_err(|e| Error::State(e.to_string()))?);
+    status.engine = Some(crate::checkpoint::engine_value(
+        old_status.engine.as_ref(),
+        &state,
+    )?);
     write_status(&bgs, &name, &old_status, status).await?;
 
     let now = now_ms();
