@@ -5,7 +5,9 @@
 //! apiserver: with thousands of BlueGreens, listing Pods per reconcile
 //! would cost two LIST calls each time (and their memory on the apiserver).
 
-use futures_util::Stream;
+use std::pin::Pin;
+
+use futures_util::{Stream, StreamExt};
 use k8s_openapi::api::apps::v1::Deployment;
 use k8s_openapi::api::core::v1::Pod;
 use kube::runtime::reflector::{self, ObjectRef, Store};
@@ -21,13 +23,13 @@ pub struct Cache {
     deployments: Store<Deployment>,
 }
 
+/// A watch stream of `K`, yielding each object after the cache holds it.
+pub type Feed<K> = Pin<Box<dyn Stream<Item = Result<K, watcher::Error>> + Send>>;
+
 /// A watch of teal-labelled `K` feeding `writer`; the stream yields each
 /// object after the cache holds it, so a reconcile it triggers reads at
 /// least that state.
-fn watched<K>(
-    api: Api<K>,
-    writer: reflector::store::Writer<K>,
-) -> impl Stream<Item = Result<K, watcher::Error>> + Send + 'static
+fn watched<K>(api: Api<K>, writer: reflector::store::Writer<K>) -> Feed<K>
 where
     K: kube::Resource<DynamicType = ()>
         + Clone
@@ -48,27 +50,19 @@ where
         })
         .reflect(writer)
         .touched_objects()
+        .boxed()
 }
 
 /// Watch streams feeding a [`Cache`]; the controller polls them (as the
 /// triggers of its reconciles), which keeps the cache current.
-pub struct Feeds<P, D> {
-    pub pods: P,
-    pub deployments: D,
+pub struct Feeds {
+    pub pods: Feed<Pod>,
+    pub deployments: Feed<Deployment>,
 }
 
 impl Cache {
     /// The caches and the streams that fill them.
-    pub fn new(
-        pods: Api<Pod>,
-        deployments: Api<Deployment>,
-    ) -> (
-        Cache,
-        Feeds<
-            impl Stream<Item = Result<Pod, watcher::Error>> + Send + 'static,
-            impl Stream<Item = Result<Deployment, watcher::Error>> + Send + 'static,
-        >,
-    ) {
+    pub fn new(pods: Api<Pod>, deployments: Api<Deployment>) -> (Cache, Feeds) {
         let (pod_reader, pod_writer) = reflector::store();
         let (dep_reader, dep_writer) = reflector::store();
         let feeds = Feeds {
