@@ -56,6 +56,7 @@ pub struct BlueGreenSpec {
     pub scale_down_delay: Duration,
     /// Time a color has to become ready, and a switch to be confirmed.
     #[serde(default = "default_progress_deadline")]
+    #[x_kube(validation = Rule::new("duration(self) >= duration('1s')").message("must be at least 1s"))]
     pub progress_deadline: Duration,
     /// Test hooks and promotion gates (see docs/analysis.md).
     #[serde(default, skip_serializing_if = "Vec::is_empty")]
@@ -77,7 +78,10 @@ fn default_progress_deadline() -> Duration {
 #[serde(rename_all = "camelCase")]
 pub struct WorkloadRef {
     pub kind: WorkloadKind,
-    #[schemars(length(min = 1, max = 253))]
+    #[schemars(
+        length(min = 1, max = 253),
+        pattern(r"^[a-z0-9]([-a-z0-9]*[a-z0-9])?(\.[a-z0-9]([-a-z0-9]*[a-z0-9])?)*$")
+    )]
     pub name: String,
 }
 
@@ -87,17 +91,23 @@ pub enum WorkloadKind {
 }
 
 /// The Services teal owns: `<name>` (live color) and `<name>-preview`.
-#[derive(Serialize, Deserialize, Clone, Debug, PartialEq, Default, JsonSchema)]
+#[derive(Serialize, Deserialize, Clone, Debug, PartialEq, Default, KubeSchema)]
 #[serde(rename_all = "camelCase")]
 pub struct ServiceSpec {
     /// Name of the live Service (default: the BlueGreen's name); the preview
     /// Service is this name with `-preview`.
     #[serde(default, skip_serializing_if = "Option::is_none")]
-    #[schemars(length(min = 1, max = 55))]
+    #[schemars(length(min = 1, max = 55), pattern(r"^[a-z]([-a-z0-9]*[a-z0-9])?$"))]
     pub name: Option<String>,
     /// Ports of both Services. Default: one port per named container port
     /// of the pod template.
     #[serde(default, skip_serializing_if = "Option::is_none")]
+    #[schemars(length(min = 1, max = 100))]
+    #[x_kube(
+        validation = Rule::new("self.all(p, p.port >= 1 && p.port <= 65535)").message("every port must be between 1 and 65535"),
+        validation = Rule::new("self.all(p, self.exists_one(q, q.port == p.port))").message("port numbers must be unique"),
+        validation = Rule::new("self.size() == 1 || self.all(p, has(p.name) && p.name != '')").message("with several ports every port needs a name")
+    )]
     pub ports: Option<Vec<ServicePort>>,
 }
 

@@ -122,6 +122,7 @@ impl JsonSchema for Duration {
         json_schema!({
             "type": "string",
             "pattern": DURATION_PATTERN,
+            "maxLength": 64,
             "description": "A duration: whole numbers with a unit (ms, s, m, h), e.g. 30s or 1m30s."
         })
     }

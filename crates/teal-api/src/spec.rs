@@ -1,6 +1,7 @@
 //! Spec types shared by the Kubernetes `BlueGreen` resource and local mode:
 //! preview, promotion and analysis. Field names are camelCase in YAML.
 
+use kube::KubeSchema;
 use schemars::JsonSchema;
 use serde::{Deserialize, Serialize};
 
@@ -37,6 +38,7 @@ pub struct PreviewSpec {
     /// Replicas of the idle color while previewed; scaled to full size
     /// before cutover. Default: full size.
     #[serde(default, skip_serializing_if = "Option::is_none")]
+    #[schemars(range(min = 1))]
     pub replicas: Option<u32>,
 }
 
@@ -44,7 +46,11 @@ pub struct PreviewSpec {
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize, JsonSchema)]
 #[serde(rename_all = "camelCase", deny_unknown_fields)]
 pub struct MatchSpec {
+    /// An HTTP token: letters, digits and !#$%&'*+-.^_`|~.
+    #[schemars(length(min = 1, max = 256), pattern(r"^[A-Za-z0-9!#$%&'*+.^_`|~-]+$"))]
     pub name: String,
+    /// Non-empty, without control characters.
+    #[schemars(length(min = 1, max = 4096), pattern(r"^[^\x00-\x1f\x7f]+$"))]
     pub value: String,
 }
 
@@ -144,12 +150,14 @@ pub struct AnalysisSpec {
 }
 
 /// One analysis stage: `checks` checks, one every `interval`.
-#[derive(Debug, Clone, PartialEq, Serialize, Deserialize, JsonSchema)]
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize, KubeSchema)]
 #[serde(rename_all = "camelCase", deny_unknown_fields)]
 pub struct AnalysisStageSpec {
     #[serde(default = "default_interval")]
+    #[x_kube(validation = Rule::new("duration(self) >= duration('100ms')").message("must be at least 100ms"))]
     pub interval: Duration,
     #[serde(default = "default_checks")]
+    #[schemars(range(min = 1, max = 10000))]
     pub checks: u32,
     /// Failed checks tolerated before the stage fails.
     #[serde(default)]
@@ -158,6 +166,8 @@ pub struct AnalysisStageSpec {
     /// (which waits for an operator; it never passes by itself).
     #[serde(default = "default_inconclusive_limit")]
     pub inconclusive_limit: u32,
+    #[schemars(length(min = 1, max = 32))]
+    #[x_kube(validation = Rule::new("self.all(m, self.exists_one(n, n.name == m.name))").message("metric names must be unique"))]
     pub metrics: Vec<MetricSpec>,
 }
 
@@ -172,9 +182,15 @@ fn default_inconclusive_limit() -> u32 {
 }
 
 /// A metric and its allowed range. Exactly one provider is set.
-#[derive(Debug, Clone, PartialEq, Serialize, Deserialize, JsonSchema)]
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize, KubeSchema)]
 #[serde(rename_all = "camelCase", deny_unknown_fields)]
+#[x_kube(
+    validation = Rule::new("has(self.builtin) != has(self.prometheus)").message("set exactly one provider: builtin (successRate, latencyP50, latencyP90, latencyP99) or prometheus"),
+    validation = Rule::new("has(self.min) || has(self.max)").message("set min, max or both: a metric without a range checks nothing"),
+    validation = Rule::new("!has(self.min) || !has(self.max) || self.min <= self.max").message("min must not be greater than max").field_path(".min")
+)]
 pub struct MetricSpec {
+    #[schemars(length(min = 1, max = 63))]
     pub name: String,
     /// Measured by teal's router, per color: no Prometheus needed.
     #[serde(default, skip_serializing_if = "Option::is_none")]
@@ -212,9 +228,11 @@ pub enum BuiltinMetric {
 #[serde(rename_all = "camelCase", deny_unknown_fields)]
 pub struct PrometheusMetric {
     /// Base URL of the Prometheus server, e.g. http://prometheus:9090.
+    #[schemars(length(max = 2048), pattern(r"^https?://[^\s/?#]+"))]
     pub address: String,
     /// PromQL; `{{name}}`, `{{namespace}}`, `{{color}}`, `{{revision}}` and
     /// `{{service}}` are replaced before the query runs.
+    #[schemars(length(max = 16384), pattern(r"\S"))]
     pub query: String,
 }
 
@@ -282,6 +300,18 @@ impl AnalysisStageSpec {
                     p.clone(),
                     "set min, max or both: a metric without a range checks nothing",
                 ));
+            }
+            for (bound, v) in [("min", m.min), ("max", m.max)] {
+                if let Some(v) = v
+                    && !v.is_finite()
+                {
+                    errors.push(FieldError::new(
+                        format!("{p}.{bound}"),
+                        format!(
+                            "must be a finite number, got {v} (a check against it would never fail)"
+                        ),
+                    ));
+                }
             }
             if let (Some(lo), Some(hi)) = (m.min, m.max)
                 && lo > hi
@@ -351,6 +381,28 @@ mod tests {
                 "missing {w:?} in {e:#?}"
             );
         }
+    }
+
+    #[test]
+    fn non_finite_bounds_are_refused() {
+        // Found by the bluegreen_spec fuzz target: YAML accepts .nan and
+        // .inf, and a NaN bound made every comparison pass.
+        let s = stage(
+            "metrics:\n  - name: a\n    builtin: successRate\n    min: .nan\n  - name: b\n    builtin: latencyP99\n    max: .inf\n",
+        );
+        let e = errors(&s);
+        assert!(
+            e.iter()
+                .any(|x| x
+                    .starts_with("analysis.prePromotion.metrics[0].min: must be a finite number")),
+            "{e:?}"
+        );
+        assert!(
+            e.iter()
+                .any(|x| x
+                    .starts_with("analysis.prePromotion.metrics[1].max: must be a finite number")),
+            "{e:?}"
+        );
     }
 
     #[test]

@@ -8,6 +8,8 @@
 
 #![forbid(unsafe_code)]
 
+pub mod cache;
+pub mod checkpoint;
 pub mod dashboard;
 pub mod hooks;
 pub mod leader;
@@ -24,7 +26,7 @@ use std::time::Duration;
 use futures_util::StreamExt;
 use k8s_openapi::api::apps::v1::Deployment;
 use k8s_openapi::api::coordination::v1::Lease;
-use k8s_openapi::api::core::v1::Service;
+use k8s_openapi::api::core::v1::{Pod, Service};
 use kube::runtime::events::{Recorder, Reporter};
 use kube::runtime::reflector::ObjectRef;
 use kube::runtime::{Controller, watcher};
@@ -113,10 +115,13 @@ pub async fn run(client: Client, opts: Options) -> Result<(), RunError> {
         controller: "teal-controller".into(),
         instance: opts.lease.as_ref().map(|l| l.identity.clone()),
     };
+    let (cache, feeds) =
+        cache::Cache::new(api(&client, &opts.namespace), api(&client, &opts.namespace));
     let ctx = Arc::new(reconcile::Context {
         client: client.clone(),
         recorder: Recorder::new(client.clone(), reporter),
         metrics: metrics.clone(),
+        cache,
     });
     let bgs: Api<BlueGreen> = api(&client, &opts.namespace);
     let deployments: Api<Deployment> = api(&client, &opts.namespace);
@@ -124,10 +129,10 @@ pub async fn run(client: Client, opts: Options) -> Result<(), RunError> {
     let controller = Controller::new(bgs, watcher::Config::default());
     let store = controller.store();
     let controller = controller
-        .owns(
-            deployments.clone(),
-            watcher::Config::default().labels(teal_api::bluegreen::labels::BLUEGREEN),
-        )
+        // Color Deployments and Pods: one watch each, filling the cache
+        // reconciles read (see cache.rs) and waking their BlueGreen.
+        .owns_stream(feeds.deployments)
+        .watches_stream(feeds.pods, |p: Pod| cache::Cache::owner_of(&p))
         .owns(
             services,
             watcher::Config::default().labels(teal_api::bluegreen::labels::BLUEGREEN),
@@ -148,7 +153,14 @@ pub async fn run(client: Client, opts: Options) -> Result<(), RunError> {
             },
         )
         .shutdown_on_signal()
-        .run(reconcile::reconcile, reconcile::error_policy, ctx)
+        .run(
+            |bg, ctx: Arc<reconcile::Context>| async move {
+                ctx.cache.ready().await;
+                reconcile::reconcile(bg, ctx).await
+            },
+            reconcile::error_policy,
+            ctx,
+        )
         .for_each(|r| async move {
             if let Err(e) = r {
                 tracing::debug!("reconcile: {e}");
@@ -158,6 +170,7 @@ pub async fn run(client: Client, opts: Options) -> Result<(), RunError> {
         _ = controller => Ok(()),
         r = leading => r,
     };
+
     if let Some(cfg) = &opts.lease {
         let leases: Api<Lease> = Api::namespaced(client.clone(), &cfg.namespace);
         leader::release(&leases, cfg).await;

@@ -5,9 +5,9 @@ use std::sync::Arc;
 use std::time::{Duration, SystemTime, UNIX_EPOCH};
 
 use k8s_openapi::api::apps::v1::Deployment;
-use k8s_openapi::api::core::v1::{Pod, PodTemplateSpec, Service};
+use k8s_openapi::api::core::v1::{PodTemplateSpec, Service};
 use k8s_openapi::apimachinery::pkg::apis::meta::v1::{Condition, Time};
-use kube::api::{ListParams, Patch, PatchParams};
+use kube::api::{Patch, PatchParams};
 use kube::runtime::controller::Action as Requeue;
 use kube::runtime::events::{Event as KubeEvent, EventType, Recorder};
 use kube::runtime::finalizer::{Event as Finalizer, finalizer};
@@ -35,6 +35,8 @@ pub struct Context {
     pub client: Client,
     pub recorder: Recorder,
     pub metrics: Metrics,
+    /// Pods and color Deployments, fed by watches.
+    pub cache: crate::cache::Cache,
 }
 
 #[derive(Debug, thiserror::Error)]
@@ -111,7 +113,7 @@ struct Cluster<'a> {
     name: String,
     deployments: Api<Deployment>,
     services: Api<Service>,
-    pods: Api<Pod>,
+    ns: String,
     ctx: &'a Context,
 }
 
@@ -155,27 +157,16 @@ impl Cluster<'_> {
         }
     }
 
+    /// From the watch cache: no request to the apiserver.
     async fn color_deployment(&self, color: Color) -> Result<Option<Deployment>, Error> {
-        Ok(self
-            .deployments
-            .get_opt(&objects::color_deployment_name(&self.name, color))
-            .await?)
+        let name = objects::color_deployment_name(&self.name, color);
+        Ok(self.ctx.cache.deployment(&self.ns, &name))
     }
 
     async fn observe(&self, color: Color) -> Result<teal_core::release::ColorStatus, Error> {
         let dep = self.color_deployment(color).await?;
         let pods = if dep.is_some() {
-            let sel = format!(
-                "{}={},{}={}",
-                labels::BLUEGREEN,
-                self.name,
-                labels::COLOR,
-                color
-            );
-            self.pods
-                .list(&ListParams::default().labels(&sel))
-                .await?
-                .items
+            self.ctx.cache.pods(&self.ns, &self.name, color)
         } else {
             Vec::new()
         };
@@ -294,7 +285,7 @@ async fn apply(bg: Arc<BlueGreen>, ctx: Arc<Context>) -> Result<Requeue, Error> 
         name: name.clone(),
         deployments: Api::namespaced(client.clone(), &ns),
         services: Api::namespaced(client.clone(), &ns),
-        pods: Api::namespaced(client.clone(), &ns),
+        ns: ns.clone(),
         ctx: &ctx,
     };
     let bgs: Api<BlueGreen> = Api::namespaced(client.clone(), &ns);
@@ -361,6 +352,7 @@ async fn apply(bg: Arc<BlueGreen>, ctx: Arc<Context>) -> Result<Requeue, Error> 
                 .map(|r| r as u32)
                 .unwrap_or(s.machine.policy.replicas);
             s.machine.policy = policy(&bg, replicas);
+            queue.extend(crate::checkpoint::unconfirmed_switch(&s));
             s
         }
         None => {
@@ -473,6 +465,7 @@ async fn apply(bg: Arc<BlueGreen>, ctx: Arc<Context>) -> Result<Requeue, Error> 
 
     // Carry out the actions; a switch of the live Service is confirmed as
     // soon as the apiserver accepted it.
+    crate::checkpoint::before_routing(&bgs, &bg, &state, &queue).await?;
     let ports = objects::service_ports(&bg, Some(&template));
     // Keep the routes written (and re-check an unconfirmed switch) on every
     // reconcile, also when the router type changed.
@@ -659,7 +652,10 @@ async fn apply(bg: Arc<BlueGreen>, ctx: Arc<Context>) -> Result<Requeue, Error> 
     );
     let next = state.machine.next_deadline();
     let next_check = state.analysis.as_ref().map(|a| a.next_check);
-    status.engine = Some(serde_json::to_value(&state).map_err(|e| Error::State(e.to_string()))?);
+    status.engine = Some(crate::checkpoint::engine_value(
+        old_status.engine.as_ref(),
+        &state,
+    )?);
     write_status(&bgs, &name, &old_status, status).await?;
 
     let now = now_ms();
