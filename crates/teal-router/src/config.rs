@@ -49,6 +49,14 @@ pub struct RouterConfig {
     /// single-threaded runtime (a connection and its upstream requests stay
     /// on one thread). 0: `TOKIO_WORKER_THREADS` when set, else one per CPU.
     pub workers: usize,
+    /// Endpoints of the color a request tries when connects fail (refused,
+    /// unreachable, connect timeout), counting the first; at least 1.
+    pub connect_attempts: usize,
+    /// Cooldown of an endpoint after its first failed connect; doubled for
+    /// every further consecutive failure.
+    pub ejection_base: Duration,
+    /// Longest cooldown of an endpoint whose connects keep failing.
+    pub ejection_max: Duration,
 }
 
 impl RouterConfig {
@@ -82,6 +90,9 @@ impl Default for RouterConfig {
             upgrade_policy: UpgradePolicy::Close,
             shutdown_grace: Duration::from_secs(10),
             workers: 0,
+            connect_attempts: 3,
+            ejection_base: Duration::from_secs(1),
+            ejection_max: Duration::from_secs(30),
         }
     }
 }

@@ -33,11 +33,15 @@ type Conn = http1::Connection<TokioIo<TcpStream>, Incoming>;
 /// Why a request could not be forwarded.
 #[derive(Debug)]
 pub(crate) enum SendError {
-    /// No connection to the endpoint could be made.
-    Connect(std::io::Error),
+    /// No connection to the endpoint could be made; the request, not sent,
+    /// comes back so it can go to another endpoint.
+    Connect(std::io::Error, Box<Request<Incoming>>),
     /// The connection failed while the request was sent or before the
     /// response head arrived.
     Http(hyper::Error),
+    /// The connection closed after the request was handed to it, without
+    /// an answer.
+    Closed,
 }
 
 /// One upstream connection: the sender and the connection state machine.
@@ -71,17 +75,17 @@ impl Upstream {
 async fn send_on(
     up: &mut Upstream,
     req: Request<Incoming>,
-) -> Result<Response<Incoming>, (hyper::Error, Option<Request<Incoming>>)> {
+) -> Result<Response<Incoming>, (Option<hyper::Error>, Option<Request<Incoming>>)> {
     let Upstream {
         sender, conn, done, ..
     } = up;
     let fut = async {
         if let Err(e) = sender.ready().await {
-            return Err((e, Some(req)));
+            return Err((Some(e), Some(req)));
         }
         sender.try_send_request(req).await.map_err(|mut e| {
             let message = e.take_message();
-            (e.into_error(), message)
+            (Some(e.into_error()), message)
         })
     };
     let mut fut = pin!(fut);
@@ -100,7 +104,11 @@ async fn send_on(
                 *done = true;
             }
         }
-        fut.as_mut().poll(cx)
+        match fut.as_mut().poll(cx) {
+            // The connection ended and will not complete the request.
+            Poll::Pending if *done => Poll::Ready(Err((None, None))),
+            other => other,
+        }
     })
     .await
 }
@@ -174,7 +182,13 @@ impl Pool {
             list.pop_front();
         }
         while let Some(Idle { mut up, .. }) = list.pop_back() {
-            if !up.done && !up.sender.is_closed() {
+            // Polling the idle connection reads a close (FIN or reset) the
+            // upstream sent while it sat here, e.g. because it died.
+            if !up.done
+                && !up.sender.is_closed()
+                && up.poll_conn(&mut Context::from_waker(Waker::noop()))
+                && !up.sender.is_closed()
+            {
                 up.reused = true;
                 return Some(up);
             }
@@ -244,28 +258,28 @@ impl Pool {
         });
     }
 
-    async fn tcp(&self, addr: SocketAddr) -> Result<TokioIo<TcpStream>, SendError> {
+    async fn tcp(&self, addr: SocketAddr) -> std::io::Result<TokioIo<TcpStream>> {
         let stream =
             match tokio::time::timeout(self.connect_timeout, TcpStream::connect(addr)).await {
                 Ok(Ok(s)) => s,
-                Ok(Err(e)) => return Err(SendError::Connect(e)),
+                Ok(Err(e)) => return Err(e),
                 Err(_) => {
-                    return Err(SendError::Connect(std::io::Error::new(
+                    return Err(std::io::Error::new(
                         std::io::ErrorKind::TimedOut,
                         format!(
                             "no connection within the connect timeout of {}",
                             crate::format_duration(self.connect_timeout)
                         ),
-                    )));
+                    ));
                 }
             };
         let _ = stream.set_nodelay(true);
         Ok(TokioIo::new(stream))
     }
 
-    async fn connect(&self, addr: SocketAddr) -> Result<Box<Upstream>, SendError> {
+    async fn connect(&self, io: TokioIo<TcpStream>) -> Result<Box<Upstream>, SendError> {
         let (sender, conn) = http1::Builder::new()
-            .handshake(self.tcp(addr).await?)
+            .handshake(io)
             .await
             .map_err(SendError::Http)?;
         Ok(Box::new(Upstream {
@@ -284,8 +298,12 @@ impl Pool {
         addr: SocketAddr,
         req: Request<Incoming>,
     ) -> Result<Response<Incoming>, SendError> {
+        let io = match self.tcp(addr).await {
+            Ok(io) => io,
+            Err(e) => return Err(SendError::Connect(e, Box::new(req))),
+        };
         let (mut sender, conn) = http1::Builder::new()
-            .handshake(self.tcp(addr).await?)
+            .handshake(io)
             .await
             .map_err(SendError::Http)?;
         tokio::spawn(async move {
@@ -307,7 +325,10 @@ impl Pool {
         loop {
             let mut up = match self.checkout(addr) {
                 Some(up) => up,
-                None => self.connect(addr).await?,
+                None => match self.tcp(addr).await {
+                    Ok(io) => self.connect(io).await?,
+                    Err(e) => return Err(SendError::Connect(e, Box::new(req))),
+                },
             };
             match send_on(&mut up, req).await {
                 Ok(resp) => {
@@ -319,10 +340,11 @@ impl Pool {
                     return Ok((resp, pooled));
                 }
                 Err((e, Some(unsent))) if up.reused => {
-                    tracing::debug!(error = %e, endpoint = %addr, "pooled connection was closed; sending on another");
+                    tracing::debug!(error = ?e, endpoint = %addr, "pooled connection was closed; sending on another");
                     req = unsent;
                 }
-                Err((e, _)) => return Err(SendError::Http(e)),
+                Err((Some(e), _)) => return Err(SendError::Http(e)),
+                Err((None, _)) => return Err(SendError::Closed),
             }
         }
     }

@@ -45,6 +45,13 @@ pub struct Args {
     /// What a drain that times out does with upgraded (WebSocket) connections.
     #[arg(long, default_value = "close", value_parser = ["close", "keep"])]
     upgrades_after_drain: String,
+    /// Threads serving client connections (0: one per CPU, or
+    /// TOKIO_WORKER_THREADS when set).
+    #[arg(long, default_value_t = 0)]
+    workers: usize,
+    /// Endpoints of its color a request tries when connects fail (1: no retry).
+    #[arg(long, default_value_t = 3, value_parser = clap::value_parser!(u16).range(1..))]
+    connect_attempts: u16,
 }
 
 pub async fn run(args: Args) -> anyhow::Result<ExitCode> {
@@ -54,6 +61,8 @@ pub async fn run(args: Args) -> anyhow::Result<ExitCode> {
         header_read_timeout: args.header_read_timeout,
         idle_timeout: args.idle_timeout,
         max_connections: args.max_connections,
+        workers: args.workers,
+        connect_attempts: args.connect_attempts.into(),
         upgrade_policy: if args.upgrades_after_drain == "keep" {
             UpgradePolicy::Keep
         } else {
