@@ -4,6 +4,8 @@ use std::time::Duration;
 
 use http::HeaderName;
 
+use crate::Tls;
+
 /// What happens to upgraded (e.g. WebSocket) connections of a color whose
 /// drain timed out.
 #[derive(Clone, Copy, Debug, PartialEq, Eq, Default)]
@@ -57,6 +59,9 @@ pub struct RouterConfig {
     pub ejection_base: Duration,
     /// Longest cooldown of an endpoint whose connects keep failing.
     pub ejection_max: Duration,
+    /// TLS on the client listener (ALPN h2 and http/1.1); cleartext when
+    /// unset.
+    pub tls: Option<Tls>,
 }
 
 impl RouterConfig {
@@ -93,6 +98,7 @@ impl Default for RouterConfig {
             connect_attempts: 3,
             ejection_base: Duration::from_secs(1),
             ejection_max: Duration::from_secs(30),
+            tls: None,
         }
     }
 }

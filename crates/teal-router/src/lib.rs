@@ -17,6 +17,7 @@ mod metrics;
 mod proxy;
 mod serve;
 mod table;
+mod tls;
 mod upstream;
 
 use std::collections::HashMap;
@@ -33,6 +34,7 @@ pub use config::{RouterConfig, UpgradePolicy};
 pub use duration::{format_duration, parse_duration};
 pub use table::{CookieMatch, HeaderMatch, PreviewRoute, RouteTable, TableError};
 pub use teal_core::{Color, ColorStats};
+pub use tls::{Tls, TlsError};
 
 use counters::Counters;
 use proxy::{Compiled, Endpoint};

@@ -189,6 +189,7 @@ pub(crate) async fn handle(
     client: SocketAddr,
     conn: Arc<ConnActivity>,
 ) -> Result<Response<ProxyBody>, Infallible> {
+    let tls = conn.tls;
     let conn_guard = ConnGuard::new(conn);
     let start = Instant::now();
     let shared = &router.shared;
@@ -248,7 +249,7 @@ pub(crate) async fn handle(
             .and_then(|a| HeaderValue::from_str(a.as_str()).ok())
     });
     strip_hop_by_hop(&mut parts.headers, upgrade);
-    add_forwarded(&mut parts.headers, client.ip(), host.as_ref());
+    add_forwarded(&mut parts.headers, client.ip(), host.as_ref(), tls);
     if let Some(h) = host {
         parts.headers.insert(header::HOST, h);
     }
