@@ -18,6 +18,17 @@ pub enum UpgradePolicy {
     Keep,
 }
 
+/// The protocol the router speaks to upstream endpoints.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Default)]
+pub enum UpstreamProtocol {
+    /// HTTP/1.1 with pooled keep-alive connections (the default).
+    #[default]
+    Http1,
+    /// HTTP/2 over cleartext with prior knowledge: one multiplexed
+    /// connection per worker thread and endpoint.
+    H2c,
+}
+
 /// Timeouts and limits of the router. `Default` gives settings fit for
 /// production on loopback and behind a load balancer.
 #[derive(Clone, Debug)]
@@ -62,6 +73,9 @@ pub struct RouterConfig {
     /// TLS on the client listener (ALPN h2 and http/1.1); cleartext when
     /// unset.
     pub tls: Option<Tls>,
+    /// Protocol to upstream endpoints, for both colors. Upgrades (e.g.
+    /// WebSocket) always use HTTP/1.1 connections of their own.
+    pub upstream_protocol: UpstreamProtocol,
 }
 
 impl RouterConfig {
@@ -99,6 +113,7 @@ impl Default for RouterConfig {
             ejection_base: Duration::from_secs(1),
             ejection_max: Duration::from_secs(30),
             tls: None,
+            upstream_protocol: UpstreamProtocol::Http1,
         }
     }
 }

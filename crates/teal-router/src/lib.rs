@@ -30,7 +30,7 @@ use serde::{Deserialize, Serialize};
 use tokio::sync::{Notify, oneshot};
 
 pub use admin::AdminListener;
-pub use config::{RouterConfig, UpgradePolicy};
+pub use config::{RouterConfig, UpgradePolicy, UpstreamProtocol};
 pub use duration::{format_duration, parse_duration};
 pub use table::{CookieMatch, HeaderMatch, PreviewRoute, RouteTable, TableError};
 pub use teal_core::{Color, ColorStats};

@@ -428,7 +428,7 @@ async fn send(
     if upgrade {
         pool.send_upgrade(addr, req).await.map(|r| (r, None))
     } else {
-        pool.send(addr, req).await.map(|(r, c)| (r, Some(c)))
+        pool.send(addr, req).await
     }
 }
 

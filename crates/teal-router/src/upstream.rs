@@ -22,11 +22,11 @@ use std::time::{Duration, Instant};
 
 use http::{Request, Response};
 use hyper::body::Incoming;
-use hyper::client::conn::http1;
+use hyper::client::conn::{http1, http2};
 use hyper_util::rt::TokioIo;
 use tokio::net::TcpStream;
 
-use crate::RouterConfig;
+use crate::{RouterConfig, UpstreamProtocol};
 
 type Conn = http1::Connection<TokioIo<TcpStream>, Incoming>;
 
@@ -127,6 +127,7 @@ pub(crate) fn set_worker_shard(worker: usize) {
 }
 
 type Shard = Mutex<HashMap<SocketAddr, VecDeque<Idle>>>;
+type H2Shard = Mutex<HashMap<SocketAddr, http2::SendRequest<Incoming>>>;
 
 struct Idle {
     up: Box<Upstream>,
@@ -137,6 +138,10 @@ struct Idle {
 /// on drain, which closes them.
 pub(crate) struct Pool {
     shards: Box<[Shard]>,
+    /// Speak HTTP/2 (prior knowledge) to the endpoints instead of HTTP/1.1.
+    h2c: bool,
+    /// One multiplexed HTTP/2 connection per worker thread and endpoint.
+    h2: Box<[H2Shard]>,
     max_idle: usize,
     idle_timeout: Duration,
     connect_timeout: Duration,
@@ -147,6 +152,10 @@ impl Pool {
     pub(crate) fn new(config: &RouterConfig) -> Pool {
         Pool {
             shards: (0..=config.worker_threads())
+                .map(|_| Mutex::new(HashMap::new()))
+                .collect(),
+            h2c: config.upstream_protocol == UpstreamProtocol::H2c,
+            h2: (0..=config.worker_threads())
                 .map(|_| Mutex::new(HashMap::new()))
                 .collect(),
             max_idle: config.pool_max_idle_per_endpoint,
@@ -320,6 +329,17 @@ impl Pool {
     pub(crate) async fn send(
         self: &Arc<Self>,
         addr: SocketAddr,
+        req: Request<Incoming>,
+    ) -> Result<(Response<Incoming>, Option<Pooled>), SendError> {
+        if self.h2c {
+            return self.send_h2(addr, req).await.map(|r| (r, None));
+        }
+        self.send_h1(addr, req).await.map(|(r, p)| (r, Some(p)))
+    }
+
+    async fn send_h1(
+        self: &Arc<Self>,
+        addr: SocketAddr,
         mut req: Request<Incoming>,
     ) -> Result<(Response<Incoming>, Pooled), SendError> {
         loop {
@@ -348,6 +368,102 @@ impl Pool {
             }
         }
     }
+}
+
+impl Pool {
+    /// Sends `req` on this worker's HTTP/2 connection to `addr`, opening
+    /// one when there is none or it closed. The connection is driven by a
+    /// task of its own on this worker and closes once the pool holding its
+    /// sender is gone (drain) and its streams are done.
+    async fn send_h2(
+        &self,
+        addr: SocketAddr,
+        mut req: Request<Incoming>,
+    ) -> Result<Response<Incoming>, SendError> {
+        let shard = &self.h2[SHARD.get() % self.h2.len()];
+        h2_request(&mut req, addr);
+        // Twice at most: a cached connection that turned out closed is
+        // replaced once; the request was not sent on it.
+        for _ in 0..2 {
+            let cached = shard
+                .lock()
+                .unwrap_or_else(|e| e.into_inner())
+                .get(&addr)
+                .filter(|s| !s.is_closed())
+                .cloned();
+            let mut sender = match cached {
+                Some(s) => s,
+                None => {
+                    let io = match self.tcp(addr).await {
+                        Ok(io) => io,
+                        Err(e) => return Err(SendError::Connect(e, Box::new(req))),
+                    };
+                    let (sender, conn) = http2::Builder::new(hyper_util::rt::TokioExecutor::new())
+                        .timer(hyper_util::rt::TokioTimer::new())
+                        .keep_alive_interval(Duration::from_secs(30))
+                        .handshake(io)
+                        .await
+                        .map_err(SendError::Http)?;
+                    tokio::spawn(async move {
+                        if let Err(e) = conn.await {
+                            tracing::debug!(error = %e, endpoint = %addr, "upstream HTTP/2 connection ended with an error");
+                        }
+                    });
+                    shard
+                        .lock()
+                        .unwrap_or_else(|e| e.into_inner())
+                        .insert(addr, sender.clone());
+                    sender
+                }
+            };
+            if sender.ready().await.is_err() {
+                shard
+                    .lock()
+                    .unwrap_or_else(|e| e.into_inner())
+                    .remove(&addr);
+                continue;
+            }
+            match sender.try_send_request(req).await {
+                Ok(resp) => return Ok(resp),
+                Err(mut e) => match e.take_message() {
+                    Some(unsent) => {
+                        shard
+                            .lock()
+                            .unwrap_or_else(|e| e.into_inner())
+                            .remove(&addr);
+                        req = unsent;
+                    }
+                    None => return Err(SendError::Http(e.into_error())),
+                },
+            }
+        }
+        Err(SendError::Closed)
+    }
+}
+
+/// HTTP/2 requests carry the authority in the URI (`:authority`): the
+/// client's `Host`, else the endpoint.
+fn h2_request(req: &mut Request<Incoming>, addr: SocketAddr) {
+    let authority = req
+        .headers()
+        .get(http::header::HOST)
+        .and_then(|h| h.to_str().ok())
+        .and_then(|h| h.parse::<http::uri::Authority>().ok())
+        .unwrap_or_else(|| {
+            addr.to_string()
+                .parse()
+                .expect("a socket address is an authority")
+        });
+    let mut parts = std::mem::take(req.uri_mut()).into_parts();
+    parts.scheme = Some(http::uri::Scheme::HTTP);
+    parts.authority = Some(authority);
+    if parts.path_and_query.is_none() {
+        parts.path_and_query = Some(http::uri::PathAndQuery::from_static("/"));
+    }
+    if let Ok(uri) = http::Uri::from_parts(parts) {
+        *req.uri_mut() = uri;
+    }
+    *req.version_mut() = http::Version::HTTP_2;
 }
 
 fn lock(shard: &Shard) -> std::sync::MutexGuard<'_, HashMap<SocketAddr, VecDeque<Idle>>> {

@@ -311,44 +311,15 @@ async fn cutover_under_tls_load_fails_nothing_and_is_exact() {
             stop.clone(),
         )));
     }
-    // (sent, returned, color installed)
-    let mut swaps: Vec<(Instant, Instant, &str)> = Vec::new();
-    let mut active = "blue";
-    for _ in 0..20 {
-        tokio::time::sleep(std::time::Duration::from_millis(150)).await;
-        active = if active == "blue" { "green" } else { "blue" };
-        let sent = Instant::now();
-        let resp = put_routes(r.admin, &table(active, blue.addr, green.addr)).await;
-        assert_eq!(resp.status(), StatusCode::OK, "{}", resp.body());
-        swaps.push((sent, Instant::now(), active));
-    }
-    tokio::time::sleep(std::time::Duration::from_millis(50)).await;
+    let swaps = swap_back_and_forth(r.admin, blue.addr, green.addr, 20).await;
     stop.store(true, Ordering::Relaxed);
 
     let mut samples = Vec::new();
     for c in clients {
-        samples.extend(c.await.unwrap().expect("a TLS client saw a failed request"));
+        let done = c.await.unwrap().expect("a TLS client saw a failed request");
+        samples.extend(done.into_iter().map(|s| (s.start, s.end, s.color)));
     }
-    let mut checked = 0;
-    for s in &samples {
-        // The last swap that returned before the request started must
-        // have served it, unless the next swap was sent before the request
-        // ended (then the next one may have routed it).
-        let Some(i) = swaps.iter().rposition(|w| w.1 <= s.start) else {
-            if s.end < swaps[0].0 {
-                assert_eq!(s.color, "blue", "before any swap");
-            }
-            continue;
-        };
-        if swaps.get(i + 1).is_some_and(|next| next.0 <= s.end) {
-            continue;
-        }
-        assert_eq!(
-            s.color, swaps[i].2,
-            "a request started after swap {i} returned was served by the old color"
-        );
-        checked += 1;
-    }
+    let checked = check_exact(&samples, "blue", &swaps);
     assert!(
         checked > 200,
         "too few requests to judge: {checked} of {}",

@@ -8,7 +8,8 @@ use std::time::Duration;
 
 use anyhow::{Context, bail};
 use teal_router::{
-    AdminListener, RouteTable, Router, RouterConfig, Tls, UpgradePolicy, parse_duration,
+    AdminListener, RouteTable, Router, RouterConfig, Tls, UpgradePolicy, UpstreamProtocol,
+    parse_duration,
 };
 
 #[derive(clap::Args)]
@@ -61,6 +62,9 @@ pub struct Args {
     /// PEM private key (PKCS#8, PKCS#1 or SEC1) of --tls-cert.
     #[arg(long, requires = "tls_cert")]
     tls_key: Option<PathBuf>,
+    /// Protocol to upstreams: http1, or h2c (HTTP/2 with prior knowledge).
+    #[arg(long, default_value = "http1", value_parser = ["http1", "h2c"])]
+    upstream_protocol: String,
 }
 
 pub async fn run(args: Args) -> anyhow::Result<ExitCode> {
@@ -72,6 +76,11 @@ pub async fn run(args: Args) -> anyhow::Result<ExitCode> {
         max_connections: args.max_connections,
         workers: args.workers,
         connect_attempts: args.connect_attempts.into(),
+        upstream_protocol: if args.upstream_protocol == "h2c" {
+            UpstreamProtocol::H2c
+        } else {
+            UpstreamProtocol::Http1
+        },
         upgrade_policy: if args.upgrades_after_drain == "keep" {
             UpgradePolicy::Keep
         } else {
