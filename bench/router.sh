@@ -5,7 +5,8 @@
 # workers/threads. Then the route-swap timing bench. Writes
 # docs/benchmarks.md.
 #
-# Usage: [ROUNDS=3] [WORKERS=2] bench/router.sh [DURATION_SECONDS] [CONNECTIONS]
+# Usage: [ROUNDS=3] [WORKERS=2] [TEAL_BIN=path] bench/router.sh [DURATION_SECONDS] [CONNECTIONS]
+# TEAL_BIN: a release teal binary to measure instead of building one.
 set -euo pipefail
 cd "$(dirname "$0")/.."
 
@@ -28,9 +29,13 @@ fi
 NGINX="$(command -v nginx || echo /usr/sbin/nginx)"
 HAPROXY="$(command -v haproxy || echo /usr/sbin/haproxy)"
 
-echo "==> release build"
-cargo build --release -q -p teal
-TEAL="$(pwd)/target/release/teal"
+if [ -n "${TEAL_BIN:-}" ]; then
+  TEAL="$TEAL_BIN"
+else
+  echo "==> release build"
+  cargo build --release -q -p teal
+  TEAL="$(pwd)/target/release/teal"
+fi
 
 WORK="$(mktemp -d)"
 PIDS=()
@@ -65,7 +70,7 @@ echo -n "bench-token" >"$WORK/token"
 cat >"$WORK/routes.json" <<EOF
 {"active":"blue","endpoints":{"blue":["127.0.0.1:$APP_PORT"]}}
 EOF
-TOKIO_WORKER_THREADS="$WORKERS" "$TEAL" router --listen "127.0.0.1:$TEAL_PORT" \
+"$TEAL" router --workers "$WORKERS" --listen "127.0.0.1:$TEAL_PORT" \
   --admin "127.0.0.1:$ADMIN_PORT" --admin-token-file "$WORK/token" \
   --routes "$WORK/routes.json" >/dev/null &
 PIDS+=($!)
@@ -198,7 +203,7 @@ read -r h_rps h_p50 h_p99 _ _ _ <<<"${R[haproxy]}"
   echo "## Proxy throughput and latency"
   echo
   echo "Upstream: \`teal sample-app\` (release build) answering \`GET /\` with a small JSON body."
-  echo "Each proxy runs $WORKERS workers/threads (teal: \`TOKIO_WORKER_THREADS=$WORKERS\`, which sets its worker threads; nginx:"
+  echo "Each proxy runs $WORKERS workers/threads (teal: \`--workers $WORKERS\`; nginx:"
   echo "\`worker_processes $WORKERS\` with upstream keepalive; HAProxy: \`nbthread $WORKERS\`, \`http-reuse always\`)."
   echo "Load: \`wrk -t$WRK_THREADS -c$CONNS -d${DURATION}s --latency\` after a 2 s warm-up, HTTP/1.1 keep-alive."
   echo "The targets are measured in turn, $ROUNDS rounds; each figure is the median over the rounds"

@@ -59,10 +59,12 @@ pub(crate) struct ConnActivity {
     /// write buffer: released once the connection has flushed it.
     unflushed: Mutex<Vec<InFlightGuard>>,
     has_unflushed: AtomicBool,
+    /// The client connection is TLS.
+    pub(crate) tls: bool,
 }
 
 impl ConnActivity {
-    pub(crate) fn new(shared: Arc<Shared>) -> Arc<Self> {
+    pub(crate) fn new(shared: Arc<Shared>, tls: bool) -> Arc<Self> {
         let now = shared.started.elapsed().as_millis() as u64;
         Arc::new(ConnActivity {
             active: AtomicUsize::new(0),
@@ -70,6 +72,7 @@ impl ConnActivity {
             shared,
             unflushed: Mutex::new(Vec::new()),
             has_unflushed: AtomicBool::new(false),
+            tls,
         })
     }
 

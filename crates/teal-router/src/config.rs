@@ -4,6 +4,8 @@ use std::time::Duration;
 
 use http::HeaderName;
 
+use crate::Tls;
+
 /// What happens to upgraded (e.g. WebSocket) connections of a color whose
 /// drain timed out.
 #[derive(Clone, Copy, Debug, PartialEq, Eq, Default)]
@@ -14,6 +16,17 @@ pub enum UpgradePolicy {
     Close,
     /// Leave them open until either side closes them.
     Keep,
+}
+
+/// The protocol the router speaks to upstream endpoints.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Default)]
+pub enum UpstreamProtocol {
+    /// HTTP/1.1 with pooled keep-alive connections (the default).
+    #[default]
+    Http1,
+    /// HTTP/2 over cleartext with prior knowledge: one multiplexed
+    /// connection per worker thread and endpoint.
+    H2c,
 }
 
 /// Timeouts and limits of the router. `Default` gives settings fit for
@@ -49,6 +62,20 @@ pub struct RouterConfig {
     /// single-threaded runtime (a connection and its upstream requests stay
     /// on one thread). 0: `TOKIO_WORKER_THREADS` when set, else one per CPU.
     pub workers: usize,
+    /// Endpoints of the color a request tries when connects fail (refused,
+    /// unreachable, connect timeout), counting the first; at least 1.
+    pub connect_attempts: usize,
+    /// Cooldown of an endpoint after its first failed connect; doubled for
+    /// every further consecutive failure.
+    pub ejection_base: Duration,
+    /// Longest cooldown of an endpoint whose connects keep failing.
+    pub ejection_max: Duration,
+    /// TLS on the client listener (ALPN h2 and http/1.1); cleartext when
+    /// unset.
+    pub tls: Option<Tls>,
+    /// Protocol to upstream endpoints, for both colors. Upgrades (e.g.
+    /// WebSocket) always use HTTP/1.1 connections of their own.
+    pub upstream_protocol: UpstreamProtocol,
 }
 
 impl RouterConfig {
@@ -82,6 +109,11 @@ impl Default for RouterConfig {
             upgrade_policy: UpgradePolicy::Close,
             shutdown_grace: Duration::from_secs(10),
             workers: 0,
+            connect_attempts: 3,
+            ejection_base: Duration::from_secs(1),
+            ejection_max: Duration::from_secs(30),
+            tls: None,
+            upstream_protocol: UpstreamProtocol::Http1,
         }
     }
 }

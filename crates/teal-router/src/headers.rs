@@ -85,7 +85,12 @@ pub(crate) fn strip_hop_by_hop(headers: &mut HeaderMap, upgrade: bool) {
 /// Appends the client address to `x-forwarded-for` and sets
 /// `x-forwarded-proto` and `x-forwarded-host` (the latter only when the
 /// client named a host and no earlier proxy set it).
-pub(crate) fn add_forwarded(headers: &mut HeaderMap, client: IpAddr, host: Option<&HeaderValue>) {
+pub(crate) fn add_forwarded(
+    headers: &mut HeaderMap,
+    client: IpAddr,
+    host: Option<&HeaderValue>,
+    tls: bool,
+) {
     static XFF: HeaderName = HeaderName::from_static("x-forwarded-for");
     static XFP: HeaderName = HeaderName::from_static("x-forwarded-proto");
     static XFH: HeaderName = HeaderName::from_static("x-forwarded-host");
@@ -100,7 +105,8 @@ pub(crate) fn add_forwarded(headers: &mut HeaderMap, client: IpAddr, host: Optio
     if let Ok(v) = HeaderValue::from_maybe_shared(Bytes::from(joined)) {
         headers.insert(XFF.clone(), v);
     }
-    headers.insert(XFP.clone(), HeaderValue::from_static("http"));
+    let proto = if tls { "https" } else { "http" };
+    headers.insert(XFP.clone(), HeaderValue::from_static(proto));
     if !headers.contains_key(&XFH)
         && let Some(h) = host
     {
@@ -159,7 +165,7 @@ mod tests {
     fn forwarded_headers_append() {
         let mut h = map(&[("x-forwarded-for", "10.0.0.1")]);
         let host = HeaderValue::from_static("example.test");
-        add_forwarded(&mut h, "127.0.0.1".parse().unwrap(), Some(&host));
+        add_forwarded(&mut h, "127.0.0.1".parse().unwrap(), Some(&host), false);
         assert_eq!(h["x-forwarded-for"], "10.0.0.1, 127.0.0.1");
         assert_eq!(h["x-forwarded-proto"], "http");
         assert_eq!(h["x-forwarded-host"], "example.test");

@@ -12,10 +12,12 @@ mod config;
 mod counters;
 mod duration;
 mod headers;
+mod health;
 mod metrics;
 mod proxy;
 mod serve;
 mod table;
+mod tls;
 mod upstream;
 
 use std::collections::HashMap;
@@ -28,10 +30,11 @@ use serde::{Deserialize, Serialize};
 use tokio::sync::{Notify, oneshot};
 
 pub use admin::AdminListener;
-pub use config::{RouterConfig, UpgradePolicy};
+pub use config::{RouterConfig, UpgradePolicy, UpstreamProtocol};
 pub use duration::{format_duration, parse_duration};
 pub use table::{CookieMatch, HeaderMatch, PreviewRoute, RouteTable, TableError};
 pub use teal_core::{Color, ColorStats};
+pub use tls::{Tls, TlsError};
 
 use counters::Counters;
 use proxy::{Compiled, Endpoint};
@@ -76,6 +79,14 @@ pub(crate) struct ColorState {
     /// Replaced on drain, which closes the idle connections it holds.
     pub(crate) pool: ArcSwap<Pool>,
     pub(crate) upgrades: Mutex<Upgrades>,
+    pub(crate) health: health::HealthCounters,
+}
+
+impl Shared {
+    /// Milliseconds since the router was made: the clock of ejections.
+    pub(crate) fn now_ms(&self) -> u64 {
+        self.started.elapsed().as_millis() as u64
+    }
 }
 
 #[derive(Default)]
@@ -125,6 +136,7 @@ impl Router {
             stats: Counters::new(),
             pool: ArcSwap::from_pointee(Pool::new(&config)),
             upgrades: Mutex::new(Upgrades::default()),
+            health: health::HealthCounters::default(),
         };
         let colors = [color(), color()];
         let seed = std::time::SystemTime::now()
@@ -264,13 +276,49 @@ impl Router {
         }
     }
 
+    /// Requests sent to another endpoint of their color after a failed
+    /// connect, and endpoints ejected after one, since the router started.
+    pub fn retries_and_ejections(&self, color: Color) -> (u64, u64) {
+        let h = &self.shared.colors[idx(color)].health;
+        (
+            h.retries.load(Ordering::Relaxed),
+            h.ejections.load(Ordering::Relaxed),
+        )
+    }
+
+    /// Endpoints of `color` in the installed table that are ejected now.
+    pub fn ejected_endpoints(&self, color: Color) -> Vec<std::net::SocketAddr> {
+        let now = self.shared.now_ms();
+        self.shared
+            .table
+            .load()
+            .as_ref()
+            .map_or_else(Vec::new, |t| {
+                t.pool(color)
+                    .iter()
+                    .filter(|e| e.health.is_ejected(|| now))
+                    .map(|e| e.addr)
+                    .collect()
+            })
+    }
+
     /// Prometheus text exposition of the per-color metrics.
     pub fn render_metrics(&self) -> String {
         metrics::render(self)
     }
 
-    /// Power of two choices by outstanding requests.
+    /// Power of two choices by outstanding requests, skipping an ejected
+    /// endpoint unless every endpoint is ejected.
     pub(crate) fn pick<'a>(&self, endpoints: &'a [Arc<Endpoint>]) -> Option<&'a Arc<Endpoint>> {
+        let chosen = self.pick_balanced(endpoints)?;
+        let now = || self.shared.now_ms();
+        if chosen.health.is_ejected(now) {
+            return health::any_serving(endpoints, now()).or(Some(chosen));
+        }
+        Some(chosen)
+    }
+
+    fn pick_balanced<'a>(&self, endpoints: &'a [Arc<Endpoint>]) -> Option<&'a Arc<Endpoint>> {
         match endpoints.len() {
             0 => None,
             1 => endpoints.first(),

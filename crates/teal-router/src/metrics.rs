@@ -75,6 +75,24 @@ pub(crate) fn render(router: &Router) -> String {
         "counter",
     );
     counter(
+        "teal_router_upstream_retries_total",
+        "Requests sent to another endpoint of their color after a failed connect.",
+        &|c| router.retries_and_ejections(c).0,
+        "counter",
+    );
+    counter(
+        "teal_router_upstream_ejections_total",
+        "Endpoints ejected for a cooldown after a failed connect.",
+        &|c| router.retries_and_ejections(c).1,
+        "counter",
+    );
+    counter(
+        "teal_router_upstream_ejected_endpoints",
+        "Endpoints of the installed table skipped now (cooling down).",
+        &|c| router.ejected_endpoints(c).len() as u64,
+        "gauge",
+    );
+    counter(
         "teal_router_in_flight",
         "Requests being proxied plus open upgraded connections.",
         &|c| router.in_flight(c),

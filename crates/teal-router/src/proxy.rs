@@ -1,9 +1,10 @@
 //! Proxying one request: choose the color and endpoint, forward, stream back.
 
 use std::convert::Infallible;
+use std::fmt::Write as _;
 use std::net::SocketAddr;
 use std::sync::Arc;
-use std::sync::atomic::AtomicU64;
+use std::sync::atomic::{AtomicU64, Ordering};
 use std::time::Instant;
 
 use http::header::{self, HeaderMap, HeaderName, HeaderValue};
@@ -15,13 +16,25 @@ use teal_core::Color;
 
 use crate::body::{ConnActivity, ConnGuard, Guards, InFlightGuard, ProxyBody};
 use crate::headers::{add_forwarded, strip_hop_by_hop, wants_upgrade};
-use crate::upstream::SendError;
+use crate::health::{self, Health};
+use crate::upstream::{Pool, Pooled, SendError};
 use crate::{RouteTable, Router, Shared, format_duration, idx};
 
 /// One upstream address; its outstanding count survives table swaps.
 pub(crate) struct Endpoint {
     pub(crate) addr: SocketAddr,
     pub(crate) outstanding: AtomicU64,
+    pub(crate) health: Health,
+}
+
+impl Endpoint {
+    pub(crate) fn new(addr: SocketAddr) -> Endpoint {
+        Endpoint {
+            addr,
+            outstanding: AtomicU64::new(0),
+            health: Health::default(),
+        }
+    }
 }
 
 struct CompiledPreview {
@@ -49,12 +62,7 @@ impl Compiled {
                 .map(|addr| {
                     old.and_then(|o| o.pools[idx(color)].iter().find(|e| e.addr == *addr))
                         .cloned()
-                        .unwrap_or_else(|| {
-                            Arc::new(Endpoint {
-                                addr: *addr,
-                                outstanding: AtomicU64::new(0),
-                            })
-                        })
+                        .unwrap_or_else(|| Arc::new(Endpoint::new(*addr)))
                 })
                 .collect()
         };
@@ -181,6 +189,7 @@ pub(crate) async fn handle(
     client: SocketAddr,
     conn: Arc<ConnActivity>,
 ) -> Result<Response<ProxyBody>, Infallible> {
+    let tls = conn.tls;
     let conn_guard = ConnGuard::new(conn);
     let start = Instant::now();
     let shared = &router.shared;
@@ -240,7 +249,7 @@ pub(crate) async fn handle(
             .and_then(|a| HeaderValue::from_str(a.as_str()).ok())
     });
     strip_hop_by_hop(&mut parts.headers, upgrade);
-    add_forwarded(&mut parts.headers, client.ip(), host.as_ref());
+    add_forwarded(&mut parts.headers, client.ip(), host.as_ref(), tls);
     if let Some(h) = host {
         parts.headers.insert(header::HOST, h);
     }
@@ -255,66 +264,103 @@ pub(crate) async fn handle(
     parts.version = Version::HTTP_11;
     let upstream_req = Request::from_parts(parts, body);
 
-    let pool = shared.colors[idx(color)].pool.load_full();
-    let timeout = shared.config.upstream_timeout;
+    let config = &shared.config;
+    let timeout = config.upstream_timeout;
+    let (mut endpoint, mut flight) = (endpoint, flight);
+    let mut req = upstream_req;
+    // Connects that failed, in order; the request was not sent on any of
+    // them, so it may go to another endpoint whatever its method.
+    let mut failed: Vec<(SocketAddr, std::io::Error)> = Vec::new();
+    let (mut resp, upstream_conn) = loop {
+        let addr = endpoint.addr;
+        let pool = shared.colors[idx(color)].pool.load_full();
+        let sent = tokio::time::timeout(timeout, send(&pool, addr, req, upgrade)).await;
+        drop(pool);
+        match sent {
+            Err(_) => {
+                return Ok(outcome.fail(
+                    StatusCode::GATEWAY_TIMEOUT,
+                    format!(
+                        "504 gateway timeout: upstream {color} {addr} did not answer within {}\n",
+                        format_duration(timeout)
+                    ),
+                ));
+            }
+            Ok(Err(SendError::Connect(e, unsent))) => {
+                let state = &shared.colors[idx(color)];
+                state.stats.connect_error();
+                let now = shared.now_ms();
+                let table = shared.table.load_full();
+                let endpoints = table.as_deref().map_or(&[][..], |t| t.pool(color));
+                health::connect_failed(
+                    &endpoint,
+                    endpoints,
+                    now,
+                    config.ejection_base,
+                    config.ejection_max,
+                    &state.health,
+                );
+                failed.push((addr, e));
+                let tried: Vec<SocketAddr> = failed.iter().map(|(a, _)| *a).collect();
+                let next = (failed.len() < config.connect_attempts)
+                    .then(|| health::next_untried(endpoints, &tried, now))
+                    .flatten();
+                if let Some(next) = next {
+                    tracing::debug!(color = %color, from = %addr, to = %next.addr, "connect failed; trying another endpoint");
+                    state.health.retries.fetch_add(1, Ordering::Relaxed);
+                    endpoint = next.clone();
+                    // Counted on the next endpoint before the failed one is
+                    // released, so the color never looks idle to a drain.
+                    flight =
+                        InFlightGuard::new(router.shared.clone(), idx(color), endpoint.clone());
+                    req = *unsent;
+                    continue;
+                }
+                let mut message = String::from("502 bad gateway:");
+                for (i, (a, e)) in failed.iter().enumerate() {
+                    let sep = if i == 0 { "" } else { ";" };
+                    let _ = write!(message, "{sep} cannot connect to upstream {color} {a}: {e}");
+                }
+                message.push('\n');
+                return Ok(outcome.fail(StatusCode::BAD_GATEWAY, message));
+            }
+            Ok(Err(SendError::Http(e))) if is_client_body_error(&e) => {
+                tracing::debug!(error = %e, "client request body failed");
+                let mut resp = outcome.fail(
+                    StatusCode::BAD_REQUEST,
+                    format!(
+                        "400 bad request: the request body was malformed or cut off: {}\n",
+                        root_cause(&e)
+                    ),
+                );
+                resp.headers_mut()
+                    .insert(header::CONNECTION, HeaderValue::from_static("close"));
+                return Ok(resp);
+            }
+            Ok(Err(SendError::Http(e))) => {
+                return Ok(outcome.fail(
+                    StatusCode::BAD_GATEWAY,
+                    format!(
+                        "502 bad gateway: upstream {color} {addr} failed before answering: {}\n",
+                        root_cause(&e)
+                    ),
+                ));
+            }
+            Ok(Err(SendError::Closed)) => {
+                return Ok(outcome.fail(
+                    StatusCode::BAD_GATEWAY,
+                    format!(
+                        "502 bad gateway: upstream {color} {addr} closed the connection before answering\n"
+                    ),
+                ));
+            }
+            Ok(Ok(pair)) => {
+                endpoint.health.succeeded();
+                break pair;
+            }
+        }
+    };
     let addr = endpoint.addr;
-    let sent = if client_upgrade.is_some() {
-        tokio::time::timeout(timeout, async {
-            pool.send_upgrade(addr, upstream_req)
-                .await
-                .map(|r| (r, None))
-        })
-        .await
-    } else {
-        tokio::time::timeout(timeout, async {
-            pool.send(addr, upstream_req)
-                .await
-                .map(|(r, c)| (r, Some(c)))
-        })
-        .await
-    };
-    drop(pool);
-    let (mut resp, upstream_conn) = match sent {
-        Err(_) => {
-            return Ok(outcome.fail(
-                StatusCode::GATEWAY_TIMEOUT,
-                format!(
-                    "504 gateway timeout: upstream {color} {addr} did not answer within {}\n",
-                    format_duration(timeout)
-                ),
-            ));
-        }
-        Ok(Err(SendError::Connect(e))) => {
-            shared.colors[idx(color)].stats.connect_error();
-            return Ok(outcome.fail(
-                StatusCode::BAD_GATEWAY,
-                format!("502 bad gateway: cannot connect to upstream {color} {addr}: {e}\n"),
-            ));
-        }
-        Ok(Err(SendError::Http(e))) if is_client_body_error(&e) => {
-            tracing::debug!(error = %e, "client request body failed");
-            let mut resp = outcome.fail(
-                StatusCode::BAD_REQUEST,
-                format!(
-                    "400 bad request: the request body was malformed or cut off: {}\n",
-                    root_cause(&e)
-                ),
-            );
-            resp.headers_mut()
-                .insert(header::CONNECTION, HeaderValue::from_static("close"));
-            return Ok(resp);
-        }
-        Ok(Err(SendError::Http(e))) => {
-            return Ok(outcome.fail(
-                StatusCode::BAD_GATEWAY,
-                format!(
-                    "502 bad gateway: upstream {color} {addr} failed before answering: {}\n",
-                    root_cause(&e)
-                ),
-            ));
-        }
-        Ok(Ok(pair)) => pair,
-    };
     let status = resp.status();
     outcome.record(status, false);
 
@@ -369,6 +415,21 @@ pub(crate) async fn handle(
     );
     add_color_header(shared, &mut out, color);
     Ok(out)
+}
+
+/// Sends `req` to `addr`: an upgrade on a connection of its own, anything
+/// else on a pooled connection.
+async fn send(
+    pool: &Arc<Pool>,
+    addr: SocketAddr,
+    req: Request<Incoming>,
+    upgrade: bool,
+) -> Result<(Response<Incoming>, Option<Pooled>), SendError> {
+    if upgrade {
+        pool.send_upgrade(addr, req).await.map(|r| (r, None))
+    } else {
+        pool.send(addr, req).await
+    }
 }
 
 /// Copies bytes both ways between an upgraded client connection and its

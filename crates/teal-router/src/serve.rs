@@ -9,6 +9,7 @@ use std::time::Duration;
 use hyper::service::service_fn;
 use hyper_util::rt::{TokioExecutor, TokioIo, TokioTimer};
 use hyper_util::server::conn::auto;
+use tokio::io::{AsyncRead, AsyncWrite};
 use tokio::net::{TcpListener, TcpStream};
 use tokio::sync::{OwnedSemaphorePermit, Semaphore, mpsc, oneshot, watch};
 
@@ -174,9 +175,34 @@ impl Router {
         stream: TcpStream,
         addr: std::net::SocketAddr,
         _permit: OwnedSemaphorePermit,
-        mut stop: watch::Receiver<bool>,
+        stop: watch::Receiver<bool>,
     ) {
-        let activity = ConnActivity::new(self.shared.clone());
+        let Some(tls) = self.shared.config.tls.clone() else {
+            return self.serve_io(builder, stream, addr, false, stop).await;
+        };
+        // The handshake counts against the header-read timeout: a client
+        // that stalls it cannot hold a connection.
+        let timeout = self.shared.config.header_read_timeout;
+        match tokio::time::timeout(timeout, tls.acceptor().accept(stream)).await {
+            Ok(Ok(stream)) => self.serve_io(builder, stream, addr, true, stop).await,
+            Ok(Err(e)) => tracing::debug!(client = %addr, error = %e, "TLS handshake failed"),
+            Err(_) => {
+                tracing::debug!(client = %addr, "TLS handshake not done within the header-read timeout")
+            }
+        }
+    }
+
+    async fn serve_io<I>(
+        self,
+        builder: &auto::Builder<TokioExecutor>,
+        stream: I,
+        addr: std::net::SocketAddr,
+        tls: bool,
+        mut stop: watch::Receiver<bool>,
+    ) where
+        I: AsyncRead + AsyncWrite + Unpin + Send + 'static,
+    {
+        let activity = ConnActivity::new(self.shared.clone(), tls);
         let idle_timeout = self.shared.config.idle_timeout;
         let router = self.clone();
         let act = activity.clone();

@@ -22,22 +22,26 @@ use std::time::{Duration, Instant};
 
 use http::{Request, Response};
 use hyper::body::Incoming;
-use hyper::client::conn::http1;
+use hyper::client::conn::{http1, http2};
 use hyper_util::rt::TokioIo;
 use tokio::net::TcpStream;
 
-use crate::RouterConfig;
+use crate::{RouterConfig, UpstreamProtocol};
 
 type Conn = http1::Connection<TokioIo<TcpStream>, Incoming>;
 
 /// Why a request could not be forwarded.
 #[derive(Debug)]
 pub(crate) enum SendError {
-    /// No connection to the endpoint could be made.
-    Connect(std::io::Error),
+    /// No connection to the endpoint could be made; the request, not sent,
+    /// comes back so it can go to another endpoint.
+    Connect(std::io::Error, Box<Request<Incoming>>),
     /// The connection failed while the request was sent or before the
     /// response head arrived.
     Http(hyper::Error),
+    /// The connection closed after the request was handed to it, without
+    /// an answer.
+    Closed,
 }
 
 /// One upstream connection: the sender and the connection state machine.
@@ -71,17 +75,17 @@ impl Upstream {
 async fn send_on(
     up: &mut Upstream,
     req: Request<Incoming>,
-) -> Result<Response<Incoming>, (hyper::Error, Option<Request<Incoming>>)> {
+) -> Result<Response<Incoming>, (Option<hyper::Error>, Option<Request<Incoming>>)> {
     let Upstream {
         sender, conn, done, ..
     } = up;
     let fut = async {
         if let Err(e) = sender.ready().await {
-            return Err((e, Some(req)));
+            return Err((Some(e), Some(req)));
         }
         sender.try_send_request(req).await.map_err(|mut e| {
             let message = e.take_message();
-            (e.into_error(), message)
+            (Some(e.into_error()), message)
         })
     };
     let mut fut = pin!(fut);
@@ -100,7 +104,11 @@ async fn send_on(
                 *done = true;
             }
         }
-        fut.as_mut().poll(cx)
+        match fut.as_mut().poll(cx) {
+            // The connection ended and will not complete the request.
+            Poll::Pending if *done => Poll::Ready(Err((None, None))),
+            other => other,
+        }
     })
     .await
 }
@@ -119,6 +127,7 @@ pub(crate) fn set_worker_shard(worker: usize) {
 }
 
 type Shard = Mutex<HashMap<SocketAddr, VecDeque<Idle>>>;
+type H2Shard = Mutex<HashMap<SocketAddr, http2::SendRequest<Incoming>>>;
 
 struct Idle {
     up: Box<Upstream>,
@@ -129,6 +138,10 @@ struct Idle {
 /// on drain, which closes them.
 pub(crate) struct Pool {
     shards: Box<[Shard]>,
+    /// Speak HTTP/2 (prior knowledge) to the endpoints instead of HTTP/1.1.
+    h2c: bool,
+    /// One multiplexed HTTP/2 connection per worker thread and endpoint.
+    h2: Box<[H2Shard]>,
     max_idle: usize,
     idle_timeout: Duration,
     connect_timeout: Duration,
@@ -139,6 +152,10 @@ impl Pool {
     pub(crate) fn new(config: &RouterConfig) -> Pool {
         Pool {
             shards: (0..=config.worker_threads())
+                .map(|_| Mutex::new(HashMap::new()))
+                .collect(),
+            h2c: config.upstream_protocol == UpstreamProtocol::H2c,
+            h2: (0..=config.worker_threads())
                 .map(|_| Mutex::new(HashMap::new()))
                 .collect(),
             max_idle: config.pool_max_idle_per_endpoint,
@@ -174,7 +191,13 @@ impl Pool {
             list.pop_front();
         }
         while let Some(Idle { mut up, .. }) = list.pop_back() {
-            if !up.done && !up.sender.is_closed() {
+            // Polling the idle connection reads a close (FIN or reset) the
+            // upstream sent while it sat here, e.g. because it died.
+            if !up.done
+                && !up.sender.is_closed()
+                && up.poll_conn(&mut Context::from_waker(Waker::noop()))
+                && !up.sender.is_closed()
+            {
                 up.reused = true;
                 return Some(up);
             }
@@ -244,28 +267,28 @@ impl Pool {
         });
     }
 
-    async fn tcp(&self, addr: SocketAddr) -> Result<TokioIo<TcpStream>, SendError> {
+    async fn tcp(&self, addr: SocketAddr) -> std::io::Result<TokioIo<TcpStream>> {
         let stream =
             match tokio::time::timeout(self.connect_timeout, TcpStream::connect(addr)).await {
                 Ok(Ok(s)) => s,
-                Ok(Err(e)) => return Err(SendError::Connect(e)),
+                Ok(Err(e)) => return Err(e),
                 Err(_) => {
-                    return Err(SendError::Connect(std::io::Error::new(
+                    return Err(std::io::Error::new(
                         std::io::ErrorKind::TimedOut,
                         format!(
                             "no connection within the connect timeout of {}",
                             crate::format_duration(self.connect_timeout)
                         ),
-                    )));
+                    ));
                 }
             };
         let _ = stream.set_nodelay(true);
         Ok(TokioIo::new(stream))
     }
 
-    async fn connect(&self, addr: SocketAddr) -> Result<Box<Upstream>, SendError> {
+    async fn connect(&self, io: TokioIo<TcpStream>) -> Result<Box<Upstream>, SendError> {
         let (sender, conn) = http1::Builder::new()
-            .handshake(self.tcp(addr).await?)
+            .handshake(io)
             .await
             .map_err(SendError::Http)?;
         Ok(Box::new(Upstream {
@@ -284,8 +307,12 @@ impl Pool {
         addr: SocketAddr,
         req: Request<Incoming>,
     ) -> Result<Response<Incoming>, SendError> {
+        let io = match self.tcp(addr).await {
+            Ok(io) => io,
+            Err(e) => return Err(SendError::Connect(e, Box::new(req))),
+        };
         let (mut sender, conn) = http1::Builder::new()
-            .handshake(self.tcp(addr).await?)
+            .handshake(io)
             .await
             .map_err(SendError::Http)?;
         tokio::spawn(async move {
@@ -302,12 +329,26 @@ impl Pool {
     pub(crate) async fn send(
         self: &Arc<Self>,
         addr: SocketAddr,
+        req: Request<Incoming>,
+    ) -> Result<(Response<Incoming>, Option<Pooled>), SendError> {
+        if self.h2c {
+            return self.send_h2(addr, req).await.map(|r| (r, None));
+        }
+        self.send_h1(addr, req).await.map(|(r, p)| (r, Some(p)))
+    }
+
+    async fn send_h1(
+        self: &Arc<Self>,
+        addr: SocketAddr,
         mut req: Request<Incoming>,
     ) -> Result<(Response<Incoming>, Pooled), SendError> {
         loop {
             let mut up = match self.checkout(addr) {
                 Some(up) => up,
-                None => self.connect(addr).await?,
+                None => match self.tcp(addr).await {
+                    Ok(io) => self.connect(io).await?,
+                    Err(e) => return Err(SendError::Connect(e, Box::new(req))),
+                },
             };
             match send_on(&mut up, req).await {
                 Ok(resp) => {
@@ -319,13 +360,110 @@ impl Pool {
                     return Ok((resp, pooled));
                 }
                 Err((e, Some(unsent))) if up.reused => {
-                    tracing::debug!(error = %e, endpoint = %addr, "pooled connection was closed; sending on another");
+                    tracing::debug!(error = ?e, endpoint = %addr, "pooled connection was closed; sending on another");
                     req = unsent;
                 }
-                Err((e, _)) => return Err(SendError::Http(e)),
+                Err((Some(e), _)) => return Err(SendError::Http(e)),
+                Err((None, _)) => return Err(SendError::Closed),
             }
         }
     }
+}
+
+impl Pool {
+    /// Sends `req` on this worker's HTTP/2 connection to `addr`, opening
+    /// one when there is none or it closed. The connection is driven by a
+    /// task of its own on this worker and closes once the pool holding its
+    /// sender is gone (drain) and its streams are done.
+    async fn send_h2(
+        &self,
+        addr: SocketAddr,
+        mut req: Request<Incoming>,
+    ) -> Result<Response<Incoming>, SendError> {
+        let shard = &self.h2[SHARD.get() % self.h2.len()];
+        h2_request(&mut req, addr);
+        // Twice at most: a cached connection that turned out closed is
+        // replaced once; the request was not sent on it.
+        for _ in 0..2 {
+            let cached = shard
+                .lock()
+                .unwrap_or_else(|e| e.into_inner())
+                .get(&addr)
+                .filter(|s| !s.is_closed())
+                .cloned();
+            let mut sender = match cached {
+                Some(s) => s,
+                None => {
+                    let io = match self.tcp(addr).await {
+                        Ok(io) => io,
+                        Err(e) => return Err(SendError::Connect(e, Box::new(req))),
+                    };
+                    let (sender, conn) = http2::Builder::new(hyper_util::rt::TokioExecutor::new())
+                        .timer(hyper_util::rt::TokioTimer::new())
+                        .keep_alive_interval(Duration::from_secs(30))
+                        .handshake(io)
+                        .await
+                        .map_err(SendError::Http)?;
+                    tokio::spawn(async move {
+                        if let Err(e) = conn.await {
+                            tracing::debug!(error = %e, endpoint = %addr, "upstream HTTP/2 connection ended with an error");
+                        }
+                    });
+                    shard
+                        .lock()
+                        .unwrap_or_else(|e| e.into_inner())
+                        .insert(addr, sender.clone());
+                    sender
+                }
+            };
+            if sender.ready().await.is_err() {
+                shard
+                    .lock()
+                    .unwrap_or_else(|e| e.into_inner())
+                    .remove(&addr);
+                continue;
+            }
+            match sender.try_send_request(req).await {
+                Ok(resp) => return Ok(resp),
+                Err(mut e) => match e.take_message() {
+                    Some(unsent) => {
+                        shard
+                            .lock()
+                            .unwrap_or_else(|e| e.into_inner())
+                            .remove(&addr);
+                        req = unsent;
+                    }
+                    None => return Err(SendError::Http(e.into_error())),
+                },
+            }
+        }
+        Err(SendError::Closed)
+    }
+}
+
+/// HTTP/2 requests carry the authority in the URI (`:authority`): the
+/// client's `Host`, else the endpoint.
+fn h2_request(req: &mut Request<Incoming>, addr: SocketAddr) {
+    let authority = req
+        .headers()
+        .get(http::header::HOST)
+        .and_then(|h| h.to_str().ok())
+        .and_then(|h| h.parse::<http::uri::Authority>().ok())
+        .unwrap_or_else(|| {
+            addr.to_string()
+                .parse()
+                .expect("a socket address is an authority")
+        });
+    let mut parts = std::mem::take(req.uri_mut()).into_parts();
+    parts.scheme = Some(http::uri::Scheme::HTTP);
+    parts.authority = Some(authority);
+    if parts.path_and_query.is_none() {
+        parts.path_and_query = Some(http::uri::PathAndQuery::from_static("/"));
+    }
+    if let Ok(uri) = http::Uri::from_parts(parts) {
+        *req.uri_mut() = uri;
+    }
+    *req.version_mut() = http::Version::HTTP_2;
 }
 
 fn lock(shard: &Shard) -> std::sync::MutexGuard<'_, HashMap<SocketAddr, VecDeque<Idle>>> {

@@ -7,7 +7,10 @@ use std::process::ExitCode;
 use std::time::Duration;
 
 use anyhow::{Context, bail};
-use teal_router::{AdminListener, RouteTable, Router, RouterConfig, UpgradePolicy, parse_duration};
+use teal_router::{
+    AdminListener, RouteTable, Router, RouterConfig, Tls, UpgradePolicy, UpstreamProtocol,
+    parse_duration,
+};
 
 #[derive(clap::Args)]
 pub struct Args {
@@ -45,6 +48,23 @@ pub struct Args {
     /// What a drain that times out does with upgraded (WebSocket) connections.
     #[arg(long, default_value = "close", value_parser = ["close", "keep"])]
     upgrades_after_drain: String,
+    /// Threads serving client connections (0: one per CPU, or
+    /// TOKIO_WORKER_THREADS when set).
+    #[arg(long, default_value_t = 0)]
+    workers: usize,
+    /// Endpoints of its color a request tries when connects fail (1: no retry).
+    #[arg(long, default_value_t = 3, value_parser = clap::value_parser!(u16).range(1..))]
+    connect_attempts: u16,
+    /// Serve TLS (ALPN h2, http/1.1) with this PEM certificate chain, leaf
+    /// first; reloaded with the key on SIGHUP.
+    #[arg(long, requires = "tls_key")]
+    tls_cert: Option<PathBuf>,
+    /// PEM private key (PKCS#8, PKCS#1 or SEC1) of --tls-cert.
+    #[arg(long, requires = "tls_cert")]
+    tls_key: Option<PathBuf>,
+    /// Protocol to upstreams: http1, or h2c (HTTP/2 with prior knowledge).
+    #[arg(long, default_value = "http1", value_parser = ["http1", "h2c"])]
+    upstream_protocol: String,
     /// Follow this BlueGreen in Kubernetes (router type teal): routes come
     /// from its status and the EndpointSlices of its per-color Services.
     #[arg(long, conflicts_with = "routes")]
@@ -67,6 +87,13 @@ pub async fn run(args: Args) -> anyhow::Result<ExitCode> {
         header_read_timeout: args.header_read_timeout,
         idle_timeout: args.idle_timeout,
         max_connections: args.max_connections,
+        workers: args.workers,
+        connect_attempts: args.connect_attempts.into(),
+        upstream_protocol: if args.upstream_protocol == "h2c" {
+            UpstreamProtocol::H2c
+        } else {
+            UpstreamProtocol::Http1
+        },
         upgrade_policy: if args.upgrades_after_drain == "keep" {
             UpgradePolicy::Keep
         } else {
@@ -74,6 +101,11 @@ pub async fn run(args: Args) -> anyhow::Result<ExitCode> {
         },
         ..RouterConfig::default()
     };
+    if let (Some(cert), Some(key)) = (&args.tls_cert, &args.tls_key) {
+        let tls = Tls::from_pem_files(cert, key).context("--tls-cert/--tls-key")?;
+        reload_tls_on_sighup(tls.clone())?;
+        config.tls = Some(tls);
+    }
     if let Some(name) = &args.color_header {
         config.color_header =
             Some(http::HeaderName::from_bytes(name.as_bytes()).map_err(|_| {
@@ -184,6 +216,24 @@ pub async fn run(args: Args) -> anyhow::Result<ExitCode> {
         let _ = std::fs::remove_file(path);
     }
     Ok(ExitCode::SUCCESS)
+}
+
+/// Reloads the certificate and key on every SIGHUP; a failed reload keeps
+/// serving the current certificate.
+fn reload_tls_on_sighup(tls: Tls) -> anyhow::Result<()> {
+    use tokio::signal::unix::{SignalKind, signal};
+    let mut hup = signal(SignalKind::hangup()).context("cannot watch SIGHUP")?;
+    tokio::spawn(async move {
+        while hup.recv().await.is_some() {
+            match tls.reload() {
+                Ok(()) => tracing::info!("TLS certificate reloaded"),
+                Err(e) => {
+                    tracing::error!(error = %e, "TLS reload failed; serving the previous certificate")
+                }
+            }
+        }
+    });
+    Ok(())
 }
 
 /// Completes on SIGTERM or SIGINT (Ctrl-C).

@@ -6,7 +6,7 @@
 //! - `GET /healthz` → 200 once `--ready-after` has passed, 503 before
 //! - `GET /sleep?ms=N` → waits, then answers like `/`
 //! - `GET /echo` (any method) → the request as the app saw it: method,
-//!   path, headers and the number of body bytes
+//!   HTTP version, path, headers and the number of body bytes
 //! - `/ws` → WebSocket echo prefixing each text message with the color
 //! - `GET /metrics` → Prometheus counters of responses by code
 
@@ -263,6 +263,7 @@ async fn route(app: &Arc<App>, mut req: Request<Incoming>) -> Response<AppBody> 
         }
         "/echo" => {
             let method = req.method().to_string();
+            let http_version = format!("{:?}", req.version());
             let uri = req.uri().to_string();
             let headers: BTreeMap<String, Vec<String>> = req
                 .headers()
@@ -292,7 +293,7 @@ async fn route(app: &Arc<App>, mut req: Request<Incoming>) -> Response<AppBody> 
             }
             let body = serde_json::json!({
                 "color": app.color.as_str(), "version": app.version,
-                "method": method, "uri": uri, "headers": headers, "body_bytes": bytes,
+                "method": method, "http_version": http_version, "uri": uri, "headers": headers, "body_bytes": bytes,
             });
             let mut resp = app.identity(StatusCode::OK, None);
             *resp.body_mut() = Full::new(Bytes::from(body.to_string()));

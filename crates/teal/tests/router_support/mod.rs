@@ -260,3 +260,63 @@ where
     }
     panic!("timed out waiting for: {what}");
 }
+
+/// A route swap as the test saw it: when `PUT /routes` was sent, when its
+/// answer came back, and the color it made active.
+pub struct SwapTimes {
+    pub sent: std::time::Instant,
+    pub returned: std::time::Instant,
+    pub active: &'static str,
+}
+
+/// Checks that every request (start, end, color that served it) that
+/// started after a swap returned, and ended before the next one was sent,
+/// was served by that swap's color (`initial` before the first swap).
+/// Returns how many requests could be judged.
+pub fn check_exact(
+    samples: &[(std::time::Instant, std::time::Instant, String)],
+    initial: &str,
+    swaps: &[SwapTimes],
+) -> usize {
+    let mut checked = 0;
+    for (start, end, color) in samples {
+        let expected = match swaps.iter().rposition(|w| w.returned <= *start) {
+            None if swaps.first().is_none_or(|w| *end < w.sent) => initial,
+            None => continue,
+            Some(i) if swaps.get(i + 1).is_some_and(|next| next.sent <= *end) => continue,
+            Some(i) => swaps[i].active,
+        };
+        assert_eq!(
+            color, expected,
+            "a request that started after the swap to {expected} returned was served by {color}"
+        );
+        checked += 1;
+    }
+    checked
+}
+
+/// Switches the active color `count` times between blue and green (starting
+/// from blue), pausing between swaps so requests run on each table.
+pub async fn swap_back_and_forth(
+    admin: SocketAddr,
+    blue: SocketAddr,
+    green: SocketAddr,
+    count: usize,
+) -> Vec<SwapTimes> {
+    let mut swaps = Vec::new();
+    let mut active = "blue";
+    for _ in 0..count {
+        tokio::time::sleep(Duration::from_millis(150)).await;
+        active = if active == "blue" { "green" } else { "blue" };
+        let sent = std::time::Instant::now();
+        let resp = put_routes(admin, &table(active, blue, green)).await;
+        assert_eq!(resp.status(), StatusCode::OK, "{}", resp.body());
+        swaps.push(SwapTimes {
+            sent,
+            returned: std::time::Instant::now(),
+            active,
+        });
+    }
+    tokio::time::sleep(Duration::from_millis(50)).await;
+    swaps
+}
