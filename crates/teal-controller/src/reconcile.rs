@@ -745,28 +745,6 @@ fn status_patch(old: &BlueGreenStatus, new: &BlueGreenStatus) -> Result<serde_js
     Ok(patch)
 }
 
-#[cfg(test)]
-mod tests {
-    use super::*;
-
-    #[test]
-    fn a_cleared_status_field_is_sent_as_null() {
-        let old = BlueGreenStatus {
-            preview_color: Some(Color::Green),
-            phase: Some("Previewing".into()),
-            ..Default::default()
-        };
-        let new = BlueGreenStatus {
-            phase: Some("Healthy".into()),
-            ..Default::default()
-        };
-        let p = status_patch(&old, &new).unwrap();
-        assert_eq!(p["previewColor"], serde_json::Value::Null);
-        assert!(p.as_object().unwrap().contains_key("previewColor"));
-        assert_eq!(p["phase"], "Healthy");
-    }
-}
-
 /// On deletion: give the workload its replicas back, wait until it is
 /// available, point the live Service at it and leave the Service behind
 /// (the color Deployments go with the BlueGreen).
@@ -860,4 +838,26 @@ async fn cleanup(bg: Arc<BlueGreen>, ctx: Arc<Context>) -> Result<Requeue, Error
     };
     let _ = recorder.publish(&ev, &bg.object_ref(&())).await;
     Ok(Requeue::await_change())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn a_cleared_status_field_is_sent_as_null() {
+        let old = BlueGreenStatus {
+            preview_color: Some(Color::Green),
+            phase: Some("Previewing".into()),
+            ..Default::default()
+        };
+        let new = BlueGreenStatus {
+            phase: Some("Healthy".into()),
+            ..Default::default()
+        };
+        let p = status_patch(&old, &new).unwrap();
+        assert_eq!(p["previewColor"], serde_json::Value::Null);
+        assert!(p.as_object().unwrap().contains_key("previewColor"));
+        assert_eq!(p["phase"], "Healthy");
+    }
 }

@@ -30,7 +30,7 @@ enum Command {
     /// Print the BlueGreen CustomResourceDefinition (YAML).
     Crd(cmd::crd::Args),
     /// Run teal's L7 router (data plane) with an admin API.
-    Router(cmd::router::Args),
+    Router(Box<cmd::router::Args>),
     /// Print a shell completion script (bash, zsh, fish).
     Completion(cmd::completion::Args),
     /// Sample upstream app reporting its color (tests and `teal demo`).
@@ -80,7 +80,7 @@ pub fn main() -> ExitCode {
             Command::Local(args) => cmd::local::run(args).await,
             Command::Controller(args) => cmd::controller::run(args).await,
             Command::Crd(args) => cmd::crd::run(args).await,
-            Command::Router(args) => cmd::router::run(args).await,
+            Command::Router(args) => cmd::router::run(*args).await,
             Command::Completion(args) => cmd::completion::run(args).await,
             Command::SampleApp(args) => cmd::sample_app::run(args).await,
         }
