@@ -22,6 +22,7 @@ pub async fn before_routing(
     api: &Api<BlueGreen>,
     bg: &BlueGreen,
     state: &EngineState,
+    last_command: Option<&str>,
     queue: &[Action],
 ) -> Result<(), Error> {
     if !queue.iter().any(|a| matches!(a, Action::Route(_))) {
@@ -35,7 +36,10 @@ pub async fn before_routing(
     // an older state over a newer one and routing from it.
     let patch = Patch::Merge(serde_json::json!({
         "metadata": {"resourceVersion": bg.metadata.resource_version},
-        "status": {"engine": engine},
+        // The command this reconcile consumed goes with the state it led
+        // to: a reconcile that fails after this write must not apply the
+        // same command again to the new state.
+        "status": {"engine": engine, "lastCommand": last_command},
     }));
     api.patch_status(&name, &PatchParams::default(), &patch)
         .await?;
@@ -102,5 +106,52 @@ mod tests {
         let mut unchanged = old.clone();
         null_removed(&old, &mut unchanged);
         assert_eq!(unchanged, old);
+    }
+}
+
+/// The engine sequence number this process last wrote for each BlueGreen
+/// (by uid). A reconcile reads its BlueGreen from the watch cache, which
+/// can lag behind the controller's own last status write; a copy older
+/// than that write would replay inputs already consumed (commands, events,
+/// notifications) and write an older state over a newer one. Such a
+/// reconcile does nothing and runs again shortly, when the cache caught up.
+#[derive(Default)]
+pub struct Written(std::sync::Mutex<std::collections::HashMap<String, u64>>);
+
+impl Written {
+    /// Whether a BlueGreen whose stored engine has `seq` is older than what
+    /// this process wrote for it.
+    pub fn is_stale(&self, uid: &str, seq: u64) -> bool {
+        let map = self.0.lock().unwrap_or_else(|e| e.into_inner());
+        map.get(uid).is_some_and(|&w| seq < w)
+    }
+
+    pub fn record(&self, uid: &str, seq: u64) {
+        let mut map = self.0.lock().unwrap_or_else(|e| e.into_inner());
+        let w = map.entry(uid.to_string()).or_default();
+        *w = (*w).max(seq);
+    }
+
+    pub fn forget(&self, uid: &str) {
+        self.0.lock().unwrap_or_else(|e| e.into_inner()).remove(uid);
+    }
+}
+
+#[cfg(test)]
+mod written_tests {
+    use super::Written;
+
+    #[test]
+    fn an_older_copy_than_the_last_write_is_stale() {
+        let w = Written::default();
+        assert!(!w.is_stale("a", 0), "nothing written yet");
+        w.record("a", 3);
+        assert!(w.is_stale("a", 2));
+        assert!(!w.is_stale("a", 3));
+        assert!(!w.is_stale("b", 0), "per BlueGreen");
+        w.record("a", 1);
+        assert!(w.is_stale("a", 2), "never goes back");
+        w.forget("a");
+        assert!(!w.is_stale("a", 0));
     }
 }

@@ -122,6 +122,7 @@ pub async fn run(client: Client, opts: Options) -> Result<(), RunError> {
         recorder: Recorder::new(client.clone(), reporter),
         metrics: metrics.clone(),
         cache,
+        written: Default::default(),
     });
     let bgs: Api<BlueGreen> = api(&client, &opts.namespace);
     let deployments: Api<Deployment> = api(&client, &opts.namespace);

@@ -37,6 +37,8 @@ pub struct Context {
     pub metrics: Metrics,
     /// Pods and color Deployments, fed by watches.
     pub cache: crate::cache::Cache,
+    /// What this process last wrote per BlueGreen (stale-read guard).
+    pub written: crate::checkpoint::Written,
 }
 
 #[derive(Debug, thiserror::Error)]
@@ -66,6 +68,9 @@ pub struct EngineState {
     pub machine: Machine,
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub analysis: Option<RunningAnalysis>,
+    /// Grows with every write of a changed state (see `checkpoint::Written`).
+    #[serde(default)]
+    pub seq: u64,
 }
 
 /// An analysis stage in progress: checks run on reconciles as they fall due.
@@ -342,6 +347,14 @@ async fn apply(bg: Arc<BlueGreen>, ctx: Arc<Context>) -> Result<Requeue, Error> 
         .engine
         .clone()
         .and_then(|v| serde_json::from_value(v).ok());
+    let uid = bg.uid().unwrap_or_default();
+    if ctx
+        .written
+        .is_stale(&uid, saved.as_ref().map_or(0, |s| s.seq))
+    {
+        // The cache has not caught up with our own last write yet.
+        return Ok(Requeue::requeue(Duration::from_millis(200)));
+    }
     let now = now_ms();
     let mut queue: Vec<Action> = Vec::new();
     let mut state = match saved {
@@ -372,6 +385,7 @@ async fn apply(bg: Arc<BlueGreen>, ctx: Arc<Context>) -> Result<Requeue, Error> 
             EngineState {
                 machine: m,
                 analysis: None,
+                seq: 0,
             }
         }
     };
@@ -465,7 +479,12 @@ async fn apply(bg: Arc<BlueGreen>, ctx: Arc<Context>) -> Result<Requeue, Error> 
 
     // Carry out the actions; a switch of the live Service is confirmed as
     // soon as the apiserver accepted it.
-    crate::checkpoint::before_routing(&bgs, &bg, &state, &queue).await?;
+    if queue.iter().any(|a| matches!(a, Action::Route(_))) {
+        state.seq += 1;
+    }
+    crate::checkpoint::before_routing(&bgs, &bg, &state, status.last_command.as_deref(), &queue)
+        .await?;
+    ctx.written.record(&uid, state.seq);
     let ports = objects::service_ports(&bg, Some(&template));
     // Keep the routes written (and re-check an unconfirmed switch) on every
     // reconcile, also when the router type changed.
@@ -652,11 +671,17 @@ async fn apply(bg: Arc<BlueGreen>, ctx: Arc<Context>) -> Result<Requeue, Error> 
     );
     let next = state.machine.next_deadline();
     let next_check = state.analysis.as_ref().map(|a| a.next_check);
+    let unchanged = old_status.engine.as_ref()
+        == Some(&serde_json::to_value(&state).map_err(|e| Error::State(e.to_string()))?);
+    if !unchanged {
+        state.seq += 1;
+    }
     status.engine = Some(crate::checkpoint::engine_value(
         old_status.engine.as_ref(),
         &state,
     )?);
     write_status(&bgs, &name, &old_status, status).await?;
+    ctx.written.record(&uid, state.seq);
 
     let now = now_ms();
     let wait = [next, next_check]
@@ -837,6 +862,7 @@ async fn cleanup(bg: Arc<BlueGreen>, ctx: Arc<Context>) -> Result<Requeue, Error
         secondary: None,
     };
     let _ = recorder.publish(&ev, &bg.object_ref(&())).await;
+    ctx.written.forget(&bg.uid().unwrap_or_default());
     Ok(Requeue::await_change())
 }
 

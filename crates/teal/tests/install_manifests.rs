@@ -176,7 +176,8 @@ async fn the_namespaced_install_grants_one_namespace_and_runs_a_release() {
         );
     }
     assert!(!can_i_as(env, &sa, &["list", "bluegreens.teal.dev", "-A"]));
-    assert!(!can_i(env, &sa, "delete", "deployments", &ns));
+    assert!(!can_i(env, &sa, "update", "deployments", &ns));
+    assert!(!can_i(env, &sa, "list", "secrets", &ns));
 
     // The controller binary as that ServiceAccount, watching only `ns`.
     let kubeconfig = service_account_kubeconfig(env, &ns, "teal-controller", &dir);
