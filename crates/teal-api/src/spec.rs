@@ -26,12 +26,23 @@ impl FieldError {
 }
 
 /// How the idle color is reached before it is promoted.
-#[derive(Debug, Clone, PartialEq, Eq, Default, Serialize, Deserialize, JsonSchema)]
+#[derive(Debug, Clone, PartialEq, Eq, Default, Serialize, Deserialize, KubeSchema)]
 #[serde(rename_all = "camelCase", deny_unknown_fields)]
+#[x_kube(
+    validation = Rule::new("!has(self.headerValueFrom) || has(self.header)").message("spec.preview.headerValueFrom needs spec.preview.header.name: the header whose value the Secret holds").field_path(".headerValueFrom"),
+    validation = Rule::new("!has(self.header) || (has(self.header.value) != has(self.headerValueFrom))").message("set exactly one of spec.preview.header.value (a literal value) or spec.preview.headerValueFrom (the value from a Secret)").field_path(".header"),
+    validation = Rule::new("!has(self.cookie) || has(self.cookie.value)").message("spec.preview.cookie needs a value").field_path(".cookie")
+)]
 pub struct PreviewSpec {
     /// Requests carrying this header (exact name and value) go to the idle color.
+    /// Leave `value` out to take it from `headerValueFrom`.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub header: Option<MatchSpec>,
+    /// The preview header's value from a Secret, so that it cannot be
+    /// guessed from the BlueGreen. Kubernetes only; mutually exclusive with
+    /// `header.value`. The value never appears in status or Events.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub header_value_from: Option<ValueFrom>,
     /// Requests carrying this cookie (exact name and value) go to the idle color.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub cookie: Option<MatchSpec>,
@@ -50,8 +61,29 @@ pub struct MatchSpec {
     #[schemars(length(min = 1, max = 256), pattern(r"^[A-Za-z0-9!#$%&'*+.^_`|~-]+$"))]
     pub name: String,
     /// Non-empty, without control characters.
+    #[serde(default, skip_serializing_if = "String::is_empty")]
     #[schemars(length(min = 1, max = 4096), pattern(r"^[^\x00-\x1f\x7f]+$"))]
     pub value: String,
+}
+
+/// Where a value comes from.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize, JsonSchema)]
+#[serde(rename_all = "camelCase", deny_unknown_fields)]
+pub struct ValueFrom {
+    /// A key of a Secret in the BlueGreen's namespace.
+    pub secret_key_ref: SecretKeyRef,
+}
+
+/// A key of a Secret in the BlueGreen's namespace.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize, JsonSchema)]
+#[serde(rename_all = "camelCase", deny_unknown_fields)]
+pub struct SecretKeyRef {
+    /// The Secret's name.
+    #[schemars(length(min = 1, max = 253))]
+    pub name: String,
+    /// The key in the Secret's data.
+    #[schemars(length(min = 1, max = 253))]
+    pub key: String,
 }
 
 impl PreviewSpec {
@@ -63,7 +95,9 @@ impl PreviewSpec {
                     format!("{:?} is not a valid HTTP header name (letters, digits and !#$%&'*+-.^_`|~ only)", h.name),
                 ));
             }
-            if h.value.is_empty() || h.value.chars().any(|c| c.is_control()) {
+            if (h.value.is_empty() && self.header_value_from.is_none())
+                || h.value.chars().any(|c| c.is_control())
+            {
                 errors.push(FieldError::new(
                     format!("{path}.header.value"),
                     "must be a non-empty value without control characters",
@@ -422,6 +456,7 @@ mod tests {
                 name: "x version".into(),
                 value: "green".into(),
             }),
+            header_value_from: None,
             cookie: None,
             replicas: Some(5),
         };

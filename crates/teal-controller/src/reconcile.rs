@@ -520,7 +520,25 @@ async fn apply(bg: Arc<BlueGreen>, ctx: Arc<Context>) -> Result<Requeue, Error> 
                     ns: &ns,
                     ports: &ports,
                 };
-                let ack = routers::route(&target, routing, &mut status.router).await?;
+                let ack = match routers::route(&target, routing, &mut status.router).await {
+                    Ok(ack) => ack,
+                    Err(e) => {
+                        let c = routers::routed_condition(Err(&e), generation);
+                        let mut failed = old_status.clone();
+                        let news = routers::is_news(&failed.conditions, &c);
+                        set_condition(&mut failed, c);
+                        write_status(&bgs, &name, &old_status, failed).await?;
+                        if news {
+                            cluster.event(true, "RouteFailed", e.to_string()).await;
+                        }
+                        return Err(e);
+                    }
+                };
+                let c = routers::routed_condition(Ok(&ack), generation);
+                if routers::is_news(&old_status.conditions, &c) && c.status == "False" {
+                    cluster.event(true, &c.reason, c.message.clone()).await;
+                }
+                set_condition(&mut status, c);
                 if ack == routers::Ack::Confirmed {
                     queue.extend(
                         state

@@ -132,6 +132,7 @@ fn default_preview() -> PreviewSpec {
             name: DEFAULT_PREVIEW_HEADER.into(),
             value: "1".into(),
         }),
+        header_value_from: None,
         cookie: None,
         replicas: None,
     }

@@ -186,6 +186,7 @@ fn config(opts: &Options, state_dir: PathBuf) -> Config {
                 name: PREVIEW_HEADER.into(),
                 value: "1".into(),
             }),
+            header_value_from: None,
             cookie: None,
             replicas: None,
         },

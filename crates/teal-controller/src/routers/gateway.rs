@@ -13,6 +13,7 @@ use teal_api::BlueGreen;
 use teal_core::Color;
 use teal_core::release::Routing;
 
+use super::preview::Header;
 use super::{ACTIVE_ROUTE, Ack, Kind, PREVIEW_ROUTE, Target, merge_routes};
 use crate::objects;
 use crate::reconcile::Error;
@@ -29,8 +30,13 @@ fn all_paths() -> Value {
 }
 
 /// teal's two rules: preview (only with a preview header) and active.
-pub fn rules(bg: &BlueGreen, routing: Routing, port: i32) -> (Option<Value>, Value) {
-    let preview = bg.spec.preview.header.as_ref().map(|h| {
+pub fn rules(
+    bg: &BlueGreen,
+    routing: Routing,
+    port: i32,
+    header: Option<&Header>,
+) -> (Option<Value>, Value) {
+    let preview = header.map(|h| {
         let color = routing.preview.unwrap_or(routing.active);
         json!({
             "name": PREVIEW_ROUTE,
@@ -54,7 +60,7 @@ pub fn rules(bg: &BlueGreen, routing: Routing, port: i32) -> (Option<Value>, Val
 }
 
 /// The HTTPRoute teal owns.
-pub fn http_route(bg: &BlueGreen, routing: Routing, port: i32) -> Value {
+pub fn http_route(bg: &BlueGreen, routing: Routing, port: i32, header: Option<&Header>) -> Value {
     let cfg = bg.spec.router.gateway_api.clone().unwrap_or_default();
     let parents: Vec<Value> = cfg
         .parent_refs
@@ -71,7 +77,7 @@ pub fn http_route(bg: &BlueGreen, routing: Routing, port: i32) -> Value {
             v
         })
         .collect();
-    let (preview, active) = rules(bg, routing, port);
+    let (preview, active) = rules(bg, routing, port, header);
     let mut spec = json!({
         "parentRefs": parents,
         "rules": preview.into_iter().chain([active]).collect::<Vec<_>>(),
@@ -82,7 +88,12 @@ pub fn http_route(bg: &BlueGreen, routing: Routing, port: i32) -> Value {
     json!({"metadata": objects::owned_meta(bg, objects::service_name(bg)), "spec": spec})
 }
 
-pub async fn route(t: &Target<'_>, routing: Routing, adopted: Option<&str>) -> Result<Ack, Error> {
+pub async fn route(
+    t: &Target<'_>,
+    routing: Routing,
+    adopted: Option<&str>,
+    header: Option<&Header>,
+) -> Result<Ack, Error> {
     for c in Color::ALL {
         let svc = objects::service(
             t.bg,
@@ -94,11 +105,11 @@ pub async fn route(t: &Target<'_>, routing: Routing, adopted: Option<&str>) -> R
     }
     match adopted {
         None => {
-            t.apply(Kind::HttpRoute, http_route(t.bg, routing, t.port()))
+            t.apply(Kind::HttpRoute, http_route(t.bg, routing, t.port(), header))
                 .await?
         }
         Some(name) => {
-            let (preview, active) = rules(t.bg, routing, t.port());
+            let (preview, active) = rules(t.bg, routing, t.port(), header);
             t.edit_adopted(Kind::HttpRoute, name, "rules", |list| {
                 merge_routes(list, preview, active)
             })

@@ -14,6 +14,7 @@ use teal_api::BlueGreen;
 use teal_core::Color;
 use teal_core::release::Routing;
 
+use super::preview::Header;
 use super::{ACTIVE_ROUTE, Ack, Kind, PREVIEW_ROUTE, Target, merge_routes};
 use crate::objects;
 use crate::reconcile::Error;
@@ -41,10 +42,15 @@ fn destination(host: &str, subset: Option<Color>, port: i32) -> Value {
 }
 
 /// teal's two routes: preview (only with a preview header or cookie) and active.
-pub fn routes(bg: &BlueGreen, routing: Routing, port: i32) -> (Option<Value>, Value) {
+pub fn routes(
+    bg: &BlueGreen,
+    routing: Routing,
+    port: i32,
+    header: Option<&Header>,
+) -> (Option<Value>, Value) {
     let svc = objects::service_name(bg);
     let mut matches = Vec::new();
-    if let Some(h) = &bg.spec.preview.header {
+    if let Some(h) = header {
         matches.push(json!({"headers": {h.name.to_ascii_lowercase(): {"exact": h.value}}}));
     }
     if let Some(c) = &bg.spec.preview.cookie {
@@ -82,7 +88,12 @@ fn regex_escape(s: &str) -> String {
 }
 
 /// The VirtualService teal owns.
-pub fn virtual_service(bg: &BlueGreen, routing: Routing, port: i32) -> Value {
+pub fn virtual_service(
+    bg: &BlueGreen,
+    routing: Routing,
+    port: i32,
+    header: Option<&Header>,
+) -> Value {
     let svc = objects::service_name(bg);
     let cfg = bg.spec.router.istio.clone().unwrap_or_default();
     let hosts = if cfg.hosts.is_empty() {
@@ -90,7 +101,7 @@ pub fn virtual_service(bg: &BlueGreen, routing: Routing, port: i32) -> Value {
     } else {
         cfg.hosts
     };
-    let (preview, active) = routes(bg, routing, port);
+    let (preview, active) = routes(bg, routing, port, header);
     let mut spec = json!({
         "hosts": hosts,
         "http": preview.into_iter().chain([active]).collect::<Vec<_>>(),
@@ -101,7 +112,12 @@ pub fn virtual_service(bg: &BlueGreen, routing: Routing, port: i32) -> Value {
     json!({"metadata": objects::owned_meta(bg, svc), "spec": spec})
 }
 
-pub async fn route(t: &Target<'_>, routing: Routing, adopted: Option<&str>) -> Result<Ack, Error> {
+pub async fn route(
+    t: &Target<'_>,
+    routing: Routing,
+    adopted: Option<&str>,
+    header: Option<&Header>,
+) -> Result<Ack, Error> {
     let live = objects::both_colors_service(t.bg, t.service(), t.ports.to_vec());
     t.apply_service(&live).await?;
     t.apply(Kind::DestinationRule, destination_rule(t.bg))
@@ -110,12 +126,12 @@ pub async fn route(t: &Target<'_>, routing: Routing, adopted: Option<&str>) -> R
         None => {
             t.apply(
                 Kind::VirtualService,
-                virtual_service(t.bg, routing, t.port()),
+                virtual_service(t.bg, routing, t.port(), header),
             )
             .await?
         }
         Some(name) => {
-            let (preview, active) = routes(t.bg, routing, t.port());
+            let (preview, active) = routes(t.bg, routing, t.port(), header);
             t.edit_adopted(Kind::VirtualService, name, "http", |list| {
                 merge_routes(list, preview, active)
             })

@@ -11,6 +11,7 @@
 
 pub mod gateway;
 pub mod istio;
+pub mod preview;
 pub mod service;
 pub mod teal;
 
@@ -223,9 +224,13 @@ fn not_installed(kind: Kind, e: kube::Error) -> Error {
                 ) =>
         {
             let ar = kind.resource();
+            let fix = match kind {
+                Kind::HttpRoute => "install the Gateway API CRDs",
+                _ => "install Istio",
+            };
             Error::State(format!(
-                "cannot write {} ({}): {} — is the CRD {}.{} installed?",
-                ar.kind, ar.api_version, ae.message, ar.plural, ar.group
+                "{} ({}) is not served by this cluster (no CRD {}.{}): {fix} or choose another spec.router.type",
+                ar.kind, ar.api_version, ar.plural, ar.group
             ))
         }
         e => e.into(),
@@ -326,6 +331,41 @@ pub fn owned(bg: &BlueGreen, kind: RouterKind, adopted: Option<&str>) -> Vec<Own
     v
 }
 
+/// The `Routed` condition: True once the data plane serves the routing,
+/// False with the reason (`AwaitingAcknowledgement`, `RouteFailed`) and
+/// what is awaited or wrong.
+pub fn routed_condition(
+    outcome: Result<&Ack, &Error>,
+    generation: Option<i64>,
+) -> k8s_openapi::apimachinery::pkg::apis::meta::v1::Condition {
+    let (ok, reason, message) = match outcome {
+        Ok(Ack::Confirmed) => (true, "Routed", String::new()),
+        Ok(Ack::Pending(m)) => (false, "AwaitingAcknowledgement", m.clone()),
+        Err(e) => (false, "RouteFailed", e.to_string()),
+    };
+    k8s_openapi::apimachinery::pkg::apis::meta::v1::Condition {
+        type_: "Routed".into(),
+        status: if ok { "True" } else { "False" }.into(),
+        reason: reason.into(),
+        message,
+        observed_generation: generation,
+        last_transition_time: k8s_openapi::apimachinery::pkg::apis::meta::v1::Time(
+            k8s_openapi::jiff::Timestamp::now(),
+        ),
+    }
+}
+
+/// Whether `c` is worth an Event: its reason changed, or a failure's message.
+pub fn is_news(
+    old: &[k8s_openapi::apimachinery::pkg::apis::meta::v1::Condition],
+    c: &k8s_openapi::apimachinery::pkg::apis::meta::v1::Condition,
+) -> bool {
+    match old.iter().find(|o| o.type_ == c.type_) {
+        None => true,
+        Some(o) => o.reason != c.reason || (c.reason == "RouteFailed" && o.message != c.message),
+    }
+}
+
 fn now_ms() -> i64 {
     std::time::SystemTime::now()
         .duration_since(std::time::UNIX_EPOCH)
@@ -347,11 +387,24 @@ pub async fn route(
     let switched = prev.as_ref().and_then(|p| p.active) != Some(routing.active);
     let changed = switched || prev.as_ref().and_then(|p| p.preview) != routing.preview;
     let generation = prev.as_ref().map(|p| p.generation).unwrap_or(0) + i64::from(changed);
-    let ack = match kind {
-        RouterKind::Service => service::route(t, routing).await,
-        RouterKind::Istio => istio::route(t, routing, adopted.as_deref()).await,
-        RouterKind::GatewayApi => gateway::route(t, routing, adopted.as_deref()).await,
-        RouterKind::Teal => teal::route(t, generation).await,
+    // Resolved before anything is written: a missing Secret leaves the
+    // live routes as they are.
+    let header = match kind {
+        RouterKind::Service => Ok(None),
+        _ => preview::resolve(t).await,
+    };
+    let ack = match header {
+        Err(e) => Err(e),
+        Ok(header) => match kind {
+            RouterKind::Service => service::route(t, routing).await,
+            RouterKind::Istio => {
+                istio::route(t, routing, adopted.as_deref(), header.as_ref()).await
+            }
+            RouterKind::GatewayApi => {
+                gateway::route(t, routing, adopted.as_deref(), header.as_ref()).await
+            }
+            RouterKind::Teal => teal::route(t, generation).await,
+        },
     };
     let ack = match ack {
         Ok(a) => a,

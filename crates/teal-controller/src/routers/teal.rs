@@ -54,16 +54,22 @@ pub fn router_port(bg: &BlueGreen) -> i32 {
 }
 
 /// What router replicas may do: read their BlueGreen, watch EndpointSlices
-/// of the namespace, and write their own Lease.
+/// of the namespace, write their own Lease, and read the preview header's
+/// Secret if the spec names one.
 pub fn role(bg: &BlueGreen) -> Value {
     let bg_name = bg.metadata.name.clone().unwrap_or_default();
+    let mut rules = vec![
+        json!({"apiGroups": ["teal.dev"], "resources": ["bluegreens"], "resourceNames": [bg_name], "verbs": ["get", "list", "watch"]}),
+        json!({"apiGroups": ["discovery.k8s.io"], "resources": ["endpointslices"], "verbs": ["list", "watch"]}),
+        json!({"apiGroups": ["coordination.k8s.io"], "resources": ["leases"], "verbs": ["get", "create", "patch"]}),
+    ];
+    // The preview header's value: `get` on that one Secret only.
+    if let Some(from) = &bg.spec.preview.header_value_from {
+        rules.push(json!({"apiGroups": [""], "resources": ["secrets"], "resourceNames": [from.secret_key_ref.name], "verbs": ["get"]}));
+    }
     json!({
         "metadata": objects::owned_meta(bg, router_name(bg)),
-        "rules": [
-            {"apiGroups": ["teal.dev"], "resources": ["bluegreens"], "resourceNames": [bg_name], "verbs": ["get", "list", "watch"]},
-            {"apiGroups": ["discovery.k8s.io"], "resources": ["endpointslices"], "verbs": ["list", "watch"]},
-            {"apiGroups": ["coordination.k8s.io"], "resources": ["leases"], "verbs": ["get", "create", "patch"]},
-        ],
+        "rules": rules,
     })
 }
 

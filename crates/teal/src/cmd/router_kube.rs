@@ -35,7 +35,13 @@ pub struct Follow {
 /// The route table a BlueGreen and the per-color EndpointSlices describe,
 /// with the generation it belongs to; `None` while the BlueGreen has no
 /// routing yet.
-pub fn table(bg: &BlueGreen, slices: &[EndpointSlice]) -> Option<(i64, RouteTable)> {
+/// `header_value` is the preview header's value read from
+/// `spec.preview.headerValueFrom`, when the spec names a Secret.
+pub fn table(
+    bg: &BlueGreen,
+    slices: &[EndpointSlice],
+    header_value: Option<&str>,
+) -> Option<(i64, RouteTable)> {
     let st = bg.status.as_ref()?.router.as_ref()?;
     let active = st.active?;
     let mut endpoints: BTreeMap<Color, Vec<SocketAddr>> = BTreeMap::new();
@@ -76,9 +82,15 @@ pub fn table(bg: &BlueGreen, slices: &[EndpointSlice]) -> Option<(i64, RouteTabl
     }
     let p = &bg.spec.preview;
     let preview = st.preview.and_then(|color| {
-        let header = p.header.as_ref().map(|h| HeaderMatch {
-            name: h.name.clone(),
-            value: h.value.clone(),
+        let header = p.header.as_ref().and_then(|h| {
+            let value = match &p.header_value_from {
+                Some(_) => header_value?.to_string(),
+                None => h.value.clone(),
+            };
+            Some(HeaderMatch {
+                name: h.name.clone(),
+                value,
+            })
         });
         let cookie = p.cookie.as_ref().map(|c| CookieMatch {
             name: c.name.clone(),
@@ -172,7 +184,11 @@ async fn sync(
         return Ok(());
     };
     let slices: Vec<EndpointSlice> = slice_store.state().iter().map(|s| (**s).clone()).collect();
-    let Some((generation, table)) = table(&bg, &slices) else {
+    let header_value = match &bg.spec.preview.header_value_from {
+        Some(from) => Some(secret_value(leases, &from.secret_key_ref).await?),
+        None => None,
+    };
+    let Some((generation, table)) = table(&bg, &slices, header_value.as_deref()) else {
         return Ok(());
     };
     let current = router.try_current().1;
@@ -192,6 +208,39 @@ async fn sync(
         *reported = Some(generation);
     }
     Ok(())
+}
+
+/// Reads the preview header's value from its Secret (the router's Role
+/// allows `get` on that one Secret).
+async fn secret_value(
+    leases: &Api<k8s_openapi::api::coordination::v1::Lease>,
+    r: &teal_api::spec::SecretKeyRef,
+) -> anyhow::Result<String> {
+    let client: Client = leases.clone().into_client();
+    let ns = leases.namespace().unwrap_or_default().to_string();
+    let secrets: Api<k8s_openapi::api::core::v1::Secret> = Api::namespaced(client, &ns);
+    let s = secrets.get(&r.name).await.with_context(|| {
+        format!(
+            "spec.preview.headerValueFrom.secretKeyRef: reading Secret {ns}/{}",
+            r.name
+        )
+    })?;
+    let value = s
+        .data
+        .as_ref()
+        .and_then(|d| d.get(&r.key))
+        .map(|b| {
+            String::from_utf8_lossy(&b.0)
+                .trim_end_matches(['\n', '\r'])
+                .to_string()
+        })
+        .with_context(|| {
+            format!(
+                "spec.preview.headerValueFrom.secretKeyRef: Secret {ns}/{} has no key {:?}",
+                r.name, r.key
+            )
+        })?;
+    Ok(value)
 }
 
 /// Writes this replica's Lease: holder = the pod, annotation = the
