@@ -527,7 +527,12 @@ async fn apply(bg: Arc<BlueGreen>, ctx: Arc<Context>) -> Result<Requeue, Error> 
                         let mut failed = old_status.clone();
                         let news = routers::is_news(&failed.conditions, &c);
                         set_condition(&mut failed, c);
-                        write_status(&bgs, &name, &old_status, failed).await?;
+                        // Only the condition: the engine state a checkpoint
+                        // may have written in this reconcile stays.
+                        let patch =
+                            serde_json::json!({"status": {"conditions": failed.conditions}});
+                        bgs.patch_status(&name, &PatchParams::default(), &Patch::Merge(patch))
+                            .await?;
                         if news {
                             cluster.event(true, "RouteFailed", e.to_string()).await;
                         }

@@ -109,7 +109,10 @@ fn contradicting_values_fail_with_the_value_named() {
     .unwrap();
     assert!(one.contains("- --no-leader-election"));
     assert!(!one.contains("kind: PodDisruptionBudget"));
-    assert!(!one.contains("name: teal-leader"), "no leader-election Role");
+    assert!(
+        !one.contains("name: teal-leader"),
+        "no leader-election Role"
+    );
 }
 
 #[tokio::test]
