@@ -378,3 +378,30 @@ async fn ten_thousand_idle_connections_leave_traffic_and_memory_bounded() {
     .await;
     assert_router_up(&r).await;
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn silent_connections_are_closed_by_the_idle_timeout() {
+    // A client that connects and never sends a byte is not reading a head
+    // yet: the idle timeout, not the header-read timeout, closes it.
+    let blue = app("blue", "v1");
+    let green = app("green", "v2");
+    let r = router(
+        Some(&table("blue", blue.addr, green.addr)),
+        &["--header-read-timeout", "600s", "--idle-timeout", "2s"],
+    );
+    let mut silent = Vec::new();
+    for _ in 0..50 {
+        silent.push(TcpStream::connect(r.proxy).await.expect("connect"));
+    }
+    for mut s in silent {
+        let mut buf = [0u8; 64];
+        let read = tokio::time::timeout(Duration::from_secs(120), s.read(&mut buf))
+            .await
+            .expect("the router closed a silent connection");
+        assert!(
+            matches!(read, Ok(0) | Err(_)),
+            "a silent connection got an answer: {read:?}"
+        );
+    }
+    assert_router_up(&r).await;
+}
