@@ -443,7 +443,10 @@ async fn apply(bg: Arc<BlueGreen>, ctx: Arc<Context>) -> Result<Requeue, Error> 
             }
             a.next_check = now + spec.interval.as_millis();
             let hooks = crate::hooks::with_check(&bg, &state.machine, &a.revision, a.color).await;
-            if let Some(v) = a.run.record_checks(ms, hooks) {
+            let verdict = a.run.record_checks(ms, hooks);
+            // Recorded now: a verdict ends the stage before status is written.
+            status.analysis = Some(analysis_status(a));
+            if let Some(v) = verdict {
                 inputs.push(Input::Analysis {
                     stage: a.stage,
                     revision: a.revision.clone(),
