@@ -732,10 +732,33 @@ async fn write_status(
     if *old == new {
         return Ok(());
     }
-    let patch = serde_json::json!({ "status": new });
+    let old = serde_json::to_value(old).map_err(|e| Error::State(e.to_string()))?;
+    let new = serde_json::to_value(&new).map_err(|e| Error::State(e.to_string()))?;
+    let patch = serde_json::json!({ "status": merge_diff(&old, new) });
     api.patch_status(name, &PatchParams::default(), &Patch::Merge(patch))
         .await?;
     Ok(())
+}
+
+/// A JSON merge patch from `old` to `new`: fields `new` no longer has are
+/// set to null, so they are removed rather than kept from `old`.
+fn merge_diff(old: &serde_json::Value, new: serde_json::Value) -> serde_json::Value {
+    match (old, new) {
+        (serde_json::Value::Object(o), serde_json::Value::Object(mut n)) => {
+            for k in o.keys() {
+                if !n.contains_key(k) {
+                    n.insert(k.clone(), serde_json::Value::Null);
+                }
+            }
+            for (k, v) in n.iter_mut() {
+                if let Some(ov) = o.get(k) {
+                    *v = merge_diff(ov, v.take());
+                }
+            }
+            serde_json::Value::Object(n)
+        }
+        (_, n) => n,
+    }
 }
 
 /// On deletion: give the workload its replicas back, wait until it is

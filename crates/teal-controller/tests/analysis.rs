@@ -71,24 +71,6 @@ impl Exposer {
     }
 }
 
-/// Events about `name`: (type, reason, note), oldest first.
-async fn events(c: &support::Case, name: &str) -> Vec<(String, String, String)> {
-    let api: kube::Api<k8s_openapi::api::events::v1::Event> =
-        kube::Api::namespaced(c.client.clone(), &c.ns);
-    let mut list = api.list(&Default::default()).await.unwrap().items;
-    list.retain(|e| e.regarding.as_ref().and_then(|r| r.name.as_deref()) == Some(name));
-    list.sort_by_key(|e| e.event_time.as_ref().map(|t| t.0));
-    list.into_iter()
-        .map(|e| {
-            (
-                e.type_.unwrap_or_default(),
-                e.reason.unwrap_or_default(),
-                e.note.unwrap_or_default(),
-            )
-        })
-        .collect()
-}
-
 #[tokio::test(flavor = "multi_thread")]
 async fn prometheus_analysis_gates_the_cutover() {
     let (exposer, addr) = Exposer::start().await;
@@ -212,7 +194,7 @@ async fn prometheus_analysis_gates_the_cutover() {
         a.verdict.as_deref().is_some_and(|v| v.starts_with("fail")),
         "{a:?}"
     );
-    let evs = events(&c, "shop").await;
+    let evs = c.events("shop").await;
     assert!(
         evs.iter()
             .any(|(t, _, note)| t == "Warning" && note.contains("errors = 40")),
