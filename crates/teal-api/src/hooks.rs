@@ -95,6 +95,30 @@ impl WebhookType {
     }
 }
 
+/// The last answer of one webhook, as shown in status. An entry changes
+/// only when the answer does, so a gate polled every few seconds does not
+/// rewrite status each time.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize, JsonSchema)]
+#[serde(rename_all = "camelCase")]
+pub struct HookStatus {
+    pub name: String,
+    #[serde(rename = "type")]
+    pub kind: WebhookType,
+    /// The release (revision) the call was about.
+    pub revision: String,
+    /// Whether the answer was a 2xx.
+    pub passed: bool,
+    /// HTTP status of the last answer; absent when there was none.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub code: Option<u16>,
+    /// What happened, e.g. `confirm-promotion webhook "approve" answered 403`.
+    pub message: String,
+    /// When the hook first gave this answer (RFC 3339).
+    pub time: String,
+    /// Calls made for the last answer (1 + retries used).
+    pub attempts: u32,
+}
+
 /// Where people hear about releases.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize, JsonSchema)]
 #[serde(rename_all = "camelCase", deny_unknown_fields)]

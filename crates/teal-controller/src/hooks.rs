@@ -9,7 +9,7 @@ use std::sync::{Mutex, OnceLock};
 use k8s_openapi::api::core::v1::Secret as KubeSecret;
 use kube::{Api, Client, ResourceExt};
 use teal_api::BlueGreen;
-use teal_api::hooks::{NotificationEvent, SecretRef, WebhookType};
+use teal_api::hooks::{HookStatus, NotificationEvent, SecretRef, WebhookSpec, WebhookType};
 use teal_core::Color;
 use teal_core::hooks::{HookKind, HookResult};
 use teal_core::release::{Event, Input, Machine};
@@ -43,12 +43,123 @@ fn webhook_type(kind: HookKind) -> WebhookType {
     }
 }
 
+fn id(bg: &BlueGreen) -> String {
+    format!("{}/{}", bg.namespace().unwrap_or_default(), bg.name_any())
+}
+
+/// One answered call, waiting to be put in the BlueGreen's status.
+struct Answer {
+    kind: WebhookType,
+    revision: String,
+    result: HookResult,
+    attempts: u32,
+}
+
+/// Answers per BlueGreen not yet in status.
+fn answers() -> &'static Mutex<HashMap<String, Vec<Answer>>> {
+    static A: OnceLock<Mutex<HashMap<String, Vec<Answer>>>> = OnceLock::new();
+    A.get_or_init(Default::default)
+}
+
+async fn call_one(id: &str, spec: &WebhookSpec, p: &HookPayload) -> HookResult {
+    let (result, attempts) = webhook::call_counted(spec, p).await;
+    answers()
+        .lock()
+        .expect("answers")
+        .entry(id.to_string())
+        .or_default()
+        .push(Answer {
+            kind: spec.kind,
+            revision: p.revision.clone(),
+            result: result.clone(),
+            attempts,
+        });
+    result
+}
+
+/// Calls every webhook of `kind`, one after the other, keeping the answers
+/// for status.
+async fn call_all(bg: &BlueGreen, kind: WebhookType, p: &HookPayload) -> Vec<HookResult> {
+    let id = id(bg);
+    let mut out = Vec::new();
+    for s in bg.spec.webhooks.iter().filter(|s| s.kind == kind) {
+        out.push(call_one(&id, s, p).await);
+    }
+    out
+}
+
+/// Calls the webhooks of `kind` in the background (post-rollout, event):
+/// answers only go to status and the log.
+fn fire(bg: &BlueGreen, kind: WebhookType, p: HookPayload) {
+    let specs: Vec<WebhookSpec> = bg
+        .spec
+        .webhooks
+        .iter()
+        .filter(|s| s.kind == kind)
+        .cloned()
+        .collect();
+    if specs.is_empty() {
+        return;
+    }
+    let id = id(bg);
+    tokio::spawn(async move {
+        for s in &specs {
+            let r = call_one(&id, s, &p).await;
+            if !r.passed() {
+                tracing::warn!("{}", r.describe());
+            }
+        }
+    });
+}
+
+/// Puts the answers since the last reconcile into `hooks` (one entry per
+/// webhook of the spec). An entry is replaced only when the answer
+/// changed, so polling a closed gate does not rewrite status.
+pub fn record_status(bg: &BlueGreen, hooks: &mut Vec<HookStatus>) {
+    let new = answers()
+        .lock()
+        .expect("answers")
+        .remove(&id(bg))
+        .unwrap_or_default();
+    for a in new {
+        let entry = HookStatus {
+            name: a.result.name.clone(),
+            kind: a.kind,
+            revision: a.revision,
+            passed: a.result.passed(),
+            code: a.result.status,
+            message: a.result.describe(),
+            time: k8s_openapi::jiff::Timestamp::now()
+                .round(k8s_openapi::jiff::Unit::Second)
+                .map(|t| t.to_string())
+                .unwrap_or_default(),
+            attempts: a.attempts,
+        };
+        match hooks.iter_mut().find(|h| h.name == entry.name) {
+            Some(h)
+                if h.kind == entry.kind
+                    && h.revision == entry.revision
+                    && h.passed == entry.passed
+                    && h.code == entry.code
+                    && h.message == entry.message => {}
+            Some(h) => *h = entry,
+            None => hooks.push(entry),
+        }
+    }
+    hooks.retain(|h| {
+        bg.spec
+            .webhooks
+            .iter()
+            .any(|w| w.name == h.name && w.kind == h.kind)
+    });
+}
+
 /// One round of `kind` hooks (the answer to `Action::RunHooks`, and the
 /// poll of a closed confirm-promotion gate on later reconciles).
 pub async fn round(bg: &BlueGreen, m: &Machine, kind: HookKind) -> Option<Input> {
     let r = m.release.as_ref()?;
     let p = payload(bg, m, &r.revision, r.color);
-    let results = webhook::call_all(&bg.spec.webhooks, webhook_type(kind), &p).await;
+    let results = call_all(bg, webhook_type(kind), &p).await;
     Some(Input::Hooks {
         kind,
         revision: r.revision.clone(),
@@ -73,8 +184,8 @@ pub async fn with_check(
         return Vec::new();
     }
     let p = payload(bg, m, revision, color);
-    let mut out = webhook::call_all(&bg.spec.webhooks, WebhookType::Rollout, &p).await;
-    out.extend(webhook::call_all(&bg.spec.webhooks, WebhookType::Rollback, &p).await);
+    let mut out = call_all(bg, WebhookType::Rollout, &p).await;
+    out.extend(call_all(bg, WebhookType::Rollback, &p).await);
     out
 }
 
@@ -115,7 +226,7 @@ async fn notifier(client: &Client, bg: &BlueGreen) -> Result<Option<Notifier>, S
     if bg.spec.notifications.is_empty() {
         return Ok(None);
     }
-    let id = format!("{}/{}", bg.namespace().unwrap_or_default(), bg.name_any());
+    let id = id(bg);
     let spec = serde_json::to_string(&bg.spec.notifications).unwrap_or_default();
     if let Some((s, n)) = notifiers().lock().expect("notifiers").get(&id)
         && *s == spec
@@ -166,7 +277,7 @@ pub async fn on_event(client: &Client, bg: &BlueGreen, m: &Machine, e: &Event) -
         message: e.message.clone(),
     });
     for kind in teal_core::hooks::fired_by(e.kind) {
-        webhook::fire(&bg.spec.webhooks, webhook_type(*kind), p.clone());
+        fire(bg, webhook_type(*kind), p.clone());
     }
     let event = NotificationEvent::of(e.kind)?;
     match notifier(client, bg).await {
@@ -194,7 +305,7 @@ pub async fn on_event(client: &Client, bg: &BlueGreen, m: &Machine, e: &Event) -
 pub fn delivery_stats(
     bg: &BlueGreen,
 ) -> std::collections::BTreeMap<String, teal_notify::DeliveryStats> {
-    let id = format!("{}/{}", bg.namespace().unwrap_or_default(), bg.name_any());
+    let id = id(bg);
     notifiers()
         .lock()
         .expect("notifiers")

@@ -622,6 +622,7 @@ async fn apply(bg: Arc<BlueGreen>, ctx: Arc<Context>) -> Result<Requeue, Error> 
         None => "live".into(),
     });
     status.history = m.history.iter().map(ReleaseRecord::from).collect();
+    crate::hooks::record_status(&bg, &mut status.hooks);
     if let Some(a) = &state.analysis {
         status.analysis = Some(analysis_status(a));
     }

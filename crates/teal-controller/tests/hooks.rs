@@ -146,6 +146,18 @@ async fn the_gate_holds_until_2xx_and_a_slack_notifier_from_a_secret_hears_about
         .await;
     assert_eq!(c.selector_color("shop").await.as_deref(), Some("green"));
     let v2 = st.desired_revision.clone().unwrap();
+    let st = c
+        .wait_status("the gate's 2xx in status.hooks", "shop", |s| {
+            s.hooks.iter().any(|h| h.name == "approve" && h.passed)
+        })
+        .await;
+    let h = st.hooks.iter().find(|h| h.name == "approve").unwrap();
+    assert_eq!(h.kind, teal_api::hooks::WebhookType::ConfirmPromotion);
+    assert_eq!(h.code, Some(200));
+    assert_eq!(h.attempts, 1);
+    assert_eq!(h.revision, v2);
+    assert!(h.message.contains("answered 200"), "{h:?}");
+    assert!(!h.time.is_empty());
 
     // Slack got started, awaitingPromotion and promoted, in Slack's format.
     let mut texts = Vec::new();
@@ -244,6 +256,16 @@ async fn a_failing_pre_rollout_hook_ends_the_release_before_traffic() {
         Some("blue"),
         "v2 never took traffic"
     );
+    let st = c
+        .wait_status("the hook's answer in status.hooks", "shop", |s| {
+            s.hooks.iter().any(|h| h.name == "smoke")
+        })
+        .await;
+    let h = st.hooks.iter().find(|h| h.name == "smoke").unwrap();
+    assert!(!h.passed);
+    assert_eq!(h.code, Some(500));
+    assert_eq!(h.attempts, 2, "one call and one retry: {h:?}");
+    assert_eq!(h.message, "pre-rollout webhook \"smoke\" answered 500");
     let calls = pre.received();
     assert_eq!(calls.len(), 2, "one call and one retry after a 500");
     let body = calls[0].json();
