@@ -141,6 +141,7 @@ pub async fn run(client: Client, opts: Options) -> Result<(), RunError> {
                     .collect::<Vec<_>>()
             },
         )
+        .reconcile_on(hooks::finished())
         .shutdown_on_signal()
         .run(reconcile::reconcile, reconcile::error_policy, ctx)
         .for_each(|r| async move {

@@ -455,7 +455,7 @@ async fn apply(bg: Arc<BlueGreen>, ctx: Arc<Context>) -> Result<Requeue, Error> 
             }
         }
     }
-    inputs.extend(crate::hooks::due(&bg, &state.machine).await);
+    inputs.extend(crate::hooks::due(&bg, &state.machine));
     inputs.push(Input::Tick);
 
     let mut rejected = Vec::new();
@@ -547,11 +547,8 @@ async fn apply(bg: Arc<BlueGreen>, ctx: Arc<Context>) -> Result<Requeue, Error> 
                 }
             }
             Action::StopAnalysis => state.analysis = None,
-            Action::RunHooks { kind, .. } => {
-                if let Some(input) = crate::hooks::round(&bg, &state.machine, kind).await {
-                    queue.extend(state.machine.handle(now_ms(), input).unwrap_or_default());
-                }
-            }
+            // Called in the background; the answers come in on a later reconcile.
+            Action::RunHooks { kind, .. } => crate::hooks::start_round(&bg, &state.machine, kind),
             Action::Event(e) => {
                 ctx.metrics.event(&e);
                 if let Some(problem) =

@@ -279,3 +279,69 @@ async fn a_failing_pre_rollout_hook_ends_the_release_before_traffic() {
         "a Warning Event names the hook: {evs:#?}"
     );
 }
+
+/// Accepts connections and never answers; counts them.
+async fn silent_server() -> (String, Arc<Mutex<Vec<tokio::net::TcpStream>>>) {
+    let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let url = format!("http://{}/slow", listener.local_addr().unwrap());
+    let held = Arc::new(Mutex::new(Vec::new()));
+    let h = held.clone();
+    tokio::spawn(async move {
+        while let Ok((s, _)) = listener.accept().await {
+            h.lock().unwrap().push(s);
+        }
+    });
+    (url, held)
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn a_hook_that_does_not_answer_holds_no_reconcile() {
+    let _ = log();
+    let (url, held) = silent_server().await;
+    let mut c = case("hooks-slow").await;
+    c.create_workload("shop", "shop:1", 2, BTreeMap::new())
+        .await;
+    c.create_bluegreen(
+        "shop",
+        spec(json!({
+            "webhooks": [{"name": "slow", "type": "pre-rollout", "url": url, "timeout": "300s", "retries": 0}]
+        })),
+    )
+    .await
+    .unwrap();
+    c.start_controller();
+    c.wait_status("adoption", "shop", |s| {
+        s.phase.as_deref() == Some("Healthy")
+    })
+    .await;
+    c.set_image("shop", "shop:2", BTreeMap::new()).await;
+    teal_testenv::wait_for(
+        "the pre-rollout call",
+        std::time::Duration::from_secs(60),
+        || {
+            let n = held.lock().unwrap().len();
+            async move {
+                if n >= 1 {
+                    Ok(())
+                } else {
+                    Err("no call yet".to_string())
+                }
+            }
+        },
+    )
+    .await;
+    // The call is open (it may last 300s); the controller still acts.
+    c.command("shop", "abort").await;
+    let st = c
+        .wait_status("the abort, while the hook is still open", "shop", |s| {
+            s.history.iter().any(|h| h.outcome == "aborted")
+        })
+        .await;
+    assert_eq!(c.selector_color("shop").await.as_deref(), Some("blue"));
+    assert!(st.active_revision.is_some());
+    assert_eq!(
+        held.lock().unwrap().len(),
+        1,
+        "the round was called once, not again by every reconcile while it was open"
+    );
+}
