@@ -18,9 +18,12 @@ use support::case;
 
 /// Serves `/metrics` in the Prometheus text format: one gauge
 /// `shop_errors_percent{namespace,app,color}` per entry the test sets.
+/// (namespace, app, color) → value.
+type Gauges = HashMap<(String, String, String), f64>;
+
 #[derive(Clone, Default)]
 struct Exposer {
-    values: Arc<Mutex<HashMap<(String, String, String), f64>>>,
+    values: Arc<Mutex<Gauges>>,
 }
 
 impl Exposer {
