@@ -12,6 +12,7 @@
 use std::collections::BTreeMap;
 use std::path::PathBuf;
 
+use kube::KubeSchema;
 use schemars::JsonSchema;
 use serde::{Deserialize, Serialize};
 use teal_core::release::EventKind;
@@ -120,8 +121,15 @@ pub struct HookStatus {
 }
 
 /// Where people hear about releases.
-#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize, JsonSchema)]
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize, KubeSchema)]
 #[serde(rename_all = "camelCase", deny_unknown_fields)]
+#[x_kube(
+    validation = Rule::new("has(self.url) != has(self.secretRef)").message("set exactly one of url and secretRef (a Secret holding the URL)").field_path(".url"),
+    validation = Rule::new("!has(self.url) || self.url.startsWith('http://') || self.url.startsWith('https://')").message("url must be an http:// or https:// URL").field_path(".url"),
+    validation = Rule::new("!has(self.hmacSecretRef) || self.type == 'webhook'").message("hmacSecretRef only applies to type webhook").field_path(".hmacSecretRef"),
+    validation = Rule::new("!has(self.secretRef) || (has(self.secretRef.name) && has(self.secretRef.key))").message("secretRef needs name and key of a Secret in the BlueGreen's namespace").field_path(".secretRef"),
+    validation = Rule::new("!has(self.hmacSecretRef) || (has(self.hmacSecretRef.name) && has(self.hmacSecretRef.key))").message("hmacSecretRef needs name and key of a Secret in the BlueGreen's namespace").field_path(".hmacSecretRef")
+)]
 pub struct NotifierSpec {
     #[schemars(length(min = 1, max = 63))]
     pub name: String,
