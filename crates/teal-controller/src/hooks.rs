@@ -288,14 +288,44 @@ fn notifiers() -> &'static Mutex<HashMap<String, (String, Notifier)>> {
     N.get_or_init(Default::default)
 }
 
-async fn secret_value(api: &Api<KubeSecret>, s: &SecretRef, field: &str) -> Result<Secret, String> {
+/// The Secrets `bg`'s notifiers refer to, read now (by name; missing ones
+/// are absent).
+async fn read_secrets(
+    api: &Api<KubeSecret>,
+    bg: &BlueGreen,
+) -> Result<BTreeMap<String, KubeSecret>, String> {
+    let mut out = BTreeMap::new();
+    for (i, n) in bg.spec.notifications.iter().enumerate() {
+        for (field, r) in [
+            ("secretRef", &n.secret_ref),
+            ("hmacSecretRef", &n.hmac_secret_ref),
+        ] {
+            let Some(name) = r.as_ref().and_then(|r| r.name.clone()) else {
+                continue;
+            };
+            if out.contains_key(&name) {
+                continue;
+            }
+            if let Some(s) = api.get_opt(&name).await.map_err(|e| {
+                format!("spec.notifications[{i}].{field}: reading Secret {name}: {e}")
+            })? {
+                out.insert(name, s);
+            }
+        }
+    }
+    Ok(out)
+}
+
+fn secret_value(
+    secrets: &BTreeMap<String, KubeSecret>,
+    s: &SecretRef,
+    field: &str,
+) -> Result<Secret, String> {
     let (Some(name), Some(key)) = (&s.name, &s.key) else {
         return Err(format!("{field}: needs name and key of a Secret"));
     };
-    let secret = api
-        .get_opt(name)
-        .await
-        .map_err(|e| format!("{field}: reading Secret {name}: {e}"))?
+    let secret = secrets
+        .get(name)
         .ok_or_else(|| format!("{field}: Secret {name} does not exist"))?;
     let bytes = secret
         .data
@@ -312,31 +342,52 @@ async fn secret_value(api: &Api<KubeSecret>, s: &SecretRef, field: &str) -> Resu
         .ok_or_else(|| format!("{field}: Secret {name} has no key {key:?}"))?;
     let v = String::from_utf8(bytes)
         .map_err(|_| format!("{field}: Secret {name} key {key:?} is not UTF-8"))?;
-    Ok(Secret::new(v))
+    Ok(Secret::new(v.trim_end().to_string()))
 }
 
+/// The notifier of `bg`, rebuilt when its spec or the resourceVersion of
+/// a Secret it reads changed (a rotated webhook URL is used from the next
+/// notification on).
 async fn notifier(client: &Client, bg: &BlueGreen) -> Result<Option<Notifier>, String> {
     if bg.spec.notifications.is_empty() {
         return Ok(None);
     }
     let id = id(bg);
-    let spec = serde_json::to_string(&bg.spec.notifications).unwrap_or_default();
+    let api: Api<KubeSecret> = Api::namespaced(client.clone(), &bg.namespace().unwrap_or_default());
+    let secrets = read_secrets(&api, bg).await?;
+    let versions: Vec<String> = secrets
+        .iter()
+        .map(|(n, s)| {
+            format!(
+                "{n}@{}",
+                s.metadata.resource_version.clone().unwrap_or_default()
+            )
+        })
+        .collect();
+    let spec = format!(
+        "{}|{}",
+        serde_json::to_string(&bg.spec.notifications).unwrap_or_default(),
+        versions.join(",")
+    );
     if let Some((s, n)) = notifiers().lock().expect("notifiers").get(&id)
         && *s == spec
     {
         return Ok(Some(n.clone()));
     }
-    let api: Api<KubeSecret> = Api::namespaced(client.clone(), &bg.namespace().unwrap_or_default());
     let mut targets = Vec::new();
     for (i, n) in bg.spec.notifications.iter().enumerate() {
         let field = format!("spec.notifications[{i}]");
         let url = match (&n.url, &n.secret_ref) {
             (Some(u), _) => Secret::new(u.clone()),
-            (None, Some(s)) => secret_value(&api, s, &format!("{field}.secretRef")).await?,
+            (None, Some(s)) => secret_value(&secrets, s, &format!("{field}.secretRef"))?,
             (None, None) => return Err(format!("{field}: set url or secretRef")),
         };
         let hmac = match &n.hmac_secret_ref {
-            Some(s) => Some(secret_value(&api, s, &format!("{field}.hmacSecretRef")).await?),
+            Some(s) => Some(secret_value(
+                &secrets,
+                s,
+                &format!("{field}.hmacSecretRef"),
+            )?),
             None => None,
         };
         targets.push(Target {

@@ -194,10 +194,43 @@ async fn the_gate_holds_until_2xx_and_a_slack_notifier_from_a_secret_hears_about
     // The notifier that always fails was tried and held nothing.
     assert!(!broken.wait_for(1).await.is_empty());
 
+    // A rotated Secret is used from the next notification on.
+    let secrets: Api<Secret> = Api::namespaced(c.client.clone(), &c.ns);
+    secrets
+        .patch(
+            "slack-hook",
+            &kube::api::PatchParams::default(),
+            &kube::api::Patch::Merge(
+                json!({"stringData": {"url": slack.url("/services/T0/B1/ROTATEDSECRET")}}),
+            ),
+        )
+        .await
+        .unwrap();
+    c.set_image("shop", "shop:3", BTreeMap::new()).await;
+    c.wait_status("v3 promoted", "shop", |s| {
+        s.history.iter().filter(|h| h.outcome == "promoted").count() >= 2
+    })
+    .await;
+    let mut rotated = 0;
+    for _ in 0..600 {
+        rotated = slack
+            .received()
+            .iter()
+            .filter(|r| r.path == "/services/T0/B1/ROTATEDSECRET")
+            .count();
+        if rotated >= 2 {
+            break;
+        }
+        tokio::time::sleep(std::time::Duration::from_millis(100)).await;
+    }
+    assert!(rotated >= 2, "v3's notifications went to the rotated URL");
+
     // The Secret's value is nowhere.
     let bg = c.bluegreens().get("shop").await.unwrap();
     let status = serde_json::to_string(&bg.status).unwrap();
-    assert!(!status.contains("SLACKSECRETTOKEN"), "{status}");
+    for secret in ["SLACKSECRETTOKEN", "ROTATEDSECRET"] {
+        assert!(!status.contains(secret), "{status}");
+    }
     let evs = events(&c, "shop").await;
     assert!(
         evs.iter().all(|e| !e.contains("SLACKSECRETTOKEN")),
@@ -206,7 +239,7 @@ async fn the_gate_holds_until_2xx_and_a_slack_notifier_from_a_secret_hears_about
     let text = String::from_utf8_lossy(&log.lock().unwrap()).to_string();
     assert!(!text.is_empty(), "the controller's log was captured");
     assert!(
-        !text.contains("SLACKSECRETTOKEN"),
+        !text.contains("SLACKSECRETTOKEN") && !text.contains("ROTATEDSECRET"),
         "the Secret's value is in the log"
     );
 }
