@@ -299,6 +299,9 @@ pub struct BlueGreenStatus {
     /// The last operator command handled (`teal.dev/command` annotation).
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub last_command: Option<String>,
+    /// The last answer of every webhook, one entry per hook.
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub hooks: Vec<crate::hooks::HookStatus>,
     /// The release engine's state; read by the controller, not by people.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     #[schemars(schema_with = "preserve_unknown")]

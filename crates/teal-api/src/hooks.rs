@@ -12,6 +12,7 @@
 use std::collections::BTreeMap;
 use std::path::PathBuf;
 
+use kube::KubeSchema;
 use schemars::JsonSchema;
 use serde::{Deserialize, Serialize};
 use teal_core::release::EventKind;
@@ -95,9 +96,40 @@ impl WebhookType {
     }
 }
 
-/// Where people hear about releases.
+/// The last answer of one webhook, as shown in status. An entry changes
+/// only when the answer does, so a gate polled every few seconds does not
+/// rewrite status each time.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize, JsonSchema)]
+#[serde(rename_all = "camelCase")]
+pub struct HookStatus {
+    pub name: String,
+    #[serde(rename = "type")]
+    pub kind: WebhookType,
+    /// The release (revision) the call was about.
+    pub revision: String,
+    /// Whether the answer was a 2xx.
+    pub passed: bool,
+    /// HTTP status of the last answer; absent when there was none.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub code: Option<u16>,
+    /// What happened, e.g. `confirm-promotion webhook "approve" answered 403`.
+    pub message: String,
+    /// When the hook first gave this answer (RFC 3339).
+    pub time: String,
+    /// Calls made for the last answer (1 + retries used).
+    pub attempts: u32,
+}
+
+/// Where people hear about releases.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize, KubeSchema)]
 #[serde(rename_all = "camelCase", deny_unknown_fields)]
+#[x_kube(
+    validation = Rule::new("has(self.url) != has(self.secretRef)").message("set exactly one of url and secretRef (a Secret holding the URL)").field_path(".url"),
+    validation = Rule::new("!has(self.url) || self.url.startsWith('http://') || self.url.startsWith('https://')").message("url must be an http:// or https:// URL").field_path(".url"),
+    validation = Rule::new("!has(self.hmacSecretRef) || self.type == 'webhook'").message("hmacSecretRef only applies to type webhook").field_path(".hmacSecretRef"),
+    validation = Rule::new("!has(self.secretRef) || (has(self.secretRef.name) && has(self.secretRef.key))").message("secretRef needs name and key of a Secret in the BlueGreen's namespace").field_path(".secretRef"),
+    validation = Rule::new("!has(self.hmacSecretRef) || (has(self.hmacSecretRef.name) && has(self.hmacSecretRef.key))").message("hmacSecretRef needs name and key of a Secret in the BlueGreen's namespace").field_path(".hmacSecretRef")
+)]
 pub struct NotifierSpec {
     #[schemars(length(min = 1, max = 63))]
     pub name: String,

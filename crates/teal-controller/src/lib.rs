@@ -153,6 +153,7 @@ pub async fn run(client: Client, opts: Options) -> Result<(), RunError> {
                     .collect::<Vec<_>>()
             },
         )
+        .reconcile_on(hooks::finished())
         .shutdown_on_signal()
         .run(
             |bg, ctx: Arc<reconcile::Context>| async move {

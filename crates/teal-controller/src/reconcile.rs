@@ -446,7 +446,10 @@ async fn apply(bg: Arc<BlueGreen>, ctx: Arc<Context>) -> Result<Requeue, Error> 
             }
             a.next_check = now + spec.interval.as_millis();
             let hooks = crate::hooks::with_check(&bg, &state.machine, &a.revision, a.color).await;
-            if let Some(v) = a.run.record_checks(ms, hooks) {
+            let verdict = a.run.record_checks(ms, hooks);
+            // Recorded now: a verdict ends the stage before status is written.
+            status.analysis = Some(analysis_status(a));
+            if let Some(v) = verdict {
                 inputs.push(Input::Analysis {
                     stage: a.stage,
                     revision: a.revision.clone(),
@@ -455,7 +458,7 @@ async fn apply(bg: Arc<BlueGreen>, ctx: Arc<Context>) -> Result<Requeue, Error> 
             }
         }
     }
-    inputs.extend(crate::hooks::due(&bg, &state.machine).await);
+    inputs.extend(crate::hooks::due(&bg, &state.machine));
     inputs.push(Input::Tick);
 
     let mut rejected = Vec::new();
@@ -578,11 +581,8 @@ async fn apply(bg: Arc<BlueGreen>, ctx: Arc<Context>) -> Result<Requeue, Error> 
                 }
             }
             Action::StopAnalysis => state.analysis = None,
-            Action::RunHooks { kind, .. } => {
-                if let Some(input) = crate::hooks::round(&bg, &state.machine, kind).await {
-                    queue.extend(state.machine.handle(now_ms(), input).unwrap_or_default());
-                }
-            }
+            // Called in the background; the answers come in on a later reconcile.
+            Action::RunHooks { kind, .. } => crate::hooks::start_round(&bg, &state.machine, kind),
             Action::Event(e) => {
                 ctx.metrics.event(&e);
                 if let Some(problem) =
@@ -653,6 +653,7 @@ async fn apply(bg: Arc<BlueGreen>, ctx: Arc<Context>) -> Result<Requeue, Error> 
         None => "live".into(),
     });
     status.history = m.history.iter().map(ReleaseRecord::from).collect();
+    crate::hooks::record_status(&bg, &mut status.hooks);
     if let Some(a) = &state.analysis {
         status.analysis = Some(analysis_status(a));
     }
@@ -772,25 +773,33 @@ async fn write_status(
     if *old == new {
         return Ok(());
     }
-    let patch = serde_json::json!({ "status": status_patch(old, &new)? });
+    let old = serde_json::to_value(old).map_err(|e| Error::State(e.to_string()))?;
+    let new = serde_json::to_value(&new).map_err(|e| Error::State(e.to_string()))?;
+    let patch = serde_json::json!({ "status": merge_diff(&old, new) });
     api.patch_status(name, &PatchParams::default(), &Patch::Merge(patch))
         .await?;
     Ok(())
 }
 
-/// The merge patch from `old` to `new`: a field `new` leaves out (an
-/// optional field that was cleared) is sent as null, so the apiserver
-/// removes it instead of keeping the old value.
-fn status_patch(old: &BlueGreenStatus, new: &BlueGreenStatus) -> Result<serde_json::Value, Error> {
-    let to_json =
-        |s: &BlueGreenStatus| serde_json::to_value(s).map_err(|e| Error::State(e.to_string()));
-    let mut patch = to_json(new)?;
-    if let (Some(p), serde_json::Value::Object(o)) = (patch.as_object_mut(), to_json(old)?) {
-        for key in o.keys() {
-            p.entry(key.clone()).or_insert(serde_json::Value::Null);
+/// A JSON merge patch from `old` to `new`: fields `new` no longer has are
+/// set to null, so they are removed rather than kept from `old`.
+fn merge_diff(old: &serde_json::Value, new: serde_json::Value) -> serde_json::Value {
+    match (old, new) {
+        (serde_json::Value::Object(o), serde_json::Value::Object(mut n)) => {
+            for k in o.keys() {
+                if !n.contains_key(k) {
+                    n.insert(k.clone(), serde_json::Value::Null);
+                }
+            }
+            for (k, v) in n.iter_mut() {
+                if let Some(ov) = o.get(k) {
+                    *v = merge_diff(ov, v.take());
+                }
+            }
+            serde_json::Value::Object(n)
         }
+        (_, n) => n,
     }
-    Ok(patch)
 }
 
 /// On deletion: give the workload its replicas back, wait until it is
@@ -904,7 +913,10 @@ mod tests {
             phase: Some("Healthy".into()),
             ..Default::default()
         };
-        let p = status_patch(&old, &new).unwrap();
+        let p = merge_diff(
+            &serde_json::to_value(&old).unwrap(),
+            serde_json::to_value(&new).unwrap(),
+        );
         assert_eq!(p["previewColor"], serde_json::Value::Null);
         assert!(p.as_object().unwrap().contains_key("previewColor"));
         assert_eq!(p["phase"], "Healthy");

@@ -57,6 +57,11 @@ fn retry_pause(attempt: u32) -> Duration {
 /// Calls one webhook: POSTs the payload (with the hook's metadata and
 /// type), retrying after an error or a 5xx answer up to `retries` times.
 pub async fn call(spec: &WebhookSpec, payload: &HookPayload) -> HookResult {
+    call_counted(spec, payload).await.0
+}
+
+/// [`call`], also returning how many attempts were made.
+pub async fn call_counted(spec: &WebhookSpec, payload: &HookPayload) -> (HookResult, u32) {
     let mut payload = payload.clone();
     payload.kind = spec.kind.as_str().to_string();
     payload.metadata = spec.metadata.clone();
@@ -81,7 +86,7 @@ pub async fn call(spec: &WebhookSpec, payload: &HookPayload) -> HookResult {
                 error,
             };
             tracing::debug!(hook = %spec.name, kind = %result.kind, passed = result.passed(), attempts = attempt + 1, "webhook called");
-            return result;
+            return (result, attempt + 1);
         }
         attempt += 1;
         tokio::time::sleep(retry_pause(attempt)).await;

@@ -267,4 +267,22 @@ impl Case {
         list.sort_by_key(|e| e.event_time.as_ref().map(|t| t.0));
         list.into_iter().filter_map(|e| e.reason).collect()
     }
+
+    /// Events about a BlueGreen as (type, reason, note), oldest first.
+    pub async fn events(&self, name: &str) -> Vec<(String, String, String)> {
+        let events: Api<k8s_openapi::api::events::v1::Event> =
+            Api::namespaced(self.client.clone(), &self.ns);
+        let mut list = events.list(&Default::default()).await.unwrap().items;
+        list.retain(|e| e.regarding.as_ref().and_then(|r| r.name.as_deref()) == Some(name));
+        list.sort_by_key(|e| e.event_time.as_ref().map(|t| t.0));
+        list.into_iter()
+            .map(|e| {
+                (
+                    e.type_.unwrap_or_default(),
+                    e.reason.unwrap_or_default(),
+                    e.note.unwrap_or_default(),
+                )
+            })
+            .collect()
+    }
 }

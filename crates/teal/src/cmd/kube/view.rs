@@ -111,6 +111,18 @@ pub fn detail(ns: &str, bg: &BlueGreen, events: &[Event], max_events: usize) -> 
             let _ = writeln!(s, "Analysis:  -");
         }
     }
+    for h in &st.hooks {
+        let _ = writeln!(
+            s,
+            "Hook:      {} ({}) {}: {} [{} attempt(s), since {}]",
+            h.name,
+            h.kind.as_str(),
+            if h.passed { "passed" } else { "not passed" },
+            h.message,
+            h.attempts,
+            h.time
+        );
+    }
     if !st.conditions.is_empty() {
         let conds: Vec<String> = st
             .conditions
@@ -155,4 +167,31 @@ pub fn detail(ns: &str, bg: &BlueGreen, events: &[Event], max_events: usize) -> 
         );
     }
     s
+}
+
+#[cfg(test)]
+mod hook_tests {
+    use super::*;
+
+    #[test]
+    fn detail_shows_the_last_answer_of_every_hook() {
+        let bg: BlueGreen = serde_json::from_value(serde_json::json!({
+            "apiVersion": "teal.dev/v1alpha1",
+            "kind": "BlueGreen",
+            "metadata": {"name": "shop", "namespace": "prod"},
+            "spec": {"workloadRef": {"kind": "Deployment", "name": "shop"}},
+            "status": {"phase": "AwaitingPromotion", "hooks": [{
+                "name": "approve", "type": "confirm-promotion", "revision": "abc",
+                "passed": false, "code": 403,
+                "message": "confirm-promotion webhook \"approve\" answered 403",
+                "time": "2026-01-02T03:04:05Z", "attempts": 1
+            }]}
+        }))
+        .unwrap();
+        let out = detail("prod", &bg, &[], 0);
+        assert!(
+            out.contains("Hook:      approve (confirm-promotion) not passed: confirm-promotion webhook \"approve\" answered 403 [1 attempt(s), since 2026-01-02T03:04:05Z]"),
+            "{out}"
+        );
+    }
 }
