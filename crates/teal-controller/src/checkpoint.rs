@@ -22,7 +22,6 @@ pub async fn before_routing(
     api: &Api<BlueGreen>,
     bg: &BlueGreen,
     state: &EngineState,
-    last_command: Option<&str>,
     queue: &[Action],
 ) -> Result<(), Error> {
     if !queue.iter().any(|a| matches!(a, Action::Route(_))) {
@@ -36,10 +35,7 @@ pub async fn before_routing(
     // an older state over a newer one and routing from it.
     let patch = Patch::Merge(serde_json::json!({
         "metadata": {"resourceVersion": bg.metadata.resource_version},
-        // The command this reconcile consumed goes with the state it led
-        // to: a reconcile that fails after this write must not apply the
-        // same command again to the new state.
-        "status": {"engine": engine, "lastCommand": last_command},
+        "status": {"engine": engine},
     }));
     api.patch_status(&name, &PatchParams::default(), &patch)
         .await?;

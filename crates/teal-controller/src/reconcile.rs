@@ -71,6 +71,9 @@ pub struct EngineState {
     /// Grows with every write of a changed state (see `checkpoint::Written`).
     #[serde(default)]
     pub seq: u64,
+    /// The last operator command (annotation value) fed to the machine.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub command: Option<String>,
 }
 
 /// An analysis stage in progress: checks run on reconciles as they fall due.
@@ -386,6 +389,7 @@ async fn apply(bg: Arc<BlueGreen>, ctx: Arc<Context>) -> Result<Requeue, Error> 
                 machine: m,
                 analysis: None,
                 seq: 0,
+                command: None,
             }
         }
     };
@@ -396,7 +400,12 @@ async fn apply(bg: Arc<BlueGreen>, ctx: Arc<Context>) -> Result<Requeue, Error> 
         && status.last_command.as_deref() != Some(cmd_value.as_str())
     {
         status.last_command = Some(cmd_value.clone());
+        // Already consumed when a checkpoint saved the state it led to but
+        // the reconcile ended before status said so: do not apply it twice.
+        let consumed = state.command.as_deref() == Some(cmd_value.as_str());
+        state.command = Some(cmd_value.clone());
         match parse_command(&cmd_value) {
+            _ if consumed => {}
             Some(cmd) => inputs.push(Input::Command(cmd)),
             None => {
                 cluster
@@ -485,8 +494,7 @@ async fn apply(bg: Arc<BlueGreen>, ctx: Arc<Context>) -> Result<Requeue, Error> 
     if queue.iter().any(|a| matches!(a, Action::Route(_))) {
         state.seq += 1;
     }
-    crate::checkpoint::before_routing(&bgs, &bg, &state, status.last_command.as_deref(), &queue)
-        .await?;
+    crate::checkpoint::before_routing(&bgs, &bg, &state, &queue).await?;
     ctx.written.record(&uid, state.seq);
     let ports = objects::service_ports(&bg, Some(&template));
     // Keep the routes written (and re-check an unconfirmed switch) on every
