@@ -29,6 +29,10 @@ struct EventLabels {
     event: String,
 }
 
+/// The kinds of `teal_controller_reconcile_errors_total` (see
+/// `reconcile::Error::metric_label`).
+pub const ERROR_KINDS: [&str; 3] = ["kube", "finalizer", "state"];
+
 /// The controller's metrics. Cheap to clone.
 #[derive(Clone)]
 pub struct Metrics {
@@ -52,6 +56,11 @@ impl Default for Metrics {
         let mut registry = Registry::with_prefix("teal_controller");
         let reconciles = Counter::default();
         let errors = Family::<ErrorLabels, Counter>::default();
+        // Every kind exists from the start (at 0), so dashboards and rate()
+        // see the series before the first failure.
+        for kind in ERROR_KINDS {
+            errors.get_or_create(&ErrorLabels { kind: kind.into() });
+        }
         let events = Family::<EventLabels, Counter>::default();
         let duration = Histogram::new([0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0]);
         registry.register("reconciles", "Reconciles of BlueGreens", reconciles.clone());

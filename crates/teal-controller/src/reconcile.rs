@@ -911,6 +911,27 @@ mod tests {
     use super::*;
 
     #[test]
+    fn every_error_kind_is_exported_from_the_start() {
+        let errors = [
+            Error::State(String::new()),
+            Error::Kube(kube::Error::LinesCodecMaxLineLengthExceeded),
+        ];
+        for e in &errors {
+            assert!(crate::metrics::ERROR_KINDS.contains(&e.metric_label()));
+        }
+        assert!(crate::metrics::ERROR_KINDS.contains(&"finalizer"));
+        let text = crate::metrics::Metrics::default().render();
+        for kind in crate::metrics::ERROR_KINDS {
+            assert!(
+                text.contains(&format!(
+                    "teal_controller_reconcile_errors_total{{kind=\"{kind}\"}} 0"
+                )),
+                "{text}"
+            );
+        }
+    }
+
+    #[test]
     fn a_cleared_status_field_is_sent_as_null() {
         let old = BlueGreenStatus {
             preview_color: Some(Color::Green),
