@@ -59,7 +59,7 @@ impl Default for Metrics {
         // Every kind exists from the start (at 0), so dashboards and rate()
         // see the series before the first failure.
         for kind in ERROR_KINDS {
-            errors.get_or_create(&ErrorLabels { kind: kind.into() });
+            let _ = errors.get_or_create(&ErrorLabels { kind: kind.into() });
         }
         let events = Family::<EventLabels, Counter>::default();
         let duration = Histogram::new([0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0]);
