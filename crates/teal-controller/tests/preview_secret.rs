@@ -5,7 +5,6 @@
 mod support;
 
 use std::collections::BTreeMap;
-use std::process::{Command, Stdio};
 use std::time::Duration;
 
 use k8s_openapi::api::core::v1::Secret;
@@ -14,43 +13,12 @@ use kube::api::PostParams;
 use kube::core::{ApiResource, DynamicObject};
 use serde_json::{Value, json};
 use support::{Case, case};
-use teal_testenv::{TestEnv, wait_for};
+use teal_testenv::wait_for;
 
 fn install_gateway_api_crds() {
-    let root = std::path::Path::new(env!("CARGO_MANIFEST_DIR")).join("../..");
-    let out = Command::new(root.join("scripts/upstream-crds"))
-        .arg("fetch")
-        .stderr(Stdio::inherit())
-        .output()
-        .expect("run scripts/upstream-crds");
-    assert!(out.status.success(), "scripts/upstream-crds fetch failed");
-    let dir = std::path::PathBuf::from(String::from_utf8(out.stdout).unwrap().trim());
-    let env = TestEnv::shared();
-    let out = env
-        .kubectl()
-        .args(["apply", "--server-side", "--force-conflicts", "-f"])
-        .arg(dir.join("gateway-api.yaml"))
-        .output()
-        .unwrap();
-    assert!(
-        out.status.success(),
-        "{}",
-        String::from_utf8_lossy(&out.stderr)
-    );
-    let out = env
-        .kubectl()
-        .args([
-            "wait",
-            "--for=condition=Established",
-            "crd/httproutes.gateway.networking.k8s.io",
-            "--timeout=60s",
-        ])
-        .output()
-        .unwrap();
-    assert!(
-        out.status.success(),
-        "{}",
-        String::from_utf8_lossy(&out.stderr)
+    support::install_upstream_crds(
+        &["gateway-api.yaml"],
+        &["crd/httproutes.gateway.networking.k8s.io"],
     );
 }
 

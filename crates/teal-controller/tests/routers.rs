@@ -8,7 +8,6 @@
 mod support;
 
 use std::collections::BTreeMap;
-use std::process::{Command, Stdio};
 use std::time::Duration;
 
 use kube::Api;
@@ -16,50 +15,18 @@ use kube::api::{DeleteParams, Patch, PatchParams, PostParams};
 use kube::core::{ApiResource, DynamicObject};
 use serde_json::{Value, json};
 use support::{Case, case};
-use teal_testenv::{TestEnv, wait_for};
+use teal_testenv::wait_for;
 
 /// Fetches (cached) and installs the upstream CRDs, server-side, as a
 /// cluster admin would.
 fn install_upstream_crds() {
-    let root = std::path::Path::new(env!("CARGO_MANIFEST_DIR")).join("../..");
-    let out = Command::new(root.join("scripts/upstream-crds"))
-        .arg("fetch")
-        .stderr(Stdio::inherit())
-        .output()
-        .expect("run scripts/upstream-crds");
-    assert!(out.status.success(), "scripts/upstream-crds fetch failed");
-    let dir = std::path::PathBuf::from(String::from_utf8(out.stdout).unwrap().trim());
-    let env = TestEnv::shared();
-    for file in ["istio.yaml", "gateway-api.yaml"] {
-        let path = dir.join(file);
-        let out = env
-            .kubectl()
-            .args(["apply", "--server-side", "--force-conflicts", "-f"])
-            .arg(&path)
-            .output()
-            .unwrap();
-        assert!(
-            out.status.success(),
-            "kubectl apply {file}: {}",
-            String::from_utf8_lossy(&out.stderr)
-        );
-    }
-    let out = env
-        .kubectl()
-        .args([
-            "wait",
-            "--for=condition=Established",
+    support::install_upstream_crds(
+        &["istio.yaml", "gateway-api.yaml"],
+        &[
             "crd/virtualservices.networking.istio.io",
             "crd/destinationrules.networking.istio.io",
             "crd/httproutes.gateway.networking.k8s.io",
-            "--timeout=60s",
-        ])
-        .output()
-        .unwrap();
-    assert!(
-        out.status.success(),
-        "{}",
-        String::from_utf8_lossy(&out.stderr)
+        ],
     );
 }
 

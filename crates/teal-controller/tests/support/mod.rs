@@ -286,3 +286,43 @@ impl Case {
             .collect()
     }
 }
+
+/// Fetches (cached) the upstream CRDs with `scripts/upstream-crds`, applies
+/// `files` of its output server-side as a cluster admin would, and waits
+/// until the `crds` (e.g. `crd/httproutes.gateway.networking.k8s.io`) are
+/// established. Blocking: call it through `spawn_blocking`.
+pub fn install_upstream_crds(files: &[&str], crds: &[&str]) {
+    let root = std::path::Path::new(env!("CARGO_MANIFEST_DIR")).join("../..");
+    let out = std::process::Command::new(root.join("scripts/upstream-crds"))
+        .arg("fetch")
+        .stderr(std::process::Stdio::inherit())
+        .output()
+        .expect("run scripts/upstream-crds");
+    assert!(out.status.success(), "scripts/upstream-crds fetch failed");
+    let dir = std::path::PathBuf::from(String::from_utf8(out.stdout).unwrap().trim());
+    let env = TestEnv::shared();
+    for file in files {
+        let out = env
+            .kubectl()
+            .args(["apply", "--server-side", "--force-conflicts", "-f"])
+            .arg(dir.join(file))
+            .output()
+            .unwrap();
+        assert!(
+            out.status.success(),
+            "kubectl apply {file}: {}",
+            String::from_utf8_lossy(&out.stderr)
+        );
+    }
+    let out = env
+        .kubectl()
+        .args(["wait", "--for=condition=Established", "--timeout=60s"])
+        .args(crds)
+        .output()
+        .unwrap();
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+}
