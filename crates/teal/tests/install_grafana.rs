@@ -177,19 +177,23 @@ async fn every_query_names_exposed_metrics_and_prometheus_accepts_it() {
             panic!("Prometheus rejects `{q}`: {e}");
         }
     }
-    let events = prom
-        .query(&as_grafana_sends(
-            promql
-                .iter()
-                .find(|e| e.starts_with("sum by (event) (increase("))
-                .unwrap(),
-        ))
-        .await
-        .unwrap();
-    assert!(
-        events.iter().any(|s| s.metric.contains_key("event")),
-        "release events have no data: {events:?}"
+    // increase() needs two samples of the controller's series; the router's
+    // rate above can show up first, so wait for those too.
+    let events_q = as_grafana_sends(
+        promql
+            .iter()
+            .find(|e| e.starts_with("sum by (event) (increase("))
+            .unwrap(),
     );
+    wait_for("release events", Duration::from_secs(60), || async {
+        let v = prom.query(&events_q).await.map_err(|e| e.to_string())?;
+        if v.iter().any(|s| s.metric.contains_key("event")) {
+            Ok(())
+        } else {
+            Err(format!("release events have no data: {v:?}"))
+        }
+    })
+    .await;
     let _ = controller.kill();
     let _ = controller.wait();
 }
