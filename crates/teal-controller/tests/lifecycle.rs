@@ -258,7 +258,9 @@ async fn abort_during_preview_and_after_cutover() {
 
 #[tokio::test]
 async fn rollback_inside_and_outside_the_scale_down_window() {
-    let (c, v1) = healthy(json!({"scaleDownDelay": "4s"}), "rollback").await;
+    // The window is long enough that a loaded machine still acts on the
+    // first rollback inside it.
+    let (c, v1) = healthy(json!({"scaleDownDelay": "15s"}), "rollback").await;
     c.set_image("shop", "shop:2", BTreeMap::new()).await;
     c.wait_status("in window", "shop", |s| {
         s.phase.as_deref() == Some("ScaleDownDelay")
