@@ -225,3 +225,66 @@ fn pathdiff(target: &std::path::Path, from: &std::path::Path) -> String {
     rel.push_str(target.strip_prefix("/").unwrap().to_str().unwrap());
     rel
 }
+
+/// The namespaced Role is the ClusterRole of deploy/rbac.yaml granted in one
+/// namespace, plus `update` on Leases (leader election, which the cluster
+/// install grants through its own Role). A rule added to one copy and not the
+/// other fails here, before a user's controller hits a Forbidden.
+#[test]
+fn the_namespaced_role_grants_what_the_cluster_role_grants() {
+    use std::collections::BTreeSet;
+    type Rules = BTreeSet<(String, String, BTreeSet<String>)>;
+    fn rules(file: &str, kind: &str) -> Rules {
+        let text = std::fs::read_to_string(deploy_path(file)).unwrap();
+        let docs: Vec<serde_json::Value> = serde_saphyr::from_multiple(&text).unwrap();
+        let role = docs
+            .iter()
+            .find(|d| d["kind"] == kind && d["metadata"]["name"] == "teal-controller")
+            .unwrap_or_else(|| panic!("no {kind} teal-controller in {file}"));
+        let strs = |v: &serde_json::Value| -> Vec<String> {
+            v.as_array()
+                .unwrap()
+                .iter()
+                .map(|s| s.as_str().unwrap().to_string())
+                .collect()
+        };
+        let mut out = Rules::new();
+        for rule in role["rules"].as_array().unwrap() {
+            for group in strs(&rule["apiGroups"]) {
+                for resource in strs(&rule["resources"]) {
+                    out.insert((
+                        group.clone(),
+                        resource,
+                        strs(&rule["verbs"]).into_iter().collect(),
+                    ));
+                }
+            }
+        }
+        out
+    }
+    let mut cluster = rules("rbac.yaml", "ClusterRole");
+    let leases = (
+        "coordination.k8s.io".to_string(),
+        "leases".to_string(),
+        cluster
+            .iter()
+            .find(|(g, r, _)| g == "coordination.k8s.io" && r == "leases")
+            .map(|(_, _, v)| v.clone())
+            .expect("the ClusterRole grants Leases"),
+    );
+    cluster.remove(&leases);
+    let mut with_update = leases.clone();
+    with_update.2.insert("update".to_string());
+    cluster.insert(with_update);
+    let namespaced = rules("namespaced/rbac.yaml", "Role");
+    assert_eq!(
+        namespaced.difference(&cluster).collect::<Vec<_>>(),
+        Vec::<&(String, String, BTreeSet<String>)>::new(),
+        "granted only by deploy/namespaced/rbac.yaml"
+    );
+    assert_eq!(
+        cluster.difference(&namespaced).collect::<Vec<_>>(),
+        Vec::<&(String, String, BTreeSet<String>)>::new(),
+        "granted by deploy/rbac.yaml but not by deploy/namespaced/rbac.yaml"
+    );
+}
