@@ -10,7 +10,7 @@ use std::process::Stdio;
 use std::time::Duration;
 
 use k8s_openapi::api::apps::v1::Deployment;
-use k8s_support::{apply_deploy_files, kubectl};
+use k8s_support::{apply_deploy_files, kubectl, wait_bluegreen, workload_and_bluegreen};
 use kube::Api;
 use kube::api::{Patch, PatchParams};
 use serde_json::json;
@@ -64,26 +64,7 @@ async fn teal(env: &TestEnv, ns: &str, args: &[&str]) -> Out {
 async fn setup(env: &TestEnv, prefix: &str, bg_extra: &str, controller: bool) -> String {
     apply_deploy_files(env, &["crd.yaml"]);
     let ns = env.namespace(prefix).await;
-    let manifest = format!(
-        r#"
-apiVersion: apps/v1
-kind: Deployment
-metadata: {{name: shop}}
-spec:
-  replicas: 2
-  selector: {{matchLabels: {{app: shop}}}}
-  template:
-    metadata: {{labels: {{app: shop}}}}
-    spec: {{containers: [{{name: app, image: "shop:1", ports: [{{name: http, containerPort: 8080}}]}}]}}
----
-apiVersion: teal.dev/v1alpha1
-kind: BlueGreen
-metadata: {{name: shop}}
-spec:
-  workloadRef: {{kind: Deployment, name: shop}}
-{bg_extra}
-"#
-    );
+    let manifest = workload_and_bluegreen("shop", &format!("{bg_extra}\n"));
     kubectl(env, &["apply", "-n", &ns, "-f", "-"], Some(&manifest));
     if controller {
         let opts = teal_controller::Options {
@@ -107,13 +88,9 @@ async fn status(env: &TestEnv, ns: &str) -> BlueGreenStatus {
 }
 
 async fn wait_phase(env: &TestEnv, ns: &str, phase: &str) -> BlueGreenStatus {
-    wait_for(phase, Duration::from_secs(120), || async {
-        let st = status(env, ns).await;
-        if st.phase.as_deref() == Some(phase) {
-            Ok(st)
-        } else {
-            Err(format!("{:?}: {:?}", st.phase, st.message))
-        }
+    let api: Api<BlueGreen> = Api::namespaced(env.client(), ns);
+    wait_bluegreen(&api, "shop", phase, 120, |st| {
+        st.phase.as_deref() == Some(phase)
     })
     .await
 }

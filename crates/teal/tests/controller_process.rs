@@ -10,7 +10,7 @@ use std::time::Duration;
 
 use k8s_openapi::api::apps::v1::Deployment;
 use k8s_openapi::api::coordination::v1::Lease;
-use k8s_support::{apply_deploy_files, kubectl};
+use k8s_support::{apply_deploy_files, kubectl, live_color, workload_and_bluegreen};
 use kube::Api;
 use kube::api::{Patch, PatchParams};
 use serde_json::json;
@@ -29,27 +29,9 @@ fn free_port() -> u16 {
 async fn setup(env: &TestEnv, prefix: &str, bg_extra: &str) -> String {
     apply_deploy_files(env, &["crd.yaml"]);
     let ns = env.namespace(prefix).await;
-    let manifest = format!(
-        r#"
-apiVersion: apps/v1
-kind: Deployment
-metadata: {{name: shop}}
-spec:
-  replicas: 2
-  selector: {{matchLabels: {{app: shop}}}}
-  template:
-    metadata: {{labels: {{app: shop}}}}
-    spec: {{containers: [{{name: app, image: "shop:1", ports: [{{name: http, containerPort: 8080}}]}}]}}
----
-apiVersion: teal.dev/v1alpha1
-kind: BlueGreen
-metadata: {{name: shop}}
-spec:
-  workloadRef: {{kind: Deployment, name: shop}}
-  scaleDownDelay: 2s
-  progressDeadline: 60s
-{bg_extra}
-"#
+    let manifest = workload_and_bluegreen(
+        "shop",
+        &format!("  scaleDownDelay: 2s\n  progressDeadline: 60s\n{bg_extra}\n"),
     );
     kubectl(env, &["apply", "-n", &ns, "-f", "-"], Some(&manifest));
     ns
@@ -166,17 +148,8 @@ async fn killed_mid_release_the_controller_resumes_and_finishes_exactly_once() {
             st.history
         );
         assert_eq!(records[0].outcome, "promoted");
-        let svc: Api<k8s_openapi::api::core::v1::Service> = Api::namespaced(client.clone(), &ns);
-        let sel = svc
-            .get("shop")
-            .await
-            .unwrap()
-            .spec
-            .unwrap()
-            .selector
-            .unwrap();
         assert_eq!(
-            sel.get("teal.dev/color").map(String::as_str),
+            live_color(&client, &ns, "shop").await.as_deref(),
             st.active_color.map(|c| c.as_str())
         );
     }

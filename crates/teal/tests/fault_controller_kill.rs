@@ -15,7 +15,7 @@ use std::time::Duration;
 use futures_util::StreamExt;
 use k8s_openapi::api::apps::v1::Deployment;
 use k8s_openapi::api::core::v1::Service;
-use k8s_support::{apply_deploy_files, kubectl};
+use k8s_support::{apply_deploy_files, kubectl, live_color, wait_bluegreen};
 use kube::Api;
 use kube::api::{Patch, PatchParams, WatchEvent, WatchParams};
 use serde_json::json;
@@ -177,34 +177,15 @@ spec:
     let healthy_at = |want: Option<String>| {
         let bgs = bgs.clone();
         async move {
-            wait_for(
+            wait_bluegreen(
+                &bgs,
+                "shop",
                 "Healthy at the workload's revision",
-                Duration::from_secs(180),
-                || {
-                    let bgs = bgs.clone();
-                    let want = want.clone();
-                    async move {
-                        let st = bgs
-                            .get("shop")
-                            .await
-                            .map_err(|e| e.to_string())?
-                            .status
-                            .unwrap_or_default();
-                        let ok = st.phase.as_deref() == Some("Healthy")
-                            && st.active_revision.is_some()
-                            && (want.is_none() || st.active_revision == want);
-                        if ok {
-                            Ok(st)
-                        } else {
-                            Err(format!(
-                                "{:?} {:?} {:?} engine {}",
-                                st.phase,
-                                st.active_revision,
-                                st.message,
-                                serde_json::to_string(&st.engine).unwrap_or_default()
-                            ))
-                        }
-                    }
+                180,
+                |st| {
+                    st.phase.as_deref() == Some("Healthy")
+                        && st.active_revision.is_some()
+                        && (want.is_none() || st.active_revision == want)
                 },
             )
             .await
@@ -245,17 +226,8 @@ spec:
             st.history
         );
         assert_eq!(records[0].outcome, "promoted", "seed {seed}");
-        let svc: Api<Service> = Api::namespaced(client.clone(), &ns);
-        let live = svc
-            .get("shop")
-            .await
-            .unwrap()
-            .spec
-            .unwrap()
-            .selector
-            .unwrap();
         assert_eq!(
-            live.get("teal.dev/color").map(String::as_str),
+            live_color(&client, &ns, "shop").await.as_deref(),
             st.active_color.map(|c| c.as_str()),
             "seed {seed}"
         );

@@ -96,21 +96,8 @@ async fn status(bgs: &Api<BlueGreen>) -> teal_api::BlueGreenStatus {
 }
 
 async fn wait_phase(bgs: &Api<BlueGreen>, phase: &'static str) -> teal_api::BlueGreenStatus {
-    wait_for(phase, Duration::from_secs(90), || {
-        let bgs = bgs.clone();
-        async move {
-            let st = bgs
-                .get("shop")
-                .await
-                .map_err(|e| e.to_string())?
-                .status
-                .unwrap_or_default();
-            if st.phase.as_deref() == Some(phase) {
-                Ok(st)
-            } else {
-                Err(format!("phase {:?}: {:?}", st.phase, st.message))
-            }
-        }
+    k8s_support::wait_bluegreen(bgs, "shop", phase, 90, |st| {
+        st.phase.as_deref() == Some(phase)
     })
     .await
 }

@@ -193,3 +193,49 @@ spec:
 {extra}"#
     )
 }
+
+#[allow(dead_code)]
+/// BlueGreen `name`'s status once `ok` holds for it, polling the apiserver
+/// for up to `secs` seconds.
+pub async fn wait_bluegreen(
+    bgs: &kube::Api<teal_api::BlueGreen>,
+    name: &str,
+    what: &str,
+    secs: u64,
+    ok: impl Fn(&teal_api::BlueGreenStatus) -> bool,
+) -> teal_api::BlueGreenStatus {
+    teal_testenv::wait_for(what, std::time::Duration::from_secs(secs), || async {
+        let st = bgs
+            .get(name)
+            .await
+            .map_err(|e| e.to_string())?
+            .status
+            .unwrap_or_default();
+        if ok(&st) {
+            Ok(st)
+        } else {
+            Err(format!(
+                "phase {:?}, active {:?} at {:?}: {:?}; engine {}",
+                st.phase,
+                st.active_color,
+                st.active_revision,
+                st.message,
+                serde_json::to_string(&st.engine).unwrap_or_default()
+            ))
+        }
+    })
+    .await
+}
+
+#[allow(dead_code)]
+/// The color the live Service `service` selects (None: no color label).
+pub async fn live_color(client: &kube::Client, ns: &str, service: &str) -> Option<String> {
+    let svc: kube::Api<k8s_openapi::api::core::v1::Service> =
+        kube::Api::namespaced(client.clone(), ns);
+    svc.get(service)
+        .await
+        .unwrap()
+        .spec
+        .and_then(|s| s.selector)
+        .and_then(|s| s.get("teal.dev/color").cloned())
+}
