@@ -10,7 +10,7 @@ use std::time::Duration;
 
 use k8s_openapi::api::apps::v1::Deployment;
 use k8s_openapi::api::coordination::v1::Lease;
-use k8s_support::{apply_deploy_files, kubectl, live_color, workload_and_bluegreen};
+use k8s_support::{apply_deploy_files, kubectl, live_color, wait_healthy, workload_and_bluegreen};
 use kube::Api;
 use kube::api::{Patch, PatchParams};
 use serde_json::json;
@@ -87,25 +87,7 @@ async fn wait_healthy_at(
     api: &Api<BlueGreen>,
     revision: Option<&str>,
 ) -> teal_api::BlueGreenStatus {
-    wait_for(
-        "Healthy at the desired revision",
-        Duration::from_secs(90),
-        || async {
-            let st = status(api).await;
-            let ok = st.phase.as_deref() == Some("Healthy")
-                && st.active_revision.is_some()
-                && (revision.is_none() || st.active_revision.as_deref() == revision);
-            if ok {
-                Ok(st)
-            } else {
-                Err(format!(
-                    "{:?} {:?} {:?}",
-                    st.phase, st.active_revision, st.message
-                ))
-            }
-        },
-    )
-    .await
+    wait_healthy(api, "shop", revision).await
 }
 
 async fn set_image(deps: &Api<Deployment>, image: &str) {

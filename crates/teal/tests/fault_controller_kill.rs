@@ -15,7 +15,7 @@ use std::time::Duration;
 use futures_util::StreamExt;
 use k8s_openapi::api::apps::v1::Deployment;
 use k8s_openapi::api::core::v1::Service;
-use k8s_support::{apply_deploy_files, kubectl, live_color, wait_bluegreen};
+use k8s_support::{apply_deploy_files, kubectl, live_color, wait_healthy};
 use kube::Api;
 use kube::api::{Patch, PatchParams, WatchEvent, WatchParams};
 use serde_json::json;
@@ -176,20 +176,7 @@ spec:
     let mut ctl = Controller::start(env, &ns);
     let healthy_at = |want: Option<String>| {
         let bgs = bgs.clone();
-        async move {
-            wait_bluegreen(
-                &bgs,
-                "shop",
-                "Healthy at the workload's revision",
-                180,
-                |st| {
-                    st.phase.as_deref() == Some("Healthy")
-                        && st.active_revision.is_some()
-                        && (want.is_none() || st.active_revision == want)
-                },
-            )
-            .await
-        }
+        async move { wait_healthy(&bgs, "shop", want.as_deref()).await }
     };
     healthy_at(None).await;
     let switches = Arc::new(Mutex::new(Switches::default()));

@@ -112,22 +112,15 @@ pub async fn wait_healthy(
     name: &str,
     want: Option<&str>,
 ) -> teal_api::BlueGreenStatus {
-    teal_testenv::wait_for(
+    wait_bluegreen(
+        bgs,
+        name,
         &format!("BlueGreen {name} Healthy at {want:?}"),
-        std::time::Duration::from_secs(90),
-        || async {
-            let st = bgs
-                .get(name)
-                .await
-                .map_err(|e| e.to_string())?
-                .status
-                .unwrap_or_default();
-            let at = want.is_none() || st.active_revision.as_deref() == want;
-            if st.phase.as_deref() == Some("Healthy") && at {
-                Ok(st)
-            } else {
-                Err(format!("{:?} {:?}", st.phase, st.message))
-            }
+        180,
+        |st| {
+            st.phase.as_deref() == Some("Healthy")
+                && st.active_revision.is_some()
+                && (want.is_none() || st.active_revision.as_deref() == want)
         },
     )
     .await
