@@ -327,6 +327,10 @@ pub struct ReleaseRecord {
     /// Unix milliseconds.
     pub started_at: i64,
     pub ended_at: i64,
+    /// True for an operator rollback to an earlier revision (`teal rollback`
+    /// after the release it undoes had finished).
+    #[serde(default, skip_serializing_if = "std::ops::Not::not")]
+    pub rollback: bool,
 }
 
 impl From<&teal_core::release::Record> for ReleaseRecord {
@@ -341,6 +345,7 @@ impl From<&teal_core::release::Record> for ReleaseRecord {
             reason: r.reason.clone(),
             started_at: r.started_at as i64,
             ended_at: r.ended_at as i64,
+            rollback: r.rollback,
         }
     }
 }

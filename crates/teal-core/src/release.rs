@@ -237,6 +237,11 @@ pub struct Record {
     pub reason: String,
     pub started_at: Millis,
     pub ended_at: Millis,
+    /// An operator rollback to an earlier revision after the release it
+    /// undoes had finished: released like any other, but not what the
+    /// workload asks for.
+    #[serde(default, skip_serializing_if = "std::ops::Not::not")]
+    pub rollback: bool,
 }
 
 /// What the runtime observed of one color.
@@ -1098,6 +1103,7 @@ impl Machine {
             reason,
             started_at: r.started_at,
             ended_at: now,
+            rollback: r.rollback,
         });
         if self.history.len() > HISTORY_LIMIT {
             let extra = self.history.len() - HISTORY_LIMIT;
@@ -1395,14 +1401,14 @@ impl Machine {
             }
             Phase::ScaleDownDelay => {
                 let old = r.previous.color;
+                let reason = if r.rollback {
+                    format!("rolled back to revision {rev}; {old} scaled down")
+                } else {
+                    format!("promoted; {old} scaled down")
+                };
                 self.request(old, None, 0);
                 out.push(Action::Retire { color: old });
-                self.finish(
-                    now,
-                    Outcome::Promoted,
-                    format!("promoted; {old} scaled down"),
-                    out,
-                );
+                self.finish(now, Outcome::Promoted, reason, out);
             }
             _ => {}
         }

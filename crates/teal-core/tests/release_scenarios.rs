@@ -239,6 +239,19 @@ fn rollback_inside_and_outside_the_scale_down_window() {
     assert_eq!(w.analysis, None, "a rollback skips analysis");
     assert_eq!(w.production, Some(Blue));
     assert_eq!(w.production_revision().as_deref(), Some("v1"));
+    w.settle(Verdict::Pass);
+    let last = w.machine.history.last().unwrap();
+    assert_eq!(
+        (last.revision.as_str(), last.outcome),
+        ("v1", Outcome::Promoted)
+    );
+    assert!(last.rollback, "history tells the rollback from a release");
+    assert!(
+        last.reason.starts_with("rolled back to revision v1"),
+        "{}",
+        last.reason
+    );
+    assert!(!w.machine.history.iter().rev().nth(1).unwrap().rollback);
 }
 
 #[test]
