@@ -233,7 +233,14 @@ impl Harness {
             }
             Op::Promote(full) => self.step(Input::Command(Command::Promote { full })),
             Op::Abort => self.step(Input::Command(Command::Abort)),
-            Op::Rollback => self.step(Input::Command(Command::Rollback)),
+            Op::Rollback => {
+                self.step(Input::Command(Command::Rollback));
+                // After a finished release, rollback releases the previous
+                // revision again on purpose, even one that was once superseded.
+                if let Some(r) = self.w.machine.release.as_ref().filter(|r| r.rollback) {
+                    self.superseded.remove(&r.revision);
+                }
+            }
             Op::Retry => self.step(Input::Command(Command::Retry)),
             Op::Advance(ms) => {
                 self.w.now += ms;
