@@ -43,27 +43,27 @@ fn ns_error(name: &str, message: impl Into<String>) -> Error {
     }
 }
 
-/// Runs `ip ARGS…` and fails with its standard error.
-fn ip(name: &str, args: &[&str]) -> Result<(), Error> {
-    let out = Command::new("ip").args(args).output().map_err(|e| {
-        ns_error(
-            name,
-            format!("cannot run `ip` (install iproute2, scripts/setup-deps does): {e}"),
-        )
-    })?;
+/// Runs `ip ARGS…`; the error says what failed, with `ip`'s standard error.
+fn run_ip(args: &[&str]) -> Result<(), String> {
+    let out = Command::new("ip")
+        .args(args)
+        .output()
+        .map_err(|e| format!("cannot run `ip` (install iproute2, scripts/setup-deps does): {e}"))?;
     if out.status.success() {
         Ok(())
     } else {
-        Err(ns_error(
-            name,
-            format!(
-                "`ip {}` failed ({}): {}",
-                args.join(" "),
-                out.status,
-                String::from_utf8_lossy(&out.stderr).trim()
-            ),
+        Err(format!(
+            "`ip {}` failed ({}): {}",
+            args.join(" "),
+            out.status,
+            String::from_utf8_lossy(&out.stderr).trim()
         ))
     }
+}
+
+/// Like [`run_ip`], naming the namespace in the error.
+fn ip(name: &str, args: &[&str]) -> Result<(), Error> {
+    run_ip(args).map_err(|m| ns_error(name, m))
 }
 
 impl NetNs {
@@ -78,12 +78,12 @@ impl NetNs {
             std::process::id(),
             N.fetch_add(1, Ordering::SeqCst)
         );
-        ip(&name, &["netns", "add", &name]).map_err(|e| {
+        run_ip(&["netns", "add", &name]).map_err(|e| {
             ns_error(
                 &name,
                 format!(
-                    "cannot create it; the test needs a network namespace, which takes root \
-                     or CAP_SYS_ADMIN and CAP_NET_ADMIN: {e}"
+                    "cannot create it ({e}); this test needs a network namespace of its own, \
+                     which takes root or CAP_SYS_ADMIN and CAP_NET_ADMIN"
                 ),
             )
         })?;
