@@ -443,7 +443,9 @@ impl Cluster {
         green
     }
 
-    async fn promote(&self) {
+    /// Promotes; returns the time (Unix ms) just before.
+    async fn promote(&self) -> i64 {
+        let at = now_us() / 1000;
         self.bgs
             .patch(
                 BG,
@@ -454,11 +456,14 @@ impl Cluster {
             )
             .await
             .unwrap();
+        at
     }
 
-    /// Waits for the confirmed switch to green; checks every router
-    /// replica's Lease reports its generation.
-    async fn confirmed(&self) -> RouterStatus {
+    /// Waits for the confirmed switch to green after a promotion at
+    /// `promoted` (Unix ms); checks every router replica's Lease reports its
+    /// generation, and that the status times lie between the promotion and
+    /// now on the test's clock (they are comparable to the request times).
+    async fn confirmed(&self, promoted: i64) -> RouterStatus {
         let st = k8s_support::wait_bluegreen(
             &self.bgs,
             BG,
@@ -471,8 +476,17 @@ impl Cluster {
             },
         )
         .await;
+        let seen = now_us() / 1000;
         let r = st.router.unwrap();
-        assert!(r.switch_confirmed_at >= r.switch_requested_at, "{r:?}");
+        let (requested, confirmed) = (
+            r.switch_requested_at.unwrap(),
+            r.switch_confirmed_at.unwrap(),
+        );
+        assert!(
+            promoted <= requested && requested <= confirmed && confirmed <= seen,
+            "promoted at {promoted}, requested at {requested}, confirmed at {confirmed}, seen at {seen}: \
+             the controller's clock is not the test's"
+        );
         for pod in &self.router_names {
             assert!(
                 lease_generation(&self.leases, pod).await >= Some(r.generation),
@@ -581,8 +595,8 @@ async fn a_release_through_teal_routers_in_a_network_namespace_serves_every_requ
     c.load(&mut load, 2, Mark::Guess, Some(("x-version", "green")));
     tokio::time::sleep(Duration::from_secs(2)).await;
 
-    c.promote().await;
-    let r = c.confirmed().await;
+    let promoted = c.promote().await;
+    let r = c.confirmed(promoted).await;
     c.finish(load, &r, &green[0].1).await;
 }
 
@@ -619,7 +633,7 @@ async fn a_stopped_router_replica_holds_the_switch_and_the_secret_header_reaches
         .router
         .unwrap()
         .generation;
-    c.promote().await;
+    let promoted = c.promote().await;
     let (running, held) = (c.router_names[1].clone(), c.router_names[0].clone());
     let target = wait_switch_reported(&c.bgs, &c.leases, BG, &running, gen_before).await;
     // However long it stays stopped, the switch stays unconfirmed, and the
@@ -641,7 +655,7 @@ async fn a_stopped_router_replica_holds_the_switch_and_the_secret_header_reaches
 
     let resumed_ms = now_us() / 1000;
     kill(stopped, Signal::SIGCONT).unwrap();
-    let r = c.confirmed().await;
+    let r = c.confirmed(promoted).await;
     assert_eq!(r.generation, target);
     assert!(
         r.switch_confirmed_at.unwrap() >= resumed_ms,
