@@ -133,6 +133,9 @@ struct Sample {
 struct Report {
     samples: Vec<Sample>,
     failures: Vec<String>,
+    /// Per connection: what it sent and the colors that answered it, in
+    /// order, repeats left out.
+    connections: Vec<(Mark, Vec<String>)>,
 }
 
 /// One keep-alive HTTP/1.1 connection (made inside the namespace) sending
@@ -185,10 +188,13 @@ async fn client(
                 report
                     .failures
                     .push(format!("{mark:?} request at {start_us} µs: {e}"));
-                return report;
+                break;
             }
         }
     }
+    let mut colors: Vec<String> = report.samples.iter().map(|s| s.color.clone()).collect();
+    colors.dedup();
+    report.connections.push((mark, colors));
     report
 }
 
@@ -234,6 +240,7 @@ impl Load {
             let r = t.await.unwrap();
             all.samples.extend(r.samples);
             all.failures.extend(r.failures);
+            all.connections.extend(r.connections);
         }
         all
     }
@@ -529,9 +536,10 @@ impl Cluster {
 }
 
 /// Checks a release's requests against the switch times in `r`: none
-/// failed; those that started after the confirmation (and every preview
-/// request) were served by green at `green_rev`; production requests that
-/// ended before the switch was requested by blue at `blue_rev`. Returns the
+/// failed; each connection saw blue then green (preview: green only); those
+/// that started after the confirmation (and every preview request) were
+/// served by green at `green_rev`; production requests that ended before
+/// the switch was requested by blue at `blue_rev`. Returns the
 /// judged counts: (before, after, previewed, guessed before).
 fn judge(report: &Report, r: &RouterStatus, blue_rev: &str, green_rev: &str) -> [usize; 4] {
     assert!(
@@ -540,6 +548,15 @@ fn judge(report: &Report, r: &RouterStatus, blue_rev: &str, green_rev: &str) -> 
         report.failures.len(),
         report.failures.first()
     );
+    // Every connection was opened before the switch and lasted past it:
+    // keep-alive connections move to green at the switch, and never back.
+    for (mark, colors) in &report.connections {
+        let want: &[&str] = match mark {
+            Mark::Preview => &["green"],
+            Mark::Plain | Mark::Guess => &["blue", "green"],
+        };
+        assert_eq!(colors, want, "colors on one {mark:?} connection, in order");
+    }
     let requested = r.switch_requested_at.unwrap();
     let confirmed = r.switch_confirmed_at.unwrap();
     let (green, blue) = (("green", green_rev), ("blue", blue_rev));
