@@ -73,6 +73,7 @@ impl NetNs {
     /// need one must run as root or with `CAP_SYS_ADMIN` and `CAP_NET_ADMIN`.
     pub fn create(prefix: &str) -> Result<NetNs, Error> {
         static N: AtomicU32 = AtomicU32::new(0);
+        remove_stale();
         let name = format!(
             "teal-{prefix}-{}-{}",
             std::process::id(),
@@ -190,6 +191,32 @@ impl NetNs {
             thread: Some(thread),
         });
         Ok(())
+    }
+}
+
+/// Deletes namespaces this module made for test processes that no longer run (killed before
+/// they could drop them): names `teal-<prefix>-<pid>-<n>` whose pid has no `/proc` entry.
+fn remove_stale() {
+    let Ok(out) = Command::new("ip").args(["netns", "list"]).output() else {
+        return;
+    };
+    for line in String::from_utf8_lossy(&out.stdout).lines() {
+        let Some(name) = line.split_whitespace().next() else {
+            continue;
+        };
+        let mut parts = name.rsplit('-');
+        let (Some(n), Some(pid)) = (parts.next(), parts.next()) else {
+            continue;
+        };
+        let ours = name.starts_with("teal-")
+            && n.parse::<u32>().is_ok()
+            && pid.parse::<u32>().is_ok_and(|p| p != std::process::id());
+        if ours
+            && !std::path::Path::new("/proc").join(pid).exists()
+            && let Err(e) = run_ip(&["netns", "delete", name])
+        {
+            tracing::warn!("stale network namespace {name}: {e}");
+        }
     }
 }
 

@@ -94,3 +94,24 @@ fn the_forwarder_reaches_a_host_loopback_server_from_inside() {
     drop(ns);
     assert!(!namespaces().contains(&name));
 }
+
+#[test]
+fn namespaces_of_test_processes_that_are_gone_are_removed() {
+    // A process that has exited: its namespace was never dropped.
+    let mut gone = Command::new("true").spawn().unwrap();
+    let pid = gone.id();
+    gone.wait().unwrap();
+    let stale = format!("teal-stale-{pid}-0");
+    let out = Command::new("ip")
+        .args(["netns", "add", &stale])
+        .output()
+        .unwrap();
+    assert!(out.status.success(), "{out:?}");
+    // One of a running process (this one) stays.
+    let live = NetNs::create("live").unwrap();
+    let ns = NetNs::create("sweep").unwrap();
+    let listed = namespaces();
+    assert!(!listed.contains(&stale), "{stale} still listed: {listed}");
+    assert!(listed.contains(live.name()), "{listed}");
+    drop((ns, live));
+}
