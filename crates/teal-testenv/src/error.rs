@@ -42,6 +42,9 @@ pub enum Error {
         after: Duration,
         last: String,
     },
+    /// A network namespace could not be created, used or deleted.
+    #[error("network namespace {name}: {message}")]
+    NetNs { name: String, message: String },
     /// A request to Prometheus failed or its answer was not understood.
     #[error("prometheus: {0}")]
     Prometheus(String),

@@ -25,9 +25,10 @@
 //! # }
 //! ```
 //!
-//! Pod IPs in this cluster are made up by kwok: nothing listens on them, so never send
-//! traffic to them. Pod behaviour (readiness delay, never ready, crash loop) is steered by
-//! annotations on the pod template, see [`sim`].
+//! Pod IPs in this cluster are made up by kwok: nothing listens on them on the host, so never
+//! send traffic to them there; to serve real traffic on them, run the processes in a network
+//! namespace of the test's own ([`netns::NetNs`]). Pod behaviour (readiness delay, never
+//! ready, crash loop) is steered by annotations on the pod template, see [`sim`].
 //!
 //! When a test panics the state directory (with every component's log) is kept and its path
 //! printed; otherwise it is removed at exit. Set `TEAL_TESTENV_KEEP=1` to always keep it.
@@ -35,6 +36,7 @@
 
 mod env;
 mod error;
+pub mod netns;
 pub mod prometheus;
 pub mod receiver;
 mod supervisor;

@@ -10,65 +10,30 @@ mod k8s_support;
 mod router_support;
 
 use std::collections::BTreeMap;
-use std::process::{Child, Command, Stdio};
-use std::time::Duration;
+use std::process::Command;
 
 use k8s_openapi::api::coordination::v1::Lease;
 use k8s_openapi::api::core::v1::Pod;
 use kube::Api;
-use kube::api::{ListParams, Patch, PatchParams, PostParams};
-use router_support::{Proc, spawn_teal_env};
+use kube::api::{Patch, PatchParams, PostParams};
+use router_support::Proc;
+use router_support::kubernetes::{
+    color_pods, controller, follow, lease_generation, ready_router_pods, wait_switch_reported,
+};
 use serde_json::json;
 use teal_api::BlueGreen;
-use teal_testenv::{TestEnv, wait_for};
+use teal_testenv::TestEnv;
 
-struct Killed(Child);
-
-impl Drop for Killed {
-    fn drop(&mut self) {
-        let _ = self.0.kill();
-        let _ = self.0.wait();
-    }
-}
-
-fn field(line: &str, key: &str) -> String {
-    line.split_whitespace()
-        .find_map(|w| w.strip_prefix(key))
-        .unwrap_or_else(|| panic!("no {key} in {line:?}"))
-        .to_string()
-}
-
-/// A router replica: `teal router` following BlueGreen `shop` as pod `pod`.
+/// A router replica on loopback.
 fn router(env: &TestEnv, ns: &str, pod: &Pod) -> (Proc, std::net::SocketAddr) {
-    let dir = router_support::temp_dir();
-    let token = dir.join("token");
-    std::fs::write(&token, format!("{}\n", router_support::TOKEN)).unwrap();
-    let name = pod.metadata.name.clone().unwrap();
-    let uid = pod.metadata.uid.clone().unwrap();
-    let kubeconfig = env.kubeconfig_path().display().to_string();
-    let token = token.display().to_string();
-    let p = spawn_teal_env(
-        &[
-            "router",
-            "--listen",
-            "127.0.0.1:0",
-            "--admin",
-            "127.0.0.1:0",
-            "--admin-token-file",
-            &token,
-            "--kubernetes-bluegreen",
-            "shop",
-            "--kubernetes-namespace",
-            ns,
-            "--pod-name",
-            &name,
-            "--pod-uid",
-            &uid,
-        ],
-        &[("KUBECONFIG", kubeconfig.as_str())],
-    );
-    let admin = field(&p.line, "admin=").parse().unwrap();
-    (p, admin)
+    follow(
+        Command::new(env!("CARGO_BIN_EXE_teal")),
+        env.kubeconfig_path(),
+        ns,
+        "shop",
+        pod,
+        "127.0.0.1:0",
+    )
 }
 
 async fn create_workload(client: &kube::Client, ns: &str) {
@@ -102,36 +67,13 @@ async fn wait_phase(bgs: &Api<BlueGreen>, phase: &'static str) -> teal_api::Blue
     .await
 }
 
-/// IPs of the ready pods of `color`, with port 8080, sorted.
+/// Pod addresses of `color`, with port 8080, sorted.
 async fn color_endpoints(pods: &Api<Pod>, color: &str) -> Vec<String> {
-    let list = pods
-        .list(
-            &ListParams::default()
-                .labels(&format!("teal.dev/bluegreen=shop,teal.dev/color={color}")),
-        )
+    color_pods(pods, "shop", color)
         .await
-        .unwrap();
-    let mut v: Vec<String> = list
-        .items
         .iter()
-        .filter(|p| p.metadata.deletion_timestamp.is_none())
-        .filter_map(|p| p.status.as_ref()?.pod_ip.clone())
-        .map(|ip| format!("{ip}:8080"))
-        .collect();
-    v.sort();
-    v
-}
-
-async fn lease_generation(leases: &Api<Lease>, pod: &str) -> Option<i64> {
-    leases
-        .get_opt(pod)
-        .await
-        .ok()??
-        .metadata
-        .annotations?
-        .get("teal.dev/route-generation")?
-        .parse()
-        .ok()
+        .map(|(ip, _)| format!("{ip}:8080"))
+        .collect()
 }
 
 #[tokio::test]
@@ -156,52 +98,12 @@ async fn teal_router_replicas_follow_a_release_and_acknowledge_the_switch() {
     }))
     .unwrap();
     bgs.create(&PostParams::default(), &bg).await.unwrap();
-    let _controller = Killed(
-        Command::new(env!("CARGO_BIN_EXE_teal"))
-            .args([
-                "controller",
-                "--namespace",
-                &ns,
-                "--no-leader-election",
-                "--metrics-addr",
-                "127.0.0.1:0",
-            ])
-            .env("KUBECONFIG", env.kubeconfig_path())
-            .env("TEAL_ROUTER_IMAGE", "teal:test")
-            .stdout(Stdio::null())
-            .stderr(Stdio::inherit())
-            .spawn()
-            .unwrap(),
-    );
+    let _controller = controller(env, &ns);
 
     // The router Deployment runs (as kwok pods); the test plays their
     // processes.
     let pods: Api<Pod> = Api::namespaced(client.clone(), &ns);
-    let router_pods = wait_for("2 ready router pods", Duration::from_secs(90), || {
-        let pods = pods.clone();
-        async move {
-            let l = pods
-                .list(&ListParams::default().labels("teal.dev/router=shop"))
-                .await
-                .map_err(|e| e.to_string())?;
-            let ready: Vec<Pod> = l
-                .items
-                .into_iter()
-                .filter(|p| {
-                    p.status
-                        .as_ref()
-                        .and_then(|s| s.conditions.as_ref())
-                        .is_some_and(|c| c.iter().any(|c| c.type_ == "Ready" && c.status == "True"))
-                })
-                .collect();
-            if ready.len() == 2 {
-                Ok(ready)
-            } else {
-                Err(format!("{} ready", ready.len()))
-            }
-        }
-    })
-    .await;
+    let router_pods = ready_router_pods(&pods, "shop", 2).await;
     let deployments: Api<k8s_openapi::api::apps::v1::Deployment> =
         Api::namespaced(client.clone(), &ns);
     let d = deployments.get("shop-router").await.unwrap();
@@ -280,32 +182,7 @@ async fn teal_router_replicas_follow_a_release_and_acknowledge_the_switch() {
     .await
     .unwrap();
     let leases: Api<Lease> = Api::namespaced(client.clone(), &ns);
-    let target = wait_for(
-        "the other replica serves the switch",
-        Duration::from_secs(60),
-        || {
-            let (bgs, leases, pod2) = (bgs.clone(), leases.clone(), pod2.clone());
-            async move {
-                let st = bgs
-                    .get("shop")
-                    .await
-                    .map_err(|e| e.to_string())?
-                    .status
-                    .unwrap_or_default();
-                let r = st.router.clone().ok_or("no status.router")?;
-                let g = lease_generation(&leases, &pod2).await;
-                if r.active == Some(teal_core::Color::Green)
-                    && r.generation > gen_before
-                    && g == Some(r.generation)
-                {
-                    Ok(r.generation)
-                } else {
-                    Err(format!("status.router {r:?}, lease of {pod2}: {g:?}"))
-                }
-            }
-        },
-    )
-    .await;
+    let target = wait_switch_reported(&bgs, &leases, "shop", &pod2, gen_before).await;
     let st = status(&bgs).await;
     assert_eq!(
         st.phase.as_deref(),

@@ -433,7 +433,11 @@ pub async fn route(
         st.switch_confirmed_at = None;
     }
     if ack == Ack::Confirmed && st.switch_confirmed_at.is_none() {
-        st.switch_confirmed_at = Some(now);
+        // Read the clock after the acknowledgement, not at the start of
+        // this pass: a router replica may install the new table (and
+        // report it) while the objects above are written, so `now` could
+        // predate the moment the last replica switched.
+        st.switch_confirmed_at = Some(now_ms());
     }
     *status = Some(st);
     Ok(ack)

@@ -2,6 +2,8 @@
 //! processes on loopback, and small HTTP helpers.
 #![allow(dead_code)]
 
+pub mod kubernetes;
+
 use std::io::{BufRead, BufReader};
 use std::net::SocketAddr;
 use std::path::PathBuf;
@@ -54,7 +56,13 @@ pub fn spawn_teal(args: &[&str]) -> Proc {
 
 /// Like [`spawn_teal`] with extra environment variables.
 pub fn spawn_teal_env(args: &[&str], env: &[(&str, &str)]) -> Proc {
-    let mut child = Command::new(env!("CARGO_BIN_EXE_teal"))
+    spawn_command(Command::new(env!("CARGO_BIN_EXE_teal")), args, env)
+}
+
+/// Like [`spawn_teal_env`], with `cmd` running the teal binary (for
+/// instance inside a network namespace).
+pub fn spawn_command(mut cmd: Command, args: &[&str], env: &[(&str, &str)]) -> Proc {
+    let mut child = cmd
         .args(args)
         .envs(env.iter().copied())
         .stdout(Stdio::piped())
