@@ -133,7 +133,7 @@ pub fn deployment(bg: &BlueGreen, image: &str) -> Value {
 }
 
 /// Whether a pod is ready and not going away.
-fn ready(p: &Pod) -> bool {
+pub fn ready(p: &Pod) -> bool {
     p.metadata.deletion_timestamp.is_none()
         && p.status
             .as_ref()
