@@ -24,8 +24,9 @@ use super::Kube;
 /// How often a router replica may rewrite its traffic annotation.
 pub const WRITE_INTERVAL: Duration = Duration::from_secs(3);
 
-/// A replica whose last report is older than this has served nothing since
-/// (it writes whenever its counts change): its rate is 0.
+/// A replica whose report has not changed for this long (on the viewer's
+/// clock) has served nothing since (it writes whenever its counts change):
+/// its rate is 0.
 const IDLE_AFTER_MS: i64 = 3 * WRITE_INTERVAL.as_millis() as i64 + 1_000;
 
 /// The status classes, in the order of [`Classes`].
@@ -234,14 +235,18 @@ impl Rate {
 struct Seen {
     prev: Option<(i64, BTreeMap<Color, Classes>)>,
     last: (i64, BTreeMap<Color, Classes>),
+    /// When (viewer's clock) `last` arrived.
+    changed_ms: i64,
 }
 
 /// Rates from successive readings (what `teal watch` keeps between
 /// refreshes). A replica's rate is the change between its last two reports
-/// over the time between them; 0 once its last report is older than a few
-/// write intervals (it reports whenever its counts change); unknown until
-/// a second report arrives. A replica's count that went down (it restarted
-/// under the same name) counts from zero.
+/// over the time between them (both taken on the replica's clock); 0 once
+/// no new report came for a few write intervals (measured on the viewer's
+/// clock, so clock skew between the viewer and the cluster does not
+/// matter; a replica reports whenever its counts change); unknown until
+/// then or until a second report arrives. A replica's count that went down
+/// (it restarted under the same name) counts from zero.
 #[derive(Debug, Default)]
 pub struct Rates {
     seen: BTreeMap<String, Seen>,
@@ -259,11 +264,13 @@ impl Rates {
             let s = self.seen.entry(r.replica.clone()).or_insert_with(|| Seen {
                 prev: None,
                 last: (r.at_ms, r.colors.clone()),
+                changed_ms: now_ms,
             });
             if s.last.0 != r.at_ms {
                 s.prev = Some(std::mem::replace(&mut s.last, (r.at_ms, r.colors.clone())));
+                s.changed_ms = now_ms;
             }
-            if now_ms - s.last.0 > IDLE_AFTER_MS {
+            if now_ms - s.changed_ms > IDLE_AFTER_MS {
                 continue;
             }
             let Some((prev_at, prev)) = &s.prev else {
@@ -476,35 +483,50 @@ mod tests {
     #[test]
     fn rates_come_from_the_change_between_two_reports_of_each_replica() {
         let mut rates = Rates::default();
-        let t0 = 1_000_000;
+        // The replicas' clock (report times) is far from the viewer's (now).
+        let (t0, now0) = (1_000_000, 9_000_000);
         // First sight: not known yet.
         let first = [
             reading("a", t0, [0, 10, 0, 0, 0], [0; 5]),
             reading("b", t0, [0, 0, 0, 0, 0], [0, 4, 0, 0, 0]),
         ];
-        assert_eq!(rates.update(t0 + 500, &first), None);
+        assert_eq!(rates.update(now0, &first), None);
         // A refresh without new reports changes nothing.
-        assert_eq!(rates.update(t0 + 1_000, &first), None);
+        assert_eq!(rates.update(now0 + 1_000, &first), None);
         // a: +20 2xx and +4 5xx in 4 s; b: +8 green in 2 s.
         let second = [
             reading("a", t0 + 4_000, [0, 30, 0, 0, 4], [0; 5]),
             reading("b", t0 + 2_000, [0, 0, 0, 0, 0], [0, 12, 0, 0, 0]),
         ];
-        let r = rates.update(t0 + 4_500, &second).unwrap();
+        let r = rates.update(now0 + 4_500, &second).unwrap();
         assert_eq!(r[&Color::Blue], Rate::new(6.0, 1.0));
         assert_eq!(r[&Color::Green], Rate::new(4.0, 0.0));
-        // b has reported nothing for long: it is idle; a is still counted.
+        // b reports nothing new for long: it is idle; a goes on, +20 in 4 s.
+        let third = [
+            reading("a", t0 + 8_000, [0, 50, 0, 0, 4], [0; 5]),
+            reading("b", t0 + 2_000, [0, 0, 0, 0, 0], [0, 12, 0, 0, 0]),
+        ];
         let r = rates
-            .update(t0 + 2_000 + IDLE_AFTER_MS + 1, &second)
+            .update(now0 + 4_500 + IDLE_AFTER_MS + 1, &third)
             .unwrap();
-        assert_eq!(r[&Color::Green].total, 0.0);
-        assert_eq!(r[&Color::Blue].total, 6.0);
+        assert_eq!(r[&Color::Green], Rate::ZERO);
+        assert_eq!(r[&Color::Blue], Rate::new(5.0, 0.0));
         // a restarted under the same name: its new count is counted from 0;
         // b is gone.
-        let third = [reading("a", t0 + 6_000, [0, 2, 0, 0, 0], [0; 5])];
-        let r = rates.update(t0 + 6_000, &third).unwrap();
+        let fourth = [reading("a", t0 + 10_000, [0, 2, 0, 0, 0], [0; 5])];
+        let r = rates.update(now0 + 30_000, &fourth).unwrap();
         assert_eq!(r[&Color::Blue], Rate::new(1.0, 0.0));
         assert_eq!(r[&Color::Green].total, 0.0);
+        // A replica first seen that never reports again is idle in time.
+        let fifth = [
+            reading("a", t0 + 10_000, [0, 2, 0, 0, 0], [0; 5]),
+            reading("c", t0, [0, 7, 0, 0, 0], [0; 5]),
+        ];
+        assert_eq!(rates.update(now0 + 31_000, &fifth), None);
+        let idle = rates
+            .update(now0 + 31_000 + IDLE_AFTER_MS + 1, &fifth)
+            .unwrap();
+        assert_eq!(idle[&Color::Blue], Rate::ZERO);
         let text = lines(&Traffic::from_leases(&[]).0, Some(Some(&r)));
         assert!(
             text.contains("  blue          0 responses   1.0/s, 5xx 0.0/s\n"),
