@@ -58,8 +58,16 @@ fn parse() -> Cli {
     Cli::from_arg_matches(&matches).unwrap_or_else(|e| e.exit())
 }
 
+/// Set (to anything) in the environment, teal parses its arguments and
+/// exits 0 without doing anything (exit 2 with clap's message when they do
+/// not parse): the docs test checks every `teal` command in the docs so.
+const PARSE_ONLY_ENV: &str = "TEAL_PARSE_ONLY";
+
 pub fn main() -> ExitCode {
     let cli = parse();
+    if std::env::var_os(PARSE_ONLY_ENV).is_some() {
+        return ExitCode::SUCCESS;
+    }
     // The demo prints its own progress; only errors go to the log there.
     init_tracing(if matches!(cli.command, Command::Demo(_)) {
         "error"

@@ -146,6 +146,38 @@ async fn list_get_set_image_status_history_and_rollback_to_a_revision() {
     assert_eq!(bg.spec.workload_ref.name, "shop");
     assert_eq!(bg.status.unwrap().phase.as_deref(), Some("Healthy"));
     assert!(bg.metadata.managed_fields.is_none());
+    // The service router does not count requests: teal says so, with no figures.
+    let out = teal(env, &ns, &["get", "shop", "-o", "json"]).await;
+    let value: serde_json::Value = serde_json::from_str(&out.stdout).unwrap();
+    assert_eq!(
+        value["traffic"],
+        json!({"router": "service", "measured": false,
+               "notes": ["not measured by the service router"]}),
+        "{out:?}"
+    );
+    // `watch --count 1` prints one view and exits.
+    for (args, want, views) in [
+        (
+            &["get", "shop"][..],
+            "\nTraffic:   not measured by the service router\n",
+            0,
+        ),
+        (
+            &["watch", "shop", "--count", "1"][..],
+            "\nPhase:     Healthy\nMessage:",
+            1,
+        ),
+        (
+            &["watch", "shop", "--count", "1"][..],
+            "\nTraffic:   not measured by the service router\nEvents:\n",
+            1,
+        ),
+    ] {
+        let out = teal(env, &ns, args).await;
+        assert_eq!(out.code, 0, "{out:?}");
+        assert!(out.stdout.contains(want), "{out:?}");
+        assert_eq!(out.stdout.matches("Phase:").count(), views, "{out:?}");
+    }
     let out = teal(env, &ns, &["get", "nope"]).await;
     assert_eq!(out.code, 1, "{out:?}");
     assert!(

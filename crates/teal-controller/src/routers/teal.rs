@@ -8,7 +8,9 @@
 //! the per-color Services, install the route table, and then report the
 //! generation they serve in a Lease named after their pod
 //! (annotation [`GENERATION_ANNOTATION`]). A switch is confirmed only when
-//! every ready router pod reports it.
+//! every ready router pod reports it. Replicas also publish their response
+//! totals by color and status class there (annotation
+//! [`TRAFFIC_ANNOTATION`]), which `teal get` and `teal watch` show.
 
 use std::collections::BTreeMap;
 
@@ -28,6 +30,9 @@ use crate::reconcile::Error;
 pub const ROUTER_LABEL: &str = "teal.dev/router";
 /// Annotation on a router replica's Lease: the route generation it serves.
 pub const GENERATION_ANNOTATION: &str = "teal.dev/route-generation";
+/// Annotation on a router replica's Lease: its responses since it started,
+/// by color and status class (JSON).
+pub const TRAFFIC_ANNOTATION: &str = "teal.dev/traffic";
 /// Environment variable of the controller naming the router image.
 pub const IMAGE_ENV: &str = "TEAL_ROUTER_IMAGE";
 
@@ -128,7 +133,7 @@ pub fn deployment(bg: &BlueGreen, image: &str) -> Value {
 }
 
 /// Whether a pod is ready and not going away.
-fn ready(p: &Pod) -> bool {
+pub fn ready(p: &Pod) -> bool {
     p.metadata.deletion_timestamp.is_none()
         && p.status
             .as_ref()

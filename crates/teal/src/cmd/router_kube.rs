@@ -4,7 +4,9 @@
 //! and the EndpointSlices of the per-color Services, installs the route
 //! table they describe, and then reports the generation it serves in a
 //! Lease named after its pod, which the controller reads to confirm a
-//! switch.
+//! switch. The same Lease carries the replica's response totals by color
+//! (`teal.dev/traffic`, rewritten at most every few seconds when they
+//! changed), which `teal get` and `teal watch` sum over the replicas.
 
 use std::collections::BTreeMap;
 use std::net::{IpAddr, SocketAddr};
@@ -20,11 +22,14 @@ use kube::{Api, Client};
 use serde_json::json;
 use teal_api::BlueGreen;
 use teal_controller::objects;
-use teal_controller::routers::teal::{GENERATION_ANNOTATION, ROUTER_LABEL};
+use teal_controller::routers::teal::{GENERATION_ANNOTATION, ROUTER_LABEL, TRAFFIC_ANNOTATION};
 use teal_core::Color;
 use teal_router::{CookieMatch, HeaderMatch, PreviewRoute, RouteTable, Router};
 
+use super::kube::traffic::{self, Classes};
+
 /// Who this router replica is.
+#[derive(Clone)]
 pub struct Follow {
     pub namespace: Option<String>,
     pub bluegreen: String,
@@ -146,6 +151,7 @@ pub async fn follow(router: Router, f: Follow) -> anyhow::Result<()> {
     )
     .default_backoff()
     .map(|e| e.map(|_| ()));
+    tokio::spawn(publish_traffic(router.clone(), f.clone(), leases.clone()));
     let mut events = std::pin::pin!(futures_util::stream::select(bg_events, slice_events));
     let mut reported: Option<i64> = None;
     let mut last_error = String::new();
@@ -243,20 +249,23 @@ async fn secret_value(
     Ok(value)
 }
 
-/// Writes this replica's Lease: holder = the pod, annotation = the
-/// generation served; owned by the pod so it goes away with it.
-async fn report(
+/// Server-side applies this replica's Lease with `annotations`, as field
+/// manager `manager`: holder = the pod, owned by the pod so it goes away
+/// with it. The generation and the traffic have their own managers, so
+/// neither write drops the other's annotation.
+async fn apply_lease(
     leases: &Api<k8s_openapi::api::coordination::v1::Lease>,
     f: &Follow,
-    generation: i64,
-) -> anyhow::Result<()> {
+    manager: &str,
+    annotations: serde_json::Value,
+) -> kube::Result<()> {
     let now = k8s_openapi::apimachinery::pkg::apis::meta::v1::MicroTime(
         k8s_openapi::jiff::Timestamp::now(),
     );
     let mut meta = json!({
         "name": f.pod_name,
         "labels": {ROUTER_LABEL: f.bluegreen},
-        "annotations": {GENERATION_ANNOTATION: generation.to_string()},
+        "annotations": annotations,
     });
     if let Some(uid) = &f.pod_uid {
         meta["ownerReferences"] =
@@ -271,16 +280,92 @@ async fn report(
     leases
         .patch(
             &f.pod_name,
-            &PatchParams::apply("teal-router").force(),
+            &PatchParams::apply(manager).force(),
             &Patch::Apply(body),
         )
         .await
-        .with_context(|| {
-            format!(
-                "reporting route generation {generation} in Lease {}",
-                f.pod_name
-            )
-        })?;
+        .map(|_| ())
+}
+
+/// Reports the route generation this replica serves in its Lease.
+async fn report(
+    leases: &Api<k8s_openapi::api::coordination::v1::Lease>,
+    f: &Follow,
+    generation: i64,
+) -> anyhow::Result<()> {
+    apply_lease(
+        leases,
+        f,
+        "teal-router",
+        json!({GENERATION_ANNOTATION: generation.to_string()}),
+    )
+    .await
+    .with_context(|| {
+        format!(
+            "reporting route generation {generation} in Lease {}",
+            f.pod_name
+        )
+    })?;
     tracing::info!(generation, lease = %f.pod_name, "route generation reported");
     Ok(())
+}
+
+/// This replica's responses since it started, by color and status class.
+fn counts(router: &Router) -> BTreeMap<Color, Classes> {
+    Color::ALL
+        .iter()
+        .map(|c| (*c, Classes(router.stats(*c).responses_by_class)))
+        .collect()
+}
+
+/// Publishes the response totals in the Lease every
+/// [`traffic::WRITE_INTERVAL`], when they changed since the last write
+/// (nothing before the first response).
+async fn publish_traffic(
+    router: Router,
+    f: Follow,
+    leases: Api<k8s_openapi::api::coordination::v1::Lease>,
+) {
+    let mut written: BTreeMap<Color, Classes> = Color::ALL
+        .iter()
+        .map(|c| (*c, Classes::default()))
+        .collect();
+    let mut tick = tokio::time::interval(traffic::WRITE_INTERVAL);
+    tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+    let mut last_error = String::new();
+    loop {
+        tick.tick().await;
+        let now = counts(&router);
+        if now == written {
+            continue;
+        }
+        let report = traffic::Report::new(super::kube::now_ms(), now.clone());
+        let value = match serde_json::to_string(&report) {
+            Ok(v) => v,
+            Err(e) => {
+                tracing::warn!("encoding the traffic report: {e}");
+                continue;
+            }
+        };
+        match apply_lease(
+            &leases,
+            &f,
+            "teal-router-traffic",
+            json!({TRAFFIC_ANNOTATION: value}),
+        )
+        .await
+        {
+            Ok(()) => {
+                written = now;
+                last_error.clear();
+            }
+            Err(e) => {
+                let msg = format!("publishing traffic in Lease {}: {e}", f.pod_name);
+                if msg != last_error {
+                    tracing::warn!("{msg}");
+                    last_error = msg;
+                }
+            }
+        }
+    }
 }

@@ -8,7 +8,14 @@ use teal_testenv::TestEnv;
 /// returns its trimmed standard output.
 pub fn kubectl(env: &TestEnv, args: &[&str], stdin: Option<&str>) -> String {
     let mut cmd = env.kubectl();
-    cmd.args(args).stdout(Stdio::piped()).stderr(Stdio::piped());
+    cmd.args(args);
+    run_ok(&mut cmd, stdin).trim().to_string()
+}
+
+/// Runs `cmd` (with `stdin` piped in, if given), asserts it succeeded and
+/// returns its standard output.
+pub fn run_ok(cmd: &mut std::process::Command, stdin: Option<&str>) -> String {
+    cmd.stdout(Stdio::piped()).stderr(Stdio::piped());
     let out = if let Some(input) = stdin {
         let mut child = cmd.stdin(Stdio::piped()).spawn().unwrap();
         use std::io::Write;
@@ -20,14 +27,15 @@ pub fn kubectl(env: &TestEnv, args: &[&str], stdin: Option<&str>) -> String {
             .unwrap();
         child.wait_with_output().unwrap()
     } else {
-        cmd.output().unwrap()
+        cmd.stdin(Stdio::null()).output().unwrap()
     };
     assert!(
         out.status.success(),
-        "kubectl {args:?}: {}",
+        "{cmd:?}: {}{}",
+        String::from_utf8_lossy(&out.stdout),
         String::from_utf8_lossy(&out.stderr)
     );
-    String::from_utf8_lossy(&out.stdout).trim().to_string()
+    String::from_utf8_lossy(&out.stdout).into_owned()
 }
 
 /// Applies files of `deploy/` (as users do, server-side) and waits until the

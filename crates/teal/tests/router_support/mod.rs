@@ -56,15 +56,23 @@ pub fn spawn_teal(args: &[&str]) -> Proc {
 
 /// Like [`spawn_teal`] with extra environment variables.
 pub fn spawn_teal_env(args: &[&str], env: &[(&str, &str)]) -> Proc {
-    spawn_command(Command::new(env!("CARGO_BIN_EXE_teal")), args, env)
+    spawn_cmd(
+        Command::new(env!("CARGO_BIN_EXE_teal"))
+            .args(args)
+            .envs(env.iter().copied()),
+    )
 }
 
 /// Like [`spawn_teal_env`], with `cmd` running the teal binary (for
 /// instance inside a network namespace).
 pub fn spawn_command(mut cmd: Command, args: &[&str], env: &[(&str, &str)]) -> Proc {
+    spawn_cmd(cmd.args(args).envs(env.iter().copied()))
+}
+
+/// Starts `cmd` and waits for its first stdout line, which must start with
+/// "listening"; killed on drop.
+pub fn spawn_cmd(cmd: &mut Command) -> Proc {
     let mut child = cmd
-        .args(args)
-        .envs(env.iter().copied())
         .stdout(Stdio::piped())
         .stderr(Stdio::inherit())
         .spawn()
@@ -76,12 +84,26 @@ pub fn spawn_command(mut cmd: Command, args: &[&str], env: &[(&str, &str)]) -> P
         .expect("read first line");
     assert!(
         line.starts_with("listening"),
-        "teal {args:?} did not start: first line {line:?}"
+        "{cmd:?} did not start: first line {line:?}"
     );
     Proc { child, line }
 }
 
-fn field<'a>(line: &'a str, key: &str) -> &'a str {
+/// Starts `cmd` with its stdout discarded; killed on drop.
+pub fn spawn_quiet(cmd: &mut Command) -> Proc {
+    let child = cmd
+        .stdout(Stdio::null())
+        .stderr(Stdio::inherit())
+        .spawn()
+        .expect("start process");
+    Proc {
+        child,
+        line: String::new(),
+    }
+}
+
+/// The value of `key` (e.g. `proxy=`) in a "listening ..." line.
+pub fn field<'a>(line: &'a str, key: &str) -> &'a str {
     line.split_whitespace()
         .find_map(|w| w.strip_prefix(key))
         .unwrap_or_else(|| panic!("no {key} in {line:?}"))
@@ -142,12 +164,11 @@ pub fn temp_dir() -> PathBuf {
     dir
 }
 
-/// Starts `teal router` on free loopback ports; `routes` (JSON) is optional.
-pub fn router(routes: Option<&str>, extra: &[&str]) -> RouterProc {
-    let dir = temp_dir();
+/// `router` arguments for free loopback ports, with the admin token in a
+/// file written into `dir`.
+pub fn loopback_router_args(dir: &std::path::Path) -> Vec<String> {
     let token = dir.join("token");
     std::fs::write(&token, format!("{TOKEN}\n")).expect("token file");
-    let routes_path = dir.join("routes.json");
     let mut args: Vec<String> = [
         "router",
         "--listen",
@@ -160,6 +181,14 @@ pub fn router(routes: Option<&str>, extra: &[&str]) -> RouterProc {
     .map(|s| s.to_string())
     .collect();
     args.push(token.display().to_string());
+    args
+}
+
+/// Starts `teal router` on free loopback ports; `routes` (JSON) is optional.
+pub fn router(routes: Option<&str>, extra: &[&str]) -> RouterProc {
+    let dir = temp_dir();
+    let routes_path = dir.join("routes.json");
+    let mut args = loopback_router_args(&dir);
     if let Some(r) = routes {
         std::fs::write(&routes_path, r).expect("routes file");
         args.push("--routes".into());

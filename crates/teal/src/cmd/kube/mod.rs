@@ -25,6 +25,7 @@ pub mod retry;
 pub mod rollback;
 pub mod set;
 pub mod status;
+pub mod traffic;
 pub mod view;
 pub mod watch;
 

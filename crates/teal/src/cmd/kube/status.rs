@@ -106,7 +106,7 @@ pub async fn run(args: Args) -> anyhow::Result<ExitCode> {
     match args.output {
         Output::Table => {
             let events = k.events(&args.name).await.unwrap_or_default();
-            print!("{}", view::detail(&k.ns, &bg, &events, 5));
+            print!("{}", view::detail(&k.ns, &bg, "", &events, 5));
         }
         o => print_structured(o, &bg.status.unwrap_or_default())?,
     }

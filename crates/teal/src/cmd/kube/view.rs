@@ -39,9 +39,15 @@ pub fn row(bg: &BlueGreen) -> Vec<String> {
     ]
 }
 
-/// The detailed view: phase, colors, revisions, analysis, conditions and
-/// the last `events` (oldest first).
-pub fn detail(ns: &str, bg: &BlueGreen, events: &[Event], max_events: usize) -> String {
+/// The detailed view: phase, colors, revisions, analysis, conditions,
+/// `traffic` (lines, may be empty) and the last `events` (oldest first).
+pub fn detail(
+    ns: &str,
+    bg: &BlueGreen,
+    traffic: &str,
+    events: &[Event],
+    max_events: usize,
+) -> String {
     let st = bg.status.clone().unwrap_or_default();
     let mut s = String::new();
     let _ = writeln!(
@@ -145,6 +151,7 @@ pub fn detail(ns: &str, bg: &BlueGreen, events: &[Event], max_events: usize) -> 
             ago(r.ended_at)
         );
     }
+    s.push_str(traffic);
     let _ = writeln!(s, "Events:");
     if events.is_empty() {
         let _ = writeln!(s, "  (none)");
@@ -188,7 +195,7 @@ mod hook_tests {
             }]}
         }))
         .unwrap();
-        let out = detail("prod", &bg, &[], 0);
+        let out = detail("prod", &bg, "", &[], 0);
         assert!(
             out.contains("Hook:      approve (confirm-promotion) not passed: confirm-promotion webhook \"approve\" answered 403 [1 attempt(s), since 2026-01-02T03:04:05Z]"),
             "{out}"

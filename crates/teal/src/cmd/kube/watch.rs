@@ -1,5 +1,6 @@
 //! `teal watch NAME`: a live view of a BlueGreen, redrawn on every change
-//! of the object or of its events (and every few seconds, for the ages).
+//! of the object or of its events, and every few seconds for the ages and
+//! the traffic per color (totals and rates, see [`super::traffic`]).
 
 use std::collections::BTreeMap;
 use std::io::{IsTerminal, Write};
@@ -12,7 +13,7 @@ use kube::runtime::watcher;
 use kube::{Api, ResourceExt};
 use teal_api::BlueGreen;
 
-use super::{Conn, event_time_ms, fail, is_about, view};
+use super::{Conn, event_time_ms, fail, is_about, now_ms, traffic, view};
 
 #[derive(clap::Args)]
 pub struct Args {
@@ -23,6 +24,9 @@ pub struct Args {
     /// How many recent events to show.
     #[arg(long, default_value_t = 8)]
     pub events: usize,
+    /// Stop after N refreshes (each printed view is one); 0: until Ctrl-C.
+    #[arg(long, value_name = "N", default_value_t = 0)]
+    pub count: u64,
 }
 
 pub async fn run(args: Args) -> anyhow::Result<ExitCode> {
@@ -39,6 +43,8 @@ pub async fn run(args: Args) -> anyhow::Result<ExitCode> {
     let mut bgs = bgs;
     let mut evs = evs;
     let mut last_drawn = String::new();
+    let mut rates = traffic::Rates::default();
+    let mut drawn: u64 = 0;
     loop {
         tokio::select! {
             _ = tokio::signal::ctrl_c() => return Ok(ExitCode::SUCCESS),
@@ -82,7 +88,10 @@ pub async fn run(args: Args) -> anyhow::Result<ExitCode> {
             .cloned()
             .collect();
         list.sort_by_key(event_time_ms);
-        let body = view::detail(&k.ns, b, &list, args.events);
+        let (t, readings) = traffic::fetch(&k, b).await;
+        let rate = t.measured.then(|| rates.update(now_ms(), &readings));
+        let traffic_lines = traffic::lines(&t, rate.as_ref().map(Option::as_ref));
+        let body = view::detail(&k.ns, b, &traffic_lines, &list, args.events);
         if body == last_drawn && !tty {
             continue;
         }
@@ -95,5 +104,9 @@ pub async fn run(args: Args) -> anyhow::Result<ExitCode> {
         }
         let _ = out.flush();
         last_drawn = body;
+        drawn += 1;
+        if args.count > 0 && drawn >= args.count {
+            return Ok(ExitCode::SUCCESS);
+        }
     }
 }
