@@ -13,6 +13,7 @@ mod router_support;
 
 use std::io::{Read, Write};
 use std::net::SocketAddr;
+use std::path::{Path, PathBuf};
 use std::process::Command;
 use std::time::Duration;
 
@@ -42,13 +43,40 @@ fn get(ns: &NetNs, addr: SocketAddr, path: &str, header: Option<(&str, &str)>) -
 }
 
 fn teal_cli(env: &TestEnv, ns: &str, args: &[&str]) -> String {
-    k8s_support::run_ok(
-        Command::new(env!("CARGO_BIN_EXE_teal"))
-            .args(args)
-            .args(["-n", ns])
-            .env("KUBECONFIG", env.kubeconfig_path()),
+    teal_as(env.kubeconfig_path(), ns, args)
+}
+
+/// `teal ARGS -n NS` with `kubeconfig`; its standard output (it must succeed).
+fn teal_as(kubeconfig: &Path, ns: &str, args: &[&str]) -> String {
+    k8s_support::run_ok(&mut teal_cmd(kubeconfig, ns, args), None)
+}
+
+fn teal_cmd(kubeconfig: &Path, ns: &str, args: &[&str]) -> Command {
+    let mut cmd = Command::new(env!("CARGO_BIN_EXE_teal"));
+    cmd.args(args)
+        .args(["-n", ns])
+        .env("KUBECONFIG", kubeconfig);
+    cmd
+}
+
+/// A kubeconfig of a new ServiceAccount `name` in `ns` bound to the
+/// ClusterRole `role` of deploy/user-roles.yaml in that namespace only.
+fn cli_user(env: &TestEnv, ns: &str, name: &str, role: &str) -> PathBuf {
+    k8s_support::kubectl(env, &["create", "serviceaccount", name, "-n", ns], None);
+    k8s_support::kubectl(
+        env,
+        &[
+            "create",
+            "rolebinding",
+            name,
+            "-n",
+            ns,
+            &format!("--clusterrole={role}"),
+            &format!("--serviceaccount={ns}:{name}"),
+        ],
         None,
-    )
+    );
+    k8s_support::service_account_kubeconfig(env, ns, name, &router_support::temp_dir())
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -122,4 +150,47 @@ async fn get_and_watch_show_the_exact_responses_the_router_replicas_counted() {
     ] {
         assert!(watch.contains(line), "{line:?} not in\n{watch}");
     }
+
+    // The CLI roles of deploy/user-roles.yaml are enough: a viewer sees the
+    // same figures and may not promote; an operator promotes.
+    k8s_support::apply_deploy_files(env, &["user-roles.yaml"]);
+    let viewer = cli_user(env, &ns, "viewer", "teal-viewer");
+    wait_for(
+        "the viewer's teal get -o json shows the counts",
+        Duration::from_secs(60),
+        || async {
+            let out = teal_cmd(&viewer, &ns, &["get", BG, "-o", "json"])
+                .output()
+                .map_err(|e| e.to_string())?;
+            let v: serde_json::Value =
+                serde_json::from_slice(&out.stdout).map_err(|e| format!("{e}: {out:?}"))?;
+            if v["traffic"]["colors"] == want {
+                Ok(())
+            } else {
+                Err(format!("{out:?}"))
+            }
+        },
+    )
+    .await;
+    let watch = teal_as(&viewer, &ns, &["watch", BG, "--count", "1"]);
+    assert!(watch.contains("  blue          6 responses"), "{watch}");
+    teal_as(&viewer, &ns, &["history", BG]);
+    teal_as(&viewer, &ns, &["list"]);
+    let refused = teal_cmd(&viewer, &ns, &["promote", BG]).output().unwrap();
+    assert!(!refused.status.success(), "a viewer promoted: {refused:?}");
+    assert!(
+        String::from_utf8_lossy(&refused.stderr).contains("forbidden"),
+        "{refused:?}"
+    );
+
+    let operator = cli_user(env, &ns, "operator", "teal-operator");
+    teal_as(&operator, &ns, &["promote", BG]);
+    k8s_support::wait_bluegreen(
+        &c.bgs,
+        BG,
+        "green live after the operator's promote",
+        120,
+        |st| st.active_color == Some(teal_core::Color::Green),
+    )
+    .await;
 }
