@@ -355,8 +355,15 @@ pub async fn fetch(k: &Kube, bg: &BlueGreen) -> (Traffic, Vec<Reading>) {
             let (mut t, _) = Traffic::from_leases(&[]);
             t.replicas = None;
             t.colors.clear();
+            let why = match &e {
+                kube::Error::Api(ae) if ae.code == 403 => {
+                    "forbidden: traffic needs `list` on leases.coordination.k8s.io (see the teal-viewer role)".to_string()
+                }
+                kube::Error::Api(ae) => ae.message.clone(),
+                other => other.to_string(),
+            };
             t.notes = vec![format!(
-                "cannot list the router Leases in namespace {} ({e}): traffic needs `list` on leases.coordination.k8s.io",
+                "cannot list the router Leases in namespace {}: {why}",
                 k.ns
             )];
             (t, Vec::new())
