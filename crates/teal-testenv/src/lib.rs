@@ -25,6 +25,9 @@
 //! # }
 //! ```
 //!
+//! A fault test that kills, restarts or pauses components (kube-apiserver, etcd, ...) gets a
+//! control plane of its own from [`faults::ControlPlane::start`]; see [`faults`].
+//!
 //! Pod IPs in this cluster are made up by kwok: nothing listens on them, so never send
 //! traffic to them. Pod behaviour (readiness delay, never ready, crash loop) is steered by
 //! annotations on the pod template, see [`sim`].
@@ -35,6 +38,8 @@
 
 mod env;
 mod error;
+pub mod faults;
+mod http;
 pub mod prometheus;
 pub mod receiver;
 mod supervisor;
