@@ -16,6 +16,7 @@ pub mod leader;
 pub mod metrics;
 pub mod objects;
 pub mod reconcile;
+pub mod retry;
 pub mod routers;
 
 use std::net::SocketAddr;
@@ -130,6 +131,7 @@ pub async fn run(client: Client, opts: Options) -> Result<(), RunError> {
     let controller = Controller::new(bgs, watcher::Config::default());
     let store = controller.store();
     let controller = controller
+        .trigger_backoff(retry::WatchBackoff::default())
         // Color Deployments and Pods: one watch each, filling the cache
         // reconciles read (see cache.rs) and waking their BlueGreen.
         .owns_stream(feeds.deployments)

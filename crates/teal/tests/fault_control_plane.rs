@@ -1,0 +1,312 @@
+//! Fault: the control plane fails under a running `teal controller`.
+//!
+//! On a private control plane (teal-testenv's `faults::ControlPlane`), two
+//! manually promoted releases run while
+//! - kube-apiserver is SIGKILLed and started again three times: while a
+//!   release waits for promotion, right after the image change (the
+//!   controller is deploying the idle color) and right after the test saw
+//!   the controller's switch of the live Service (down for a few seconds,
+//!   so the status write that follows a switch likely fails);
+//! - etcd is paused (SIGSTOP) for ten seconds right after a switch;
+//! - every watch the controller holds is dropped: a killed apiserver closes
+//!   all of them, and the controller has to list and watch again against the
+//!   new one (BlueGreens, Deployments, Pods, Services).
+//!
+//! A `teal promote` right after a restart must be acted on; every release
+//! must end exactly once, promoted, with its color live; the controller
+//! process must never exit. Switches are counted from etcd itself: the
+//! private control plane stores objects as JSON and never compacts, so
+//! every version of the live Service since the first release is still in
+//! etcd, whatever the apiserver and its watches went through. Each version
+//! whose selector names another color is one switch; there must be exactly
+//! one per release, and at the etcd revision of each switch the new color
+//! must have had all its replicas Ready (read from the Pods stored at that
+//! same revision).
+
+mod k8s_support;
+
+use std::time::Duration;
+
+use k8s_openapi::api::apps::v1::Deployment;
+use k8s_openapi::api::core::v1::Service;
+use k8s_support::{
+    ControllerProcess, apply_deploy_files, kubectl, live_color, set_image, wait_bluegreen,
+    wait_healthy, workload_and_bluegreen,
+};
+use kube::Api;
+use teal_api::BlueGreen;
+use teal_api::bluegreen::labels;
+use teal_testenv::faults::{Component, ControlPlane};
+
+/// How long the apiserver stays down after the kill that follows a switch.
+const APISERVER_DOWN: Duration = Duration::from_secs(3);
+/// How long etcd stays paused.
+const ETCD_PAUSE: Duration = Duration::from_secs(10);
+
+#[tokio::test]
+async fn apiserver_restarts_and_an_etcd_pause_never_switch_twice() {
+    let cp = ControlPlane::start()
+        .await
+        .expect("a private control plane");
+    let env = cp.env();
+    apply_deploy_files(env, &["crd.yaml"]);
+    let ns = env.namespace("fault-cp").await;
+    let manifest = workload_and_bluegreen(
+        "shop",
+        "  promotion: {mode: manual}\n  scaleDownDelay: 5s\n  progressDeadline: 300s\n",
+    );
+    kubectl(env, &["apply", "-n", &ns, "-f", "-"], Some(&manifest));
+    // With leader election, as deployed; the lease outlives every outage
+    // here, so the controller keeps leading through them.
+    let mut ctl = ControllerProcess::start(
+        env,
+        &ns,
+        &[
+            "--lease-namespace",
+            &ns,
+            "--lease-seconds",
+            "120",
+            "--metrics-addr",
+            "127.0.0.1:0",
+        ],
+    );
+    let client = env.client();
+    let bgs: Api<BlueGreen> = Api::namespaced(client.clone(), &ns);
+    let deps: Api<Deployment> = Api::namespaced(client.clone(), &ns);
+    let first = wait_healthy(&bgs, "shop", None).await;
+    let service_key = format!("/registry/services/specs/{ns}/shop");
+    let since = cp.etcd_revision().await.unwrap();
+    let mut live = first.active_color.expect("a live color").to_string();
+    let mut expected_switches = Vec::new();
+
+    // Release 1: the apiserver restarted while the release waits for
+    // promotion, promoted right after, killed right after the switch.
+    let want = set_image(&deps, "shop", "shop:2").await;
+    wait_awaiting_promotion(&bgs, &want).await;
+    cp.restart(Component::KubeApiserver).await.unwrap();
+    let asked = std::time::Instant::now();
+    let out = teal_promote(env, &ns).await;
+    eprintln!("promote acted on {:?} after the restart", asked.elapsed());
+    assert!(out.contains("promote accepted"), "{out}");
+    live = fault_after_switch(&cp, &bgs, &ns, &want, &live, Fault::ApiserverDown).await;
+    expected_switches.push(live.clone());
+
+    // Release 2: the apiserver restarted right after the image change,
+    // promoted by annotation, etcd paused right after the switch.
+    let want = set_image(&deps, "shop", "shop:3").await;
+    cp.restart(Component::KubeApiserver).await.unwrap();
+    wait_awaiting_promotion(&bgs, &want).await;
+    kubectl(
+        env,
+        &[
+            "annotate",
+            "-n",
+            &ns,
+            "bluegreen/shop",
+            "--overwrite",
+            &format!(
+                "{}=promote/after-restart",
+                teal_api::bluegreen::annotations::COMMAND
+            ),
+        ],
+        None,
+    );
+    live = fault_after_switch(&cp, &bgs, &ns, &want, &live, Fault::EtcdPaused).await;
+    expected_switches.push(live.clone());
+
+    // The controller rode it all out.
+    assert_eq!(ctl.exited(), None, "the controller exited");
+
+    // Every version of the live Service since the first release, from etcd.
+    let versions = cp.etcd_versions(&service_key, since).await.unwrap();
+    let mut color = first.active_color.unwrap().to_string();
+    let mut switches = Vec::new();
+    for v in &versions {
+        let now = v.value["spec"]["selector"][labels::COLOR]
+            .as_str()
+            .unwrap_or_else(|| panic!("a live Service without a color: {}", v.value))
+            .to_owned();
+        if now != color {
+            switches.push((v.mod_revision, now.clone()));
+            color = now;
+        }
+    }
+    let to: Vec<&String> = switches.iter().map(|(_, c)| c).collect();
+    assert!(
+        to == expected_switches.iter().collect::<Vec<_>>(),
+        "one switch per release, to {expected_switches:?}; etcd holds {} switches in {} versions \
+         of the Service since revision {since}, the first ones to {:?}",
+        to.len(),
+        versions.len(),
+        &to[..to.len().min(10)]
+    );
+    eprintln!(
+        "{} versions of the live Service since etcd revision {since}; switches at {switches:?}",
+        versions.len()
+    );
+    for (revision, color) in &switches {
+        let (ready, wanted) = ready_at(&cp, &ns, color, *revision).await;
+        eprintln!("at revision {revision}: {ready} of {wanted} replicas of {color} Ready");
+        assert!(
+            wanted >= 1 && ready >= wanted,
+            "switched to {color} at etcd revision {revision} with {ready} of {wanted} replicas Ready"
+        );
+    }
+}
+
+/// What fails right after a switch.
+enum Fault {
+    /// kube-apiserver SIGKILLed, started again after [`APISERVER_DOWN`].
+    ApiserverDown,
+    /// etcd paused for [`ETCD_PAUSE`].
+    EtcdPaused,
+}
+
+/// Waits until the controller switched the live Service away from `live`,
+/// lets `fault` happen at once, and returns the new live color once the
+/// release of `revision` ended (checked by [`release_ended`]).
+async fn fault_after_switch(
+    cp: &ControlPlane,
+    bgs: &Api<BlueGreen>,
+    ns: &str,
+    revision: &str,
+    live: &str,
+    fault: Fault,
+) -> String {
+    let client = cp.env().client();
+    let to = wait_switch(&client, ns, live).await;
+    let (component, down) = match fault {
+        Fault::ApiserverDown => (Component::KubeApiserver, APISERVER_DOWN),
+        Fault::EtcdPaused => (Component::Etcd, ETCD_PAUSE),
+    };
+    match fault {
+        Fault::ApiserverDown => cp.kill(component).await.unwrap(),
+        Fault::EtcdPaused => cp.pause(component).await.unwrap(),
+    };
+    tokio::time::sleep(down).await;
+    match fault {
+        Fault::ApiserverDown => cp.start_again(component).await.unwrap(),
+        Fault::EtcdPaused => cp.resume(component).await.unwrap(),
+    };
+    release_ended(bgs, &client, ns, revision, &to).await
+}
+
+/// `teal promote shop`, which must be accepted; returns its output.
+async fn teal_promote(env: &teal_testenv::TestEnv, ns: &str) -> String {
+    let out = tokio::process::Command::new(env!("CARGO_BIN_EXE_teal"))
+        .args(["promote", "shop", "-n", ns, "--command-timeout", "120s"])
+        .env("KUBECONFIG", env.kubeconfig_path())
+        .output()
+        .await
+        .unwrap();
+    let text = format!(
+        "{}{}",
+        String::from_utf8_lossy(&out.stdout),
+        String::from_utf8_lossy(&out.stderr)
+    );
+    assert!(out.status.success(), "teal promote: {text}");
+    text
+}
+
+async fn wait_awaiting_promotion(bgs: &Api<BlueGreen>, revision: &str) {
+    wait_bluegreen(
+        bgs,
+        "shop",
+        &format!("revision {revision} awaiting promotion"),
+        180,
+        |st| {
+            st.phase.as_deref() == Some("AwaitingPromotion")
+                && st.preview_revision.as_deref() == Some(revision)
+        },
+    )
+    .await;
+}
+
+/// Polls the live Service until it selects another color than `from`, and
+/// returns that color: the moment right after the controller wrote the
+/// switch. Failed reads count as "not yet" (the client may still hold a
+/// connection to an apiserver that was killed).
+async fn wait_switch(client: &kube::Client, ns: &str, from: &str) -> String {
+    let svcs: Api<Service> = Api::namespaced(client.clone(), ns);
+    let deadline = tokio::time::Instant::now() + Duration::from_secs(180);
+    loop {
+        let last = match svcs.get("shop").await {
+            Ok(svc) => {
+                let color = svc
+                    .spec
+                    .and_then(|s| s.selector)
+                    .and_then(|s| s.get(labels::COLOR).cloned());
+                match color {
+                    Some(c) if c != from => return c,
+                    other => format!("selects {other:?}"),
+                }
+            }
+            Err(e) => e.to_string(),
+        };
+        assert!(
+            tokio::time::Instant::now() < deadline,
+            "no switch away from {from} within 180s; last seen: {last}"
+        );
+        tokio::time::sleep(Duration::from_millis(10)).await;
+    }
+}
+
+/// Waits until the release of `revision` ended, and checks it ended once,
+/// promoted, with `color` live; returns the live color.
+async fn release_ended(
+    bgs: &Api<BlueGreen>,
+    client: &kube::Client,
+    ns: &str,
+    revision: &str,
+    color: &str,
+) -> String {
+    let st = wait_healthy(bgs, "shop", Some(revision)).await;
+    let records: Vec<_> = st
+        .history
+        .iter()
+        .filter(|h| h.revision == revision)
+        .collect();
+    assert_eq!(records.len(), 1, "{:?}", st.history);
+    assert_eq!(records[0].outcome, "promoted", "{:?}", st.history);
+    let active = st.active_color.expect("a live color").to_string();
+    assert_eq!(active, color, "{st:?}");
+    assert_eq!(live_color(client, ns, "shop").await.as_deref(), Some(color));
+    active
+}
+
+/// Ready and wanted replicas of `color` as stored in etcd at `revision`:
+/// Pods of its Deployment's revision that are Ready and not being deleted,
+/// and the Deployment's replicas.
+async fn ready_at(cp: &ControlPlane, ns: &str, color: &str, revision: u64) -> (u64, u64) {
+    let dep = cp
+        .etcd_prefix_at(
+            &format!("/registry/deployments/{ns}/shop-{color}"),
+            revision,
+        )
+        .await
+        .unwrap()
+        .into_iter()
+        .find(|d| d.value["metadata"]["name"] == format!("shop-{color}"))
+        .unwrap_or_else(|| panic!("no Deployment shop-{color} at revision {revision}"))
+        .value;
+    let wanted = dep["spec"]["replicas"].as_u64().unwrap_or(1);
+    let rev = dep["metadata"]["annotations"][labels::REVISION].clone();
+    let pods = cp
+        .etcd_prefix_at(&format!("/registry/pods/{ns}/"), revision)
+        .await
+        .unwrap();
+    let ready = pods
+        .iter()
+        .map(|p| &p.value)
+        .filter(|p| {
+            p["metadata"]["labels"][labels::COLOR] == color
+                && p["metadata"]["labels"][labels::REVISION] == rev
+                && p["metadata"]["deletionTimestamp"].is_null()
+                && p["status"]["conditions"].as_array().is_some_and(|cs| {
+                    cs.iter()
+                        .any(|c| c["type"] == "Ready" && c["status"] == "True")
+                })
+        })
+        .count() as u64;
+    (ready, wanted)
+}
