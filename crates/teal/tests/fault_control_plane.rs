@@ -1,20 +1,23 @@
 //! Fault: the control plane fails under a running `teal controller`.
 //!
-//! On a private control plane (teal-testenv's `faults::ControlPlane`), two
+//! On a private control plane (teal-testenv's `faults::ControlPlane`), three
 //! manually promoted releases run while
 //! - kube-apiserver is SIGKILLed and started again three times: while a
 //!   release waits for promotion, right after the image change (the
 //!   controller is deploying the idle color) and right after the test saw
 //!   the controller's switch of the live Service (down for a few seconds,
 //!   so the status write that follows a switch likely fails);
-//! - etcd is paused (SIGSTOP) for ten seconds right after a switch;
+//! - etcd is paused (SIGSTOP) for ten seconds right after a switch, and
+//!   again, with a three-second leader lease, until the controller stops
+//!   because it cannot renew the lease (it must not act on: another replica
+//!   could take the lease over); started again, it finishes the release;
 //! - every watch the controller holds is dropped: a killed apiserver closes
 //!   all of them, and the controller has to list and watch again against the
 //!   new one (BlueGreens, Deployments, Pods, Services).
 //!
 //! A `teal promote` right after a restart must be acted on; every release
 //! must end exactly once, promoted, with its color live; the controller
-//! process must never exit. Switches are counted from etcd itself: the
+//! process must not exit while its lease outlives the outages. Switches are counted from etcd itself: the
 //! private control plane stores objects as JSON and never compacts, so
 //! every version of the live Service since the first release is still in
 //! etcd, whatever the apiserver and its watches went through. Each version
@@ -37,6 +40,7 @@ use kube::Api;
 use teal_api::BlueGreen;
 use teal_api::bluegreen::labels;
 use teal_testenv::faults::{Component, ControlPlane};
+use teal_testenv::wait_for;
 
 /// How long the apiserver stays down after the kill that follows a switch.
 const APISERVER_DOWN: Duration = Duration::from_secs(3);
@@ -114,8 +118,50 @@ async fn apiserver_restarts_and_an_etcd_pause_never_switch_twice() {
     live = fault_after_switch(&cp, &bgs, &ns, &want, &live, Fault::EtcdPaused).await;
     expected_switches.push(live.clone());
 
-    // The controller rode it all out.
+    // The controller rode it all out (its lease outlived every outage).
     assert_eq!(ctl.exited(), None, "the controller exited");
+    ctl.kill();
+
+    // Release 3: a lease shorter than an etcd pause. Unable to renew, the
+    // leader must stop before another replica could take the lease over,
+    // not act on; started again (as Kubernetes restarts it), it leads and
+    // finishes the release.
+    let short = [
+        "--lease-namespace",
+        &ns,
+        "--lease-name",
+        "short",
+        "--lease-seconds",
+        "3",
+        "--metrics-addr",
+        "127.0.0.1:0",
+    ];
+    let mut ctl = ControllerProcess::start(env, &ns, &short);
+    let want = set_image(&deps, "shop", "shop:4").await;
+    wait_awaiting_promotion(&bgs, &want).await;
+    cp.pause(Component::Etcd).await.unwrap();
+    let exit = wait_for(
+        "the controller to stop while it cannot renew its lease",
+        Duration::from_secs(60),
+        || {
+            let exited = ctl.exited();
+            async move { exited.ok_or("still running") }
+        },
+    )
+    .await;
+    cp.resume(Component::Etcd).await.unwrap();
+    let log = std::fs::read_to_string(ControllerProcess::log_path(&ns)).unwrap();
+    assert!(!exit.success(), "{exit}");
+    assert!(
+        log.contains("could not renew the leader lease short in time"),
+        "{log}"
+    );
+    let _ctl = ControllerProcess::start(env, &ns, &short);
+    let out = teal_promote(env, &ns).await;
+    assert!(out.contains("promote accepted"), "{out}");
+    let to = wait_switch(&client, &ns, &live).await;
+    live = release_ended(&bgs, &client, &ns, &want, &to).await;
+    expected_switches.push(live.clone());
 
     // Every version of the live Service since the first release, from etcd.
     let versions = cp.etcd_versions(&service_key, since).await.unwrap();

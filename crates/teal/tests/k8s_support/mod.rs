@@ -259,7 +259,7 @@ impl ControllerProcess {
         let log = std::fs::OpenOptions::new()
             .create(true)
             .append(true)
-            .open(std::env::temp_dir().join(format!("teal-controller-{ns}.log")))
+            .open(Self::log_path(ns))
             .unwrap();
         let child = std::process::Command::new(env!("CARGO_BIN_EXE_teal"))
             .arg("controller")
@@ -272,6 +272,11 @@ impl ControllerProcess {
             .spawn()
             .unwrap();
         ControllerProcess(child)
+    }
+
+    /// Where the controllers of namespace `ns` log.
+    pub fn log_path(ns: &str) -> std::path::PathBuf {
+        std::env::temp_dir().join(format!("teal-controller-{ns}.log"))
     }
 
     /// SIGKILLs it now.
