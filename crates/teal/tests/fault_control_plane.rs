@@ -4,11 +4,13 @@
 //! manually promoted releases run while
 //! - kube-apiserver is SIGKILLed and started again three times: while a
 //!   release waits for promotion, right after the image change (the
-//!   controller is deploying the idle color) and right after the test saw
-//!   the controller's switch of the live Service (down for three seconds;
-//!   whether the controller had confirmed the switch in status by then is
-//!   printed: the window between the two writes is milliseconds wide, and
-//!   a killed controller, fault_controller_kill.rs, covers it more often);
+//!   controller is deploying the idle color), and after the controller
+//!   switched the live Service but before it could confirm the switch in
+//!   status. That window is milliseconds wide, so an admission policy holds
+//!   it open: the apiserver refuses status writes that change the live
+//!   color until the test lifts it after the restart. Meanwhile the
+//!   controller retries; the same switch again must not write the
+//!   BlueGreen each time (it did, about 30 times a second);
 //! - etcd is paused (SIGSTOP) for ten seconds right after a switch, and
 //!   again, with a three-second leader lease, until the controller stops
 //!   because it cannot renew the lease (it must not act on: another replica
@@ -19,14 +21,14 @@
 //!
 //! A `teal promote` right after a restart must be acted on; every release
 //! must end exactly once, promoted, with its color live; the controller
-//! process must not exit while its lease outlives the outages. Switches are counted from etcd itself: the
-//! private control plane stores objects as JSON and never compacts, so
-//! every version of the live Service since the first release is still in
-//! etcd, whatever the apiserver and its watches went through. Each version
-//! whose selector names another color is one switch; there must be exactly
-//! one per release, and at the etcd revision of each switch the new color
-//! must have had all its replicas Ready (read from the Pods stored at that
-//! same revision).
+//! process must not exit while its lease outlives the outages. Switches are
+//! counted from etcd itself: the private control plane stores objects as
+//! JSON and never compacts, so every version of the live Service since the
+//! first release is still in etcd, whatever the apiserver and its watches
+//! went through. Each version whose selector names another color is one
+//! switch; there must be exactly one per release, and at the etcd revision
+//! of each switch the new color must have had all its replicas Ready (read
+//! from the Pods stored at that same revision).
 
 mod k8s_support;
 
@@ -46,6 +48,9 @@ use teal_testenv::wait_for;
 
 /// How long the apiserver stays down after the kill that follows a switch.
 const APISERVER_DOWN: Duration = Duration::from_secs(3);
+/// How long the switch of release 1 stays unconfirmed before the apiserver
+/// is killed.
+const HELD: Duration = Duration::from_secs(6);
 /// How long etcd stays paused.
 const ETCD_PAUSE: Duration = Duration::from_secs(10);
 
@@ -59,7 +64,7 @@ async fn apiserver_restarts_and_an_etcd_pause_never_switch_twice() {
     let ns = env.namespace("fault-cp").await;
     let manifest = workload_and_bluegreen(
         "shop",
-        "  promotion: {mode: manual}\n  scaleDownDelay: 5s\n  progressDeadline: 300s\n",
+        "  replicas: 2\n  preview: {replicas: 1}\n  promotion: {mode: manual}\n  scaleDownDelay: 5s\n  progressDeadline: 300s\n",
     );
     kubectl(env, &["apply", "-n", &ns, "-f", "-"], Some(&manifest));
     // With leader election, as deployed; the lease outlives every outage
@@ -86,15 +91,25 @@ async fn apiserver_restarts_and_an_etcd_pause_never_switch_twice() {
     let mut expected_switches = Vec::new();
 
     // Release 1: the apiserver restarted while the release waits for
-    // promotion, promoted right after, killed right after the switch.
+    // promotion, promoted right after, killed after the switch was written
+    // but before status confirmed it (held back by an admission policy).
     let want = set_image(&deps, "shop", "shop:2").await;
     wait_awaiting_promotion(&bgs, &want).await;
+    hold_confirmation(env, &ns, &live).await;
     cp.restart(Component::KubeApiserver).await.unwrap();
     let asked = std::time::Instant::now();
     let out = teal_promote(env, &ns).await;
     eprintln!("promote acted on {:?} after the restart", asked.elapsed());
     assert!(out.contains("promote accepted"), "{out}");
-    live = fault_after_switch(&cp, &bgs, &ns, &want, &live, Fault::ApiserverDown).await;
+    live = fault_after_switch(
+        &cp,
+        &bgs,
+        &ns,
+        &want,
+        &live,
+        Fault::ApiserverDownBeforeConfirmation,
+    )
+    .await;
     expected_switches.push(live.clone());
 
     // Release 2: the apiserver restarted right after the image change,
@@ -204,8 +219,10 @@ async fn apiserver_restarts_and_an_etcd_pause_never_switch_twice() {
 
 /// What fails right after a switch.
 enum Fault {
-    /// kube-apiserver SIGKILLed, started again after [`APISERVER_DOWN`].
-    ApiserverDown,
+    /// kube-apiserver SIGKILLed before the switch was confirmed in status
+    /// (see [`hold_confirmation`]), started again after [`APISERVER_DOWN`];
+    /// then the hold is lifted.
+    ApiserverDownBeforeConfirmation,
     /// etcd paused for [`ETCD_PAUSE`].
     EtcdPaused,
 }
@@ -223,38 +240,106 @@ async fn fault_after_switch(
 ) -> String {
     let client = cp.env().client();
     let to = wait_switch(&client, ns, live).await;
-    let (component, down) = match fault {
-        Fault::ApiserverDown => (Component::KubeApiserver, APISERVER_DOWN),
-        Fault::EtcdPaused => (Component::Etcd, ETCD_PAUSE),
-    };
     match fault {
-        Fault::ApiserverDown => {
-            cp.kill(component).await.unwrap();
-            // Whether the kill came before the controller confirmed the
-            // switch in status (then the restored state must not switch
-            // again): told, not asserted, as it depends on timing.
-            let killed_at = cp.etcd_revision().await.unwrap();
+        Fault::ApiserverDownBeforeConfirmation => {
+            // Held long enough for the controller to retry the refused
+            // confirmation (every 5 s after a failed reconcile).
             let key = format!("/registry/teal.dev/bluegreens/{ns}/shop");
-            let bg = cp.etcd_prefix_at(&key, killed_at).await.unwrap();
-            let release = bg
-                .first()
-                .map(|v| &v.value["status"]["engine"]["machine"]["release"]);
-            eprintln!(
-                "apiserver killed after the switch; the release in status then: phase {}, switch confirmed at {}",
-                release.map_or("?".into(), |r| r["phase"].to_string()),
-                release.map_or("?".into(), |r| r["switchConfirmedAt"].to_string()),
+            let switched_at = cp.etcd_revision().await.unwrap();
+            tokio::time::sleep(HELD).await;
+            cp.kill(Component::KubeApiserver).await.unwrap();
+            // What status said when the apiserver died, read from etcd.
+            let at = cp.etcd_revision().await.unwrap();
+            let stored = cp.etcd_prefix_at(&key, at).await.unwrap();
+            let release = &stored[0].value["status"]["engine"]["machine"]["release"];
+            assert_eq!(release["phase"], "CuttingOver", "{release}");
+            assert!(release["switchConfirmedAt"].is_null(), "{release}");
+            // Retrying, the controller writes the same switch again; that
+            // must not be a write of the BlueGreen each time (each write
+            // wakes the controller again: a loop as fast as the apiserver).
+            let writes = cp.etcd_versions(&key, switched_at).await.unwrap().len();
+            eprintln!("{writes} writes of the BlueGreen while its switch was held unconfirmed");
+            assert!(writes < 10, "{writes} writes of the BlueGreen in {HELD:?}");
+            tokio::time::sleep(APISERVER_DOWN).await;
+            cp.start_again(Component::KubeApiserver).await.unwrap();
+            kubectl(
+                cp.env(),
+                &["delete", "validatingadmissionpolicybinding", HOLD],
+                None,
             );
         }
         Fault::EtcdPaused => {
-            cp.pause(component).await.unwrap();
+            cp.pause(Component::Etcd).await.unwrap();
+            tokio::time::sleep(ETCD_PAUSE).await;
+            cp.resume(Component::Etcd).await.unwrap();
         }
     }
-    tokio::time::sleep(down).await;
-    match fault {
-        Fault::ApiserverDown => cp.start_again(component).await.unwrap(),
-        Fault::EtcdPaused => cp.resume(component).await.unwrap(),
-    };
     release_ended(bgs, &client, ns, revision, &to).await
+}
+
+/// Name of the admission policy that holds back switch confirmations.
+const HOLD: &str = "hold-switch-confirmation";
+
+/// Makes the apiserver refuse status writes that change a BlueGreen's
+/// live color, so the controller can switch the Service but not confirm
+/// the switch in status (it retries, re-applying the same selector), and
+/// returns once the policy is in force: a server-side dry run of such a
+/// write to `ns/shop`, currently live in `live`, is refused.
+async fn hold_confirmation(env: &teal_testenv::TestEnv, ns: &str, live: &str) {
+    let policy = format!(
+        r#"
+apiVersion: admissionregistration.k8s.io/v1
+kind: ValidatingAdmissionPolicy
+metadata: {{name: {HOLD}}}
+spec:
+  failurePolicy: Fail
+  matchConstraints:
+    resourceRules:
+    - {{apiGroups: [teal.dev], apiVersions: ["*"], operations: [UPDATE], resources: [bluegreens/status]}}
+  validations:
+  - expression: >-
+      !(has(oldObject.status) && has(oldObject.status.activeColor) &&
+      has(object.status) && has(object.status.activeColor)) ||
+      object.status.activeColor == oldObject.status.activeColor
+    message: held by the test
+---
+apiVersion: admissionregistration.k8s.io/v1
+kind: ValidatingAdmissionPolicyBinding
+metadata: {{name: {HOLD}}}
+spec: {{policyName: {HOLD}, validationActions: [Deny]}}
+"#
+    );
+    kubectl(env, &["apply", "-f", "-"], Some(&policy));
+    let other = if live == "blue" { "green" } else { "blue" };
+    let patch = format!(r#"{{"status":{{"activeColor":"{other}"}}}}"#);
+    wait_for(
+        "the admission policy to refuse a change of the live color",
+        Duration::from_secs(60),
+        || {
+            let out = env
+                .kubectl()
+                .args([
+                    "patch",
+                    "bluegreen",
+                    "shop",
+                    "-n",
+                    ns,
+                    "--subresource=status",
+                ])
+                .args(["--type=merge", "-p", &patch, "--dry-run=server"])
+                .output()
+                .unwrap();
+            let stderr = String::from_utf8_lossy(&out.stderr).into_owned();
+            async move {
+                if !out.status.success() && stderr.contains("held by the test") {
+                    Ok(())
+                } else {
+                    Err(format!("dry run: {}; {stderr}", out.status))
+                }
+            }
+        },
+    )
+    .await;
 }
 
 /// `teal promote shop`, which must be accepted; returns its output.
