@@ -28,7 +28,9 @@ pub type Feed<K> = Pin<Box<dyn Stream<Item = Result<K, watcher::Error>> + Send>>
 
 /// A watch of teal-labelled `K` feeding `writer`; the stream yields each
 /// object after the cache holds it, so a reconcile it triggers reads at
-/// least that state.
+/// least that state. It retries on its own (see `retry`) and yields no
+/// errors: they would also hold up every other trigger of the controller
+/// behind its shared backoff.
 fn watched<K>(api: Api<K>, writer: reflector::store::Writer<K>) -> Feed<K>
 where
     K: kube::Resource<DynamicType = ()>
@@ -43,13 +45,22 @@ where
         .labels(labels::BLUEGREEN)
         .any_semantic();
     watcher(api, config)
-        .default_backoff()
+        .backoff(crate::retry::WatchBackoff::default())
         .modify(|o: &mut K| {
             // Managed fields are large and never read: do not keep them.
             o.meta_mut().managed_fields = None;
         })
         .reflect(writer)
         .touched_objects()
+        .filter_map(|r| async move {
+            match r {
+                Ok(obj) => Some(Ok(obj)),
+                Err(e) => {
+                    tracing::debug!("watching {}: {e}", K::plural(&()));
+                    None
+                }
+            }
+        })
         .boxed()
 }
 

@@ -59,6 +59,25 @@ pub fn engine_value(
     Ok(engine)
 }
 
+/// The engine state as status holds it once written: a merge patch removes
+/// the fields it sets to null (an unset `Option` serializes as null), so
+/// they are left out here too. Compared with the stored state, this tells
+/// whether writing `state` would change anything.
+pub fn stored_form(state: &EngineState) -> Result<serde_json::Value, Error> {
+    let mut value = serde_json::to_value(state).map_err(|e| Error::State(e.to_string()))?;
+    drop_null_fields(&mut value);
+    Ok(value)
+}
+
+/// Removes null object fields, recursively through objects (a merge patch
+/// takes arrays as they are).
+fn drop_null_fields(value: &mut serde_json::Value) {
+    if let Some(object) = value.as_object_mut() {
+        object.retain(|_, v| !v.is_null());
+        object.values_mut().for_each(drop_null_fields);
+    }
+}
+
 /// Sets to null, in `new`, every object field that `old` has and `new` lacks.
 fn null_removed(old: &serde_json::Value, new: &mut serde_json::Value) {
     if let (Some(old), Some(new)) = (old.as_object(), new.as_object_mut()) {
@@ -89,6 +108,16 @@ pub fn unconfirmed_switch(state: &EngineState) -> Option<Action> {
 mod tests {
     use super::null_removed;
     use serde_json::json;
+
+    #[test]
+    fn null_fields_are_left_out_as_a_merge_patch_stores_them() {
+        let mut v = json!({"routing": {"active": "blue", "preview": null}, "list": [null, {"a": null}], "n": null});
+        super::drop_null_fields(&mut v);
+        assert_eq!(
+            v,
+            json!({"routing": {"active": "blue"}, "list": [null, {"a": null}]})
+        );
+    }
 
     #[test]
     fn removed_fields_become_null_and_unchanged_ones_stay() {

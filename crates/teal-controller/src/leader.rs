@@ -1,7 +1,9 @@
 //! Leader election on a `coordination.k8s.io/v1` Lease, so two controller
 //! replicas never act at once. The holder renews the lease; others take it
 //! over only once it has expired. Updates use the lease's resourceVersion,
-//! so two candidates can never both win the same round.
+//! so two candidates can never both win the same round. A holder that could
+//! not renew in time (the apiserver or etcd unreachable) stops acting before
+//! its lease can expire ([`renew_deadline`]).
 
 use std::time::Duration;
 
@@ -78,6 +80,22 @@ pub async fn try_acquire(api: &Api<Lease>, cfg: &LeaseConfig) -> Result<bool, ku
     }
 }
 
+/// How long a leader may act after a renewal attempt that succeeded: two
+/// thirds of the lease, so it has stopped well before another replica can
+/// see the lease expired (as client-go's renew deadline). A leader that
+/// cannot renew (apiserver or etcd unreachable) stops then, instead of acting
+/// on while another replica takes over.
+pub fn renew_deadline(lease: Duration) -> Duration {
+    lease * 2 / 3
+}
+
+/// How often the leader renews (and retries a failed renewal): a sixth of
+/// the lease, so a slow or failed attempt leaves several more before the
+/// renew deadline.
+pub fn renew_interval(lease: Duration) -> Duration {
+    lease / 6
+}
+
 /// Releases the lease on a clean stop so another replica takes over at once.
 pub async fn release(api: &Api<Lease>, cfg: &LeaseConfig) {
     if let Ok(Some(mut lease)) = api.get_opt(&cfg.name).await
@@ -86,5 +104,19 @@ pub async fn release(api: &Api<Lease>, cfg: &LeaseConfig) {
     {
         spec.holder_identity = None;
         let _ = api.replace(&cfg.name, &PostParams::default(), &lease).await;
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn a_leader_renews_several_times_and_stops_before_its_lease_can_expire() {
+        for secs in [3, 15, 300] {
+            let lease = Duration::from_secs(secs);
+            assert!(renew_deadline(lease) < lease);
+            assert!(renew_interval(lease) * 3 < renew_deadline(lease), "{secs}s");
+        }
     }
 }

@@ -16,6 +16,7 @@ pub mod leader;
 pub mod metrics;
 pub mod objects;
 pub mod reconcile;
+pub mod retry;
 pub mod routers;
 
 use std::net::SocketAddr;
@@ -55,6 +56,10 @@ pub enum RunError {
     Io(#[from] std::io::Error),
     #[error("lost the leader lease {0}: stopping so that only one controller acts")]
     LostLease(String),
+    #[error(
+        "could not renew the leader lease {0} in time (is the apiserver or etcd down?): stopping so that only one controller acts"
+    )]
+    LeaseNotRenewed(String),
 }
 
 fn api<K>(client: &Client, ns: &Option<String>) -> Api<K>
@@ -81,27 +86,18 @@ pub async fn run(client: Client, opts: Options) -> Result<(), RunError> {
     let addr = metrics.clone().serve(opts.metrics_addr).await?;
     tracing::info!("metrics, health and dashboard on http://{addr}");
 
-    let leading = async {
-        let Some(cfg) = opts.lease.clone() else {
-            return std::future::pending::<Result<(), RunError>>().await;
-        };
-        let leases: Api<Lease> = Api::namespaced(client.clone(), &cfg.namespace);
-        let every = cfg.duration / 3;
-        loop {
-            tokio::time::sleep(every).await;
-            match leader::try_acquire(&leases, &cfg).await {
-                Ok(true) => {}
-                Ok(false) => return Err(RunError::LostLease(cfg.name.clone())),
-                Err(e) => tracing::warn!("renewing the lease: {e}"),
-            }
-        }
-    };
+    // Leading lasts until `lease_valid_until`, moved on by every renewal.
+    let mut lease_valid_until = None;
     if let Some(cfg) = &opts.lease {
         let leases: Api<Lease> = Api::namespaced(client.clone(), &cfg.namespace);
         tracing::info!(identity = %cfg.identity, "waiting to lead (lease {}/{})", cfg.namespace, cfg.name);
         loop {
+            let attempt = tokio::time::Instant::now();
             match leader::try_acquire(&leases, cfg).await {
-                Ok(true) => break,
+                Ok(true) => {
+                    lease_valid_until = Some(attempt + leader::renew_deadline(cfg.duration));
+                    break;
+                }
                 Ok(false) => {}
                 Err(e) => tracing::warn!("acquiring the lease: {e}"),
             }
@@ -109,6 +105,31 @@ pub async fn run(client: Client, opts: Options) -> Result<(), RunError> {
         }
         tracing::info!(identity = %cfg.identity, "leading");
     }
+    let leading = async {
+        let (Some(cfg), Some(mut valid_until)) = (opts.lease.clone(), lease_valid_until) else {
+            return std::future::pending::<Result<(), RunError>>().await;
+        };
+        let leases: Api<Lease> = Api::namespaced(client.clone(), &cfg.namespace);
+        loop {
+            let renewal = async {
+                tokio::time::sleep(leader::renew_interval(cfg.duration)).await;
+                let attempt = tokio::time::Instant::now();
+                (attempt, leader::try_acquire(&leases, &cfg).await)
+            };
+            tokio::select! {
+                // Unrenewed, the lease may be another replica's soon: stop
+                // acting before it can be (an apiserver or etcd outage).
+                _ = tokio::time::sleep_until(valid_until) => {
+                    return Err(RunError::LeaseNotRenewed(cfg.name.clone()));
+                }
+                (attempt, renewed) = renewal => match renewed {
+                    Ok(true) => valid_until = attempt + leader::renew_deadline(cfg.duration),
+                    Ok(false) => return Err(RunError::LostLease(cfg.name.clone())),
+                    Err(e) => tracing::warn!("renewing the lease: {e}"),
+                },
+            }
+        }
+    };
     metrics.ready.store(true, Ordering::SeqCst);
 
     let reporter = Reporter {
@@ -130,6 +151,7 @@ pub async fn run(client: Client, opts: Options) -> Result<(), RunError> {
     let controller = Controller::new(bgs, watcher::Config::default());
     let store = controller.store();
     let controller = controller
+        .trigger_backoff(retry::WatchBackoff::default())
         // Color Deployments and Pods: one watch each, filling the cache
         // reconciles read (see cache.rs) and waking their BlueGreen.
         .owns_stream(feeds.deployments)
@@ -173,7 +195,9 @@ pub async fn run(client: Client, opts: Options) -> Result<(), RunError> {
         r = leading => r,
     };
 
-    if let Some(cfg) = &opts.lease {
+    // Handed over on a clean stop only: a lease lost or not renewed is not
+    // ours to release (and the apiserver may not answer).
+    if let (Some(cfg), Ok(())) = (&opts.lease, &result) {
         let leases: Api<Lease> = Api::namespaced(client.clone(), &cfg.namespace);
         leader::release(&leases, cfg).await;
     }

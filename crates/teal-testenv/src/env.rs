@@ -19,9 +19,10 @@ pub struct TestEnv {
     kubeconfig: PathBuf,
     dir: PathBuf,
     config: Config,
-    // Holds the supervisor's standard input open for the life of the process; the
-    // supervisor stops the control plane when it closes at exit.
-    _supervisor: Mutex<Supervised>,
+    // Holds the supervisor's standard input open for the life of the process (the shared
+    // one) or of the value (a private one); the supervisor stops the control plane when it
+    // closes.
+    pub(crate) supervisor: Mutex<Supervised>,
 }
 
 static SHARED: OnceLock<Result<TestEnv, String>> = OnceLock::new();
@@ -40,19 +41,20 @@ impl TestEnv {
     /// Like [`TestEnv::shared`], but returns why it could not start instead of panicking.
     pub fn try_shared() -> Result<&'static TestEnv, String> {
         SHARED
-            .get_or_init(|| Self::start().map_err(|e| e.to_string()))
+            .get_or_init(|| Self::start(&[]).map_err(|e| e.to_string()))
             .as_ref()
             .map_err(Clone::clone)
     }
 
-    fn start() -> Result<TestEnv, Error> {
+    /// Starts a control plane with `options` for `scripts/control-plane run`.
+    pub(crate) fn start(options: &[String]) -> Result<TestEnv, Error> {
         // Ports are picked free just before use; in the rare case another process takes one in
         // between, a component fails to bind and a second attempt picks new ones.
         let mut attempt = 0;
         let supervised = loop {
             attempt += 1;
             let dir = supervisor::state_dir("control-plane")?;
-            match supervisor::start("the control plane", "run", dir, &[], START_TIMEOUT) {
+            match supervisor::start("the control plane", "run", options, dir, &[], START_TIMEOUT) {
                 Ok(supervised) => break supervised,
                 Err(e @ Error::Start { .. }) if attempt < 2 => {
                     tracing::warn!("starting the control plane failed, trying again: {e}");
@@ -66,7 +68,7 @@ impl TestEnv {
             kubeconfig,
             dir: supervised.dir.clone(),
             config,
-            _supervisor: Mutex::new(supervised),
+            supervisor: Mutex::new(supervised),
         })
     }
 
@@ -147,6 +149,17 @@ impl TestEnv {
         )
         .await?;
         Ok(name)
+    }
+}
+
+impl Drop for TestEnv {
+    /// Only private control planes are ever dropped (the shared one lives in a static): stop
+    /// it and wait until every component is gone.
+    fn drop(&mut self) {
+        self.supervisor
+            .get_mut()
+            .unwrap_or_else(|e| e.into_inner())
+            .stop();
     }
 }
 

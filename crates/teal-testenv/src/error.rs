@@ -25,6 +25,15 @@ pub enum Error {
         log: PathBuf,
         tail: String,
     },
+    /// A fault command to the control plane's supervisor failed.
+    #[error(
+        "control plane command `{command}` failed: {reason}\n--- last lines of the supervisor log ---\n{tail}"
+    )]
+    Command {
+        command: String,
+        reason: String,
+        tail: String,
+    },
     /// The kubeconfig written by the control plane could not be used.
     #[error("kubeconfig {path}: {message}")]
     Kubeconfig { path: PathBuf, message: String },
@@ -45,6 +54,9 @@ pub enum Error {
     /// A network namespace could not be created, used or deleted.
     #[error("network namespace {name}: {message}")]
     NetNs { name: String, message: String },
+    /// A request to etcd failed or its answer was not understood.
+    #[error("etcd: {0}")]
+    Etcd(String),
     /// A request to Prometheus failed or its answer was not understood.
     #[error("prometheus: {0}")]
     Prometheus(String),

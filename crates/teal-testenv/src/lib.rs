@@ -25,6 +25,9 @@
 //! # }
 //! ```
 //!
+//! A fault test that kills, restarts or pauses components (kube-apiserver, etcd, ...) gets a
+//! control plane of its own from [`faults::ControlPlane::start`]; see [`faults`].
+//!
 //! Pod IPs in this cluster are made up by kwok: nothing listens on them on the host, so never
 //! send traffic to them there; to serve real traffic on them, run the processes in a network
 //! namespace of the test's own ([`netns::NetNs`]). Pod behaviour (readiness delay, never
@@ -36,6 +39,8 @@
 
 mod env;
 mod error;
+pub mod faults;
+mod http;
 pub mod netns;
 pub mod prometheus;
 pub mod receiver;

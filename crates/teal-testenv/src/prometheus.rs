@@ -6,9 +6,6 @@ use std::path::Path;
 use std::time::Duration;
 
 use bytes::Bytes;
-use http_body_util::{BodyExt, Empty};
-use hyper_util::client::legacy::Client;
-use hyper_util::rt::TokioExecutor;
 use serde::Deserialize;
 
 use crate::Error;
@@ -42,6 +39,7 @@ pub async fn start(config_yaml: &str) -> Result<Prometheus, Error> {
         supervisor::start(
             "prometheus",
             "prometheus",
+            &[],
             dir,
             &[config.as_path()],
             START_TIMEOUT,
@@ -75,28 +73,9 @@ impl Prometheus {
 
     /// GETs `uri` and returns the body, failing on a non-2xx status.
     async fn get(&self, uri: &str) -> Result<Bytes, Error> {
-        let client = Client::builder(TokioExecutor::new()).build_http::<Empty<Bytes>>();
-        let uri: http::Uri = uri
-            .parse()
-            .map_err(|e| Error::Prometheus(format!("bad URI {uri}: {e}")))?;
-        let response = client
-            .get(uri.clone())
+        crate::http::send("GET", uri, None)
             .await
-            .map_err(|e| Error::Prometheus(format!("GET {uri}: {e}")))?;
-        let status = response.status();
-        let body = response
-            .into_body()
-            .collect()
-            .await
-            .map_err(|e| Error::Prometheus(format!("reading the answer to GET {uri}: {e}")))?
-            .to_bytes();
-        if !status.is_success() {
-            return Err(Error::Prometheus(format!(
-                "GET {uri}: {status}: {}",
-                String::from_utf8_lossy(&body)
-            )));
-        }
-        Ok(body)
+            .map_err(Error::Prometheus)
     }
 }
 

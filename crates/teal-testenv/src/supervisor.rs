@@ -2,11 +2,13 @@
 //!
 //! Each child gets a pipe as standard input and stops everything it started when that pipe
 //! reaches end of file, which happens when the test process exits, however it exits. Its
-//! first line on standard output is `ready <detail>`.
+//! first line on standard output is `ready <detail>`; `run` then reads fault commands from that
+//! pipe and answers each with one line ([`Supervised::command`]).
 
-use std::io::{BufRead, BufReader};
+use std::io::{BufRead, BufReader, Write};
 use std::path::{Path, PathBuf};
 use std::process::{Child, ChildStdin, Command, Stdio};
+use std::sync::mpsc::Receiver;
 use std::sync::{Mutex, Once};
 use std::time::{Duration, SystemTime, UNIX_EPOCH};
 
@@ -97,13 +99,16 @@ pub(crate) struct Supervised {
     pub(crate) dir: PathBuf,
     /// What followed `ready ` on the first line.
     pub(crate) detail: String,
+    /// The lines it printed after that one (answers to commands).
+    lines: Receiver<std::io::Result<String>>,
 }
 
-/// Starts `scripts/control-plane <args> DIR [extra]` and waits up to `timeout` for its
-/// `ready` line.
+/// Starts `scripts/control-plane <verb> [options] DIR [extra]` and waits up to `timeout` for
+/// its `ready` line.
 pub(crate) fn start(
     what: &'static str,
     verb: &str,
+    options: &[String],
     dir: PathBuf,
     extra: &[&Path],
     timeout: Duration,
@@ -117,7 +122,8 @@ pub(crate) fn start(
     if std::env::var_os("TEAL_TESTENV_KEEP").is_none_or(|v| v.is_empty() || v == "0") {
         cmd.arg("--remove-on-exit");
     }
-    cmd.arg(&dir)
+    cmd.args(options)
+        .arg(&dir)
         .args(extra)
         .stdin(Stdio::piped())
         .stdout(Stdio::piped())
@@ -131,11 +137,14 @@ pub(crate) fn start(
 
     let (tx, rx) = std::sync::mpsc::channel();
     std::thread::spawn(move || {
-        let mut reader = BufReader::new(stdout);
-        let mut line = String::new();
-        let _ = tx.send(reader.read_line(&mut line).map(|_| line));
-        // Keep reading so the child never blocks on a full pipe.
-        let _ = std::io::copy(&mut reader, &mut std::io::sink());
+        // Every line, also when nobody asks for them, so the child never blocks on a full pipe.
+        for line in BufReader::new(stdout).lines() {
+            let failed = line.is_err();
+            let _ = tx.send(line);
+            if failed {
+                break;
+            }
+        }
     });
     let fail = |reason: String| Error::Start {
         what,
@@ -146,7 +155,8 @@ pub(crate) fn start(
     let line = match rx.recv_timeout(timeout) {
         Ok(Ok(line)) => line,
         Ok(Err(e)) => return Err(fail(format!("reading its output: {e}"))),
-        Err(_) => {
+        Err(std::sync::mpsc::RecvTimeoutError::Disconnected) => String::new(),
+        Err(std::sync::mpsc::RecvTimeoutError::Timeout) => {
             let _ = child.kill();
             let _ = child.wait();
             return Err(fail(format!("not ready within {timeout:?}")));
@@ -158,6 +168,7 @@ pub(crate) fn start(
             stdin,
             dir,
             detail: detail.to_owned(),
+            lines: rx,
         }),
         None => {
             let status = child.wait().ok();
@@ -170,6 +181,36 @@ pub(crate) fn start(
 }
 
 impl Supervised {
+    /// Sends one command line and returns the line that answers it, waiting up to `timeout`.
+    pub(crate) fn command(&mut self, command: &str, timeout: Duration) -> Result<String, Error> {
+        let log = self.dir.join("supervisor.log");
+        let fail = |reason: String| Error::Command {
+            command: command.to_owned(),
+            reason,
+            tail: tail(&log, 20),
+        };
+        // Answers to earlier commands that timed out are not this one's.
+        while self.lines.try_recv().is_ok() {}
+        let stdin = self
+            .stdin
+            .as_mut()
+            .ok_or_else(|| fail("the supervisor was stopped".to_owned()))?;
+        stdin
+            .write_all(format!("{command}\n").as_bytes())
+            .and_then(|()| stdin.flush())
+            .map_err(|e| fail(format!("writing to the supervisor: {e}")))?;
+        match self.lines.recv_timeout(timeout) {
+            Ok(Ok(line)) => Ok(line),
+            Ok(Err(e)) => Err(fail(format!("reading the answer: {e}"))),
+            Err(std::sync::mpsc::RecvTimeoutError::Timeout) => {
+                Err(fail(format!("no answer within {timeout:?}")))
+            }
+            Err(std::sync::mpsc::RecvTimeoutError::Disconnected) => {
+                Err(fail("the supervisor exited".to_owned()))
+            }
+        }
+    }
+
     /// Closes the pipe and waits for everything to stop.
     pub(crate) fn stop(&mut self) {
         drop(self.stdin.take());

@@ -5,15 +5,15 @@
 mod k8s_support;
 
 use std::net::TcpListener;
-use std::process::{Child, Command, Stdio};
 use std::time::Duration;
 
 use k8s_openapi::api::apps::v1::Deployment;
 use k8s_openapi::api::coordination::v1::Lease;
-use k8s_support::{apply_deploy_files, kubectl, live_color, wait_healthy, workload_and_bluegreen};
+use k8s_support::{
+    ControllerProcess, apply_deploy_files, kubectl, live_color, set_image, wait_healthy,
+    workload_and_bluegreen,
+};
 use kube::Api;
-use kube::api::{Patch, PatchParams};
-use serde_json::json;
 use teal_api::BlueGreen;
 use teal_testenv::{TestEnv, wait_for};
 
@@ -37,42 +37,6 @@ async fn setup(env: &TestEnv, prefix: &str, bg_extra: &str) -> String {
     ns
 }
 
-struct Controller(Child);
-
-impl Controller {
-    fn start(env: &TestEnv, ns: &str, extra: &[&str]) -> Controller {
-        let log = std::fs::OpenOptions::new()
-            .create(true)
-            .append(true)
-            .open(std::env::temp_dir().join(format!("teal-controller-{ns}.log")))
-            .unwrap();
-        let child = Command::new(env!("CARGO_BIN_EXE_teal"))
-            .arg("controller")
-            .args(["--namespace", ns])
-            .args(extra)
-            .env("KUBECONFIG", env.kubeconfig_path())
-            .env("TEAL_LOG", "info")
-            .stdout(Stdio::null())
-            .stderr(log)
-            .spawn()
-            .unwrap();
-        Controller(child)
-    }
-
-    fn kill(mut self) {
-        let _ = self.0.kill();
-        let _ = self.0.wait();
-        std::mem::forget(self);
-    }
-}
-
-impl Drop for Controller {
-    fn drop(&mut self) {
-        let _ = self.0.kill();
-        let _ = self.0.wait();
-    }
-}
-
 async fn status(api: &Api<BlueGreen>) -> teal_api::BlueGreenStatus {
     api.get("shop").await.unwrap().status.unwrap_or_default()
 }
@@ -90,14 +54,6 @@ async fn wait_healthy_at(
     wait_healthy(api, "shop", revision).await
 }
 
-async fn set_image(deps: &Api<Deployment>, image: &str) {
-    let patch =
-        json!({"spec": {"template": {"spec": {"containers": [{"name": "app", "image": image}]}}}});
-    deps.patch("shop", &PatchParams::default(), &Patch::Strategic(patch))
-        .await
-        .unwrap();
-}
-
 #[tokio::test]
 async fn killed_mid_release_the_controller_resumes_and_finishes_exactly_once() {
     let env = TestEnv::shared();
@@ -106,18 +62,18 @@ async fn killed_mid_release_the_controller_resumes_and_finishes_exactly_once() {
     let bgs: Api<BlueGreen> = Api::namespaced(client.clone(), &ns);
     let deps: Api<Deployment> = Api::namespaced(client.clone(), &ns);
     let args = ["--no-leader-election", "--metrics-addr", "127.0.0.1:0"];
-    let mut ctl = Controller::start(env, &ns, &args);
+    let mut ctl = ControllerProcess::start(env, &ns, &args);
     wait_healthy_at(&bgs, None).await;
 
     // Kill the controller at different points of four releases.
     let kill_after_ms = [150u64, 600, 1200, 2500];
     for (i, delay) in kill_after_ms.iter().enumerate() {
-        set_image(&deps, &format!("shop:{}", i + 2)).await;
+        set_image(&deps, "shop", &format!("shop:{}", i + 2)).await;
         tokio::time::sleep(Duration::from_millis(*delay)).await;
         ctl.kill();
         let seen = status(&bgs).await;
         tokio::time::sleep(Duration::from_millis(300)).await;
-        ctl = Controller::start(env, &ns, &args);
+        ctl = ControllerProcess::start(env, &ns, &args);
         let want = workload_revision(&deps).await;
         let st = wait_healthy_at(&bgs, Some(&want)).await;
         let rev = st.active_revision.clone().unwrap();
@@ -157,7 +113,7 @@ async fn two_controllers_share_one_lease() {
     let deps: Api<Deployment> = Api::namespaced(client.clone(), &ns);
     let ports = [free_port(), free_port()];
     let start = |id: &str, port: u16| {
-        Controller::start(
+        ControllerProcess::start(
             env,
             &ns,
             &[
@@ -244,7 +200,7 @@ async fn two_controllers_share_one_lease() {
     })
     .await;
     assert_ne!(new_holder, holder);
-    set_image(&deps, "shop:2").await;
+    set_image(&deps, "shop", "shop:2").await;
     let want = workload_revision(&deps).await;
     let st = wait_healthy_at(&bgs, Some(&want)).await;
     assert_eq!(

@@ -8,22 +8,23 @@
 
 mod k8s_support;
 
-use std::process::{Child, Command, Stdio};
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
 use futures_util::StreamExt;
 use k8s_openapi::api::apps::v1::Deployment;
 use k8s_openapi::api::core::v1::Service;
-use k8s_support::{apply_deploy_files, kubectl, live_color, wait_healthy};
+use k8s_support::{
+    ControllerProcess, apply_deploy_files, kubectl, live_color, set_image, wait_healthy,
+};
 use kube::Api;
-use kube::api::{Patch, PatchParams, WatchEvent, WatchParams};
-use serde_json::json;
+use kube::api::{WatchEvent, WatchParams};
 use teal_api::BlueGreen;
 use teal_testenv::{TestEnv, wait_for};
 
 const RELEASES: usize = 10;
 const KILLS_PER_RELEASE: usize = 5;
+const CONTROLLER_ARGS: &[&str] = &["--no-leader-election", "--metrics-addr", "127.0.0.1:0"];
 
 /// xorshift: enough to spread kill points; the seed makes a run replayable.
 struct Rng(u64);
@@ -34,36 +35,6 @@ impl Rng {
         self.0 ^= self.0 >> 7;
         self.0 ^= self.0 << 17;
         self.0 % n
-    }
-}
-
-struct Controller(Child);
-
-impl Controller {
-    fn start(env: &TestEnv, ns: &str) -> Controller {
-        let log = std::fs::OpenOptions::new()
-            .create(true)
-            .append(true)
-            .open(std::env::temp_dir().join(format!("teal-controller-{ns}.log")))
-            .unwrap();
-        let child = Command::new(env!("CARGO_BIN_EXE_teal"))
-            .args(["controller", "--namespace", ns, "--no-leader-election"])
-            .args(["--metrics-addr", "127.0.0.1:0"])
-            .env("KUBECONFIG", env.kubeconfig_path())
-            .env("TEAL_LOG", "info")
-            .stdout(Stdio::null())
-            .stderr(log)
-            .spawn()
-            .unwrap();
-        Controller(child)
-    }
-}
-
-impl Drop for Controller {
-    fn drop(&mut self) {
-        // SIGKILL: no chance to finish what it was doing.
-        let _ = self.0.kill();
-        let _ = self.0.wait();
     }
 }
 
@@ -173,7 +144,7 @@ spec:
     eprintln!("TEAL_FAULT_SEED={seed}");
     let mut rng = Rng(seed);
 
-    let mut ctl = Controller::start(env, &ns);
+    let mut ctl = ControllerProcess::start(env, &ns, CONTROLLER_ARGS);
     let healthy_at = |want: Option<String>| {
         let bgs = bgs.clone();
         async move { wait_healthy(&bgs, "shop", want.as_deref()).await }
@@ -191,16 +162,13 @@ spec:
     let mut kills = 0;
     for release in 0..RELEASES {
         let image = format!("shop:{}", release + 2);
-        let patch = json!({"spec": {"template": {"spec": {"containers": [{"name": "app", "image": image}]}}}});
-        deps.patch("shop", &PatchParams::default(), &Patch::Strategic(patch))
-            .await
-            .unwrap();
+        set_image(&deps, "shop", &image).await;
         for _ in 0..KILLS_PER_RELEASE {
             tokio::time::sleep(Duration::from_millis(50 + rng.below(1500))).await;
             drop(ctl);
             kills += 1;
             tokio::time::sleep(Duration::from_millis(rng.below(300))).await;
-            ctl = Controller::start(env, &ns);
+            ctl = ControllerProcess::start(env, &ns, CONTROLLER_ARGS);
         }
         let d = deps.get("shop").await.unwrap();
         let want = teal_controller::objects::revision_of(&d.spec.template);

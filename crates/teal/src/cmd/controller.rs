@@ -23,7 +23,9 @@ pub struct Args {
     /// Name of the leader Lease.
     #[arg(long, default_value = "teal-controller")]
     lease_name: String,
-    /// Seconds a leader's lease lasts without renewal.
+    /// Seconds a leader's lease lasts without renewal. A leader that could
+    /// not renew it for two thirds of that stops (exits) so that another
+    /// replica can take over.
     #[arg(long, default_value_t = 15, value_parser = clap::value_parser!(u64).range(3..=300))]
     lease_seconds: u64,
     /// This replica's identity in the Lease (default: pod name, else host and pid).

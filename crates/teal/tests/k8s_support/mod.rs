@@ -144,15 +144,11 @@ pub async fn release_image(
     name: &str,
     image: &str,
 ) -> teal_api::BlueGreenStatus {
-    use kube::api::{Patch, PatchParams};
     let bgs: kube::Api<teal_api::BlueGreen> = kube::Api::namespaced(client.clone(), ns);
     let deps: kube::Api<k8s_openapi::api::apps::v1::Deployment> =
         kube::Api::namespaced(client.clone(), ns);
     wait_healthy(&bgs, name, None).await;
-    let patch = serde_json::json!({"spec": {"template": {"spec": {"containers": [{"name": "app", "image": image}]}}}});
-    deps.patch(name, &PatchParams::default(), &Patch::Strategic(patch))
-        .await
-        .unwrap();
+    set_image(&deps, name, image).await;
     let want = teal_controller::objects::revision_of(&deps.get(name).await.unwrap().spec.template);
     wait_healthy(&bgs, name, Some(&want)).await
 }
@@ -239,4 +235,72 @@ pub async fn live_color(client: &kube::Client, ns: &str, service: &str) -> Optio
         .spec
         .and_then(|s| s.selector)
         .and_then(|s| s.get("teal.dev/color").cloned())
+}
+
+/// Sets the image of the `app` container of Deployment `name`: a new
+/// revision for the BlueGreen releasing it. Returns that revision.
+#[allow(dead_code)]
+pub async fn set_image(
+    deps: &kube::Api<k8s_openapi::api::apps::v1::Deployment>,
+    name: &str,
+    image: &str,
+) -> String {
+    use kube::api::{Patch, PatchParams};
+    let patch = serde_json::json!({"spec": {"template": {"spec": {"containers": [{"name": "app", "image": image}]}}}});
+    let d = deps
+        .patch(name, &PatchParams::default(), &Patch::Strategic(patch))
+        .await
+        .unwrap();
+    teal_controller::objects::revision_of(&d.spec.template)
+}
+
+/// A `teal controller` process watching namespace `ns` (with `extra`
+/// arguments), its log appended to `teal-controller-<ns>.log` in the
+/// temporary directory. SIGKILLed when dropped: no chance to finish what it
+/// was doing.
+#[allow(dead_code)]
+pub struct ControllerProcess(pub std::process::Child);
+
+#[allow(dead_code)]
+impl ControllerProcess {
+    pub fn start(env: &TestEnv, ns: &str, extra: &[&str]) -> ControllerProcess {
+        let log = std::fs::OpenOptions::new()
+            .create(true)
+            .append(true)
+            .open(Self::log_path(ns))
+            .unwrap();
+        let child = std::process::Command::new(env!("CARGO_BIN_EXE_teal"))
+            .arg("controller")
+            .args(["--namespace", ns])
+            .args(extra)
+            .env("KUBECONFIG", env.kubeconfig_path())
+            .env("TEAL_LOG", "info")
+            .stdout(Stdio::null())
+            .stderr(log)
+            .spawn()
+            .unwrap();
+        ControllerProcess(child)
+    }
+
+    /// Where the controllers of namespace `ns` log.
+    pub fn log_path(ns: &str) -> std::path::PathBuf {
+        std::env::temp_dir().join(format!("teal-controller-{ns}.log"))
+    }
+
+    /// SIGKILLs it now.
+    pub fn kill(self) {
+        drop(self);
+    }
+
+    /// How it ended, if it did.
+    pub fn exited(&mut self) -> Option<std::process::ExitStatus> {
+        self.0.try_wait().unwrap()
+    }
+}
+
+impl Drop for ControllerProcess {
+    fn drop(&mut self) {
+        let _ = self.0.kill();
+        let _ = self.0.wait();
+    }
 }
