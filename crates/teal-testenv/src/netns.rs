@@ -6,6 +6,11 @@
 //! it ([`NetNs::command`]). Nothing outside the namespace sees those addresses, and the host
 //! sees nothing of them either. The namespace is deleted when the value is dropped.
 //!
+//! Two namespaces can be joined by a veth pair ([`NetNs::veth`]), one address at each end,
+//! so traffic between them crosses a real link that a test can take down and bring back
+//! ([`NetNs::set_link`]): with the link down, packets are dropped without any answer, as
+//! when a node's network goes away.
+//!
 //! The test process itself stays in the host namespace. Sockets it needs inside (a client
 //! connection, a listener) are created by a short-lived thread that enters the namespace
 //! ([`NetNs::connect`], [`NetNs::bind`]); a socket keeps the namespace it was created in, so
@@ -21,8 +26,19 @@ use std::process::Command;
 use std::sync::Arc;
 use std::sync::atomic::{AtomicBool, AtomicU32, Ordering};
 use std::thread::JoinHandle;
+use std::time::Duration;
 
 use crate::Error;
+
+/// One end of a veth pair: the namespace it is in, the device's name there and the address
+/// (with its prefix length) given to the device.
+#[derive(Clone, Copy)]
+pub struct VethEnd<'a> {
+    pub ns: &'a NetNs,
+    pub device: &'a str,
+    pub addr: IpAddr,
+    pub prefix_len: u8,
+}
 
 /// A network namespace this process created; deleted on drop.
 pub struct NetNs {
@@ -119,6 +135,41 @@ impl NetNs {
         )
     }
 
+    /// Joins two namespaces with a veth pair: creates device `a.device` in `a.ns` and its peer
+    /// `b.device` in `b.ns` (directly there, never in the host's namespace), gives each end its
+    /// address and sets both up. The pair goes when either namespace is deleted.
+    pub fn veth(a: VethEnd<'_>, b: VethEnd<'_>) -> Result<(), Error> {
+        ip(
+            &a.ns.name,
+            &[
+                "-n", &a.ns.name, "link", "add", a.device, "type", "veth", "peer", "name",
+                b.device, "netns", &b.ns.name,
+            ],
+        )?;
+        for end in [a, b] {
+            let cidr = format!("{}/{}", end.addr, end.prefix_len);
+            let mut args = vec!["-n", &end.ns.name, "addr", "add", &cidr, "dev", end.device];
+            if end.addr.is_ipv6() {
+                // Usable at once, without duplicate address detection.
+                args.push("nodad");
+            }
+            ip(&end.ns.name, &args)?;
+            end.ns.set_link(end.device, true)?;
+        }
+        Ok(())
+    }
+
+    /// Sets network device `device` of the namespace up or down (`ip link set DEV up|down`).
+    /// Down, the device and (for a veth) its peer carry nothing: what is sent over it is
+    /// dropped silently.
+    pub fn set_link(&self, device: &str, up: bool) -> Result<(), Error> {
+        let state = if up { "up" } else { "down" };
+        ip(
+            &self.name,
+            &["-n", &self.name, "link", "set", "dev", device, state],
+        )
+    }
+
     /// A command running `program` inside the namespace (`ip netns exec`, which execs it: the
     /// child's pid is the program's own).
     pub fn command(&self, program: impl AsRef<OsStr>) -> Command {
@@ -150,6 +201,13 @@ impl NetNs {
     pub fn connect(&self, addr: SocketAddr) -> Result<TcpStream, Error> {
         self.inside(&format!("connect to {addr}"), move || {
             TcpStream::connect(addr)
+        })
+    }
+
+    /// Like [`NetNs::connect`], giving up after `timeout` (when nothing answers at all).
+    pub fn connect_timeout(&self, addr: SocketAddr, timeout: Duration) -> Result<TcpStream, Error> {
+        self.inside(&format!("connect to {addr}"), move || {
+            TcpStream::connect_timeout(&addr, timeout)
         })
     }
 

@@ -1,12 +1,14 @@
 //! Network namespaces made by the test tooling: addresses added inside are reachable inside
 //! (from the test's own sockets and from commands run there), not on the host, the host
-//! forwarder reaches a host loopback server, and the namespace is gone after drop.
+//! forwarder reaches a host loopback server, and the namespace is gone after drop; a veth pair
+//! joins two namespaces and carries nothing while one end is down.
 
 use std::io::{Read, Write};
 use std::net::{IpAddr, SocketAddr, TcpListener};
 use std::process::Command;
+use std::time::{Duration, Instant};
 
-use teal_testenv::netns::NetNs;
+use teal_testenv::netns::{NetNs, VethEnd};
 
 fn namespaces() -> String {
     let out = Command::new("ip").args(["netns", "list"]).output().unwrap();
@@ -114,4 +116,101 @@ fn namespaces_of_test_processes_that_are_gone_are_removed() {
     assert!(!listed.contains(&stale), "{stale} still listed: {listed}");
     assert!(listed.contains(live.name()), "{listed}");
     drop((ns, live));
+}
+
+/// `ip -o link show dev DEV` inside `ns`.
+fn link_line(ns: &NetNs, device: &str) -> String {
+    let out = ns
+        .command("ip")
+        .args(["-o", "link", "show", "dev", device])
+        .output()
+        .unwrap();
+    assert!(out.status.success(), "{out:?}");
+    String::from_utf8_lossy(&out.stdout).into_owned()
+}
+
+#[test]
+fn a_veth_pair_joins_two_namespaces_and_carries_nothing_while_down() {
+    let a = NetNs::create("vetha").unwrap();
+    let b = NetNs::create("vethb").unwrap();
+    let (ip_a, ip_b): (IpAddr, IpAddr) =
+        ("10.251.3.1".parse().unwrap(), "10.251.3.2".parse().unwrap());
+    NetNs::veth(
+        VethEnd {
+            ns: &a,
+            device: "tl-va",
+            addr: ip_a,
+            prefix_len: 24,
+        },
+        VethEnd {
+            ns: &b,
+            device: "tl-vb",
+            addr: ip_b,
+            prefix_len: 24,
+        },
+    )
+    .unwrap();
+    // The devices are in the namespaces, not on the host.
+    let host = Command::new("ip").args(["-o", "link"]).output().unwrap();
+    let host = String::from_utf8_lossy(&host.stdout);
+    assert!(!host.contains("tl-va") && !host.contains("tl-vb"), "{host}");
+
+    // A listener in B is reached from A across the link, from A's address.
+    let listener = b.bind(SocketAddr::new(ip_b, 0)).unwrap();
+    let addr = listener.local_addr().unwrap();
+    let mut client = a.connect(addr).unwrap();
+    assert_eq!(client.local_addr().unwrap().ip(), ip_a);
+    assert_eq!(round_trip(&listener, &mut client), "pong:ping");
+
+    // B's end down: the device says so and a connect from A gets no answer.
+    b.set_link("tl-vb", false).unwrap();
+    let line = link_line(&b, "tl-vb");
+    assert!(line.contains("state DOWN"), "{line}");
+    let line = link_line(&a, "tl-va");
+    assert!(
+        line.contains("NO-CARRIER"),
+        "A's end has lost its peer: {line}"
+    );
+    let err = a
+        .connect_timeout(addr, Duration::from_millis(500))
+        .unwrap_err()
+        .to_string();
+    assert!(err.contains(&addr.to_string()), "{err}");
+
+    // Up again: connections work again (once the neighbour is resolved).
+    b.set_link("tl-vb", true).unwrap();
+    let deadline = Instant::now() + Duration::from_secs(60);
+    let mut client = loop {
+        match a.connect_timeout(addr, Duration::from_secs(2)) {
+            Ok(c) => break c,
+            Err(e) if Instant::now() < deadline => {
+                eprintln!("not yet: {e}");
+                std::thread::sleep(Duration::from_millis(200));
+            }
+            Err(e) => panic!("the link came up, still: {e}"),
+        }
+    };
+    assert_eq!(round_trip(&listener, &mut client), "pong:ping");
+
+    // A device that does not exist: the error names the namespace and the command.
+    let err = a.set_link("tl-none", false).unwrap_err().to_string();
+    assert!(err.contains(a.name()) && err.contains("tl-none"), "{err}");
+    // So does a pair whose device name is taken.
+    let err = NetNs::veth(
+        VethEnd {
+            ns: &a,
+            device: "tl-va",
+            addr: "10.251.4.1".parse().unwrap(),
+            prefix_len: 24,
+        },
+        VethEnd {
+            ns: &b,
+            device: "tl-vc",
+            addr: "10.251.4.2".parse().unwrap(),
+            prefix_len: 24,
+        },
+    )
+    .unwrap_err()
+    .to_string();
+    assert!(err.contains(a.name()) && err.contains("link add"), "{err}");
 }
