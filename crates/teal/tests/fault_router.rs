@@ -137,23 +137,6 @@ impl Traffic {
     }
 }
 
-/// Open file descriptors of process `pid`.
-fn open_fds(pid: u32) -> usize {
-    std::fs::read_dir(format!("/proc/{pid}/fd"))
-        .expect("router process is alive")
-        .count()
-}
-
-/// Resident memory of process `pid` in KiB (`VmRSS` in /proc/PID/status).
-fn rss_kib(pid: u32) -> u64 {
-    let status = std::fs::read_to_string(format!("/proc/{pid}/status")).expect("status");
-    status
-        .lines()
-        .find_map(|l| l.strip_prefix("VmRSS:"))
-        .and_then(|v| v.trim().trim_end_matches("kB").trim().parse().ok())
-        .expect("VmRSS")
-}
-
 async fn assert_router_up(r: &RouterProc) {
     let health = get(r.admin, "/healthz").await;
     assert_eq!(health.status(), StatusCode::OK, "{}", health.body());

@@ -34,7 +34,6 @@ use std::time::{Duration, SystemTime, UNIX_EPOCH};
 use bytes::Bytes;
 use http::{Request, StatusCode};
 use http_body_util::{BodyExt, Empty};
-use hyper_util::rt::TokioIo;
 use kube::api::{Patch, PatchParams};
 use netns_support::{BG, Cluster};
 use nix::sys::signal::{Signal, kill};
@@ -92,13 +91,7 @@ async fn client(
     stop: Arc<AtomicBool>,
 ) -> Report {
     let mut report = Report::default();
-    stream.set_nonblocking(true).unwrap();
-    stream.set_nodelay(true).unwrap();
-    let stream = tokio::net::TcpStream::from_std(stream).unwrap();
-    let (mut sender, conn) = hyper::client::conn::http1::handshake(TokioIo::new(stream))
-        .await
-        .expect("handshake");
-    tokio::spawn(conn);
+    let mut sender = router_support::http1_client(stream).await;
     while !stop.load(Ordering::Relaxed) {
         let mut req = Request::get("/").header("host", "shop.test");
         if let Some((name, value)) = &header {

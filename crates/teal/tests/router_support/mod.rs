@@ -225,7 +225,12 @@ pub fn preview_table(active: &str, preview: &str, blue: SocketAddr, green: Socke
 /// Sends one request on a fresh HTTP/1.1 connection; returns status, headers
 /// and body.
 pub async fn send(addr: SocketAddr, req: Request<Full<Bytes>>) -> Response<String> {
-    let stream = TcpStream::connect(addr).await.expect("connect");
+    send_on(TcpStream::connect(addr).await.expect("connect"), req).await
+}
+
+/// Sends one request on `stream` (a fresh connection, made wherever the
+/// caller needs it, e.g. inside a network namespace).
+pub async fn send_on(stream: TcpStream, req: Request<Full<Bytes>>) -> Response<String> {
     let (mut sender, conn) = hyper::client::conn::http1::handshake(TokioIo::new(stream))
         .await
         .expect("handshake");
@@ -275,8 +280,12 @@ pub async fn generation(admin: SocketAddr) -> (u64, serde_json::Value) {
 
 /// Reads one sample from the router's Prometheus text.
 pub async fn metric(admin: SocketAddr, series: &str) -> f64 {
-    let resp = get(admin, "/metrics").await;
-    resp.body()
+    series_value(get(admin, "/metrics").await.body(), series)
+}
+
+/// One sample from Prometheus text.
+pub fn series_value(metrics: &str, series: &str) -> f64 {
+    metrics
         .lines()
         .find_map(|l| l.strip_prefix(series)?.trim().parse().ok())
         .unwrap_or_else(|| panic!("no {series} in metrics"))
@@ -356,4 +365,46 @@ pub async fn swap_back_and_forth(
     }
     tokio::time::sleep(Duration::from_millis(50)).await;
     swaps
+}
+
+/// Open file descriptors of process `pid`.
+pub fn open_fds(pid: u32) -> usize {
+    std::fs::read_dir(format!("/proc/{pid}/fd"))
+        .expect("router process is alive")
+        .count()
+}
+
+/// Resident memory of process `pid` in KiB (`VmRSS` in /proc/PID/status).
+pub fn rss_kib(pid: u32) -> u64 {
+    let status = std::fs::read_to_string(format!("/proc/{pid}/status")).expect("status");
+    status
+        .lines()
+        .find_map(|l| l.strip_prefix("VmRSS:"))
+        .and_then(|v| v.trim().trim_end_matches("kB").trim().parse().ok())
+        .expect("VmRSS")
+}
+
+/// An HTTP/1.1 client connection over `stream`, a blocking socket made
+/// elsewhere (e.g. inside a network namespace); the connection is driven by
+/// a task of its own.
+pub async fn http1_client<B>(
+    stream: std::net::TcpStream,
+) -> hyper::client::conn::http1::SendRequest<B>
+where
+    B: hyper::body::Body + Send + 'static,
+    B::Data: Send,
+    B::Error: Into<Box<dyn std::error::Error + Send + Sync>>,
+{
+    let (sender, conn) = hyper::client::conn::http1::handshake(TokioIo::new(tokio_socket(stream)))
+        .await
+        .expect("handshake");
+    tokio::spawn(conn);
+    sender
+}
+
+/// `stream`, a blocking socket made elsewhere, for tokio.
+pub fn tokio_socket(stream: std::net::TcpStream) -> TcpStream {
+    stream.set_nonblocking(true).expect("non-blocking socket");
+    let _ = stream.set_nodelay(true);
+    TcpStream::from_std(stream).expect("tokio socket")
 }
