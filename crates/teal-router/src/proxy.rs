@@ -278,6 +278,13 @@ pub(crate) async fn handle(
         drop(pool);
         match sent {
             Err(_) => {
+                // The connection is dropped. The endpoint's idle ones may
+                // be as dead (its link gone): later requests connect anew,
+                // which fails fast into a retry if the path is gone.
+                let closed = shared.colors[idx(color)].pool.load().close_idle(addr);
+                if closed > 0 {
+                    tracing::debug!(endpoint = %addr, closed, "upstream timeout; idle connections to the endpoint closed");
+                }
                 return Ok(outcome.fail(
                     StatusCode::GATEWAY_TIMEOUT,
                     format!(
@@ -300,6 +307,13 @@ pub(crate) async fn handle(
                     config.ejection_max,
                     &state.health,
                 );
+                // Its idle connections have most likely lost their path
+                // too: later requests connect anew (and fail over) instead
+                // of waiting on one of them for the upstream timeout.
+                let closed = state.pool.load().close_idle(addr);
+                if closed > 0 {
+                    tracing::debug!(endpoint = %addr, closed, "connect failed; idle connections to the endpoint closed");
+                }
                 failed.push((addr, e));
                 let tried: Vec<SocketAddr> = failed.iter().map(|(a, _)| *a).collect();
                 let next = (failed.len() < config.connect_attempts)

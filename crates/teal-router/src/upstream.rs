@@ -173,6 +173,34 @@ impl Pool {
             .sum()
     }
 
+    /// Closes every worker's idle connections to `addr` and forgets its
+    /// HTTP/2 connections (they close once their streams end). Called when a
+    /// connect to `addr` failed or a request to it got no answer within the
+    /// upstream timeout: connections opened before may have lost their path
+    /// too (a link or node that went away drops their packets without a
+    /// reset), and a request sent on one would wait for the upstream timeout
+    /// and fail, where a new connect fails fast and the request goes to
+    /// another endpoint. Returns how many were closed.
+    pub(crate) fn close_idle(&self, addr: SocketAddr) -> usize {
+        let mut closed: Vec<Idle> = Vec::new();
+        for shard in self.shards.iter() {
+            closed.extend(lock(shard).remove(&addr).into_iter().flatten());
+        }
+        let mut n = closed.len();
+        for shard in self.h2.iter() {
+            n += usize::from(
+                shard
+                    .lock()
+                    .unwrap_or_else(|e| e.into_inner())
+                    .remove(&addr)
+                    .is_some(),
+            );
+        }
+        // Closed outside the locks.
+        drop(closed);
+        n
+    }
+
     /// The shard of the current thread.
     fn lock(&self) -> std::sync::MutexGuard<'_, HashMap<SocketAddr, VecDeque<Idle>>> {
         lock(&self.shards[SHARD.get() % self.shards.len()])

@@ -85,13 +85,7 @@ async fn workers_flag_sets_the_serving_threads() {
         &["--workers", "3"],
     );
     // The workers start with the proxy listener; the line is printed after.
-    let threads = || {
-        std::fs::read_dir(format!("/proc/{}/task", r.proc.pid()))
-            .unwrap()
-            .filter_map(|t| std::fs::read_to_string(t.ok()?.path().join("comm")).ok())
-            .filter(|c| c.trim().starts_with("teal-router-"))
-            .count()
-    };
+    let threads = || worker_threads(r.proc.pid());
     eventually("three worker threads", || async { threads() == 3 }).await;
     assert!(load(r.proxy, 6, 5, "blue").await.is_empty());
     assert_eq!(threads(), 3);

@@ -408,3 +408,12 @@ pub fn tokio_socket(stream: std::net::TcpStream) -> TcpStream {
     let _ = stream.set_nodelay(true);
     TcpStream::from_std(stream).expect("tokio socket")
 }
+
+/// Worker threads (named `teal-router-N`) of the router process `pid`.
+pub fn worker_threads(pid: u32) -> usize {
+    std::fs::read_dir(format!("/proc/{pid}/task"))
+        .expect("router process is alive")
+        .filter_map(|t| std::fs::read_to_string(t.ok()?.path().join("comm")).ok())
+        .filter(|c| c.trim().starts_with("teal-router-"))
+        .count()
+}
