@@ -211,6 +211,9 @@ async fn upstream_connections_are_reused_and_closed_by_drain() {
             .header("host", "test")
             .body(Empty::<Bytes>::new())
             .unwrap();
+        // The client connection takes the next request once it has
+        // finished reading the last response.
+        send.ready().await.unwrap();
         let resp = send.send_request(req).await.unwrap();
         assert_eq!(resp.status(), 200, "request {i}");
         let body = resp.into_body().collect().await.unwrap().to_bytes();
