@@ -206,7 +206,19 @@ pub fn owned_by(meta: &ObjectMeta, bg: &BlueGreen) -> bool {
 }
 
 /// What the release engine needs to know of a color's Deployment and pods.
-pub fn color_status(color: Color, dep: Option<&Deployment>, pods: &[Pod]) -> ColorStatus {
+///
+/// `live`: the color takes (or is being switched to take) production
+/// traffic. Before a switch a replica counts only when the Deployment's
+/// status and the pods agree, so nothing is switched on a half-seen state.
+/// Once live, the pods alone count: the Deployment's counts lag them (its
+/// controller aggregates the ReplicaSet's, which aggregates the pods), and a
+/// momentary 0 there must not read as the live color failing.
+pub fn color_status(
+    color: Color,
+    dep: Option<&Deployment>,
+    pods: &[Pod],
+    live: bool,
+) -> ColorStatus {
     let Some(dep) = dep else {
         return ColorStatus {
             color,
@@ -254,7 +266,11 @@ pub fn color_status(color: Color, dep: Option<&Deployment>, pods: &[Pod]) -> Col
                 .is_some_and(|c| c.iter().any(|c| c.type_ == "Ready" && c.status == "True"))
         })
         .count() as u32;
-    let ready = ready.min(pods_ready);
+    let ready = if live && wanted > 0 {
+        pods_ready
+    } else {
+        ready.min(pods_ready)
+    };
     let failure = pods
         .iter()
         .filter(|p| {
@@ -312,6 +328,39 @@ mod tests {
                 ..Default::default()
             }),
         }
+    }
+
+    fn ready_pod(name: &str, revision: &str) -> Pod {
+        serde_json::from_value(serde_json::json!({
+            "metadata": {"name": name, "labels": {labels::REVISION: revision}},
+            "status": {"conditions": [{"type": "Ready", "status": "True"}]},
+        }))
+        .unwrap()
+    }
+
+    #[test]
+    fn a_live_color_counts_its_ready_pods_while_the_deployment_status_lags() {
+        // The Deployment controller has seen the spec but still reports no
+        // available replica; the three pods of the revision are Ready.
+        let dep: Deployment = serde_json::from_value(serde_json::json!({
+            "metadata": {"name": "shop-green", "generation": 3,
+                         "annotations": {labels::REVISION: "v2"}},
+            "spec": {"replicas": 3, "selector": {}, "template": {}},
+            "status": {"observedGeneration": 3},
+        }))
+        .unwrap();
+        let pods: Vec<Pod> = ["a", "b", "c"].iter().map(|n| ready_pod(n, "v2")).collect();
+        let idle = color_status(Color::Green, Some(&dep), &pods, false);
+        assert_eq!(idle.ready_replicas, 0, "before a switch both must agree");
+        let live = color_status(Color::Green, Some(&dep), &pods, true);
+        assert_eq!(live.ready_replicas, 3);
+        assert_eq!(live.revision.as_deref(), Some("v2"));
+        // Pods of another revision never count.
+        let old: Vec<Pod> = ["a", "b", "c"].iter().map(|n| ready_pod(n, "v1")).collect();
+        assert_eq!(
+            color_status(Color::Green, Some(&dep), &old, true).ready_replicas,
+            0
+        );
     }
 
     #[test]

@@ -171,14 +171,18 @@ impl Cluster<'_> {
         Ok(self.ctx.cache.deployment(&self.ns, &name))
     }
 
-    async fn observe(&self, color: Color) -> Result<teal_core::release::ColorStatus, Error> {
+    async fn observe(
+        &self,
+        color: Color,
+        live: bool,
+    ) -> Result<teal_core::release::ColorStatus, Error> {
         let dep = self.color_deployment(color).await?;
         let pods = if dep.is_some() {
             self.ctx.cache.pods(&self.ns, &self.name, color)
         } else {
             Vec::new()
         };
-        Ok(color_status(color, dep.as_ref(), &pods))
+        Ok(color_status(color, dep.as_ref(), &pods, live))
     }
 
     async fn apply_deployment(&self, d: &Deployment) -> Result<(), Error> {
@@ -421,8 +425,9 @@ async fn apply(bg: Arc<BlueGreen>, ctx: Arc<Context>) -> Result<Requeue, Error> 
             }
         }
     }
+    let live = state.machine.routing.map(|r| r.active);
     for c in Color::ALL {
-        inputs.push(Input::Observed(cluster.observe(c).await?));
+        inputs.push(Input::Observed(cluster.observe(c, live == Some(c)).await?));
     }
     // Analysis checks that are due.
     if let Some(a) = state.analysis.as_mut()
