@@ -42,6 +42,28 @@ pub async fn before_routing(
     Ok(())
 }
 
+/// The engine state as stored: a merge patch removes fields set to null,
+/// so fields without a value are left out, and a state read back from
+/// status compares equal to the same state in memory (else every
+/// reconcile would see a change and write status again).
+pub fn stored_value(state: &EngineState) -> Result<serde_json::Value, Error> {
+    let mut v = serde_json::to_value(state).map_err(|e| Error::State(e.to_string()))?;
+    drop_nulls(&mut v);
+    Ok(v)
+}
+
+/// Removes object fields whose value is null, at every depth.
+fn drop_nulls(v: &mut serde_json::Value) {
+    match v {
+        serde_json::Value::Object(m) => {
+            m.retain(|_, f| !f.is_null());
+            m.values_mut().for_each(drop_nulls);
+        }
+        serde_json::Value::Array(a) => a.iter_mut().for_each(drop_nulls),
+        _ => {}
+    }
+}
+
 /// The engine state as written to status with a merge patch. A merge patch
 /// keeps fields it does not mention, so every field the stored state has and
 /// `state` lacks is set to null (removed): otherwise a field of an earlier
@@ -52,7 +74,7 @@ pub fn engine_value(
     old: Option<&serde_json::Value>,
     state: &EngineState,
 ) -> Result<serde_json::Value, Error> {
-    let mut engine = serde_json::to_value(state).map_err(|e| Error::State(e.to_string()))?;
+    let mut engine = stored_value(state)?;
     if let Some(old) = old {
         null_removed(old, &mut engine);
     }
@@ -87,8 +109,15 @@ pub fn unconfirmed_switch(state: &EngineState) -> Option<Action> {
 
 #[cfg(test)]
 mod tests {
-    use super::null_removed;
+    use super::{drop_nulls, null_removed};
     use serde_json::json;
+
+    #[test]
+    fn fields_without_a_value_are_not_stored() {
+        let mut v = json!({"a": null, "b": {"c": null, "d": 1}, "e": [null, {"f": null}]});
+        drop_nulls(&mut v);
+        assert_eq!(v, json!({"b": {"d": 1}, "e": [null, {}]}));
+    }
 
     #[test]
     fn removed_fields_become_null_and_unchanged_ones_stay() {
