@@ -71,6 +71,18 @@ where
     }
 }
 
+/// A client for `config` whose requests are counted in
+/// `teal_controller_api_requests_total`.
+pub fn client(config: kube::Config) -> Result<Client, kube::Error> {
+    let count = tower::util::MapRequestLayer::new(|req: http::Request<kube::client::Body>| {
+        metrics::count_request(&req);
+        req
+    });
+    Ok(kube::client::ClientBuilder::try_from(config)?
+        .with_layer(&count)
+        .build())
+}
+
 /// Runs until the process is stopped or leadership is lost.
 pub async fn run(client: Client, opts: Options) -> Result<(), RunError> {
     let metrics = Metrics::default();
