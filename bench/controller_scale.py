@@ -5,6 +5,7 @@ import json
 import os
 import statistics
 import subprocess
+import sys
 import threading
 import time
 import urllib.request
@@ -57,15 +58,22 @@ def bluegreens():
     return {b["metadata"]["name"]: b.get("status", {}) for b in json.loads(out)["items"]}
 
 
-def wait_until(what, ok, timeout):
-    deadline = time.time() + timeout
+def wait_until(what, ok, timeout, every, progress=None):
+    """Polls ok() every `every` seconds (each poll LISTs every BlueGreen, so
+    not too often); `progress` prints a line about once a minute."""
+    started = time.time()
+    last = started
     while True:
         done, total = ok()
         if done >= total:
             return
-        if time.time() > deadline:
+        now = time.time()
+        if progress and now - last >= 60:
+            last = now
+            progress(done, total, now - started)
+        if now - started > timeout:
             raise RuntimeError(f"{what}: {done}/{total} after {timeout}s")
-        time.sleep(2)
+        time.sleep(every)
 
 
 def proc(pid):
@@ -77,25 +85,47 @@ def proc(pid):
     return rss / 1024.0, cpu
 
 
-def apiserver_requests():
-    """apiserver_request_total summed over everything but WATCH, by verb."""
-    text = kubectl("get", "--raw", "/metrics")
-    by_verb = {}
+def by_verb(text, metric):
+    """A counter family with a `verb` label, summed by verb, WATCH left out
+    (a watch is one long-running request, not work per reconcile)."""
+    out = {}
     for line in text.splitlines():
-        if not line.startswith("apiserver_request_total{"):
+        if not line.startswith(metric + "{"):
             continue
         labels, value = line.rsplit(" ", 1)
         verb = labels.split('verb="', 1)[1].split('"', 1)[0]
-        by_verb[verb] = by_verb.get(verb, 0) + float(value)
-    return by_verb
+        if verb != "WATCH":
+            out[verb] = out.get(verb, 0) + float(value)
+    return out
 
 
-def reconciles(url):
-    text = urllib.request.urlopen(url, timeout=10).read().decode()
-    for line in text.splitlines():
-        if line.startswith("teal_controller_reconciles_total "):
-            return float(line.split()[1])
-    return 0.0
+def apiserver_requests():
+    """Requests the apiserver served (every client: the controller, the
+    Deployment and ReplicaSet controllers, the scheduler, kwok, this script)."""
+    return by_verb(kubectl("get", "--raw", "/metrics"), "apiserver_request_total")
+
+
+class Controller:
+    """teal's own counters: reconciles and the requests it sent."""
+
+    def __init__(self, url):
+        self.url = url
+
+    def sample(self):
+        text = urllib.request.urlopen(self.url, timeout=10).read().decode()
+        rec = next((float(l.split()[1]) for l in text.splitlines()
+                    if l.startswith("teal_controller_reconciles_total ")), 0.0)
+        return rec, by_verb(text, "teal_controller_api_requests_total"), apiserver_requests()
+
+
+def per_reconcile(a, b):
+    """Requests per reconcile between two Controller.sample()s: the
+    controller's, the apiserver's, and the controller's by verb."""
+    rec = max(1.0, b[0] - a[0])
+    ctl = {k: v - a[1].get(k, 0) for k, v in b[1].items() if v - a[1].get(k, 0) > 0}
+    api = sum(b[2].values()) - sum(a[2].values())
+    return {"reconciles": int(b[0] - a[0]), "controller": round(sum(ctl.values()) / rec, 2),
+            "apiserver": round(api / rec, 2), "controller_by_verb": {k: int(v) for k, v in sorted(ctl.items())}}
 
 
 class Watch:
@@ -121,12 +151,12 @@ def pct(xs, p):
     return xs[min(len(xs) - 1, int(round(p / 100 * (len(xs) - 1))))]
 
 
-def release(names, url):
+def release(names, ctl):
     deps = Watch("deploy", "{.metadata.name} {.metadata.annotations.teal\\.dev/revision} {.spec.replicas} {.status.readyReplicas}")
     svcs = Watch("svc", "{.metadata.name} {.spec.selector.teal\\.dev/color}")
     time.sleep(3)  # both watches listed what exists
     before = bluegreens()
-    r0, a0 = reconciles(url), apiserver_requests()
+    s0 = ctl.sample()
     t0 = {}
     for n in names:
         t0[n] = time.time()
@@ -135,8 +165,8 @@ def release(names, url):
         st = bluegreens()
         return sum(1 for n in names if st[n].get("activeRevision") not in (None, before[n].get("activeRevision"))
                    and st[n].get("phase") == "Healthy"), len(names)
-    wait_until("the sample released", released, 600)
-    r1, a1 = reconciles(url), apiserver_requests()
+    wait_until("the sample released", released, 600, 3)
+    s1 = ctl.sample()
     time.sleep(1)
     deps.stop()
     svcs.stop()
@@ -154,9 +184,7 @@ def release(names, url):
         switched = [t for t, f in svcs.events if f and f[0] == n and len(f) > 1 and f[1] == color and t >= t0[n]]
         if ready and switched:
             cutover.append(max(0.0, switched[0] - ready[0]))
-    reqs = sum(a1.values()) - sum(a0.values())
-    rec = r1 - r0
-    return written, cutover, reqs, rec, {k: a1[k] - a0.get(k, 0) for k in a1 if a1[k] - a0.get(k, 0) > 0}
+    return written, cutover, per_reconcile(s0, s1)
 
 
 def main():
@@ -165,34 +193,48 @@ def main():
     ap.add_argument("--metrics", required=True)
     ap.add_argument("--counts", default="1000")
     ap.add_argument("--sample", type=int, default=50)
+    ap.add_argument("--adopt-timeout", type=int, default=3600)
     a = ap.parse_args()
+    ctl = Controller(a.metrics)
     kubectl("create", "namespace", NS)
     have = 0
     rows = []
     for n in [int(x) for x in a.counts.split()]:
         started = time.time()
-        r0, q0 = reconciles(a.metrics), sum(apiserver_requests().values())
+        s0 = ctl.sample()
         create(have, n)
         have = n
 
         def adopted():
             st = bluegreens()
             return sum(1 for s in st.values() if s.get("phase") == "Healthy"), n
-        wait_until(f"{n} BlueGreens adopted", adopted, 3600)
+
+        def progress(done, total, secs):
+            rss, cpu = proc(a.controller_pid)
+            print(json.dumps({"healthy": done, "of": total, "seconds": round(secs), "rss_mib": round(rss, 1),
+                              "cpu_seconds": round(cpu, 1), "per_reconcile": per_reconcile(s0, ctl.sample())}),
+                  file=sys.stderr, flush=True)
+        wait_until(f"{n} BlueGreens adopted", adopted, a.adopt_timeout, 10, progress)
         adopt_s = time.time() - started
-        r1, q1 = reconciles(a.metrics), sum(apiserver_requests().values())
+        s1 = ctl.sample()
+        adopt = per_reconcile(s0, s1)
+        # Idle: every BlueGreen Healthy, nothing changes; reconciles now
+        # come from the periodic resync only.
         time.sleep(10)
         rss, cpu = proc(a.controller_pid)
-        time.sleep(30)
+        i0 = ctl.sample()
+        time.sleep(60)
+        i1 = ctl.sample()
         rss2, cpu2 = proc(a.controller_pid)
-        idle_cpu = (cpu2 - cpu) / 30 * 100
+        idle = per_reconcile(i0, i1)
+        idle_cpu = (cpu2 - cpu) / 60 * 100
         step = max(1, n // a.sample)
         names = [f"app-{i:05d}" for i in range(0, n, step)][: a.sample]
-        written, cutover, reqs, rec, verbs = release(names, a.metrics)
+        written, cutover, rel = release(names, ctl)
         _, cpu_total = proc(a.controller_pid)
         row = {
             "bluegreens": n, "adopt_seconds": round(adopt_s, 1),
-            "adopt_requests_per_reconcile": round((q1 - q0) / max(1.0, r1 - r0), 2),
+            "adopt": adopt, "idle_60s": idle,
             "rss_mib": round(max(rss, rss2), 1), "idle_cpu_percent": round(idle_cpu, 2),
             "cpu_seconds_total": round(cpu_total, 1),
             "released": len(names), "measured": len(written),
@@ -200,16 +242,18 @@ def main():
             "change_to_idle_written_p99_ms": round(pct(written, 99) * 1000) if written else None,
             "ready_to_cutover_p50_ms": round(pct(cutover, 50) * 1000) if cutover else None,
             "ready_to_cutover_p99_ms": round(pct(cutover, 99) * 1000) if cutover else None,
-            "release_requests_per_reconcile": round(reqs / max(1.0, rec), 2),
-            "release_requests_by_verb": {k: int(v) for k, v in sorted(verbs.items())},
+            "release": rel,
         }
         rows.append(row)
         print(json.dumps(row), flush=True)
-    print("| BlueGreens | adopt all (s) | RSS (MiB) | idle CPU (%) | API requests / reconcile (adopt; release) | change → idle written p50 / p99 (ms) | ready → cutover p50 / p99 (ms) |")
-    print("|---|---|---|---|---|---|---|")
+    print("| BlueGreens | adopt all (s) | RSS (MiB) | idle CPU (%) | teal requests / reconcile (adopt; idle; release) "
+          "| apiserver requests / reconcile, all clients (adopt; release) | change → idle written p50 / p99 (ms) "
+          "| ready → cutover p50 / p99 (ms) |")
+    print("|---|---|---|---|---|---|---|---|")
     for r in rows:
         print(f"| {r['bluegreens']} | {r['adopt_seconds']} | {r['rss_mib']} | {r['idle_cpu_percent']} | "
-              f"{r['adopt_requests_per_reconcile']}; {r['release_requests_per_reconcile']} | "
+              f"{r['adopt']['controller']}; {r['idle_60s']['controller']} ({r['idle_60s']['reconciles']} reconciles); "
+              f"{r['release']['controller']} | {r['adopt']['apiserver']}; {r['release']['apiserver']} | "
               f"{r['change_to_idle_written_p50_ms']} / {r['change_to_idle_written_p99_ms']} | "
               f"{r['ready_to_cutover_p50_ms']} / {r['ready_to_cutover_p99_ms']} |")
 

@@ -52,7 +52,7 @@ pub fn engine_value(
     old: Option<&serde_json::Value>,
     state: &EngineState,
 ) -> Result<serde_json::Value, Error> {
-    let mut engine = serde_json::to_value(state).map_err(|e| Error::State(e.to_string()))?;
+    let mut engine = stored_form(state)?;
     if let Some(old) = old {
         null_removed(old, &mut engine);
     }

@@ -27,7 +27,7 @@ use std::time::Duration;
 use futures_util::StreamExt;
 use k8s_openapi::api::apps::v1::Deployment;
 use k8s_openapi::api::coordination::v1::Lease;
-use k8s_openapi::api::core::v1::{Pod, Service};
+use k8s_openapi::api::core::v1::Pod;
 use kube::runtime::events::{Recorder, Reporter};
 use kube::runtime::reflector::ObjectRef;
 use kube::runtime::{Controller, watcher};
@@ -74,6 +74,18 @@ where
         Some(n) => Api::namespaced(client.clone(), n),
         None => Api::all(client.clone()),
     }
+}
+
+/// A client for `config` whose requests are counted in
+/// `teal_controller_api_requests_total`.
+pub fn client(config: kube::Config) -> Result<Client, kube::Error> {
+    let count = tower::util::MapRequestLayer::new(|req: http::Request<kube::client::Body>| {
+        metrics::count_request(&req);
+        req
+    });
+    Ok(kube::client::ClientBuilder::try_from(config)?
+        .with_layer(&count)
+        .build())
 }
 
 /// Runs until the process is stopped or leadership is lost.
@@ -136,8 +148,11 @@ pub async fn run(client: Client, opts: Options) -> Result<(), RunError> {
         controller: "teal-controller".into(),
         instance: opts.lease.as_ref().map(|l| l.identity.clone()),
     };
-    let (cache, feeds) =
-        cache::Cache::new(api(&client, &opts.namespace), api(&client, &opts.namespace));
+    let (cache, feeds) = cache::Cache::new(
+        api(&client, &opts.namespace),
+        api(&client, &opts.namespace),
+        api(&client, &opts.namespace),
+    );
     let ctx = Arc::new(reconcile::Context {
         client: client.clone(),
         recorder: Recorder::new(client.clone(), reporter),
@@ -146,35 +161,27 @@ pub async fn run(client: Client, opts: Options) -> Result<(), RunError> {
         written: Default::default(),
     });
     let bgs: Api<BlueGreen> = api(&client, &opts.namespace);
-    let deployments: Api<Deployment> = api(&client, &opts.namespace);
-    let services: Api<Service> = api(&client, &opts.namespace);
     let controller = Controller::new(bgs, watcher::Config::default());
     let store = controller.store();
     let controller = controller
         .trigger_backoff(retry::WatchBackoff::default())
-        // Color Deployments and Pods: one watch each, filling the cache
-        // reconciles read (see cache.rs) and waking their BlueGreen.
+        // Color Deployments, Services, Pods and workloads: one watch
+        // each, filling the caches reconciles read (see cache.rs) and
+        // waking their BlueGreen.
         .owns_stream(feeds.deployments)
+        .owns_stream(feeds.services)
         .watches_stream(feeds.pods, |p: Pod| cache::Cache::owner_of(&p))
-        .owns(
-            services,
-            watcher::Config::default().labels(teal_api::bluegreen::labels::BLUEGREEN),
-        )
-        .watches(
-            deployments,
-            watcher::Config::default(),
-            move |d: Deployment| {
-                // A workload changed: wake the BlueGreens that release it.
-                let ns = d.namespace();
-                let name = d.name_any();
-                store
-                    .state()
-                    .into_iter()
-                    .filter(|bg| bg.namespace() == ns && bg.spec.workload_ref.name == name)
-                    .map(|bg| ObjectRef::from_obj(&*bg))
-                    .collect::<Vec<_>>()
-            },
-        )
+        .watches_stream(feeds.workloads, move |d: Deployment| {
+            // A workload changed: wake the BlueGreens that release it.
+            let ns = d.namespace();
+            let name = d.name_any();
+            store
+                .state()
+                .into_iter()
+                .filter(|bg| bg.namespace() == ns && bg.spec.workload_ref.name == name)
+                .map(|bg| ObjectRef::from_obj(&*bg))
+                .collect::<Vec<_>>()
+        })
         .reconcile_on(hooks::finished())
         .shutdown_on_signal()
         .run(

@@ -29,6 +29,36 @@ struct EventLabels {
     event: String,
 }
 
+#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+struct RequestLabels {
+    verb: String,
+}
+
+/// Requests this process sent to the Kubernetes API, by verb; one family
+/// for the process, since the client that counts is built before the
+/// controller's [`Metrics`].
+fn api_requests() -> &'static Family<RequestLabels, Counter> {
+    static REQUESTS: std::sync::OnceLock<Family<RequestLabels, Counter>> =
+        std::sync::OnceLock::new();
+    REQUESTS.get_or_init(Family::default)
+}
+
+/// Counts a request to the Kubernetes API: by HTTP method, or `WATCH`.
+pub fn count_request<B>(req: &http::Request<B>) {
+    let watch = req
+        .uri()
+        .query()
+        .is_some_and(|q| q.split('&').any(|p| p == "watch=true"));
+    let verb = if watch {
+        "WATCH"
+    } else {
+        req.method().as_str()
+    };
+    api_requests()
+        .get_or_create(&RequestLabels { verb: verb.into() })
+        .inc();
+}
+
 /// The kinds of `teal_controller_reconcile_errors_total` (see
 /// `reconcile::Error::metric_label`).
 pub const ERROR_KINDS: [&str; 3] = ["kube", "finalizer", "state"];
@@ -78,6 +108,11 @@ impl Default for Metrics {
             "reconcile_duration_seconds",
             "Time one reconcile took",
             duration.clone(),
+        );
+        registry.register(
+            "api_requests",
+            "Requests sent to the Kubernetes API by verb (the HTTP method; WATCH for watches)",
+            api_requests().clone(),
         );
         let releases = Family::<EventLabels, Histogram>::new_with_constructor(
             release_histogram as fn() -> Histogram,
@@ -180,5 +215,38 @@ impl Metrics {
             }
         });
         Ok(local)
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::{Metrics, count_request};
+
+    fn count(line: &str, text: &str) -> u64 {
+        text.lines()
+            .find_map(|l| l.strip_prefix(line)?.trim().parse().ok())
+            .unwrap_or(0)
+    }
+
+    #[test]
+    fn api_requests_are_counted_by_verb_with_watches_apart() {
+        let m = Metrics::default();
+        let watch = r#"teal_controller_api_requests_total{verb="WATCH"}"#;
+        let patch = r#"teal_controller_api_requests_total{verb="PATCH"}"#;
+        let before = m.render();
+        let req = |method: &str, uri: &str| {
+            http::Request::builder()
+                .method(method)
+                .uri(uri)
+                .body(())
+                .unwrap()
+        };
+        count_request(&req("GET", "/api/v1/pods?labelSelector=a&watch=true"));
+        count_request(&req("PATCH", "/api/v1/namespaces/n/services/s"));
+        count_request(&req("PATCH", "/api/v1/namespaces/n/services/t"));
+        let after = m.render();
+        // Counters are per process and other tests may count too: at least.
+        assert!(count(watch, &after) > count(watch, &before), "{after}");
+        assert!(count(patch, &after) >= count(patch, &before) + 2, "{after}");
     }
 }

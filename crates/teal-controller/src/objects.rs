@@ -195,6 +195,48 @@ fn service_selecting(
     }
 }
 
+/// Whether `current` already has what teal writes in `wanted`: its labels,
+/// owner references, selector and ports (fields the apiserver defaults
+/// compare as defaulted). Fields teal does not write are not compared.
+pub fn service_as_wanted(current: &Service, wanted: &Service) -> bool {
+    fn contains<T: PartialEq>(have: Option<&Vec<T>>, want: Option<&Vec<T>>) -> bool {
+        let have = have.map(Vec::as_slice).unwrap_or_default();
+        want.map(Vec::as_slice)
+            .unwrap_or_default()
+            .iter()
+            .all(|w| have.contains(w))
+    }
+    let (cm, wm) = (&current.metadata, &wanted.metadata);
+    let labels_ok = wm
+        .labels
+        .iter()
+        .flatten()
+        .all(|(k, v)| cm.labels.as_ref().and_then(|l| l.get(k)) == Some(v));
+    let owners_ok = contains(cm.owner_references.as_ref(), wm.owner_references.as_ref());
+    let (Some(cs), Some(ws)) = (&current.spec, &wanted.spec) else {
+        return false;
+    };
+    let port_key = |p: &ServicePort| {
+        (
+            p.name.clone(),
+            p.port,
+            p.protocol.clone().unwrap_or_else(|| "TCP".into()),
+            p.target_port.clone().unwrap_or(IntOrString::Int(p.port)),
+            p.app_protocol.clone(),
+        )
+    };
+    let ports = |s: &ServiceSpec| {
+        let mut v: Vec<_> = s.ports.iter().flatten().map(port_key).collect();
+        v.sort_by(|a, b| format!("{a:?}").cmp(&format!("{b:?}")));
+        v
+    };
+    labels_ok
+        && owners_ok
+        && cs.selector.as_ref().filter(|s| !s.is_empty())
+            == ws.selector.as_ref().filter(|s| !s.is_empty())
+        && ports(cs) == ports(ws)
+}
+
 /// Whether an existing Service belongs to this BlueGreen.
 pub fn owned_by(meta: &ObjectMeta, bg: &BlueGreen) -> bool {
     let uid = bg.metadata.uid.as_deref();

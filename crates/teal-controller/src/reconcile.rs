@@ -29,6 +29,9 @@ use crate::routers;
 pub const MANAGER: &str = "teal-controller";
 /// Finalizer that restores the workload when a BlueGreen is deleted.
 pub const FINALIZER: &str = "teal.dev/cleanup";
+/// How often a BlueGreen with nothing in progress is reconciled when no
+/// watch event wakes it.
+pub const IDLE_RESYNC_MS: u64 = 300_000;
 
 /// Shared by every reconcile.
 pub struct Context {
@@ -306,11 +309,17 @@ async fn apply(bg: Arc<BlueGreen>, ctx: Arc<Context>) -> Result<Requeue, Error> 
     let mut status = old_status.clone();
     status.observed_generation = generation;
 
-    // The workload.
-    let workload = cluster
-        .deployments
-        .get_opt(&bg.spec.workload_ref.name)
-        .await?;
+    // The workload: from the watch cache; read from the apiserver only
+    // when the cache does not have it (yet).
+    let workload = match ctx.cache.workload(&ns, &bg.spec.workload_ref.name) {
+        Some(w) => Some(w),
+        None => {
+            cluster
+                .deployments
+                .get_opt(&bg.spec.workload_ref.name)
+                .await?
+        }
+    };
     let Some(workload) = workload else {
         let msg = format!(
             "Deployment {}/{} (spec.workloadRef) does not exist",
@@ -328,12 +337,17 @@ async fn apply(bg: Arc<BlueGreen>, ctx: Arc<Context>) -> Result<Requeue, Error> 
     let revision = revision_of(&template);
     let workload_replicas = workload.spec.replicas;
 
-    // Services must be ours (or not exist yet).
+    // Services must be ours (or not exist yet). The cache holds only
+    // teal-labelled Services: one it lacks is read from the apiserver.
     for svc_name in [
         objects::service_name(&bg),
         objects::preview_service_name(&bg),
     ] {
-        if let Some(s) = cluster.services.get_opt(&svc_name).await?
+        let found = match ctx.cache.service(&ns, &svc_name) {
+            Some(s) => Some(s),
+            None => cluster.services.get_opt(&svc_name).await?,
+        };
+        if let Some(s) = found
             && !objects::owned_by(&s.metadata, &bg)
         {
             let msg = format!(
@@ -514,6 +528,7 @@ async fn apply(bg: Arc<BlueGreen>, ctx: Arc<Context>) -> Result<Requeue, Error> 
     {
         queue.insert(0, Action::Route(r));
     }
+    let mut routed = true;
     let mut i = 0;
     while i < queue.len() {
         let action = queue[i].clone();
@@ -540,6 +555,7 @@ async fn apply(bg: Arc<BlueGreen>, ctx: Arc<Context>) -> Result<Requeue, Error> 
                     bg: &bg,
                     ns: &ns,
                     ports: &ports,
+                    cache: Some(&ctx.cache),
                 };
                 let ack = match routers::route(&target, routing, &mut status.router).await {
                     Ok(ack) => ack,
@@ -560,6 +576,7 @@ async fn apply(bg: Arc<BlueGreen>, ctx: Arc<Context>) -> Result<Requeue, Error> 
                         return Err(e);
                     }
                 };
+                routed = ack == routers::Ack::Confirmed;
                 let c = routers::routed_condition(Ok(&ack), generation);
                 if routers::is_news(&old_status.conditions, &c) && c.status == "False" {
                     cluster.event(true, &c.reason, c.message.clone()).await;
@@ -724,14 +741,27 @@ async fn apply(bg: Arc<BlueGreen>, ctx: Arc<Context>) -> Result<Requeue, Error> 
     write_status(&bgs, &name, &old_status, status).await?;
     ctx.written.record(&uid, state.seq);
 
+    // Watches wake a reconcile on every change of the BlueGreen, its
+    // workload, color Deployments, Pods and Services; what they do not see
+    // (deadlines, analysis checks, router acknowledgements, hook rounds)
+    // runs on a timer. A BlueGreen with nothing of that pending is only
+    // re-read now and then, to heal anything a watch may have missed.
+    let idle = state
+        .machine
+        .release
+        .as_ref()
+        .is_none_or(|r| r.phase.is_terminal())
+        && state.analysis.is_none()
+        && routed;
+    let longest = if idle { IDLE_RESYNC_MS } else { 30_000 };
     let now = now_ms();
     let wait = [next, next_check]
         .into_iter()
         .flatten()
         .map(|t| t.saturating_sub(now))
         .min()
-        .unwrap_or(30_000)
-        .clamp(200, 30_000);
+        .unwrap_or(longest)
+        .clamp(200, longest);
     // While a color is starting, poll readiness quickly (watches on
     // Deployments also trigger reconciles).
     let wait = if state.machine.in_progress() {

@@ -389,3 +389,157 @@ async fn a_service_owned_by_someone_else_is_reported() {
     assert_eq!(c.replicas("shop").await, Some(1), "nothing was touched");
     assert_eq!(c.replicas("shop-blue").await, None);
 }
+
+type RequestLog = std::sync::Arc<std::sync::Mutex<Vec<(String, String)>>>;
+
+/// A client for the test control plane that records every request it sends
+/// (method and URI).
+async fn recording_client() -> (kube::Client, RequestLog) {
+    let path = teal_testenv::TestEnv::shared().kubeconfig_path();
+    let kubeconfig = kube::config::Kubeconfig::read_from(path).unwrap();
+    let config = kube::Config::from_custom_kubeconfig(kubeconfig, &Default::default())
+        .await
+        .unwrap();
+    let log = RequestLog::default();
+    let record = log.clone();
+    let layer = tower::util::MapRequestLayer::new(move |req: http::Request<kube::client::Body>| {
+        record
+            .lock()
+            .unwrap()
+            .push((req.method().to_string(), req.uri().to_string()));
+        req
+    });
+    let client = kube::client::ClientBuilder::try_from(config)
+        .unwrap()
+        .with_layer(&layer)
+        .build();
+    (client, log)
+}
+
+/// One reconcile of `name` with `ctx`; returns its requeue and the requests
+/// it sent (the caches' own LIST and WATCH requests, which all carry a
+/// label selector, left out).
+async fn reconcile_once(
+    c: &support::Case,
+    name: &str,
+    ctx: &std::sync::Arc<teal_controller::reconcile::Context>,
+    log: &RequestLog,
+) -> (kube::runtime::controller::Action, Vec<(String, String)>) {
+    let bg = c.bluegreens().get(name).await.unwrap();
+    log.lock().unwrap().clear();
+    let requeue = teal_controller::reconcile::reconcile(std::sync::Arc::new(bg), ctx.clone())
+        .await
+        .unwrap();
+    let sent = log
+        .lock()
+        .unwrap()
+        .iter()
+        .filter(|(_, uri)| !uri.contains("labelSelector="))
+        .cloned()
+        .collect();
+    (requeue, sent)
+}
+
+#[tokio::test]
+async fn an_idle_reconcile_sends_no_request_and_a_changed_service_is_written_back() {
+    use futures_util::StreamExt;
+    use kube::Api;
+    use std::time::Duration;
+    use teal_controller::reconcile::{Context, IDLE_RESYNC_MS};
+
+    let (mut c, _) = healthy(json!({}), "idle").await;
+    // From here on only the reconciles this test runs act.
+    c.stop_controller();
+    let (client, log) = recording_client().await;
+    let (cache, feeds) = teal_controller::cache::Cache::new(
+        Api::namespaced(client.clone(), &c.ns),
+        Api::namespaced(client.clone(), &c.ns),
+        Api::namespaced(client.clone(), &c.ns),
+    );
+    tokio::spawn(feeds.pods.for_each(|_| async {}));
+    tokio::spawn(feeds.deployments.for_each(|_| async {}));
+    tokio::spawn(feeds.services.for_each(|_| async {}));
+    tokio::spawn(feeds.workloads.for_each(|_| async {}));
+    let ctx = std::sync::Arc::new(Context {
+        client: client.clone(),
+        recorder: kube::runtime::events::Recorder::new(
+            client.clone(),
+            kube::runtime::events::Reporter {
+                controller: "teal-test".into(),
+                instance: None,
+            },
+        ),
+        metrics: teal_controller::Metrics::default(),
+        cache,
+        written: Default::default(),
+    });
+    tokio::time::timeout(Duration::from_secs(60), ctx.cache.ready())
+        .await
+        .expect("the caches list what exists");
+
+    // The stopped controller may have left a last write undone (say, the
+    // workload's scale-down): the first reconciles finish it, and then one
+    // with nothing to do sends nothing at all: no GET of the workload or
+    // the Services, no apply of Services that are as wanted, no status.
+    let mut seen = Vec::new();
+    let mut idle = None;
+    for _ in 0..10 {
+        let (requeue, sent) = reconcile_once(&c, "shop", &ctx, &log).await;
+        if sent.is_empty() {
+            idle = Some(requeue);
+            break;
+        }
+        seen.push(sent);
+        let after = c.bluegreens().get("shop").await.unwrap();
+        eprintln!(
+            "DEBUG status {}",
+            serde_json::to_string(&after.status).unwrap()
+        );
+        tokio::time::sleep(Duration::from_secs(1)).await;
+    }
+    let requeue = idle.unwrap_or_else(|| panic!("every reconcile sent requests: {seen:#?}"));
+    assert_eq!(
+        requeue,
+        kube::runtime::controller::Action::requeue(Duration::from_millis(IDLE_RESYNC_MS)),
+        "a Healthy BlueGreen waits for watch events, with a long resync"
+    );
+    let (_, sent) = reconcile_once(&c, "shop", &ctx, &log).await;
+    assert!(sent.is_empty(), "a second idle reconcile sent {sent:?}");
+
+    // Someone points the live Service elsewhere: once the cache saw it, a
+    // reconcile writes teal's selector back.
+    let patch = json!({"spec": {"selector": {"teal.dev/color": "green"}}});
+    c.services()
+        .patch(
+            "shop",
+            &kube::api::PatchParams::default(),
+            &kube::api::Patch::Merge(patch),
+        )
+        .await
+        .unwrap();
+    let ns = c.ns.clone();
+    teal_testenv::wait_for(
+        "the cache to see the changed selector",
+        Duration::from_secs(60),
+        || {
+            let color = ctx
+                .cache
+                .service(&ns, "shop")
+                .and_then(|s| s.spec?.selector?.get("teal.dev/color").cloned());
+            async move {
+                match color.as_deref() {
+                    Some("green") => Ok(()),
+                    other => Err(format!("selector color {other:?}")),
+                }
+            }
+        },
+    )
+    .await;
+    let (_, sent) = reconcile_once(&c, "shop", &ctx, &log).await;
+    assert!(
+        sent.iter()
+            .any(|(m, uri)| m == "PATCH" && uri.contains("/services/shop?")),
+        "the live Service is applied again: {sent:?}"
+    );
+    assert_eq!(c.selector_color("shop").await.as_deref(), Some("blue"));
+}

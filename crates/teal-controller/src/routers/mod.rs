@@ -103,12 +103,18 @@ pub struct Owned {
 }
 
 /// What routers need to know.
+#[derive(Clone, Copy)]
 pub struct Target<'a> {
     pub client: &'a Client,
     pub bg: &'a BlueGreen,
     pub ns: &'a str,
     /// Ports of the Services teal writes.
     pub ports: &'a [ServicePort],
+    /// The watch cache of teal's Services: a Service it already holds as
+    /// wanted is not written again. Only set while the routing is settled
+    /// (see [`route`]): a switch is always written, since the cache may
+    /// lag behind the apiserver.
+    pub cache: Option<&'a crate::cache::Cache>,
 }
 
 impl Target<'_> {
@@ -148,6 +154,12 @@ impl Target<'_> {
     }
 
     pub async fn apply_service(&self, svc: &Service) -> Result<(), Error> {
+        let name = svc.metadata.name.as_deref().unwrap_or_default();
+        if let Some(current) = self.cache.and_then(|c| c.service(self.ns, name))
+            && objects::service_as_wanted(&current, svc)
+        {
+            return Ok(());
+        }
         let body = serde_json::to_value(svc).map_err(|e| Error::State(e.to_string()))?;
         self.apply(Kind::Service, body).await
     }
@@ -386,6 +398,17 @@ pub async fn route(
     let prev = status.take();
     let switched = prev.as_ref().and_then(|p| p.active) != Some(routing.active);
     let changed = switched || prev.as_ref().and_then(|p| p.preview) != routing.preview;
+    // The same routing, by the same router, already confirmed: Services
+    // the cache holds as wanted need no write (a watch event wakes a
+    // reconcile when one of them changes).
+    let settled = !changed
+        && prev.as_ref().is_some_and(|p| {
+            p.kind == kind && p.adopted == adopted && p.switch_confirmed_at.is_some()
+        });
+    let t = &Target {
+        cache: t.cache.filter(|_| settled),
+        ..*t
+    };
     let generation = prev.as_ref().map(|p| p.generation).unwrap_or(0) + i64::from(changed);
     // Resolved before anything is written: a missing Secret leaves the
     // live routes as they are.
@@ -484,6 +507,7 @@ pub async fn release(client: &Client, bg: &BlueGreen, ports: &[ServicePort]) -> 
         bg,
         ns: &ns,
         ports,
+        cache: None,
     };
     let st = bg.status.as_ref().and_then(|s| s.router.clone());
     if let Some(st) = st
