@@ -59,6 +59,7 @@ wait_port() {
 
 APP_PORT="$(free_port)"
 TEAL_PORT="$(free_port)"
+TEAL_GENERAL_PORT="$(free_port)"
 ADMIN_PORT="$(free_port)"
 NGINX_PORT="$(free_port)"
 HAPROXY_PORT="$(free_port)"
@@ -73,6 +74,13 @@ EOF
 "$TEAL" router --workers "$WORKERS" --listen "127.0.0.1:$TEAL_PORT" \
   --admin "127.0.0.1:$ADMIN_PORT" --admin-token-file "$WORK/token" \
   --routes "$WORK/routes.json" >/dev/null &
+PIDS+=($!)
+# The same router with every request on the general (hyper) path, to show
+# what the lean HTTP/1.1 path gains.
+GENERAL_ADMIN_PORT="$(free_port)"
+"$TEAL" router --workers "$WORKERS" --listen "127.0.0.1:$TEAL_GENERAL_PORT" \
+  --admin "127.0.0.1:$GENERAL_ADMIN_PORT" --admin-token-file "$WORK/token" \
+  --routes "$WORK/routes.json" --http1-path general >/dev/null &
 PIDS+=($!)
 
 cat >"$WORK/nginx.conf" <<EOF
@@ -125,7 +133,7 @@ EOF
 "$HAPROXY" -f "$WORK/haproxy.cfg" -db >/dev/null 2>"$WORK/haproxy.log" &
 PIDS+=($!)
 
-for p in "$APP_PORT" "$TEAL_PORT" "$NGINX_PORT" "$HAPROXY_PORT"; do wait_port "$p"; done
+for p in "$APP_PORT" "$TEAL_PORT" "$TEAL_GENERAL_PORT" "$NGINX_PORT" "$HAPROXY_PORT"; do wait_port "$p"; done
 
 # wrk output -> "rps p50_ms p99_ms"
 measure() {
@@ -152,10 +160,11 @@ PY
 declare -A ALL
 LOAD_BEFORE="$(cut -d' ' -f1-3 /proc/loadavg)"
 for round in $(seq 1 "$ROUNDS"); do
-  for name in direct teal nginx haproxy; do
+  for name in direct teal teal_general nginx haproxy; do
     case "$name" in
       direct) port="$APP_PORT" ;;
       teal) port="$TEAL_PORT" ;;
+      teal_general) port="$TEAL_GENERAL_PORT" ;;
       nginx) port="$NGINX_PORT" ;;
       haproxy) port="$HAPROXY_PORT" ;;
     esac
@@ -179,7 +188,7 @@ print(f"{med(0):.0f} {med(1):.3f} {med(2):.3f} {sum(int(r[3]) for r in rows)} "
 PY
 }
 declare -A R
-for name in direct teal nginx haproxy; do
+for name in direct teal teal_general nginx haproxy; do
   R[$name]="$(median_of "${ALL[$name]}")"
 done
 
@@ -191,6 +200,7 @@ ratio() { python3 -c "import sys; a,b=float(sys.argv[1]),float(sys.argv[2]); pri
 read -r t_rps t_p50 t_p99 _ _ _ <<<"${R[teal]}"
 read -r n_rps n_p50 n_p99 _ _ _ <<<"${R[nginx]}"
 read -r h_rps h_p50 h_p99 _ _ _ <<<"${R[haproxy]}"
+read -r g_rps g_p50 g_p99 _ _ _ <<<"${R[teal_general]}"
 
 {
   echo "# Benchmarks"
@@ -203,7 +213,7 @@ read -r h_rps h_p50 h_p99 _ _ _ <<<"${R[haproxy]}"
   echo "## Proxy throughput and latency"
   echo
   echo "Upstream: \`teal sample-app\` (release build) answering \`GET /\` with a small JSON body."
-  echo "Each proxy runs $WORKERS workers/threads (teal: \`--workers $WORKERS\`; nginx:"
+  echo "Each proxy runs $WORKERS workers/threads (teal: \`--workers $WORKERS\`, lean HTTP/1.1 path unless noted; nginx:"
   echo "\`worker_processes $WORKERS\` with upstream keepalive; HAProxy: \`nbthread $WORKERS\`, \`http-reuse always\`)."
   echo "Load: \`wrk -t$WRK_THREADS -c$CONNS -d${DURATION}s --latency\` after a 2 s warm-up, HTTP/1.1 keep-alive."
   echo "The targets are measured in turn, $ROUNDS rounds; each figure is the median over the rounds"
@@ -211,9 +221,10 @@ read -r h_rps h_p50 h_p99 _ _ _ <<<"${R[haproxy]}"
   echo
   echo "| target | requests/s | p50 (ms) | p99 (ms) | non-2xx | socket errors | rounds (req/s) |"
   echo "| --- | ---: | ---: | ---: | ---: | --- | --- |"
-  for name in direct teal nginx haproxy; do
+  for name in direct teal teal_general nginx haproxy; do
     read -r a b c d e f <<<"${R[$name]}"
     label="$name"; [ "$name" = teal ] && label="teal router"; [ "$name" = haproxy ] && label="HAProxy"
+    [ "$name" = teal_general ] && label="teal router, \`--http1-path general\`"
     echo "| $label | $a | $b | $c | $d | $e | $f |"
   done
   echo
@@ -221,6 +232,7 @@ read -r h_rps h_p50 h_p99 _ _ _ <<<"${R[haproxy]}"
   echo "| --- | ---: | ---: |"
   echo "| teal / nginx | $(ratio "$t_rps" "$n_rps") | $(ratio "$t_p99" "$n_p99") |"
   echo "| teal / HAProxy | $(ratio "$t_rps" "$h_rps") | $(ratio "$t_p99" "$h_p99") |"
+  echo "| teal general path / nginx | $(ratio "$g_rps" "$n_rps") | $(ratio "$g_p99" "$n_p99") |"
   echo
   echo "The bar set for the router is throughput >= nginx's and p99 <= 1.2x nginx's."
   echo

@@ -76,6 +76,11 @@ pub struct RouterConfig {
     /// Protocol to upstream endpoints, for both colors. Upgrades (e.g.
     /// WebSocket) always use HTTP/1.1 connections of their own.
     pub upstream_protocol: UpstreamProtocol,
+    /// Serve plain HTTP/1.1 requests on cleartext connections on the lean
+    /// path (one parse per head, bytes relayed, upstream connections per
+    /// worker); anything else, and everything when false, takes the general
+    /// path. Only applies with [`UpstreamProtocol::Http1`].
+    pub lean_http1: bool,
 }
 
 impl RouterConfig {
@@ -114,6 +119,7 @@ impl Default for RouterConfig {
             ejection_max: Duration::from_secs(30),
             tls: None,
             upstream_protocol: UpstreamProtocol::Http1,
+            lean_http1: true,
         }
     }
 }

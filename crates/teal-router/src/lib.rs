@@ -11,6 +11,7 @@ mod body;
 mod config;
 mod counters;
 mod duration;
+mod h1;
 mod headers;
 mod health;
 mod metrics;

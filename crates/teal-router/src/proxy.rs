@@ -37,17 +37,17 @@ impl Endpoint {
     }
 }
 
-struct CompiledPreview {
-    color: Color,
-    header: Option<(HeaderName, HeaderValue)>,
-    cookie: Option<(String, String)>,
+pub(crate) struct CompiledPreview {
+    pub(crate) color: Color,
+    pub(crate) header: Option<(HeaderName, HeaderValue)>,
+    pub(crate) cookie: Option<(String, String)>,
 }
 
 /// A validated table in the form the request path uses.
 pub(crate) struct Compiled {
     pub(crate) generation: u64,
     pub(crate) table: RouteTable,
-    preview: Option<CompiledPreview>,
+    pub(crate) preview: Option<CompiledPreview>,
     pools: [Vec<Arc<Endpoint>>; 2],
 }
 
@@ -130,7 +130,7 @@ pub(crate) fn plain(status: StatusCode, message: String) -> Response<ProxyBody> 
 
 /// The innermost cause of an error, which names what actually happened
 /// (e.g. "Connection refused (os error 111)").
-fn root_cause(err: &(dyn std::error::Error + 'static)) -> String {
+pub(crate) fn root_cause(err: &(dyn std::error::Error + 'static)) -> String {
     let mut cur = err;
     while let Some(next) = cur.source() {
         cur = next;
@@ -153,14 +153,14 @@ fn is_client_body_error(err: &(dyn std::error::Error + 'static)) -> bool {
     false
 }
 
-struct Outcome<'a> {
-    shared: &'a Shared,
-    color: Color,
-    start: Instant,
+pub(crate) struct Outcome<'a> {
+    pub(crate) shared: &'a Shared,
+    pub(crate) color: Color,
+    pub(crate) start: Instant,
 }
 
 impl Outcome<'_> {
-    fn record(&self, status: StatusCode, router_error: bool) {
+    pub(crate) fn record(&self, status: StatusCode, router_error: bool) {
         self.shared.colors[idx(self.color)].stats.record(
             status.as_u16(),
             self.start.elapsed(),
@@ -200,38 +200,19 @@ pub(crate) async fn handle(
         ));
     }
 
-    // Route, then count the request as in flight, then check that no swap
-    // happened in between. A drain that starts after a swap returned
-    // therefore sees every request routed by the old table.
-    let (color, endpoint, flight) = loop {
-        let installed = shared.table.load();
-        let Some(table) = installed.as_ref() else {
-            return Ok(plain(
-                StatusCode::SERVICE_UNAVAILABLE,
-                "503 service unavailable: no route table installed yet\n".into(),
-            ));
-        };
-        let color = table.route(req.headers());
-        let Some(endpoint) = router.pick(table.pool(color)).cloned() else {
+    let (color, endpoint, flight) = match route_and_count(&router, |t| t.route(req.headers())) {
+        Routed::NoTable => {
+            return Ok(plain(StatusCode::SERVICE_UNAVAILABLE, NO_TABLE.into()));
+        }
+        Routed::NoEndpoints(color) => {
             let outcome = Outcome {
                 shared,
                 color,
                 start,
             };
-            return Ok(outcome.fail(
-                StatusCode::SERVICE_UNAVAILABLE,
-                format!("503 service unavailable: no endpoints for color {color}\n"),
-            ));
-        };
-        let flight = InFlightGuard::new(router.shared.clone(), idx(color), endpoint.clone());
-        if shared
-            .table
-            .load()
-            .as_ref()
-            .is_some_and(|now| Arc::ptr_eq(now, table))
-        {
-            break (color, endpoint, flight);
+            return Ok(outcome.fail(StatusCode::SERVICE_UNAVAILABLE, no_endpoints(color)));
         }
+        Routed::To(color, endpoint, flight) => (color, endpoint, flight),
     };
     let outcome = Outcome {
         shared,
@@ -278,51 +259,13 @@ pub(crate) async fn handle(
         drop(pool);
         match sent {
             Err(_) => {
-                // The connection is dropped. The endpoint's idle ones may
-                // be as dead (its link gone): later requests connect anew,
-                // which fails fast into a retry if the path is gone.
-                let closed = shared.colors[idx(color)].pool.load().close_idle(addr);
-                if closed > 0 {
-                    tracing::debug!(endpoint = %addr, closed, "upstream timeout; idle connections to the endpoint closed");
-                }
-                return Ok(outcome.fail(
-                    StatusCode::GATEWAY_TIMEOUT,
-                    format!(
-                        "504 gateway timeout: upstream {color} {addr} did not answer within {}\n",
-                        format_duration(timeout)
-                    ),
-                ));
+                let message = upstream_timed_out(shared, color, addr);
+                return Ok(outcome.fail(StatusCode::GATEWAY_TIMEOUT, message));
             }
             Ok(Err(SendError::Connect(e, unsent))) => {
-                let state = &shared.colors[idx(color)];
-                state.stats.connect_error();
-                let now = shared.now_ms();
-                let table = shared.table.load_full();
-                let endpoints = table.as_deref().map_or(&[][..], |t| t.pool(color));
-                health::connect_failed(
-                    &endpoint,
-                    endpoints,
-                    now,
-                    config.ejection_base,
-                    config.ejection_max,
-                    &state.health,
-                );
-                // Its idle connections have most likely lost their path
-                // too: later requests connect anew (and fail over) instead
-                // of waiting on one of them for the upstream timeout.
-                let closed = state.pool.load().close_idle(addr);
-                if closed > 0 {
-                    tracing::debug!(endpoint = %addr, closed, "connect failed; idle connections to the endpoint closed");
-                }
                 failed.push((addr, e));
-                let tried: Vec<SocketAddr> = failed.iter().map(|(a, _)| *a).collect();
-                let next = (failed.len() < config.connect_attempts)
-                    .then(|| health::next_untried(endpoints, &tried, now))
-                    .flatten();
-                if let Some(next) = next {
-                    tracing::debug!(color = %color, from = %addr, to = %next.addr, "connect failed; trying another endpoint");
-                    state.health.retries.fetch_add(1, Ordering::Relaxed);
-                    endpoint = next.clone();
+                if let Some(next) = after_connect_failure(&router, color, &endpoint, &failed) {
+                    endpoint = next;
                     // Counted on the next endpoint before the failed one is
                     // released, so the color never looks idle to a drain.
                     flight =
@@ -330,23 +273,15 @@ pub(crate) async fn handle(
                     req = *unsent;
                     continue;
                 }
-                let mut message = String::from("502 bad gateway:");
-                for (i, (a, e)) in failed.iter().enumerate() {
-                    let sep = if i == 0 { "" } else { ";" };
-                    let _ = write!(message, "{sep} cannot connect to upstream {color} {a}: {e}");
-                }
-                message.push('\n');
-                return Ok(outcome.fail(StatusCode::BAD_GATEWAY, message));
+                return Ok(outcome.fail(
+                    StatusCode::BAD_GATEWAY,
+                    connect_failed_message(color, &failed),
+                ));
             }
             Ok(Err(SendError::Http(e))) if is_client_body_error(&e) => {
                 tracing::debug!(error = %e, "client request body failed");
-                let mut resp = outcome.fail(
-                    StatusCode::BAD_REQUEST,
-                    format!(
-                        "400 bad request: the request body was malformed or cut off: {}\n",
-                        root_cause(&e)
-                    ),
-                );
+                let mut resp =
+                    outcome.fail(StatusCode::BAD_REQUEST, bad_request_body(&root_cause(&e)));
                 resp.headers_mut()
                     .insert(header::CONNECTION, HeaderValue::from_static("close"));
                 return Ok(resp);
@@ -354,18 +289,13 @@ pub(crate) async fn handle(
             Ok(Err(SendError::Http(e))) => {
                 return Ok(outcome.fail(
                     StatusCode::BAD_GATEWAY,
-                    format!(
-                        "502 bad gateway: upstream {color} {addr} failed before answering: {}\n",
-                        root_cause(&e)
-                    ),
+                    failed_before_answering(color, addr, &root_cause(&e)),
                 ));
             }
             Ok(Err(SendError::Closed)) => {
                 return Ok(outcome.fail(
                     StatusCode::BAD_GATEWAY,
-                    format!(
-                        "502 bad gateway: upstream {color} {addr} closed the connection before answering\n"
-                    ),
+                    closed_before_answering(color, addr),
                 ));
             }
             Ok(Ok(pair)) => {
@@ -380,10 +310,7 @@ pub(crate) async fn handle(
 
     if status == StatusCode::SWITCHING_PROTOCOLS {
         let Some(client_upgrade) = client_upgrade else {
-            return Ok(outcome.fail(
-                StatusCode::BAD_GATEWAY,
-                format!("502 bad gateway: upstream {color} {addr} switched protocols unasked\n"),
-            ));
+            return Ok(outcome.fail(StatusCode::BAD_GATEWAY, switched_unasked(color, addr)));
         };
         let upstream_upgrade = hyper::upgrade::on(&mut resp);
         let (parts, _) = resp.into_parts();
@@ -470,6 +397,135 @@ async fn tunnel(
         }
         _ = close => {
             tracing::info!("closing an upgraded connection of a drained color");
+        }
+    }
+}
+
+pub(crate) const NO_TABLE: &str = "503 service unavailable: no route table installed yet\n";
+
+pub(crate) fn no_endpoints(color: Color) -> String {
+    format!("503 service unavailable: no endpoints for color {color}\n")
+}
+
+pub(crate) fn closed_before_answering(color: Color, addr: SocketAddr) -> String {
+    format!("502 bad gateway: upstream {color} {addr} closed the connection before answering\n")
+}
+
+pub(crate) fn failed_before_answering(color: Color, addr: SocketAddr, cause: &str) -> String {
+    format!("502 bad gateway: upstream {color} {addr} failed before answering: {cause}\n")
+}
+
+pub(crate) fn switched_unasked(color: Color, addr: SocketAddr) -> String {
+    format!("502 bad gateway: upstream {color} {addr} switched protocols unasked\n")
+}
+
+pub(crate) fn bad_request_body(cause: &str) -> String {
+    format!("400 bad request: the request body was malformed or cut off: {cause}\n")
+}
+
+/// A request to `addr` of `color` got no response head within the upstream
+/// timeout. Its connection is dropped by the caller; the endpoint's idle
+/// ones may be as dead (its link gone), so they are closed: later requests
+/// connect anew, which fails fast into a retry if the path is gone. Returns
+/// the 504 message.
+pub(crate) fn upstream_timed_out(shared: &Shared, color: Color, addr: SocketAddr) -> String {
+    let closed = shared.colors[idx(color)].pool.load().close_idle(addr);
+    if closed > 0 {
+        tracing::debug!(endpoint = %addr, closed, "upstream timeout; idle connections to the endpoint closed");
+    }
+    let timeout = shared.config.upstream_timeout;
+    format!(
+        "504 gateway timeout: upstream {color} {addr} did not answer within {}\n",
+        format_duration(timeout)
+    )
+}
+
+/// The connect to `endpoint` of `color` just failed (last of `failed`, the
+/// failed connects of this request in order): counted, the endpoint ejected
+/// as its failure streak says, its idle connections closed (they have most
+/// likely lost their path too, and a request sent on one would wait for the
+/// upstream timeout). Returns the endpoint to try next while attempts are
+/// left; the request was not sent, so it may go there whatever its method.
+pub(crate) fn after_connect_failure(
+    router: &Router,
+    color: Color,
+    endpoint: &Arc<Endpoint>,
+    failed: &[(SocketAddr, std::io::Error)],
+) -> Option<Arc<Endpoint>> {
+    let shared = &router.shared;
+    let config = &shared.config;
+    let state = &shared.colors[idx(color)];
+    state.stats.connect_error();
+    let now = shared.now_ms();
+    let table = shared.table.load_full();
+    let endpoints = table.as_deref().map_or(&[][..], |t| t.pool(color));
+    health::connect_failed(
+        endpoint,
+        endpoints,
+        now,
+        config.ejection_base,
+        config.ejection_max,
+        &state.health,
+    );
+    let addr = endpoint.addr;
+    let closed = state.pool.load().close_idle(addr);
+    if closed > 0 {
+        tracing::debug!(endpoint = %addr, closed, "connect failed; idle connections to the endpoint closed");
+    }
+    let tried: Vec<SocketAddr> = failed.iter().map(|(a, _)| *a).collect();
+    let next = (failed.len() < config.connect_attempts)
+        .then(|| health::next_untried(endpoints, &tried, now))
+        .flatten()?;
+    tracing::debug!(color = %color, from = %addr, to = %next.addr, "connect failed; trying another endpoint");
+    state.health.retries.fetch_add(1, Ordering::Relaxed);
+    Some(next.clone())
+}
+
+/// The 502 message after every connect of a request failed.
+pub(crate) fn connect_failed_message(
+    color: Color,
+    failed: &[(SocketAddr, std::io::Error)],
+) -> String {
+    let mut message = String::from("502 bad gateway:");
+    for (i, (a, e)) in failed.iter().enumerate() {
+        let sep = if i == 0 { "" } else { ";" };
+        let _ = write!(message, "{sep} cannot connect to upstream {color} {a}: {e}");
+    }
+    message.push('\n');
+    message
+}
+
+/// Where a request goes.
+pub(crate) enum Routed {
+    NoTable,
+    NoEndpoints(Color),
+    /// Its color, endpoint, and its count as in flight there.
+    To(Color, Arc<Endpoint>, InFlightGuard),
+}
+
+/// Routes a request (`color_of` picks its color in the installed table),
+/// counts it as in flight on the chosen endpoint, then checks that no swap
+/// happened in between: a drain that starts after a swap returned
+/// therefore sees every request routed by the old table.
+pub(crate) fn route_and_count(router: &Router, color_of: impl Fn(&Compiled) -> Color) -> Routed {
+    let shared = &router.shared;
+    loop {
+        let installed = shared.table.load();
+        let Some(table) = installed.as_ref() else {
+            return Routed::NoTable;
+        };
+        let color = color_of(table);
+        let Some(endpoint) = router.pick(table.pool(color)).cloned() else {
+            return Routed::NoEndpoints(color);
+        };
+        let flight = InFlightGuard::new(shared.clone(), idx(color), endpoint.clone());
+        if shared
+            .table
+            .load()
+            .as_ref()
+            .is_some_and(|now| Arc::ptr_eq(now, table))
+        {
+            return Routed::To(color, endpoint, flight);
         }
     }
 }

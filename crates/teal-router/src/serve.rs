@@ -13,9 +13,9 @@ use tokio::io::{AsyncRead, AsyncWrite};
 use tokio::net::{TcpListener, TcpStream};
 use tokio::sync::{OwnedSemaphorePermit, Semaphore, mpsc, oneshot, watch};
 
-use crate::Router;
 use crate::body::{ConnActivity, FlushWatch};
 use crate::proxy::handle;
+use crate::{Router, UpstreamProtocol};
 
 /// A client connection handed from the acceptor to a worker.
 struct Accepted {
@@ -178,6 +178,10 @@ impl Router {
         stop: watch::Receiver<bool>,
     ) {
         let Some(tls) = self.shared.config.tls.clone() else {
+            let config = &self.shared.config;
+            if config.lean_http1 && config.upstream_protocol == UpstreamProtocol::Http1 {
+                return crate::h1::serve(self, builder, stream, addr, stop).await;
+            }
             return self.serve_io(builder, stream, addr, false, stop).await;
         };
         // The handshake counts against the header-read timeout: a client
@@ -192,7 +196,7 @@ impl Router {
         }
     }
 
-    async fn serve_io<I>(
+    pub(crate) async fn serve_io<I>(
         self,
         builder: &auto::Builder<TokioExecutor>,
         stream: I,

@@ -127,6 +127,21 @@ pub(crate) fn set_worker_shard(worker: usize) {
 }
 
 type Shard = Mutex<HashMap<SocketAddr, VecDeque<Idle>>>;
+type RawShard = Mutex<HashMap<SocketAddr, Vec<RawIdle>>>;
+
+/// An upstream HTTP/1.1 connection of the lean path (crate::h1): the socket
+/// and the bytes read from it that were not relayed yet.
+pub(crate) struct RawConn {
+    pub(crate) stream: TcpStream,
+    pub(crate) buf: bytes::BytesMut,
+    /// Came from the pool (the upstream may have closed it meanwhile).
+    pub(crate) reused: bool,
+}
+
+struct RawIdle {
+    conn: RawConn,
+    since: Instant,
+}
 type H2Shard = Mutex<HashMap<SocketAddr, http2::SendRequest<Incoming>>>;
 
 struct Idle {
@@ -138,6 +153,8 @@ struct Idle {
 /// on drain, which closes them.
 pub(crate) struct Pool {
     shards: Box<[Shard]>,
+    /// Idle connections of the lean HTTP/1.1 path, by worker and endpoint.
+    raw: Box<[RawShard]>,
     /// Speak HTTP/2 (prior knowledge) to the endpoints instead of HTTP/1.1.
     h2c: bool,
     /// One multiplexed HTTP/2 connection per worker thread and endpoint.
@@ -154,6 +171,9 @@ impl Pool {
             shards: (0..=config.worker_threads())
                 .map(|_| Mutex::new(HashMap::new()))
                 .collect(),
+            raw: (0..=config.worker_threads())
+                .map(|_| Mutex::new(HashMap::new()))
+                .collect(),
             h2c: config.upstream_protocol == UpstreamProtocol::H2c,
             h2: (0..=config.worker_threads())
                 .map(|_| Mutex::new(HashMap::new()))
@@ -167,10 +187,17 @@ impl Pool {
 
     /// Idle connections kept now, over all endpoints.
     pub(crate) fn idle_count(&self) -> usize {
-        self.shards
+        let hyper: usize = self
+            .shards
             .iter()
             .map(|s| lock(s).values().map(VecDeque::len).sum::<usize>())
-            .sum()
+            .sum();
+        let raw: usize = self
+            .raw
+            .iter()
+            .map(|s| lock_raw(s).values().map(Vec::len).sum::<usize>())
+            .sum();
+        hyper + raw
     }
 
     /// Closes every worker's idle connections to `addr` and forgets its
@@ -186,7 +213,12 @@ impl Pool {
         for shard in self.shards.iter() {
             closed.extend(lock(shard).remove(&addr).into_iter().flatten());
         }
-        let mut n = closed.len();
+        let mut raw: Vec<RawIdle> = Vec::new();
+        for shard in self.raw.iter() {
+            raw.extend(lock_raw(shard).remove(&addr).into_iter().flatten());
+        }
+        let mut n = closed.len() + raw.len();
+        drop(raw);
         for shard in self.h2.iter() {
             n += usize::from(
                 shard
@@ -289,10 +321,77 @@ impl Pool {
                     }
                     idle.retain(|_, list| !list.is_empty());
                 }
+                let mut expired_raw: Vec<RawIdle> = Vec::new();
+                for shard in pool.raw.iter() {
+                    let mut idle = lock_raw(shard);
+                    for list in idle.values_mut() {
+                        let keep = list
+                            .iter()
+                            .position(|i| now.duration_since(i.since) < pool.idle_timeout)
+                            .unwrap_or(list.len());
+                        expired_raw.extend(list.drain(..keep));
+                    }
+                    idle.retain(|_, list| !list.is_empty());
+                }
+                drop(expired_raw);
                 // Closed outside the locks.
                 drop(expired);
             }
         });
+    }
+
+    /// The most recently used idle lean-path connection to `addr` that has
+    /// not timed out and shows no close from the upstream.
+    pub(crate) fn checkout_raw(&self, addr: SocketAddr) -> Option<RawConn> {
+        let now = Instant::now();
+        let mut idle = lock_raw(&self.raw[SHARD.get() % self.raw.len()]);
+        let list = idle.get_mut(&addr)?;
+        let expired = list
+            .iter()
+            .position(|i| now.duration_since(i.since) < self.idle_timeout)
+            .unwrap_or(list.len());
+        list.drain(..expired);
+        while let Some(RawIdle { mut conn, .. }) = list.pop() {
+            // A FIN or reset the upstream sent while the connection sat
+            // here reads as end of stream or an error; stray bytes make the
+            // connection unusable too. Only "nothing to read" keeps it.
+            let mut probe = [0u8; 1];
+            if let Err(e) = conn.stream.try_read(&mut probe)
+                && e.kind() == std::io::ErrorKind::WouldBlock
+            {
+                conn.reused = true;
+                return Some(conn);
+            }
+        }
+        None
+    }
+
+    /// Keeps a lean-path connection whose last response was read to its end
+    /// for the next request to `addr`, when the endpoint has room.
+    pub(crate) fn checkin_raw(self: &Arc<Self>, addr: SocketAddr, conn: RawConn) {
+        if !conn.buf.is_empty() {
+            return;
+        }
+        let now = Instant::now();
+        {
+            let mut idle = lock_raw(&self.raw[SHARD.get() % self.raw.len()]);
+            let list = idle.entry(addr).or_default();
+            if list.len() >= self.max_idle {
+                return;
+            }
+            list.push(RawIdle { conn, since: now });
+        }
+        self.start_reaper();
+    }
+
+    /// A new lean-path connection to `addr`, within the connect timeout.
+    pub(crate) async fn connect_raw(&self, addr: SocketAddr) -> std::io::Result<RawConn> {
+        let stream = self.tcp(addr).await?.into_inner();
+        Ok(RawConn {
+            stream,
+            buf: bytes::BytesMut::new(),
+            reused: false,
+        })
     }
 
     async fn tcp(&self, addr: SocketAddr) -> std::io::Result<TokioIo<TcpStream>> {
@@ -492,6 +591,10 @@ fn h2_request(req: &mut Request<Incoming>, addr: SocketAddr) {
         *req.uri_mut() = uri;
     }
     *req.version_mut() = http::Version::HTTP_2;
+}
+
+fn lock_raw(shard: &RawShard) -> std::sync::MutexGuard<'_, HashMap<SocketAddr, Vec<RawIdle>>> {
+    shard.lock().unwrap_or_else(|e| e.into_inner())
 }
 
 fn lock(shard: &Shard) -> std::sync::MutexGuard<'_, HashMap<SocketAddr, VecDeque<Idle>>> {
