@@ -7,6 +7,9 @@ use std::sync::Arc;
 use std::sync::Mutex;
 use std::sync::atomic::{AtomicBool, AtomicU64, AtomicUsize, Ordering};
 use std::task::{Context, Poll};
+use std::time::Duration;
+
+use tokio::time::Sleep;
 
 use bytes::Bytes;
 use http_body::{Body, Frame, SizeHint};
@@ -138,7 +141,7 @@ impl Guards {
 enum Kind {
     /// An upstream body and the connection it arrives on, which this body
     /// drives and returns to its pool once the body was read to the end.
-    Upstream(Incoming, Option<Pooled>),
+    Upstream(Incoming, Option<Pooled>, Stall),
     Full(Option<Bytes>),
 }
 
@@ -148,10 +151,58 @@ pub struct ProxyBody {
     guards: Option<Guards>,
 }
 
+/// The upstream body timeout: how long the next piece of a body may take
+/// once the previous one arrived. The timer exists only while a body waits.
+struct Stall {
+    timeout: Duration,
+    sleep: Option<Pin<Box<Sleep>>>,
+    /// A frame arrived since the timer was set.
+    progressed: bool,
+}
+
+impl Stall {
+    /// True when the body has waited longer than the timeout.
+    fn expired(&mut self, cx: &mut Context<'_>) -> bool {
+        if self.timeout.is_zero() {
+            return false;
+        }
+        let deadline = tokio::time::Instant::now() + self.timeout;
+        let sleep = match &mut self.sleep {
+            Some(s) => {
+                if std::mem::take(&mut self.progressed) {
+                    s.as_mut().reset(deadline);
+                }
+                s
+            }
+            None => {
+                self.progressed = false;
+                self.sleep
+                    .insert(Box::pin(tokio::time::sleep_until(deadline)))
+            }
+        };
+        sleep.as_mut().poll(cx).is_ready()
+    }
+}
+
+/// The error a response body ends with when its upstream stalled.
+#[derive(Debug, thiserror::Error)]
+#[error("the upstream response body sent nothing for {0}")]
+pub struct BodyStalled(String);
+
 impl ProxyBody {
-    pub(crate) fn upstream(body: Incoming, conn: Option<Pooled>, guards: Guards) -> Self {
+    pub(crate) fn upstream(
+        body: Incoming,
+        conn: Option<Pooled>,
+        guards: Guards,
+        timeout: Duration,
+    ) -> Self {
+        let stall = Stall {
+            timeout,
+            sleep: None,
+            progressed: false,
+        };
         ProxyBody {
-            kind: Kind::Upstream(body, conn),
+            kind: Kind::Upstream(body, conn, stall),
             guards: Some(guards),
         }
     }
@@ -174,21 +225,31 @@ impl ProxyBody {
 
 impl Body for ProxyBody {
     type Data = Bytes;
-    type Error = hyper::Error;
+    type Error = Box<dyn std::error::Error + Send + Sync>;
 
     fn poll_frame(
         self: Pin<&mut Self>,
         cx: &mut Context<'_>,
-    ) -> Poll<Option<Result<Frame<Bytes>, hyper::Error>>> {
+    ) -> Poll<Option<Result<Frame<Bytes>, Self::Error>>> {
         let this = self.get_mut();
-        let polled = match &mut this.kind {
-            Kind::Upstream(body, conn) => {
+        let polled: Poll<Option<Result<Frame<Bytes>, Self::Error>>> = match &mut this.kind {
+            Kind::Upstream(body, conn, stall) => {
                 let mut polled = Pin::new(&mut *body).poll_frame(cx);
                 if polled.is_pending()
                     && let Some(c) = conn
                 {
                     c.poll(cx);
                     polled = Pin::new(&mut *body).poll_frame(cx);
+                }
+                let mut polled = polled.map_err(Self::Error::from);
+                match &polled {
+                    Poll::Pending if stall.expired(cx) => {
+                        let waited = crate::format_duration(stall.timeout);
+                        tracing::warn!(timeout = %waited, "upstream response body stalled; cutting it off");
+                        polled = Poll::Ready(Some(Err(BodyStalled(waited).into())));
+                    }
+                    Poll::Ready(Some(Ok(_))) => stall.progressed = true,
+                    _ => {}
                 }
                 match &polled {
                     Poll::Ready(None) => release(conn),
@@ -219,14 +280,14 @@ impl Body for ProxyBody {
 
     fn is_end_stream(&self) -> bool {
         match &self.kind {
-            Kind::Upstream(body, _) => body.is_end_stream(),
+            Kind::Upstream(body, _, _) => body.is_end_stream(),
             Kind::Full(data) => data.is_none(),
         }
     }
 
     fn size_hint(&self) -> SizeHint {
         match &self.kind {
-            Kind::Upstream(body, _) => body.size_hint(),
+            Kind::Upstream(body, _, _) => body.size_hint(),
             Kind::Full(data) => SizeHint::with_exact(data.as_ref().map_or(0, |d| d.len() as u64)),
         }
     }
@@ -244,7 +305,7 @@ impl Drop for ProxyBody {
     /// connection to the pool; any other unfinished body closes it.
     fn drop(&mut self) {
         let ended = match &mut self.kind {
-            Kind::Upstream(body, conn) => {
+            Kind::Upstream(body, conn, _) => {
                 let ended = body.is_end_stream();
                 if ended {
                     release(conn);

@@ -37,6 +37,12 @@ pub struct RouterConfig {
     pub connect_timeout: Duration,
     /// From sending a request upstream until its response headers arrive.
     pub upstream_timeout: Duration,
+    /// Longest wait for the next part of an upstream response body once its
+    /// head arrived (between two reads, like nginx's `proxy_read_timeout`):
+    /// the response is then cut off and the client connection closed, so a
+    /// stalled upstream cannot hold a client and a drain forever. Zero: no
+    /// limit (for streams that may stay silent longer).
+    pub upstream_body_timeout: Duration,
     /// A client must send a complete request head within this time.
     pub header_read_timeout: Duration,
     /// A client connection with no request in progress is closed after this.
@@ -103,6 +109,7 @@ impl Default for RouterConfig {
         RouterConfig {
             connect_timeout: Duration::from_secs(2),
             upstream_timeout: Duration::from_secs(30),
+            upstream_body_timeout: Duration::from_secs(300),
             header_read_timeout: Duration::from_secs(10),
             idle_timeout: Duration::from_secs(60),
             max_connections: 10_000,

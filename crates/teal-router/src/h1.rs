@@ -1171,9 +1171,20 @@ impl Conn {
             return Next::Close;
         }
         up.buf.advance(k);
+        let body_timeout = config.upstream_body_timeout;
         while !framing.done() {
             up.buf.reserve(READ_CHUNK);
-            match up.stream.read_buf(&mut up.buf).await {
+            if !body_timeout.is_zero() {
+                self.deadline.set(Instant::now() + body_timeout);
+            }
+            let read = tokio::select! {
+                r = up.stream.read_buf(&mut up.buf) => r,
+                _ = self.deadline.expired(), if !body_timeout.is_zero() => {
+                    tracing::warn!(endpoint = %endpoint.addr, timeout = %format_duration(body_timeout), "upstream response body stalled; cutting it off");
+                    return Next::Close;
+                }
+            };
+            match read {
                 Ok(0) if framing == Framing::Close => {
                     if rechunk && self.client.write_all(b"0\r\n\r\n").await.is_err() {
                         return Next::Close;

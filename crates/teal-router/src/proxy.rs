@@ -352,6 +352,7 @@ pub(crate) async fn handle(
                 _flight: Some(flight),
                 _conn: Some(conn_guard),
             },
+            shared.config.upstream_body_timeout,
         ),
     );
     add_color_header(shared, &mut out, color);

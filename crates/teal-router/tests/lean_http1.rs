@@ -187,6 +187,12 @@ async fn answer(
         "/hop" => {
             w(stream, b"HTTP/1.1 200 OK\r\nConnection: x-hop\r\nX-Hop: 1\r\nKeep-Alive: timeout=5\r\nProxy-Thing: 1\r\nX-Kind: hop\r\nContent-Length: 2\r\n\r\nok".to_vec()).await
         }
+        "/stall" => {
+            // Half the body, then nothing while the connection stays open.
+            w(stream, b"HTTP/1.1 200 OK\r\nContent-Length: 100\r\n\r\npartial".to_vec()).await;
+            tokio::time::sleep(Duration::from_secs(60)).await;
+            return false;
+        }
         "/status" => {
             w(stream, b"HTTP/1.1 503 Service Unavailable\r\nContent-Length: 4\r\nRetry-After: 1\r\n\r\nbusy".to_vec()).await
         }
@@ -210,6 +216,10 @@ async fn start(upstream: SocketAddr, lean: bool) -> (Router, SocketAddr) {
         workers: 2,
         ..RouterConfig::default()
     };
+    start_with(upstream, config).await
+}
+
+async fn start_with(upstream: SocketAddr, config: RouterConfig) -> (Router, SocketAddr) {
     let table = RouteTable {
         active: Color::Blue,
         preview: None,
@@ -495,4 +505,28 @@ async fn pooled_connections_the_upstream_closed_do_not_fail_requests() {
         String::from_utf8_lossy(&body)
     );
     assert_eq!(received.load(Ordering::SeqCst), before + 1);
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_stalled_response_body_is_cut_off_on_both_paths() {
+    let (upstream, _) = scripted_upstream(false).await;
+    for lean in [true, false] {
+        let config = RouterConfig {
+            lean_http1: lean,
+            workers: 2,
+            upstream_body_timeout: Duration::from_millis(300),
+            ..RouterConfig::default()
+        };
+        let (router, proxy) = start_with(upstream, config).await;
+        let started = std::time::Instant::now();
+        let resp = raw_exchange(proxy, b"GET /stall HTTP/1.1\r\nHost: x\r\n\r\n").await;
+        let waited = started.elapsed();
+        assert!(resp.starts_with("HTTP/1.1 200 OK"), "lean {lean}: {resp}");
+        assert!(resp.ends_with("partial"), "lean {lean}: {resp}");
+        // Closed by the body timeout, not by the client giving up (10 s).
+        assert!(waited < Duration::from_secs(8), "lean {lean}: {waited:?}");
+        // Nothing is left in flight: a drain of the color completes.
+        let report = router.drain(Color::Blue, Duration::from_secs(5)).await;
+        assert!(report.completed, "lean {lean}: {report:?}");
+    }
 }

@@ -36,6 +36,10 @@ pub struct Args {
     /// Timeout from forwarding a request until its response headers arrive.
     #[arg(long, default_value = "30s", value_parser = parse_duration)]
     upstream_timeout: Duration,
+    /// Longest wait for the next part of an upstream response body; the
+    /// response is then cut off (0s: no limit, for long silent streams).
+    #[arg(long, default_value = "5m", value_parser = parse_duration)]
+    upstream_body_timeout: Duration,
     /// Clients must send a whole request head within this time.
     #[arg(long, default_value = "10s", value_parser = parse_duration)]
     header_read_timeout: Duration,
@@ -89,6 +93,7 @@ pub async fn run(args: Args) -> anyhow::Result<ExitCode> {
     let mut config = RouterConfig {
         connect_timeout: args.connect_timeout,
         upstream_timeout: args.upstream_timeout,
+        upstream_body_timeout: args.upstream_body_timeout,
         header_read_timeout: args.header_read_timeout,
         idle_timeout: args.idle_timeout,
         max_connections: args.max_connections,
