@@ -46,6 +46,9 @@ pub struct Options {
     pub namespace: Option<String>,
     /// Leader election; `None` runs without it (one replica only).
     pub lease: Option<LeaseConfig>,
+    /// The image of router type `teal`'s router pods; `None` reads it from
+    /// the environment variable `TEAL_ROUTER_IMAGE`.
+    pub router_image: Option<String>,
 }
 
 #[derive(Debug, thiserror::Error)]
@@ -159,6 +162,10 @@ pub async fn run(client: Client, opts: Options) -> Result<(), RunError> {
         metrics: metrics.clone(),
         cache,
         written: Default::default(),
+        router_image: opts
+            .router_image
+            .clone()
+            .or_else(|| std::env::var(routers::teal::IMAGE_ENV).ok()),
     });
     let bgs: Api<BlueGreen> = api(&client, &opts.namespace);
     let controller = Controller::new(bgs, watcher::Config::default());

@@ -42,6 +42,8 @@ pub struct Context {
     pub cache: crate::cache::Cache,
     /// What this process last wrote per BlueGreen (stale-read guard).
     pub written: crate::checkpoint::Written,
+    /// The image of router type `teal`'s router pods.
+    pub router_image: Option<String>,
 }
 
 #[derive(Debug, thiserror::Error)]
@@ -556,6 +558,7 @@ async fn apply(bg: Arc<BlueGreen>, ctx: Arc<Context>) -> Result<Requeue, Error> 
                     ns: &ns,
                     ports: &ports,
                     cache: Some(&ctx.cache),
+                    router_image: ctx.router_image.as_deref(),
                 };
                 let ack = match routers::route(&target, routing, &mut status.router).await {
                     Ok(ack) => ack,

@@ -115,6 +115,8 @@ pub struct Target<'a> {
     /// (see [`route`]): a switch is always written, since the cache may
     /// lag behind the apiserver.
     pub cache: Option<&'a crate::cache::Cache>,
+    /// The image of router type `teal`'s router pods.
+    pub router_image: Option<&'a str>,
 }
 
 impl Target<'_> {
@@ -508,6 +510,7 @@ pub async fn release(client: &Client, bg: &BlueGreen, ports: &[ServicePort]) -> 
         ns: &ns,
         ports,
         cache: None,
+        router_image: None,
     };
     let st = bg.status.as_ref().and_then(|s| s.router.clone());
     if let Some(st) = st

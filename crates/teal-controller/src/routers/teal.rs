@@ -33,7 +33,8 @@ pub const GENERATION_ANNOTATION: &str = "teal.dev/route-generation";
 /// Annotation on a router replica's Lease: its responses since it started,
 /// by color and status class (JSON).
 pub const TRAFFIC_ANNOTATION: &str = "teal.dev/traffic";
-/// Environment variable of the controller naming the router image.
+/// Environment variable of the controller naming the router image (see
+/// `Options::router_image`).
 pub const IMAGE_ENV: &str = "TEAL_ROUTER_IMAGE";
 
 /// Name of the router Deployment, ServiceAccount, Role and RoleBinding.
@@ -142,7 +143,7 @@ pub fn ready(p: &Pod) -> bool {
 }
 
 pub async fn route(t: &Target<'_>, generation: i64) -> Result<Ack, Error> {
-    let Ok(image) = std::env::var(IMAGE_ENV) else {
+    let Some(image) = t.router_image else {
         return Err(Error::State(format!(
             "spec.router.type teal needs the router image: set {IMAGE_ENV} on the controller (its own image)"
         )));
@@ -160,7 +161,7 @@ pub async fn route(t: &Target<'_>, generation: i64) -> Result<Ack, Error> {
     .await?;
     t.apply(Kind::Role, role(bg)).await?;
     t.apply(Kind::RoleBinding, role_binding(bg)).await?;
-    t.apply(Kind::Deployment, deployment(bg, &image)).await?;
+    t.apply(Kind::Deployment, deployment(bg, image)).await?;
     // The front door: the live Service, every port to the router.
     let mut ports = t.ports.to_vec();
     for p in &mut ports {
