@@ -151,11 +151,17 @@ pub async fn run(client: Client, opts: Options) -> Result<(), RunError> {
         controller: "teal-controller".into(),
         instance: opts.lease.as_ref().map(|l| l.identity.clone()),
     };
-    let (cache, feeds) = cache::Cache::new(
+    let bgs: Api<BlueGreen> = api(&client, &opts.namespace);
+    let controller = Controller::new(bgs, watcher::Config::default());
+    let store = controller.store();
+    let (mut cache, feeds) = cache::Cache::new(
         api(&client, &opts.namespace),
         api(&client, &opts.namespace),
         api(&client, &opts.namespace),
     );
+    // Router objects of types istio, gatewayAPI and teal: watched once a
+    // router uses their kind, waking the BlueGreens they concern.
+    let router_wakes = cache.routers(client.clone(), opts.namespace.clone(), store.clone());
     let ctx = Arc::new(reconcile::Context {
         client: client.clone(),
         recorder: Recorder::new(client.clone(), reporter),
@@ -167,9 +173,6 @@ pub async fn run(client: Client, opts: Options) -> Result<(), RunError> {
             .clone()
             .or_else(|| std::env::var(routers::teal::IMAGE_ENV).ok()),
     });
-    let bgs: Api<BlueGreen> = api(&client, &opts.namespace);
-    let controller = Controller::new(bgs, watcher::Config::default());
-    let store = controller.store();
     let controller = controller
         .trigger_backoff(retry::WatchBackoff::default())
         // Color Deployments, Services, Pods and workloads: one watch
@@ -190,6 +193,7 @@ pub async fn run(client: Client, opts: Options) -> Result<(), RunError> {
                 .collect::<Vec<_>>()
         })
         .reconcile_on(hooks::finished())
+        .reconcile_on(router_wakes)
         .shutdown_on_signal()
         .run(
             |bg, ctx: Arc<reconcile::Context>| async move {
