@@ -6,17 +6,30 @@
 //! Services without a request to the apiserver: with thousands of
 //! BlueGreens, reading them per reconcile would cost several requests each
 //! time, most of them on reconciles that find nothing to do.
+//!
+//! The objects of router types `istio`, `gatewayAPI` and `teal` are cached
+//! too, each kind once a router has written or read it (see
+//! [`Cache::watch`]): only where that router type is in use, and only when
+//! the cluster serves the kind (Istio's and Gateway API's CRDs are optional).
 
+use std::collections::HashMap;
 use std::pin::Pin;
+use std::sync::{Arc, Mutex};
 
-use futures_util::{Stream, StreamExt};
+use futures_util::stream::{BoxStream, SelectAll};
+use futures_util::{FutureExt, Stream, StreamExt};
 use k8s_openapi::api::apps::v1::Deployment;
 use k8s_openapi::api::core::v1::{Pod, Service};
+use kube::core::{ApiResource, DynamicObject};
 use kube::runtime::reflector::{self, ObjectRef, Store};
 use kube::runtime::{WatchStreamExt, watcher};
-use kube::{Api, ResourceExt};
-use teal_api::bluegreen::labels;
+use kube::{Api, Client, ResourceExt};
+use teal_api::BlueGreen;
+use teal_api::bluegreen::{RouterKind, labels};
 use teal_core::Color;
+use tokio::sync::mpsc;
+
+use crate::routers::{self, Kind};
 
 /// The caches; cheap to clone.
 #[derive(Clone)]
@@ -25,6 +38,138 @@ pub struct Cache {
     deployments: Store<Deployment>,
     services: Store<Service>,
     workloads: Store<Deployment>,
+    /// Router objects, once [`Cache::routers`] enabled them.
+    extra: Option<Arc<Extras>>,
+}
+
+/// The router objects cached on demand, by kind.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash)]
+pub enum Extra {
+    DestinationRules,
+    /// Every VirtualService: a BlueGreen may adopt one without teal's label.
+    VirtualServices,
+    /// Every HTTPRoute, as VirtualServices.
+    HttpRoutes,
+    ServiceAccounts,
+    Roles,
+    RoleBindings,
+    /// Pods of teal's router (labelled [`routers::teal::ROUTER_LABEL`]).
+    RouterPods,
+    /// The Leases router replicas report in.
+    RouterLeases,
+}
+
+impl Extra {
+    /// The cached kind a router writes as `kind`, if it is cached here
+    /// (Services and Deployments are always cached).
+    pub fn of(kind: Kind) -> Option<Extra> {
+        match kind {
+            Kind::DestinationRule => Some(Extra::DestinationRules),
+            Kind::VirtualService => Some(Extra::VirtualServices),
+            Kind::HttpRoute => Some(Extra::HttpRoutes),
+            Kind::ServiceAccount => Some(Extra::ServiceAccounts),
+            Kind::Role => Some(Extra::Roles),
+            Kind::RoleBinding => Some(Extra::RoleBindings),
+            Kind::Service | Kind::Deployment => None,
+        }
+    }
+
+    fn resource(self) -> ApiResource {
+        match self {
+            Extra::DestinationRules => Kind::DestinationRule.resource(),
+            Extra::VirtualServices => Kind::VirtualService.resource(),
+            Extra::HttpRoutes => Kind::HttpRoute.resource(),
+            Extra::ServiceAccounts => Kind::ServiceAccount.resource(),
+            Extra::Roles => Kind::Role.resource(),
+            Extra::RoleBindings => Kind::RoleBinding.resource(),
+            Extra::RouterPods => ApiResource::erase::<Pod>(&()),
+            Extra::RouterLeases => {
+                ApiResource::erase::<k8s_openapi::api::coordination::v1::Lease>(&())
+            }
+        }
+    }
+
+    /// The label selecting what is cached; `None`: every object of the kind.
+    fn labels(self) -> Option<&'static str> {
+        match self {
+            Extra::VirtualServices | Extra::HttpRoutes => None,
+            Extra::RouterPods | Extra::RouterLeases => Some(routers::teal::ROUTER_LABEL),
+            _ => Some(labels::BLUEGREEN),
+        }
+    }
+}
+
+/// A stream of BlueGreens to reconcile.
+pub type Wakes = BoxStream<'static, ObjectRef<BlueGreen>>;
+
+struct Extras {
+    client: Client,
+    namespace: Option<String>,
+    bluegreens: Store<BlueGreen>,
+    stores: Mutex<HashMap<Extra, Store<DynamicObject>>>,
+    /// Hands each new watch to the stream [`Cache::routers`] returned.
+    started: mpsc::UnboundedSender<Wakes>,
+}
+
+impl Extras {
+    /// The BlueGreens a change of `obj` concerns.
+    fn wakes(&self, e: Extra, obj: &DynamicObject) -> Vec<ObjectRef<BlueGreen>> {
+        let Some(ns) = obj.metadata.namespace.as_deref() else {
+            return Vec::new();
+        };
+        let label = |l: &str| obj.metadata.labels.as_ref().and_then(|m| m.get(l)).cloned();
+        match e {
+            Extra::RouterPods | Extra::RouterLeases => label(routers::teal::ROUTER_LABEL)
+                .map(|bg| ObjectRef::new(&bg).within(ns))
+                .into_iter()
+                .collect(),
+            Extra::VirtualServices | Extra::HttpRoutes => {
+                let kind = if e == Extra::VirtualServices {
+                    RouterKind::Istio
+                } else {
+                    RouterKind::GatewayApi
+                };
+                let name = obj.metadata.name.as_deref();
+                let mut v: Vec<_> = self
+                    .bluegreens
+                    .state()
+                    .into_iter()
+                    .filter(|bg| {
+                        bg.metadata.namespace.as_deref() == Some(ns)
+                            && bg.spec.router.kind == kind
+                            && routers::adopted(bg).as_deref() == name
+                    })
+                    .map(|bg| ObjectRef::from_obj(&*bg))
+                    .collect();
+                v.extend(Cache::owner_of(obj));
+                v
+            }
+            _ => Cache::owner_of(obj).into_iter().collect(),
+        }
+    }
+}
+
+/// Whether a watch failed because the cluster does not serve the kind
+/// (its CRD was removed).
+fn not_served(e: &watcher::Error) -> bool {
+    match e {
+        watcher::Error::InitialListFailed(kube::Error::Api(s))
+        | watcher::Error::WatchStartFailed(kube::Error::Api(s))
+        | watcher::Error::WatchFailed(kube::Error::Api(s)) => s.code == 404,
+        watcher::Error::WatchError(s) => s.code == 404,
+        _ => false,
+    }
+}
+
+/// Strips what a cache never reads.
+fn trim<K: kube::Resource>(o: &mut K) {
+    // Managed fields and kubectl's copy of the last applied object are
+    // large and never read: do not keep them.
+    let meta = o.meta_mut();
+    meta.managed_fields = None;
+    if let Some(a) = meta.annotations.as_mut() {
+        a.remove(LAST_APPLIED);
+    }
 }
 
 /// A watch stream of `K`, yielding each object after the cache holds it.
@@ -48,15 +193,7 @@ where
     let config = watcher::Config::default().labels(labels).any_semantic();
     watcher(api, config)
         .backoff(crate::retry::WatchBackoff::default())
-        .modify(|o: &mut K| {
-            // Managed fields and kubectl's copy of the last applied object
-            // are large and never read: do not keep them.
-            let meta = o.meta_mut();
-            meta.managed_fields = None;
-            if let Some(a) = meta.annotations.as_mut() {
-                a.remove(LAST_APPLIED);
-            }
-        })
+        .modify(trim::<K>)
         .reflect(writer)
         .touched_objects()
         .filter_map(|r| async move {
@@ -109,8 +246,182 @@ impl Cache {
                 deployments: dep_reader,
                 services: svc_reader,
                 workloads: work_reader,
+                extra: None,
             },
             feeds,
+        )
+    }
+
+    /// Enables the caches of router objects (see [`Cache::watch`]) for
+    /// the namespace `namespace` (all when `None`); `bluegreens` tells which
+    /// BlueGreen adopts a VirtualService or HTTPRoute. The stream returned
+    /// carries the watches started later: poll it (as a trigger of
+    /// reconciles) for as long as the cache is used; it yields the
+    /// BlueGreens whose router objects changed.
+    pub fn routers(
+        &mut self,
+        client: Client,
+        namespace: Option<String>,
+        bluegreens: Store<BlueGreen>,
+    ) -> Wakes {
+        let (tx, rx) = mpsc::unbounded_channel::<Wakes>();
+        self.extra = Some(Arc::new(Extras {
+            client,
+            namespace,
+            bluegreens,
+            stores: Mutex::new(HashMap::new()),
+            started: tx,
+        }));
+        // The watches started so far, and the channel that brings new ones;
+        // ends when both are done (the cache is gone).
+        futures_util::stream::unfold(
+            (Some(rx), SelectAll::<Wakes>::new()),
+            |(mut rx, mut all)| async move {
+                enum Next {
+                    Started(Option<Wakes>),
+                    Wake(ObjectRef<BlueGreen>),
+                }
+                async fn recv(rx: &mut Option<mpsc::UnboundedReceiver<Wakes>>) -> Option<Wakes> {
+                    rx.as_mut()?.recv().await
+                }
+                loop {
+                    let next = tokio::select! {
+                        s = recv(&mut rx), if rx.is_some() => Next::Started(s),
+                        Some(r) = all.next(), if !all.is_empty() => Next::Wake(r),
+                        else => return None,
+                    };
+                    match next {
+                        Next::Started(Some(s)) => all.push(s),
+                        Next::Started(None) => rx = None,
+                        Next::Wake(r) => return Some((r, (rx, all))),
+                    }
+                }
+            },
+        )
+        .boxed()
+    }
+
+    /// Starts caching the router objects of kind `e`, unless they are
+    /// already. Routers call it once they wrote or read such an object, so
+    /// a watch runs only for a kind in use that the cluster serves; if the
+    /// kind stops being served (its CRD deleted), the watch ends and the
+    /// kind is read from the apiserver again until the next call.
+    pub fn watch(&self, e: Extra) {
+        let Some(x) = &self.extra else {
+            return;
+        };
+        let mut stores = x.stores.lock().expect("router caches");
+        if stores.contains_key(&e) {
+            return;
+        }
+        let ar = e.resource();
+        let api: Api<DynamicObject> = match &x.namespace {
+            Some(ns) => Api::namespaced_with(x.client.clone(), ns, &ar),
+            None => Api::all_with(x.client.clone(), &ar),
+        };
+        let writer = reflector::store::Writer::new(ar);
+        stores.insert(e, writer.as_reader());
+        let mut config = watcher::Config::default().any_semantic();
+        if let Some(l) = e.labels() {
+            config = config.labels(l);
+        }
+        let (gone, wake) = (x.clone(), x.clone());
+        // Leases change with every traffic report of a router replica:
+        // only a new route generation wakes the BlueGreen.
+        let mut generations: HashMap<(Option<String>, Option<String>), Option<String>> =
+            HashMap::new();
+        let s = watcher(api, config)
+            .backoff(crate::retry::WatchBackoff::default())
+            .modify(trim::<DynamicObject>)
+            .reflect(writer)
+            .touched_objects()
+            .take_while(move |r| {
+                let served = !matches!(r, Err(err) if not_served(err));
+                if !served {
+                    tracing::info!(
+                        "{} are not served any more: no longer cached",
+                        e.resource().plural
+                    );
+                    gone.stores.lock().expect("router caches").remove(&e);
+                }
+                std::future::ready(served)
+            })
+            .filter_map(move |r| {
+                let obj = match r {
+                    Ok(obj) => Some(obj),
+                    Err(err) => {
+                        tracing::debug!("watching {}: {err}", e.resource().plural);
+                        None
+                    }
+                };
+                let obj = obj.filter(|o| {
+                    e != Extra::RouterLeases || {
+                        let g = o
+                            .metadata
+                            .annotations
+                            .as_ref()
+                            .and_then(|a| a.get(routers::teal::GENERATION_ANNOTATION))
+                            .cloned();
+                        let key = (o.metadata.namespace.clone(), o.metadata.name.clone());
+                        generations.insert(key, g.clone()) != Some(g)
+                    }
+                });
+                std::future::ready(obj)
+            })
+            .flat_map(move |o| futures_util::stream::iter(wake.wakes(e, &o)))
+            .boxed();
+        let _ = x.started.send(s);
+    }
+
+    fn extra_store(&self, e: Extra) -> Option<Store<DynamicObject>> {
+        let x = self.extra.as_ref()?;
+        let store = x.stores.lock().expect("router caches").get(&e).cloned()?;
+        // Only once the first listing is complete.
+        matches!(store.wait_until_ready().now_or_never(), Some(Ok(()))).then_some(store)
+    }
+
+    /// Whether the router objects of kind `e` are cached (their first
+    /// listing complete).
+    pub fn caches(&self, e: Extra) -> bool {
+        self.extra_store(e).is_some()
+    }
+
+    /// A router object of kind `e` by namespace and name: `None` if that
+    /// kind is not cached (yet), `Some(None)` if the cache holds no such
+    /// object.
+    pub fn extra(&self, e: Extra, ns: &str, name: &str) -> Option<Option<DynamicObject>> {
+        let store = self.extra_store(e)?;
+        Some(
+            store
+                .get(&ObjectRef::new_with(name, e.resource()).within(ns))
+                .map(|o| (*o).clone()),
+        )
+    }
+
+    /// The cached router objects of kind `e` in `ns` whose label `label`
+    /// is `value`; `None` if that kind is not cached (yet).
+    pub fn extra_labelled(
+        &self,
+        e: Extra,
+        ns: &str,
+        label: &str,
+        value: &str,
+    ) -> Option<Vec<DynamicObject>> {
+        let store = self.extra_store(e)?;
+        Some(
+            store
+                .state_filter(|o| {
+                    o.metadata.namespace.as_deref() == Some(ns)
+                        && o.metadata
+                            .labels
+                            .as_ref()
+                            .and_then(|l| l.get(label))
+                            .map(String::as_str)
+                            == Some(value)
+                })
+                .into_iter()
+                .map(|o| (*o).clone())
+                .collect(),
         )
     }
 

@@ -46,6 +46,9 @@ pub struct Options {
     pub namespace: Option<String>,
     /// Leader election; `None` runs without it (one replica only).
     pub lease: Option<LeaseConfig>,
+    /// The image of router type `teal`'s router pods; `None` reads it from
+    /// the environment variable `TEAL_ROUTER_IMAGE`.
+    pub router_image: Option<String>,
 }
 
 #[derive(Debug, thiserror::Error)]
@@ -148,21 +151,28 @@ pub async fn run(client: Client, opts: Options) -> Result<(), RunError> {
         controller: "teal-controller".into(),
         instance: opts.lease.as_ref().map(|l| l.identity.clone()),
     };
-    let (cache, feeds) = cache::Cache::new(
+    let bgs: Api<BlueGreen> = api(&client, &opts.namespace);
+    let controller = Controller::new(bgs, watcher::Config::default());
+    let store = controller.store();
+    let (mut cache, feeds) = cache::Cache::new(
         api(&client, &opts.namespace),
         api(&client, &opts.namespace),
         api(&client, &opts.namespace),
     );
+    // Router objects of types istio, gatewayAPI and teal: watched once a
+    // router uses their kind, waking the BlueGreens they concern.
+    let router_wakes = cache.routers(client.clone(), opts.namespace.clone(), store.clone());
     let ctx = Arc::new(reconcile::Context {
         client: client.clone(),
         recorder: Recorder::new(client.clone(), reporter),
         metrics: metrics.clone(),
         cache,
         written: Default::default(),
+        router_image: opts
+            .router_image
+            .clone()
+            .or_else(|| std::env::var(routers::teal::IMAGE_ENV).ok()),
     });
-    let bgs: Api<BlueGreen> = api(&client, &opts.namespace);
-    let controller = Controller::new(bgs, watcher::Config::default());
-    let store = controller.store();
     let controller = controller
         .trigger_backoff(retry::WatchBackoff::default())
         // Color Deployments, Services, Pods and workloads: one watch
@@ -183,6 +193,7 @@ pub async fn run(client: Client, opts: Options) -> Result<(), RunError> {
                 .collect::<Vec<_>>()
         })
         .reconcile_on(hooks::finished())
+        .reconcile_on(router_wakes)
         .shutdown_on_signal()
         .run(
             |bg, ctx: Arc<reconcile::Context>| async move {

@@ -237,6 +237,61 @@ pub fn service_as_wanted(current: &Service, wanted: &Service) -> bool {
         && ports(cs) == ports(ws)
 }
 
+/// Whether `current` (an object read back, as JSON) already holds what a
+/// server-side apply of `wanted` would write, so that the apply can be
+/// skipped: the labels, annotations and owner references of `wanted` are
+/// there, and every other top-level field (`spec`, `rules`…).
+///
+/// With `exact`, each of those fields must equal teal's, nothing added and
+/// nothing left from an earlier apply: for routes, which teal writes out
+/// with the defaults the apiserver would add, so that a hand-added or stale
+/// field is always written over. Otherwise (objects the apiserver defaults,
+/// such as a Deployment) `current` may hold more in an object, but every
+/// value of `wanted` must be there and every list must have its length.
+pub fn holds(current: &serde_json::Value, wanted: &serde_json::Value, exact: bool) -> bool {
+    use serde_json::Value;
+    fn contains(have: &Value, want: &Value) -> bool {
+        match (have, want) {
+            (Value::Object(h), Value::Object(w)) => w
+                .iter()
+                .all(|(k, v)| h.get(k).is_some_and(|hv| contains(hv, v))),
+            (Value::Array(h), Value::Array(w)) => {
+                h.len() == w.len() && h.iter().zip(w).all(|(h, w)| contains(h, w))
+            }
+            (h, w) => h == w,
+        }
+    }
+    let (Some(have), Some(want)) = (current.as_object(), wanted.as_object()) else {
+        return false;
+    };
+    let meta = |o: &serde_json::Map<String, Value>, key: &str| {
+        o.get("metadata").and_then(|m| m.get(key)).cloned()
+    };
+    let meta_ok = ["labels", "annotations"]
+        .iter()
+        .all(|k| match meta(want, k) {
+            None | Some(Value::Null) => true,
+            Some(w) => contains(&meta(have, k).unwrap_or(Value::Null), &w),
+        })
+        && match meta(want, "ownerReferences") {
+            Some(Value::Array(w)) => {
+                let h = meta(have, "ownerReferences");
+                let h = h.as_ref().and_then(Value::as_array);
+                w.iter().all(|o| h.is_some_and(|h| h.contains(o)))
+            }
+            _ => true,
+        };
+    meta_ok
+        && want
+            .iter()
+            .filter(|(k, _)| !matches!(k.as_str(), "metadata" | "apiVersion" | "kind"))
+            .all(|(k, w)| match have.get(k) {
+                None => w.is_null(),
+                Some(h) if exact => h == w,
+                Some(h) => contains(h, w),
+            })
+}
+
 /// Whether an existing Service belongs to this BlueGreen.
 pub fn owned_by(meta: &ObjectMeta, bg: &BlueGreen) -> bool {
     let uid = bg.metadata.uid.as_deref();
@@ -354,6 +409,69 @@ pub fn color_status(
 mod tests {
     use super::*;
     use k8s_openapi::api::core::v1::{Container, PodSpec};
+    use serde_json::json;
+
+    fn route(subset: &str) -> serde_json::Value {
+        json!({
+            "metadata": {"name": "shop", "labels": {"teal.dev/bluegreen": "shop"},
+                         "ownerReferences": [{"kind": "BlueGreen", "name": "shop", "uid": "u"}]},
+            "spec": {"hosts": ["shop"], "http": [{"name": "teal-active", "route": [{"destination": {"host": "shop", "subset": subset}}]}]},
+        })
+    }
+
+    #[test]
+    fn a_route_holds_only_what_teal_writes_exactly() {
+        let wanted = route("blue");
+        let mut current = route("blue");
+        current["metadata"]["resourceVersion"] = "7".into();
+        current["metadata"]["labels"]["team"] = "web".into();
+        current["metadata"]["ownerReferences"]
+            .as_array_mut()
+            .unwrap()
+            .push(json!({"kind": "Other", "name": "x", "uid": "v"}));
+        assert!(holds(&current, &wanted, true), "metadata may hold more");
+
+        assert!(!holds(&route("green"), &wanted, true), "a changed route");
+        let mut extra = route("blue");
+        extra["spec"]["http"][0]["timeout"] = "1s".into();
+        assert!(!holds(&extra, &wanted, true), "a field teal does not write");
+        let mut stale = route("blue");
+        stale["spec"]["gateways"] = json!(["mesh"]);
+        assert!(
+            !holds(&stale, &wanted, true),
+            "a field teal no longer writes"
+        );
+        let mut unlabelled = route("blue");
+        unlabelled["metadata"]["labels"] = json!({});
+        assert!(!holds(&unlabelled, &wanted, true), "teal's label removed");
+        let mut orphan = route("blue");
+        orphan["metadata"]["ownerReferences"] = json!([]);
+        assert!(!holds(&orphan, &wanted, true), "teal's owner removed");
+        assert!(!holds(&serde_json::Value::Null, &wanted, true), "no object");
+    }
+
+    #[test]
+    fn a_defaulted_object_holds_teal_s_values_and_list_lengths() {
+        let wanted = json!({"metadata": {"name": "r"}, "spec": {"replicas": 2, "template": {"spec": {
+            "containers": [{"name": "router", "args": ["a", "b"], "ports": [{"containerPort": 8080}]}]}}}});
+        let mut current = wanted.clone();
+        current["spec"]["strategy"] = json!({"type": "RollingUpdate"});
+        current["spec"]["template"]["spec"]["containers"][0]["ports"][0]["protocol"] = "TCP".into();
+        assert!(holds(&current, &wanted, false), "defaults added");
+        assert!(!holds(&current, &wanted, true));
+        let mut scaled = current.clone();
+        scaled["spec"]["replicas"] = 5.into();
+        assert!(!holds(&scaled, &wanted, false), "a changed value");
+        let mut args = current.clone();
+        args["spec"]["template"]["spec"]["containers"][0]["args"] = json!(["a", "b", "c"]);
+        assert!(!holds(&args, &wanted, false), "a longer list");
+        let mut sidecar = current;
+        sidecar["spec"]["template"]["spec"]["containers"]
+            .as_array_mut()
+            .unwrap()
+            .push(json!({"name": "proxy"}));
+        assert!(!holds(&sidecar, &wanted, false), "another container");
+    }
 
     fn template(image: &str) -> PodTemplateSpec {
         PodTemplateSpec {

@@ -42,6 +42,8 @@ pub struct Context {
     pub cache: crate::cache::Cache,
     /// What this process last wrote per BlueGreen (stale-read guard).
     pub written: crate::checkpoint::Written,
+    /// The image of router type `teal`'s router pods.
+    pub router_image: Option<String>,
 }
 
 #[derive(Debug, thiserror::Error)]
@@ -339,10 +341,12 @@ async fn apply(bg: Arc<BlueGreen>, ctx: Arc<Context>) -> Result<Requeue, Error> 
 
     // Services must be ours (or not exist yet). The cache holds only
     // teal-labelled Services: one it lacks is read from the apiserver.
-    for svc_name in [
-        objects::service_name(&bg),
-        objects::preview_service_name(&bg),
-    ] {
+    // The preview Service is written by router type `service` only.
+    let mut ours = vec![objects::service_name(&bg)];
+    if bg.spec.router.kind == teal_api::bluegreen::RouterKind::Service {
+        ours.push(objects::preview_service_name(&bg));
+    }
+    for svc_name in ours {
         let found = match ctx.cache.service(&ns, &svc_name) {
             Some(s) => Some(s),
             None => cluster.services.get_opt(&svc_name).await?,
@@ -556,6 +560,8 @@ async fn apply(bg: Arc<BlueGreen>, ctx: Arc<Context>) -> Result<Requeue, Error> 
                     ns: &ns,
                     ports: &ports,
                     cache: Some(&ctx.cache),
+                    settled: false,
+                    router_image: ctx.router_image.as_deref(),
                 };
                 let ack = match routers::route(&target, routing, &mut status.router).await {
                     Ok(ack) => ack,

@@ -71,6 +71,7 @@ async fn setup(env: &TestEnv, prefix: &str, bg_extra: &str, controller: bool) ->
             metrics_addr: ([127, 0, 0, 1], 0).into(),
             namespace: Some(ns.clone()),
             lease: None,
+            router_image: None,
         };
         let client = env.client();
         tokio::spawn(async move {

@@ -111,7 +111,7 @@ pub async fn route(
         Some(name) => {
             let (preview, active) = rules(t.bg, routing, t.port(), header);
             t.edit_adopted(Kind::HttpRoute, name, "rules", |list| {
-                merge_routes(list, preview, active)
+                merge_routes(list, preview.clone(), active.clone())
             })
             .await?
         }
@@ -130,7 +130,7 @@ pub async fn hand_back(t: &Target<'_>, name: &str) -> Result<(), Error> {
         "backendRefs": [backend(&t.service(), t.port(), 1)],
     });
     t.edit_adopted(Kind::HttpRoute, name, "rules", |list| {
-        merge_routes(list, None, active)
+        merge_routes(list, None, active.clone())
     })
     .await
 }

@@ -133,7 +133,7 @@ pub async fn route(
         Some(name) => {
             let (preview, active) = routes(t.bg, routing, t.port(), header);
             t.edit_adopted(Kind::VirtualService, name, "http", |list| {
-                merge_routes(list, preview, active)
+                merge_routes(list, preview.clone(), active.clone())
             })
             .await?
         }
@@ -149,7 +149,7 @@ pub async fn hand_back(t: &Target<'_>, name: &str) -> Result<(), Error> {
         "route": destination(&t.service(), None, t.port()),
     });
     t.edit_adopted(Kind::VirtualService, name, "http", |list| {
-        merge_routes(list, None, active)
+        merge_routes(list, None, active.clone())
     })
     .await
 }

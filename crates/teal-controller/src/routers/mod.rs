@@ -110,11 +110,16 @@ pub struct Target<'a> {
     pub ns: &'a str,
     /// Ports of the Services teal writes.
     pub ports: &'a [ServicePort],
-    /// The watch cache of teal's Services: a Service it already holds as
-    /// wanted is not written again. Only set while the routing is settled
-    /// (see [`route`]): a switch is always written, since the cache may
-    /// lag behind the apiserver.
+    /// The watch caches. While the routing is settled (see [`route`]), an
+    /// object a cache already holds as wanted is not written again, and
+    /// teal's router acknowledgements are read from them; a switch is
+    /// always written and confirmed from the apiserver, since a cache may
+    /// lag behind it.
     pub cache: Option<&'a crate::cache::Cache>,
+    /// The routing is the one already confirmed (see [`route`]).
+    pub settled: bool,
+    /// The image of router type `teal`'s router pods.
+    pub router_image: Option<&'a str>,
 }
 
 impl Target<'_> {
@@ -132,12 +137,54 @@ impl Target<'_> {
         self.ports.first().map(|p| p.port).unwrap_or(80)
     }
 
-    /// Server-side applies a whole object with teal's field manager.
+    /// The caches, while the routing is settled.
+    pub fn settled_cache(&self) -> Option<&crate::cache::Cache> {
+        self.cache.filter(|_| self.settled)
+    }
+
+    /// What the caches hold of `kind` `name`: `None` when they do not cache
+    /// that kind (yet) or the routing is not settled; `Some(Value::Null)`
+    /// when they hold no such object.
+    fn cached(&self, kind: Kind, name: &str) -> Option<Value> {
+        let cache = self.settled_cache()?;
+        let obj = match kind {
+            // Compared by `objects::service_as_wanted` (see `apply_service`).
+            Kind::Service => return None,
+            Kind::Deployment => cache.deployment(self.ns, name).map(serde_json::to_value),
+            _ => cache
+                .extra(crate::cache::Extra::of(kind)?, self.ns, name)?
+                .map(serde_json::to_value),
+        };
+        match obj {
+            None => Some(Value::Null),
+            Some(v) => v.ok(),
+        }
+    }
+
+    /// Starts caching `kind` (see [`crate::cache::Cache::watch`]).
+    fn watch(&self, kind: Kind) {
+        if let (Some(c), Some(e)) = (self.cache, crate::cache::Extra::of(kind)) {
+            c.watch(e);
+        }
+    }
+
+    /// Server-side applies a whole object with teal's field manager, unless
+    /// the routing is settled and the cache already holds it as wanted
+    /// (see [`objects::holds`]: routes are compared exactly).
     pub async fn apply(&self, kind: Kind, body: Value) -> Result<(), Error> {
         let name = body["metadata"]["name"]
             .as_str()
             .unwrap_or_default()
             .to_string();
+        let exact = matches!(
+            kind,
+            Kind::VirtualService | Kind::DestinationRule | Kind::HttpRoute
+        );
+        if let Some(current) = self.cached(kind, &name)
+            && objects::holds(&current, &body, exact)
+        {
+            return Ok(());
+        }
         let mut body = body;
         let ar = kind.resource();
         body["apiVersion"] = ar.api_version.into();
@@ -150,12 +197,13 @@ impl Target<'_> {
             )
             .await
             .map_err(|e| not_installed(kind, e))?;
+        self.watch(kind);
         Ok(())
     }
 
     pub async fn apply_service(&self, svc: &Service) -> Result<(), Error> {
         let name = svc.metadata.name.as_deref().unwrap_or_default();
-        if let Some(current) = self.cache.and_then(|c| c.service(self.ns, name))
+        if let Some(current) = self.settled_cache().and_then(|c| c.service(self.ns, name))
             && objects::service_as_wanted(&current, svc)
         {
             return Ok(());
@@ -187,13 +235,30 @@ impl Target<'_> {
     /// Rewrites the route list at `field` of the user's object `name` with
     /// `edit`, guarded by the resourceVersion read (a concurrent change by
     /// someone else fails the write, and the next reconcile starts over).
+    /// While the routing is settled, nothing is read or written if the
+    /// cached object's list is already as `edit` leaves it; a change is
+    /// always made on a fresh read.
     pub async fn edit_adopted(
         &self,
         kind: Kind,
         name: &str,
         field: &str,
-        edit: impl FnOnce(&mut Vec<Value>),
+        edit: impl Fn(&mut Vec<Value>),
     ) -> Result<(), Error> {
+        if let Some(cache) = self.settled_cache()
+            && let Some(Some(obj)) =
+                crate::cache::Extra::of(kind).and_then(|e| cache.extra(e, self.ns, name))
+        {
+            let mut list: Vec<Value> = obj.data["spec"][field]
+                .as_array()
+                .cloned()
+                .unwrap_or_default();
+            let before = list.clone();
+            edit(&mut list);
+            if list == before {
+                return Ok(());
+            }
+        }
         let api = self.api(kind);
         let obj = match api.get_opt(name).await {
             Ok(Some(o)) => o,
@@ -206,6 +271,7 @@ impl Target<'_> {
             }
             Err(e) => return Err(not_installed(kind, e)),
         };
+        self.watch(kind);
         let mut list: Vec<Value> = obj.data["spec"][field]
             .as_array()
             .cloned()
@@ -405,10 +471,7 @@ pub async fn route(
         && prev.as_ref().is_some_and(|p| {
             p.kind == kind && p.adopted == adopted && p.switch_confirmed_at.is_some()
         });
-    let t = &Target {
-        cache: t.cache.filter(|_| settled),
-        ..*t
-    };
+    let t = &Target { settled, ..*t };
     let generation = prev.as_ref().map(|p| p.generation).unwrap_or(0) + i64::from(changed);
     // Resolved before anything is written: a missing Secret leaves the
     // live routes as they are.
@@ -508,6 +571,8 @@ pub async fn release(client: &Client, bg: &BlueGreen, ports: &[ServicePort]) -> 
         ns: &ns,
         ports,
         cache: None,
+        settled: false,
+        router_image: None,
     };
     let st = bg.status.as_ref().and_then(|s| s.router.clone());
     if let Some(st) = st

@@ -23,6 +23,7 @@ use teal_api::BlueGreen;
 use teal_core::Color;
 
 use super::{Ack, Kind, Target};
+use crate::cache::Extra;
 use crate::objects;
 use crate::reconcile::Error;
 
@@ -33,7 +34,8 @@ pub const GENERATION_ANNOTATION: &str = "teal.dev/route-generation";
 /// Annotation on a router replica's Lease: its responses since it started,
 /// by color and status class (JSON).
 pub const TRAFFIC_ANNOTATION: &str = "teal.dev/traffic";
-/// Environment variable of the controller naming the router image.
+/// Environment variable of the controller naming the router image (see
+/// `Options::router_image`).
 pub const IMAGE_ENV: &str = "TEAL_ROUTER_IMAGE";
 
 /// Name of the router Deployment, ServiceAccount, Role and RoleBinding.
@@ -142,7 +144,7 @@ pub fn ready(p: &Pod) -> bool {
 }
 
 pub async fn route(t: &Target<'_>, generation: i64) -> Result<Ack, Error> {
-    let Ok(image) = std::env::var(IMAGE_ENV) else {
+    let Some(image) = t.router_image else {
         return Err(Error::State(format!(
             "spec.router.type teal needs the router image: set {IMAGE_ENV} on the controller (its own image)"
         )));
@@ -160,7 +162,7 @@ pub async fn route(t: &Target<'_>, generation: i64) -> Result<Ack, Error> {
     .await?;
     t.apply(Kind::Role, role(bg)).await?;
     t.apply(Kind::RoleBinding, role_binding(bg)).await?;
-    t.apply(Kind::Deployment, deployment(bg, &image)).await?;
+    t.apply(Kind::Deployment, deployment(bg, image)).await?;
     // The front door: the live Service, every port to the router.
     let mut ports = t.ports.to_vec();
     for p in &mut ports {
@@ -176,30 +178,52 @@ pub async fn route(t: &Target<'_>, generation: i64) -> Result<Ack, Error> {
 }
 
 /// Confirmed when every ready router pod's Lease reports `generation`.
+/// While the routing is settled, pods and Leases come from the watch
+/// caches; a switch is confirmed on a fresh read.
 async fn acknowledged(t: &Target<'_>, generation: i64) -> Result<Ack, Error> {
-    let pods: Api<Pod> = Api::namespaced(t.client.clone(), t.ns);
-    let leases: Api<Lease> = Api::namespaced(t.client.clone(), t.ns);
-    let sel = format!(
-        "{ROUTER_LABEL}={}",
-        t.bg.metadata.name.clone().unwrap_or_default()
-    );
-    let ready: Vec<Pod> = pods
-        .list(&ListParams::default().labels(&sel))
-        .await?
-        .items
-        .into_iter()
-        .filter(ready)
-        .collect();
+    let bg_name = t.bg.metadata.name.clone().unwrap_or_default();
+    let sel = format!("{ROUTER_LABEL}={bg_name}");
+    let cached = t
+        .settled_cache()
+        .filter(|c| c.caches(Extra::RouterLeases))
+        .and_then(|c| {
+            let pods = c.extra_labelled(Extra::RouterPods, t.ns, ROUTER_LABEL, &bg_name)?;
+            Some((c, pods))
+        });
+    let ready: Vec<Pod> = match &cached {
+        Some((_, pods)) => pods
+            .iter()
+            .filter_map(|p| p.clone().try_parse::<Pod>().ok())
+            .filter(ready)
+            .collect(),
+        None => {
+            let pods: Api<Pod> = Api::namespaced(t.client.clone(), t.ns);
+            let list = pods.list(&ListParams::default().labels(&sel)).await?;
+            if let Some(c) = t.cache {
+                c.watch(Extra::RouterPods);
+                c.watch(Extra::RouterLeases);
+            }
+            list.items.into_iter().filter(ready).collect()
+        }
+    };
     if ready.is_empty() {
         return Ok(Ack::Pending(format!("no ready router pod ({sel}) yet")));
     }
+    let leases: Api<Lease> = Api::namespaced(t.client.clone(), t.ns);
     let mut behind = Vec::new();
     for p in &ready {
         let pod = p.metadata.name.clone().unwrap_or_default();
-        let served = leases
-            .get_opt(&pod)
-            .await?
-            .and_then(|l| l.metadata.annotations)
+        let annotations = match &cached {
+            Some((c, _)) => c
+                .extra(Extra::RouterLeases, t.ns, &pod)
+                .flatten()
+                .and_then(|l| l.metadata.annotations),
+            None => leases
+                .get_opt(&pod)
+                .await?
+                .and_then(|l| l.metadata.annotations),
+        };
+        let served = annotations
             .and_then(|a| a.get(GENERATION_ANNOTATION).cloned())
             .and_then(|g| g.parse::<i64>().ok());
         if served.is_none_or(|g| g < generation) {

@@ -88,12 +88,44 @@ impl Case {
             metrics_addr: SocketAddr::from(([127, 0, 0, 1], 0)),
             namespace: Some(self.ns.clone()),
             lease: None,
+            router_image: None,
         };
         self.controller = Some(tokio::spawn(async move {
             if let Err(e) = teal_controller::run(client, opts).await {
                 panic!("controller stopped: {e}");
             }
         }));
+    }
+
+    /// Starts the controller with a client whose requests are counted in
+    /// `teal_controller_api_requests_total` (as `teal controller` builds
+    /// it) and `router_image` for router type teal; returns the address of
+    /// its `/metrics`. The counter belongs to the process: tests that read
+    /// it must not run another counted controller at the same time.
+    pub async fn start_counted_controller(&mut self, router_image: Option<&str>) -> SocketAddr {
+        let env = TestEnv::shared();
+        let kubeconfig = kube::config::Kubeconfig::read_from(env.kubeconfig_path()).unwrap();
+        let config = kube::Config::from_custom_kubeconfig(kubeconfig, &Default::default())
+            .await
+            .unwrap();
+        let client = teal_controller::client(config).unwrap();
+        // A free port, taken back by the controller at once.
+        let metrics_addr = std::net::TcpListener::bind(("127.0.0.1", 0))
+            .unwrap()
+            .local_addr()
+            .unwrap();
+        let opts = teal_controller::Options {
+            metrics_addr,
+            namespace: Some(self.ns.clone()),
+            lease: None,
+            router_image: router_image.map(String::from),
+        };
+        self.controller = Some(tokio::spawn(async move {
+            if let Err(e) = teal_controller::run(client, opts).await {
+                panic!("controller stopped: {e}");
+            }
+        }));
+        metrics_addr
     }
 
     pub fn stop_controller(&mut self) {
@@ -325,4 +357,43 @@ pub fn install_upstream_crds(files: &[&str], crds: &[&str]) {
         "{}",
         String::from_utf8_lossy(&out.stderr)
     );
+}
+
+/// The text of `/metrics` at `addr` (plain HTTP/1.0).
+pub async fn scrape(addr: SocketAddr) -> Result<String, String> {
+    use tokio::io::{AsyncReadExt, AsyncWriteExt};
+    let mut s = tokio::net::TcpStream::connect(addr)
+        .await
+        .map_err(|e| format!("connecting to {addr}: {e}"))?;
+    s.write_all(b"GET /metrics HTTP/1.0\r\nHost: localhost\r\n\r\n")
+        .await
+        .map_err(|e| e.to_string())?;
+    let mut out = String::new();
+    s.read_to_string(&mut out)
+        .await
+        .map_err(|e| e.to_string())?;
+    match out.split_once("\r\n\r\n") {
+        Some((head, body))
+            if head.starts_with("HTTP/1.1 200") || head.starts_with("HTTP/1.0 200") =>
+        {
+            Ok(body.to_string())
+        }
+        _ => Err(format!("GET /metrics: {out}")),
+    }
+}
+
+/// The sum of the samples of metric `name` in Prometheus text, over the
+/// series whose labels satisfy `labels` (the text between the braces).
+pub fn metric_sum(text: &str, name: &str, labels: impl Fn(&str) -> bool) -> f64 {
+    text.lines()
+        .filter(|l| !l.starts_with('#'))
+        .filter_map(|l| {
+            let (series, value) = l.rsplit_once(' ')?;
+            let (n, l) = match series.split_once('{') {
+                Some((n, rest)) => (n, rest.trim_end_matches('}')),
+                None => (series, ""),
+            };
+            (n == name && labels(l)).then(|| value.parse::<f64>().ok())?
+        })
+        .sum()
 }

@@ -54,6 +54,7 @@ pub async fn run(args: Args) -> anyhow::Result<ExitCode> {
             metrics_addr: args.metrics_addr,
             namespace: args.namespace,
             lease,
+            router_image: None,
         },
     )
     .await?;
