@@ -4,6 +4,9 @@
 //! it answered (if anything) must be an HTTP/1 response.
 #![no_main]
 
+#[path = "../support/mod.rs"]
+mod support;
+
 use std::collections::BTreeMap;
 use std::convert::Infallible;
 use std::io::{Read, Write};
@@ -16,9 +19,7 @@ use http_body_util::{BodyExt, Full};
 use hyper::service::service_fn;
 use hyper_util::rt::TokioIo;
 use libfuzzer_sys::fuzz_target;
-use teal_router::{
-    Color, CookieMatch, HeaderMatch, PreviewRoute, RouteTable, Router, RouterConfig,
-};
+use teal_router::{Color, CookieMatch, HeaderMatch, PreviewRoute, RouteTable, RouterConfig};
 
 struct Env {
     router: SocketAddr,
@@ -51,11 +52,7 @@ async fn upstream(color: &'static str) -> SocketAddr {
 fn env() -> &'static Env {
     static ENV: OnceLock<Env> = OnceLock::new();
     ENV.get_or_init(|| {
-        let rt = tokio::runtime::Builder::new_multi_thread()
-            .worker_threads(2)
-            .enable_all()
-            .build()
-            .unwrap();
+        let rt = support::runtime();
         let router = rt.block_on(async {
             let blue = upstream("blue").await;
             let green = upstream("green").await;
@@ -78,11 +75,7 @@ fn env() -> &'static Env {
                 workers: 1,
                 ..RouterConfig::default()
             };
-            let router = Router::new(config, table).unwrap();
-            let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
-            let addr = listener.local_addr().unwrap();
-            tokio::spawn(async move { router.serve(listener, std::future::pending()).await });
-            addr
+            support::serve(config, table).await
         });
         Env { router, _rt: rt }
     })
