@@ -152,6 +152,20 @@ pub struct Traffic {
 
 impl Traffic {
     /// The traffic of a router type teal does not measure.
+    /// The teal router's traffic when its Leases cannot be read: not
+    /// measured (no figures, not zeros), with the reason.
+    pub fn unreadable(namespace: &str, why: &str) -> Traffic {
+        Traffic {
+            router: RouterKind::Teal.as_str().into(),
+            measured: false,
+            replicas: None,
+            colors: BTreeMap::new(),
+            notes: vec![format!(
+                "cannot list the router Leases in namespace {namespace}: {why}"
+            )],
+        }
+    }
+
     pub fn not_measured(router: RouterKind) -> Traffic {
         Traffic {
             router: router.as_str().into(),
@@ -352,9 +366,6 @@ pub async fn fetch(k: &Kube, bg: &BlueGreen) -> (Traffic, Vec<Reading>) {
     {
         Ok(list) => Traffic::from_leases(&list.items),
         Err(e) => {
-            let (mut t, _) = Traffic::from_leases(&[]);
-            t.replicas = None;
-            t.colors.clear();
             let why = match &e {
                 kube::Error::Api(ae) if ae.code == 403 => {
                     "forbidden: traffic needs `list` on leases.coordination.k8s.io (see the teal-viewer role)".to_string()
@@ -362,11 +373,7 @@ pub async fn fetch(k: &Kube, bg: &BlueGreen) -> (Traffic, Vec<Reading>) {
                 kube::Error::Api(ae) => ae.message.clone(),
                 other => other.to_string(),
             };
-            t.notes = vec![format!(
-                "cannot list the router Leases in namespace {}: {why}",
-                k.ns
-            )];
-            (t, Vec::new())
+            (Traffic::unreadable(&k.ns, &why), Vec::new())
         }
     }
 }
@@ -472,6 +479,19 @@ mod tests {
         assert_eq!(t.replicas, Some(0));
         assert_eq!(t.colors[&Color::Green].total, 0);
         assert!(lines(&t, None).contains("(no router replica has reported traffic yet)"));
+    }
+
+    #[test]
+    fn unreadable_leases_are_not_measured_and_say_why() {
+        let t = Traffic::unreadable("shop", "forbidden");
+        assert_eq!(
+            lines(&t, None),
+            "Traffic:   cannot list the router Leases in namespace shop: forbidden\n"
+        );
+        assert_eq!(
+            serde_json::to_value(&t).unwrap(),
+            json!({"router": "teal", "measured": false, "notes": ["cannot list the router Leases in namespace shop: forbidden"]})
+        );
     }
 
     #[test]
