@@ -66,6 +66,7 @@ HAPROXY_PORT="$(free_port)"
 
 "$TEAL" sample-app --color blue --version v1 --port "$APP_PORT" >/dev/null &
 PIDS+=($!)
+APP_PID=$!
 
 echo -n "bench-token" >"$WORK/token"
 cat >"$WORK/routes.json" <<EOF
@@ -75,6 +76,7 @@ EOF
   --admin "127.0.0.1:$ADMIN_PORT" --admin-token-file "$WORK/token" \
   --routes "$WORK/routes.json" >/dev/null &
 PIDS+=($!)
+TEAL_PID=$!
 # The same router with every request on the general (hyper) path, to show
 # what the lean HTTP/1.1 path gains.
 GENERAL_ADMIN_PORT="$(free_port)"
@@ -82,6 +84,7 @@ GENERAL_ADMIN_PORT="$(free_port)"
   --admin "127.0.0.1:$GENERAL_ADMIN_PORT" --admin-token-file "$WORK/token" \
   --routes "$WORK/routes.json" --http1-path general >/dev/null &
 PIDS+=($!)
+TEAL_GENERAL_PID=$!
 
 cat >"$WORK/nginx.conf" <<EOF
 worker_processes $WORKERS;
@@ -111,6 +114,7 @@ http {
 EOF
 "$NGINX" -c "$WORK/nginx.conf" -g "daemon off;" &
 PIDS+=($!)
+NGINX_PID=$!
 
 cat >"$WORK/haproxy.cfg" <<EOF
 global
@@ -132,17 +136,33 @@ backend app
 EOF
 "$HAPROXY" -f "$WORK/haproxy.cfg" -db >/dev/null 2>"$WORK/haproxy.log" &
 PIDS+=($!)
+HAPROXY_PID=$!
 
 for p in "$APP_PORT" "$TEAL_PORT" "$TEAL_GENERAL_PORT" "$NGINX_PORT" "$HAPROXY_PORT"; do wait_port "$p"; done
 
-# wrk output -> "rps p50_ms p99_ms"
+# CPU time (user + system, clock ticks) used so far by a process and its
+# children that are still running (nginx's workers).
+cpu_ticks() {
+  local total=0 pid
+  for pid in "$1" $(pgrep -P "$1" || true); do
+    # Fields 14 and 15 of /proc/PID/stat, after the command name in parentheses.
+    total=$((total + $(sed 's/^.*) //' "/proc/$pid/stat" | awk '{print $12 + $13}')))
+  done
+  echo "$total"
+}
+
+# wrk output -> "rps p50_ms p99_ms non2xx socket_errors cpu_us_per_request"
 measure() {
-  local port="$1"
+  local port="$1" pid="$2"
   wrk -t"$WRK_THREADS" -c"$CONNS" -d2s "http://127.0.0.1:$port/" >/dev/null # warm-up
+  local before after
+  before="$(cpu_ticks "$pid")"
   wrk -t"$WRK_THREADS" -c"$CONNS" -d"${DURATION}s" --latency "http://127.0.0.1:$port/" >"$WORK/wrk-$port.txt"
-  python3 - "$WORK/wrk-$port.txt" <<'PY'
+  after="$(cpu_ticks "$pid")"
+  python3 - "$WORK/wrk-$port.txt" "$((after - before))" "$(getconf CLK_TCK)" "$DURATION" <<'PY'
 import re, sys
 text = open(sys.argv[1]).read()
+ticks, hz, secs = int(sys.argv[2]), int(sys.argv[3]), float(sys.argv[4])
 def ms(label):
     m = re.search(r"^\s*%s\s+([\d.]+)(us|ms|s)\s*$" % re.escape(label), text, re.M)
     v, unit = float(m.group(1)), m.group(2)
@@ -150,7 +170,9 @@ def ms(label):
 rps = float(re.search(r"Requests/sec:\s+([\d.]+)", text).group(1))
 errors = re.search(r"Non-2xx or 3xx responses: (\d+)", text)
 sock = re.search(r"Socket errors: (.*)", text)
-print(f"{rps:.0f} {ms('50%'):.3f} {ms('99%'):.3f} {errors.group(1) if errors else 0} {'yes' if sock else 'no'}")
+requests = int(re.search(r"(\d+) requests in", text).group(1))
+cpu_us = ticks / hz * 1e6 / requests if requests else 0.0
+print(f"{rps:.0f} {ms('50%'):.3f} {ms('99%'):.3f} {errors.group(1) if errors else 0} {'yes' if sock else 'no'} {cpu_us:.1f}")
 PY
 }
 
@@ -162,29 +184,29 @@ LOAD_BEFORE="$(cut -d' ' -f1-3 /proc/loadavg)"
 for round in $(seq 1 "$ROUNDS"); do
   for name in direct teal teal_general nginx haproxy; do
     case "$name" in
-      direct) port="$APP_PORT" ;;
-      teal) port="$TEAL_PORT" ;;
-      teal_general) port="$TEAL_GENERAL_PORT" ;;
-      nginx) port="$NGINX_PORT" ;;
-      haproxy) port="$HAPROXY_PORT" ;;
+      direct) port="$APP_PORT" pid="$APP_PID" ;;
+      teal) port="$TEAL_PORT" pid="$TEAL_PID" ;;
+      teal_general) port="$TEAL_GENERAL_PORT" pid="$TEAL_GENERAL_PID" ;;
+      nginx) port="$NGINX_PORT" pid="$NGINX_PID" ;;
+      haproxy) port="$HAPROXY_PORT" pid="$HAPROXY_PID" ;;
     esac
     echo "==> round $round/$ROUNDS: wrk against $name (port $port)"
-    out="$(measure "$port")"
+    out="$(measure "$port" "$pid")"
     ALL[$name]+="$out;"
-    echo "    rps p50_ms p99_ms non2xx socket_errors: $out"
+    echo "    rps p50_ms p99_ms non2xx socket_errors cpu_us_per_request: $out"
   done
 done
 LOAD_AFTER="$(cut -d' ' -f1-3 /proc/loadavg)"
 
-# "rps p50 p99 non2xx sockerr;" per round -> medians, summed non-2xx, any
-# socket errors, and the per-round throughputs.
+# "rps p50 p99 non2xx sockerr cpu;" per round -> medians, summed non-2xx,
+# any socket errors, median CPU per request, and the per-round throughputs.
 median_of() {
   python3 - "$1" <<'PY'
 import statistics, sys
 rows = [r.split() for r in sys.argv[1].split(";") if r.strip()]
 med = lambda i: statistics.median(float(r[i]) for r in rows)
 print(f"{med(0):.0f} {med(1):.3f} {med(2):.3f} {sum(int(r[3]) for r in rows)} "
-      f"{'yes' if any(r[4] == 'yes' for r in rows) else 'no'} {'/'.join(r[0] for r in rows)}")
+      f"{'yes' if any(r[4] == 'yes' for r in rows) else 'no'} {med(5):.1f} {'/'.join(r[0] for r in rows)}")
 PY
 }
 declare -A R
@@ -197,10 +219,10 @@ SWAP_OUT="$(cargo bench -q -p teal-router --bench swap 2>/dev/null | grep "^swap
 echo "$SWAP_OUT"
 
 ratio() { python3 -c "import sys; a,b=float(sys.argv[1]),float(sys.argv[2]); print(f'{a/b:.2f}' if b else 'n/a')" "$1" "$2"; }
-read -r t_rps t_p50 t_p99 _ _ _ <<<"${R[teal]}"
-read -r n_rps n_p50 n_p99 _ _ _ <<<"${R[nginx]}"
-read -r h_rps h_p50 h_p99 _ _ _ <<<"${R[haproxy]}"
-read -r g_rps g_p50 g_p99 _ _ _ <<<"${R[teal_general]}"
+read -r t_rps t_p50 t_p99 _ _ t_cpu _ <<<"${R[teal]}"
+read -r n_rps n_p50 n_p99 _ _ n_cpu _ <<<"${R[nginx]}"
+read -r h_rps h_p50 h_p99 _ _ h_cpu _ <<<"${R[haproxy]}"
+read -r g_rps g_p50 g_p99 _ _ g_cpu _ <<<"${R[teal_general]}"
 
 {
   echo "# Benchmarks"
@@ -217,22 +239,25 @@ read -r g_rps g_p50 g_p99 _ _ _ <<<"${R[teal_general]}"
   echo "\`worker_processes $WORKERS\` with upstream keepalive; HAProxy: \`nbthread $WORKERS\`, \`http-reuse always\`)."
   echo "Load: \`wrk -t$WRK_THREADS -c$CONNS -d${DURATION}s --latency\` after a 2 s warm-up, HTTP/1.1 keep-alive."
   echo "The targets are measured in turn, $ROUNDS rounds; each figure is the median over the rounds"
-  echo "(non-2xx summed). The last column lists each round's requests/s."
+  echo "(non-2xx summed). \"CPU/request\" is the CPU time (user + system) the target's processes"
+  echo "used during the measured wrk run divided by the requests it served, from /proc: it"
+  echo "depends much less on other load than requests/s and latency do (for \"direct\" it is"
+  echo "the upstream's own cost). The last column lists each round's requests/s."
   echo
-  echo "| target | requests/s | p50 (ms) | p99 (ms) | non-2xx | socket errors | rounds (req/s) |"
-  echo "| --- | ---: | ---: | ---: | ---: | --- | --- |"
+  echo "| target | requests/s | p50 (ms) | p99 (ms) | CPU/request (µs) | non-2xx | socket errors | rounds (req/s) |"
+  echo "| --- | ---: | ---: | ---: | ---: | ---: | --- | --- |"
   for name in direct teal teal_general nginx haproxy; do
-    read -r a b c d e f <<<"${R[$name]}"
+    read -r a b c d e cpu f <<<"${R[$name]}"
     label="$name"; [ "$name" = teal ] && label="teal router"; [ "$name" = haproxy ] && label="HAProxy"
     [ "$name" = teal_general ] && label="teal router, \`--http1-path general\`"
-    echo "| $label | $a | $b | $c | $d | $e | $f |"
+    echo "| $label | $a | $b | $c | $cpu | $d | $e | $f |"
   done
   echo
-  echo "| ratio | throughput | p99 latency |"
-  echo "| --- | ---: | ---: |"
-  echo "| teal / nginx | $(ratio "$t_rps" "$n_rps") | $(ratio "$t_p99" "$n_p99") |"
-  echo "| teal / HAProxy | $(ratio "$t_rps" "$h_rps") | $(ratio "$t_p99" "$h_p99") |"
-  echo "| teal general path / nginx | $(ratio "$g_rps" "$n_rps") | $(ratio "$g_p99" "$n_p99") |"
+  echo "| ratio | throughput | p99 latency | CPU per request |"
+  echo "| --- | ---: | ---: | ---: |"
+  echo "| teal / nginx | $(ratio "$t_rps" "$n_rps") | $(ratio "$t_p99" "$n_p99") | $(ratio "$t_cpu" "$n_cpu") |"
+  echo "| teal / HAProxy | $(ratio "$t_rps" "$h_rps") | $(ratio "$t_p99" "$h_p99") | $(ratio "$t_cpu" "$h_cpu") |"
+  echo "| teal general path / nginx | $(ratio "$g_rps" "$n_rps") | $(ratio "$g_p99" "$n_p99") | $(ratio "$g_cpu" "$n_cpu") |"
   echo
   echo "The bar set for the router is throughput >= nginx's and p99 <= 1.2x nginx's."
   echo
