@@ -124,6 +124,7 @@ def main():
     ap.add_argument("--count", type=int, default=300)
     ap.add_argument("--sample", type=int, default=50)
     ap.add_argument("--adopt-timeout", type=int, default=3600)
+    ap.add_argument("--settle", type=int, default=10, help="seconds from all Healthy to the idle minute")
     a = ap.parse_args()
     ctl = Controller(a.metrics)
     kubectl("create", "namespace", NS)
@@ -145,7 +146,7 @@ def main():
     adopt_s = time.time() - started
     adopt = per_reconcile(s0, ctl.sample())
     # Idle, as controller_scale: every Rollout Healthy, nothing changes.
-    time.sleep(10)
+    time.sleep(a.settle)
     rss, cpu = proc(a.controller_pid)
     i0 = ctl.sample()
     time.sleep(60)

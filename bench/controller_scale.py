@@ -197,6 +197,7 @@ def main():
     ap.add_argument("--counts", default="1000")
     ap.add_argument("--sample", type=int, default=50)
     ap.add_argument("--adopt-timeout", type=int, default=3600)
+    ap.add_argument("--settle", type=int, default=10, help="seconds from all Healthy to the idle minute")
     a = ap.parse_args()
     ctl = Controller(a.metrics)
     kubectl("create", "namespace", NS)
@@ -223,7 +224,7 @@ def main():
         adopt = per_reconcile(s0, s1)
         # Idle: every BlueGreen Healthy, nothing changes; reconciles now
         # come from the periodic resync only.
-        time.sleep(10)
+        time.sleep(a.settle)
         rss, cpu = proc(a.controller_pid)
         i0 = ctl.sample()
         time.sleep(60)
