@@ -94,7 +94,7 @@ def by_verb(text, metric):
             continue
         labels, value = line.rsplit(" ", 1)
         verb = labels.split('verb="', 1)[1].split('"', 1)[0]
-        if verb != "WATCH":
+        if verb.upper() != "WATCH":
             out[verb] = out.get(verb, 0) + float(value)
     return out
 
@@ -125,16 +125,17 @@ def per_reconcile(a, b):
     ctl = {k: v - a[1].get(k, 0) for k, v in b[1].items() if v - a[1].get(k, 0) > 0}
     api = sum(b[2].values()) - sum(a[2].values())
     return {"reconciles": int(b[0] - a[0]), "controller": round(sum(ctl.values()) / rec, 2),
-            "apiserver": round(api / rec, 2), "controller_by_verb": {k: int(v) for k, v in sorted(ctl.items())}}
+            "apiserver": round(api / rec, 2), "controller_by_verb": {k: int(v) for k, v in sorted(ctl.items())},
+            "controller_requests": int(sum(ctl.values())), "apiserver_requests": int(api)}
 
 
 class Watch:
     """A kubectl watch printing one line per event, stamped on arrival."""
 
-    def __init__(self, kind, template):
+    def __init__(self, kind, template, selector="teal.dev/bluegreen"):
         self.events = []
         self.p = subprocess.Popen(
-            ["kubectl", "get", kind, "-n", NS, "-l", "teal.dev/bluegreen", "-w", "-o", f"jsonpath={template}\n"],
+            ["kubectl", "get", kind, "-n", NS, "-l", selector, "-w", "-o", f"jsonpath={template}\n"],
             stdout=subprocess.PIPE, text=True)
         threading.Thread(target=self.read, daemon=True).start()
 
@@ -171,7 +172,7 @@ def release(names, ctl):
     deps.stop()
     svcs.stop()
     after = bluegreens()
-    written, cutover = [], []
+    written, cutover, change_to_cutover = [], [], []
     for n in names:
         new_rev = after[n]["activeRevision"]
         color = after[n]["activeColor"]
@@ -184,7 +185,9 @@ def release(names, ctl):
         switched = [t for t, f in svcs.events if f and f[0] == n and len(f) > 1 and f[1] == color and t >= t0[n]]
         if ready and switched:
             cutover.append(max(0.0, switched[0] - ready[0]))
-    return written, cutover, per_reconcile(s0, s1)
+        if switched:
+            change_to_cutover.append(switched[0] - t0[n])
+    return written, cutover, change_to_cutover, per_reconcile(s0, s1)
 
 
 def main():
@@ -194,6 +197,7 @@ def main():
     ap.add_argument("--counts", default="1000")
     ap.add_argument("--sample", type=int, default=50)
     ap.add_argument("--adopt-timeout", type=int, default=3600)
+    ap.add_argument("--settle", type=int, default=10, help="seconds from all Healthy to the idle minute")
     a = ap.parse_args()
     ctl = Controller(a.metrics)
     kubectl("create", "namespace", NS)
@@ -220,7 +224,7 @@ def main():
         adopt = per_reconcile(s0, s1)
         # Idle: every BlueGreen Healthy, nothing changes; reconciles now
         # come from the periodic resync only.
-        time.sleep(10)
+        time.sleep(a.settle)
         rss, cpu = proc(a.controller_pid)
         i0 = ctl.sample()
         time.sleep(60)
@@ -230,18 +234,22 @@ def main():
         idle_cpu = (cpu2 - cpu) / 60 * 100
         step = max(1, n // a.sample)
         names = [f"app-{i:05d}" for i in range(0, n, step)][: a.sample]
-        written, cutover, rel = release(names, ctl)
+        written, cutover, change_to_cutover, rel = release(names, ctl)
         _, cpu_total = proc(a.controller_pid)
         row = {
             "bluegreens": n, "adopt_seconds": round(adopt_s, 1),
             "adopt": adopt, "idle_60s": idle,
             "rss_mib": round(max(rss, rss2), 1), "idle_cpu_percent": round(idle_cpu, 2),
+            "idle_controller_requests_per_s": round(idle["controller_requests"] / 60, 2),
+            "idle_apiserver_requests_per_s": round(idle["apiserver_requests"] / 60, 2),
             "cpu_seconds_total": round(cpu_total, 1),
             "released": len(names), "measured": len(written),
             "change_to_idle_written_p50_ms": round(pct(written, 50) * 1000) if written else None,
             "change_to_idle_written_p99_ms": round(pct(written, 99) * 1000) if written else None,
             "ready_to_cutover_p50_ms": round(pct(cutover, 50) * 1000) if cutover else None,
             "ready_to_cutover_p99_ms": round(pct(cutover, 99) * 1000) if cutover else None,
+            "change_to_cutover_p50_ms": round(pct(change_to_cutover, 50) * 1000) if change_to_cutover else None,
+            "change_to_cutover_p99_ms": round(pct(change_to_cutover, 99) * 1000) if change_to_cutover else None,
             "release": rel,
         }
         rows.append(row)

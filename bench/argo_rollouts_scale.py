@@ -1,0 +1,178 @@
+"""Measurements for bench/argo-rollouts-scale (run through that script): the
+same figures as bench/controller_scale.py, for the Argo Rollouts controller
+and blue-green Rollouts. The helpers are controller_scale's."""
+
+import argparse
+import json
+import sys
+import time
+import urllib.request
+
+from controller_scale import NS, Watch, apiserver_requests, by_verb, kubectl, pct, per_reconcile, proc, wait_until
+
+
+def objects(start, end):
+    """A Rollout with the pod template of controller_scale's Deployments (one
+    replica, image app:1), blue-green between two Services."""
+    docs = []
+    for i in range(start, end):
+        name = f"app-{i:05d}"
+        for role in ("active", "preview"):
+            docs.append({
+                "apiVersion": "v1", "kind": "Service",
+                "metadata": {"name": f"{name}-{role}", "namespace": NS, "labels": {"app": name}},
+                "spec": {"selector": {"app": name},
+                         "ports": [{"name": "http", "port": 80, "targetPort": "http"}]},
+            })
+        docs.append({
+            "apiVersion": "argoproj.io/v1alpha1", "kind": "Rollout",
+            "metadata": {"name": name, "namespace": NS},
+            "spec": {
+                "replicas": 1,
+                "selector": {"matchLabels": {"app": name}},
+                "template": {
+                    "metadata": {"labels": {"app": name}},
+                    "spec": {"containers": [{"name": "app", "image": "app:1",
+                                             "ports": [{"name": "http", "containerPort": 8080}]}]},
+                },
+                # scaleDownDelaySeconds as the BlueGreens' scaleDownDelay (5s).
+                "strategy": {"blueGreen": {"activeService": f"{name}-active", "previewService": f"{name}-preview",
+                                           "autoPromotionEnabled": True, "scaleDownDelaySeconds": 5}},
+            },
+        })
+    return docs
+
+
+def create(start, end):
+    chunk = 100
+    for s in range(start, end, chunk):
+        items = objects(s, min(end, s + chunk))
+        kubectl("apply", "--server-side", "-f", "-", data=json.dumps({"apiVersion": "v1", "kind": "List", "items": items}))
+
+
+def rollouts():
+    out = kubectl("get", "rollouts.argoproj.io", "-n", NS, "-o", "json")
+    return {r["metadata"]["name"]: r.get("status", {}) for r in json.loads(out)["items"]}
+
+
+class Controller:
+    """Argo Rollouts' own counters: Rollout reconciles (the count of the
+    rollout_reconcile histogram) and the requests its clients sent
+    (controller_clientset_k8s_request_total)."""
+
+    def __init__(self, url):
+        self.url = url
+
+    def sample(self):
+        text = urllib.request.urlopen(self.url, timeout=10).read().decode()
+        rec = sum(float(l.rsplit(" ", 1)[1]) for l in text.splitlines() if l.startswith("rollout_reconcile_count"))
+        return rec, by_verb(text, "controller_clientset_k8s_request_total"), apiserver_requests()
+
+
+def release(names, ctl):
+    """Changes the image of each Rollout; per Rollout: change -> new
+    ReplicaSet created, new ReplicaSet ready -> active Service switched to it,
+    and change -> active Service switched (the cutover)."""
+    rss = Watch("rs", "{.metadata.name} {.metadata.labels.rollouts-pod-template-hash} {.spec.replicas} "
+                "{.status.readyReplicas}", selector="rollouts-pod-template-hash")
+    svcs = Watch("svc", "{.metadata.name} {.spec.selector.rollouts-pod-template-hash}", selector="app")
+    time.sleep(3)  # both watches listed what exists
+    before = rollouts()
+    s0 = ctl.sample()
+    t0 = {}
+    for n in names:
+        t0[n] = time.time()
+        kubectl("patch", "rollouts.argoproj.io", "-n", NS, n, "--type", "json",
+                "-p", '[{"op":"replace","path":"/spec/template/spec/containers/0/image","value":"app:2"}]')
+
+    def released():
+        st = rollouts()
+        return sum(1 for n in names if st[n].get("stableRS") not in (None, before[n].get("stableRS"))
+                   and st[n].get("phase") == "Healthy"), len(names)
+    wait_until("the sample released", released, 600, 3)
+    s1 = ctl.sample()
+    time.sleep(1)
+    rss.stop()
+    svcs.stop()
+    after = rollouts()
+    written, cutover, change_to_cutover = [], [], []
+    for n in names:
+        new_hash = after[n]["stableRS"]
+        rs = f"{n}-{new_hash}"
+        ev = [(t, f) for t, f in rss.events if f and f[0] == rs and t >= t0[n]]
+        if not ev:
+            continue
+        written.append(ev[0][0] - t0[n])
+        ready = [t for t, f in ev if len(f) >= 4 and f[3] == f[2] and f[2] != "0"]
+        switched = [t for t, f in svcs.events if f and f[0] == f"{n}-active" and len(f) > 1 and f[1] == new_hash
+                    and t >= t0[n]]
+        if ready and switched:
+            cutover.append(max(0.0, switched[0] - ready[0]))
+        if switched:
+            change_to_cutover.append(switched[0] - t0[n])
+    return written, cutover, change_to_cutover, per_reconcile(s0, s1)
+
+
+def ms(xs, p):
+    return round(pct(xs, p) * 1000) if xs else None
+
+
+def main():
+    ap = argparse.ArgumentParser()
+    ap.add_argument("--controller-pid", type=int, required=True)
+    ap.add_argument("--metrics", required=True)
+    ap.add_argument("--count", type=int, default=300)
+    ap.add_argument("--sample", type=int, default=50)
+    ap.add_argument("--adopt-timeout", type=int, default=3600)
+    ap.add_argument("--settle", type=int, default=10, help="seconds from all Healthy to the idle minute")
+    a = ap.parse_args()
+    ctl = Controller(a.metrics)
+    kubectl("create", "namespace", NS)
+    n = a.count
+    started = time.time()
+    s0 = ctl.sample()
+    create(0, n)
+
+    def healthy():
+        st = rollouts()
+        return sum(1 for s in st.values() if s.get("phase") == "Healthy"), n
+
+    def progress(done, total, secs):
+        rss, cpu = proc(a.controller_pid)
+        print(json.dumps({"healthy": done, "of": total, "seconds": round(secs), "rss_mib": round(rss, 1),
+                          "cpu_seconds": round(cpu, 1), "per_reconcile": per_reconcile(s0, ctl.sample())}),
+              file=sys.stderr, flush=True)
+    wait_until(f"{n} Rollouts Healthy", healthy, a.adopt_timeout, 10, progress)
+    adopt_s = time.time() - started
+    adopt = per_reconcile(s0, ctl.sample())
+    # Idle, as controller_scale: every Rollout Healthy, nothing changes.
+    time.sleep(a.settle)
+    rss, cpu = proc(a.controller_pid)
+    i0 = ctl.sample()
+    time.sleep(60)
+    i1 = ctl.sample()
+    rss2, cpu2 = proc(a.controller_pid)
+    idle = per_reconcile(i0, i1)
+    idle_cpu = (cpu2 - cpu) / 60 * 100
+    step = max(1, n // a.sample)
+    names = [f"app-{i:05d}" for i in range(0, n, step)][: a.sample]
+    written, cutover, change_to_cutover, rel = release(names, ctl)
+    _, cpu_total = proc(a.controller_pid)
+    row = {
+        "rollouts": n, "healthy_seconds": round(adopt_s, 1),
+        "adopt": adopt, "idle_60s": idle,
+        "rss_mib": round(max(rss, rss2), 1), "idle_cpu_percent": round(idle_cpu, 2),
+        "idle_controller_requests_per_s": round(idle["controller_requests"] / 60, 2),
+        "idle_apiserver_requests_per_s": round(idle["apiserver_requests"] / 60, 2),
+        "cpu_seconds_total": round(cpu_total, 1),
+        "released": len(names), "measured": len(written),
+        "change_to_new_rs_p50_ms": ms(written, 50), "change_to_new_rs_p99_ms": ms(written, 99),
+        "ready_to_cutover_p50_ms": ms(cutover, 50), "ready_to_cutover_p99_ms": ms(cutover, 99),
+        "change_to_cutover_p50_ms": ms(change_to_cutover, 50), "change_to_cutover_p99_ms": ms(change_to_cutover, 99),
+        "release": rel,
+    }
+    print(json.dumps(row), flush=True)
+
+
+if __name__ == "__main__":
+    main()
