@@ -1,5 +1,5 @@
-//! Watch-fed caches shared by every reconcile: the Pods, color Deployments
-//! and Services teal created (all carry the `teal.dev/bluegreen` label),
+//! Watch-fed caches shared by every reconcile: the Pods, color Deployments,
+//! their ReplicaSets and Services teal created (all carry the `teal.dev/bluegreen` label),
 //! and the other Deployments (the workloads BlueGreens release).
 //!
 //! A reconcile then reads its workload, both colors' state and its
@@ -18,7 +18,7 @@ use std::sync::{Arc, Mutex};
 
 use futures_util::stream::{BoxStream, SelectAll};
 use futures_util::{FutureExt, Stream, StreamExt};
-use k8s_openapi::api::apps::v1::Deployment;
+use k8s_openapi::api::apps::v1::{Deployment, ReplicaSet};
 use k8s_openapi::api::core::v1::{Pod, Service};
 use kube::core::{ApiResource, DynamicObject};
 use kube::runtime::reflector::{self, ObjectRef, Store};
@@ -36,6 +36,9 @@ use crate::routers::{self, Kind};
 pub struct Cache {
     pods: Store<Pod>,
     deployments: Store<Deployment>,
+    /// ReplicaSets of the color Deployments (they carry the template's
+    /// teal labels).
+    replica_sets: Store<ReplicaSet>,
     services: Store<Service>,
     workloads: Store<Deployment>,
     /// Router objects, once [`Cache::routers`] enabled them.
@@ -190,10 +193,38 @@ where
         + Sync
         + 'static,
 {
+    watched_trimmed(api, labels, writer, trim::<K>)
+}
+
+/// ReplicaSets are kept without their pod spec: only their owner, size,
+/// template labels and status are read, and a color Deployment keeps
+/// several old ones.
+fn trim_replica_set(rs: &mut ReplicaSet) {
+    trim(rs);
+    if let Some(t) = rs.spec.template.as_mut() {
+        t.spec = None;
+    }
+}
+
+fn watched_trimmed<K>(
+    api: Api<K>,
+    labels: &str,
+    writer: reflector::store::Writer<K>,
+    trim: fn(&mut K),
+) -> Feed<K>
+where
+    K: kube::Resource<DynamicType = ()>
+        + Clone
+        + serde::de::DeserializeOwned
+        + std::fmt::Debug
+        + Send
+        + Sync
+        + 'static,
+{
     let config = watcher::Config::default().labels(labels).any_semantic();
     watcher(api, config)
         .backoff(crate::retry::WatchBackoff::default())
-        .modify(trim::<K>)
+        .modify(trim)
         .reflect(writer)
         .touched_objects()
         .filter_map(|r| async move {
@@ -216,6 +247,8 @@ pub struct Feeds {
     pub pods: Feed<Pod>,
     /// Color Deployments (teal-labelled).
     pub deployments: Feed<Deployment>,
+    /// Their ReplicaSets (teal-labelled).
+    pub replica_sets: Feed<ReplicaSet>,
     /// Services teal wrote (teal-labelled).
     pub services: Feed<Service>,
     /// Every Deployment teal did not create: the workloads.
@@ -227,16 +260,24 @@ impl Cache {
     pub fn new(
         pods: Api<Pod>,
         deployments: Api<Deployment>,
+        replica_sets: Api<ReplicaSet>,
         services: Api<Service>,
     ) -> (Cache, Feeds) {
         let (pod_reader, pod_writer) = reflector::store();
         let (dep_reader, dep_writer) = reflector::store();
+        let (rs_reader, rs_writer) = reflector::store();
         let (svc_reader, svc_writer) = reflector::store();
         let (work_reader, work_writer) = reflector::store();
         let not_teal = format!("!{}", labels::BLUEGREEN);
         let feeds = Feeds {
             pods: watched(pods, labels::BLUEGREEN, pod_writer),
             deployments: watched(deployments.clone(), labels::BLUEGREEN, dep_writer),
+            replica_sets: watched_trimmed(
+                replica_sets,
+                labels::BLUEGREEN,
+                rs_writer,
+                trim_replica_set,
+            ),
             services: watched(services, labels::BLUEGREEN, svc_writer),
             workloads: watched(deployments, &not_teal, work_writer),
         };
@@ -244,6 +285,7 @@ impl Cache {
             Cache {
                 pods: pod_reader,
                 deployments: dep_reader,
+                replica_sets: rs_reader,
                 services: svc_reader,
                 workloads: work_reader,
                 extra: None,
@@ -436,6 +478,7 @@ impl Cache {
     pub async fn ready(&self) {
         let _ = self.pods.wait_until_ready().await;
         let _ = self.deployments.wait_until_ready().await;
+        let _ = self.replica_sets.wait_until_ready().await;
         let _ = self.services.wait_until_ready().await;
         let _ = self.workloads.wait_until_ready().await;
     }
@@ -459,6 +502,20 @@ impl Cache {
         self.deployments
             .get(&ObjectRef::new(name).within(ns))
             .map(|d| (*d).clone())
+    }
+
+    /// The ReplicaSets of one color of a BlueGreen.
+    pub fn replica_sets(&self, ns: &str, bluegreen: &str, color: Color) -> Vec<ReplicaSet> {
+        let color = color.to_string();
+        self.replica_sets
+            .state_filter(|r| {
+                r.namespace().as_deref() == Some(ns)
+                    && r.labels().get(labels::BLUEGREEN).map(String::as_str) == Some(bluegreen)
+                    && r.labels().get(labels::COLOR) == Some(&color)
+            })
+            .into_iter()
+            .map(|r| (*r).clone())
+            .collect()
     }
 
     /// The Pods of one color of a BlueGreen.

@@ -25,7 +25,7 @@ use std::sync::atomic::Ordering;
 use std::time::Duration;
 
 use futures_util::StreamExt;
-use k8s_openapi::api::apps::v1::Deployment;
+use k8s_openapi::api::apps::v1::{Deployment, ReplicaSet};
 use k8s_openapi::api::coordination::v1::Lease;
 use k8s_openapi::api::core::v1::Pod;
 use kube::runtime::events::{Recorder, Reporter};
@@ -158,6 +158,7 @@ pub async fn run(client: Client, opts: Options) -> Result<(), RunError> {
         api(&client, &opts.namespace),
         api(&client, &opts.namespace),
         api(&client, &opts.namespace),
+        api(&client, &opts.namespace),
     );
     // Router objects of types istio, gatewayAPI and teal: watched once a
     // router uses their kind, waking the BlueGreens they concern.
@@ -175,12 +176,16 @@ pub async fn run(client: Client, opts: Options) -> Result<(), RunError> {
     });
     let controller = controller
         .trigger_backoff(retry::WatchBackoff::default())
-        // Color Deployments, Services, Pods and workloads: one watch
+        // Color Deployments, their ReplicaSets, Services, Pods and
+        // workloads: one watch
         // each, filling the caches reconciles read (see cache.rs) and
         // waking their BlueGreen.
         .owns_stream(feeds.deployments)
         .owns_stream(feeds.services)
         .watches_stream(feeds.pods, |p: Pod| cache::Cache::owner_of(&p))
+        .watches_stream(feeds.replica_sets, |r: ReplicaSet| {
+            cache::Cache::owner_of(&r)
+        })
         .watches_stream(feeds.workloads, move |d: Deployment| {
             // A workload changed: wake the BlueGreens that release it.
             let ns = d.namespace();

@@ -4,7 +4,7 @@
 
 use std::collections::BTreeMap;
 
-use k8s_openapi::api::apps::v1::{Deployment, DeploymentSpec};
+use k8s_openapi::api::apps::v1::{Deployment, DeploymentSpec, ReplicaSet};
 use k8s_openapi::api::core::v1::{Pod, PodTemplateSpec, Service, ServicePort, ServiceSpec};
 use k8s_openapi::apimachinery::pkg::apis::meta::v1::{LabelSelector, ObjectMeta, OwnerReference};
 use k8s_openapi::apimachinery::pkg::util::intstr::IntOrString;
@@ -302,17 +302,68 @@ pub fn owned_by(meta: &ObjectMeta, bg: &BlueGreen) -> bool {
         .any(|o| Some(o.uid.as_str()) == uid)
 }
 
+/// Available replicas of the ReplicaSet that runs `dep`'s current
+/// revision at its full size, as its own controller reports them: owned by
+/// `dep`, its pod template of `revision`, scaled to `wanted`, and its status
+/// written for that scale (so pods of an earlier incarnation, before a
+/// scale to zero, never count). 0 when there is no such ReplicaSet.
+fn replica_set_available(
+    dep: &Deployment,
+    replica_sets: &[ReplicaSet],
+    revision: Option<&str>,
+    wanted: i32,
+) -> u32 {
+    let Some(uid) = dep.metadata.uid.as_deref() else {
+        return 0;
+    };
+    replica_sets
+        .iter()
+        .filter(|rs| {
+            rs.metadata
+                .owner_references
+                .as_deref()
+                .unwrap_or(&[])
+                .iter()
+                .any(|o| o.controller == Some(true) && o.uid == uid)
+        })
+        .filter(|rs| {
+            let template_revision = rs
+                .spec
+                .template
+                .as_ref()
+                .and_then(|t| t.metadata.as_ref())
+                .and_then(|m| m.labels.as_ref())
+                .and_then(|l| l.get(labels::REVISION))
+                .map(String::as_str);
+            revision.is_some() && template_revision == revision
+        })
+        .filter(|rs| rs.metadata.deletion_timestamp.is_none())
+        .filter(|rs| rs.spec.replicas == Some(wanted))
+        .filter_map(|rs| {
+            let st = rs.status.as_ref()?;
+            (st.observed_generation.unwrap_or(0) >= rs.metadata.generation.unwrap_or(i64::MAX))
+                .then(|| st.available_replicas.unwrap_or(0).clamp(0, wanted) as u32)
+        })
+        .max()
+        .unwrap_or(0)
+}
+
 /// What the release engine needs to know of a color's Deployment and pods.
 ///
 /// `live`: the color takes (or is being switched to take) production
-/// traffic. Before a switch a replica counts only when the Deployment's
+/// traffic. Before a switch a replica counts only when the controllers'
 /// status and the pods agree, so nothing is switched on a half-seen state.
-/// Once live, the pods alone count: the Deployment's counts lag them (its
-/// controller aggregates the ReplicaSet's, which aggregates the pods), and a
-/// momentary 0 there must not read as the live color failing.
+/// The controllers' status is the Deployment's, or, once the Deployment
+/// controller has seen teal's latest spec, that of the ReplicaSet of the
+/// current revision (`replica_sets`, the color's): the Deployment's counts
+/// aggregate the ReplicaSet's one sync later, which under a burst of
+/// releases comes seconds after the ReplicaSet's. Once live, the pods alone
+/// count, and a momentary 0 in the aggregated counts must not read as the
+/// live color failing.
 pub fn color_status(
     color: Color,
     dep: Option<&Deployment>,
+    replica_sets: &[ReplicaSet],
     pods: &[Pod],
     live: bool,
 ) -> ColorStatus {
@@ -336,10 +387,17 @@ pub fn color_status(
     // Only replicas of the current template count, and only once the
     // Deployment controller has seen the current spec.
     let ready = if current && wanted > 0 {
-        st.updated_replicas
+        let of_deployment = st
+            .updated_replicas
             .unwrap_or(0)
             .min(st.available_replicas.unwrap_or(0))
-            .max(0) as u32
+            .max(0) as u32;
+        of_deployment.max(replica_set_available(
+            dep,
+            replica_sets,
+            revision.as_deref(),
+            wanted,
+        ))
     } else {
         0
     };
@@ -510,15 +568,80 @@ mod tests {
         }))
         .unwrap();
         let pods: Vec<Pod> = ["a", "b", "c"].iter().map(|n| ready_pod(n, "v2")).collect();
-        let idle = color_status(Color::Green, Some(&dep), &pods, false);
+        let idle = color_status(Color::Green, Some(&dep), &[], &pods, false);
         assert_eq!(idle.ready_replicas, 0, "before a switch both must agree");
-        let live = color_status(Color::Green, Some(&dep), &pods, true);
+        let live = color_status(Color::Green, Some(&dep), &[], &pods, true);
         assert_eq!(live.ready_replicas, 3);
         assert_eq!(live.revision.as_deref(), Some("v2"));
         // Pods of another revision never count.
         let old: Vec<Pod> = ["a", "b", "c"].iter().map(|n| ready_pod(n, "v1")).collect();
         assert_eq!(
-            color_status(Color::Green, Some(&dep), &old, true).ready_replicas,
+            color_status(Color::Green, Some(&dep), &[], &old, true).ready_replicas,
+            0
+        );
+    }
+
+    fn replica_set(
+        revision: &str,
+        replicas: i32,
+        generation: i64,
+        observed: i64,
+        available: i32,
+    ) -> ReplicaSet {
+        serde_json::from_value(json!({
+            "metadata": {"name": format!("shop-green-{revision}"), "generation": generation,
+                         "ownerReferences": [{"apiVersion": "apps/v1", "kind": "Deployment",
+                                              "name": "shop-green", "uid": "dep-uid", "controller": true}]},
+            "spec": {"replicas": replicas, "selector": {},
+                     "template": {"metadata": {"labels": {labels::REVISION: revision}}}},
+            "status": {"replicas": replicas, "observedGeneration": observed,
+                       "availableReplicas": available},
+        }))
+        .unwrap()
+    }
+
+    #[test]
+    fn an_idle_color_is_ready_once_its_replica_set_and_pods_agree() {
+        // The Deployment controller has seen teal's spec (it scaled the
+        // ReplicaSet) but not yet aggregated the ReplicaSet's status.
+        let dep: Deployment = serde_json::from_value(json!({
+            "metadata": {"name": "shop-green", "uid": "dep-uid", "generation": 4,
+                         "annotations": {labels::REVISION: "v2"}},
+            "spec": {"replicas": 3, "selector": {}, "template": {}},
+            "status": {"observedGeneration": 4, "updatedReplicas": 3, "availableReplicas": 0},
+        }))
+        .unwrap();
+        let pods: Vec<Pod> = ["a", "b", "c"].iter().map(|n| ready_pod(n, "v2")).collect();
+        let ready = |rss: &[ReplicaSet], pods: &[Pod]| {
+            color_status(Color::Green, Some(&dep), rss, pods, false).ready_replicas
+        };
+        assert_eq!(ready(&[], &pods), 0, "nothing says ready but the pods");
+        assert_eq!(ready(&[replica_set("v2", 3, 7, 7, 3)], &pods), 3);
+        // The pods must agree.
+        assert_eq!(ready(&[replica_set("v2", 3, 7, 7, 3)], &pods[..2]), 2);
+        // A ReplicaSet status not written for its latest scale (an earlier
+        // incarnation, before a scale to zero and back) does not count.
+        assert_eq!(ready(&[replica_set("v2", 3, 7, 6, 3)], &pods), 0);
+        // Nor one of another revision, one not at full size, or one owned
+        // by another Deployment.
+        assert_eq!(ready(&[replica_set("v1", 3, 7, 7, 3)], &pods), 0);
+        assert_eq!(ready(&[replica_set("v2", 2, 7, 7, 2)], &pods), 0);
+        let mut foreign = replica_set("v2", 3, 7, 7, 3);
+        foreign.metadata.owner_references.as_mut().unwrap()[0].uid = "other".into();
+        assert_eq!(ready(&[foreign], &pods), 0);
+        // Until the Deployment controller has seen teal's latest spec,
+        // nothing counts.
+        let mut stale = dep.clone();
+        stale.status.as_mut().unwrap().observed_generation = Some(3);
+        assert_eq!(
+            color_status(
+                Color::Green,
+                Some(&stale),
+                &[replica_set("v2", 3, 7, 7, 3)],
+                &pods,
+                false
+            )
+            .ready_replicas,
             0
         );
     }

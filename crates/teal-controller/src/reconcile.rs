@@ -182,12 +182,21 @@ impl Cluster<'_> {
         live: bool,
     ) -> Result<teal_core::release::ColorStatus, Error> {
         let dep = self.color_deployment(color).await?;
-        let pods = if dep.is_some() {
-            self.ctx.cache.pods(&self.ns, &self.name, color)
+        let (replica_sets, pods) = if dep.is_some() {
+            (
+                self.ctx.cache.replica_sets(&self.ns, &self.name, color),
+                self.ctx.cache.pods(&self.ns, &self.name, color),
+            )
         } else {
-            Vec::new()
+            (Vec::new(), Vec::new())
         };
-        Ok(color_status(color, dep.as_ref(), &pods, live))
+        Ok(color_status(
+            color,
+            dep.as_ref(),
+            &replica_sets,
+            &pods,
+            live,
+        ))
     }
 
     async fn apply_deployment(&self, d: &Deployment) -> Result<(), Error> {

@@ -455,9 +455,11 @@ async fn an_idle_reconcile_sends_no_request_and_a_changed_service_is_written_bac
         Api::namespaced(client.clone(), &c.ns),
         Api::namespaced(client.clone(), &c.ns),
         Api::namespaced(client.clone(), &c.ns),
+        Api::namespaced(client.clone(), &c.ns),
     );
     tokio::spawn(feeds.pods.for_each(|_| async {}));
     tokio::spawn(feeds.deployments.for_each(|_| async {}));
+    tokio::spawn(feeds.replica_sets.for_each(|_| async {}));
     tokio::spawn(feeds.services.for_each(|_| async {}));
     tokio::spawn(feeds.workloads.for_each(|_| async {}));
     let ctx = std::sync::Arc::new(Context {
