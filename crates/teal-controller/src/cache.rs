@@ -506,29 +506,28 @@ impl Cache {
 
     /// The ReplicaSets of one color of a BlueGreen.
     pub fn replica_sets(&self, ns: &str, bluegreen: &str, color: Color) -> Vec<ReplicaSet> {
-        let color = color.to_string();
-        self.replica_sets
-            .state_filter(|r| {
-                r.namespace().as_deref() == Some(ns)
-                    && r.labels().get(labels::BLUEGREEN).map(String::as_str) == Some(bluegreen)
-                    && r.labels().get(labels::COLOR) == Some(&color)
-            })
-            .into_iter()
-            .map(|r| (*r).clone())
-            .collect()
+        of_color(&self.replica_sets, ns, bluegreen, color)
     }
 
     /// The Pods of one color of a BlueGreen.
     pub fn pods(&self, ns: &str, bluegreen: &str, color: Color) -> Vec<Pod> {
-        let color = color.to_string();
-        self.pods
-            .state_filter(|p| {
-                p.namespace().as_deref() == Some(ns)
-                    && p.labels().get(labels::BLUEGREEN).map(String::as_str) == Some(bluegreen)
-                    && p.labels().get(labels::COLOR) == Some(&color)
-            })
-            .into_iter()
-            .map(|p| (*p).clone())
-            .collect()
+        of_color(&self.pods, ns, bluegreen, color)
     }
+}
+
+/// The objects in `store` labelled with a BlueGreen's name and one color.
+fn of_color<K>(store: &Store<K>, ns: &str, bluegreen: &str, color: Color) -> Vec<K>
+where
+    K: kube::Resource<DynamicType = ()> + Clone + 'static,
+{
+    let color = color.to_string();
+    store
+        .state_filter(|o| {
+            o.namespace().as_deref() == Some(ns)
+                && o.labels().get(labels::BLUEGREEN).map(String::as_str) == Some(bluegreen)
+                && o.labels().get(labels::COLOR) == Some(&color)
+        })
+        .into_iter()
+        .map(|o| (*o).clone())
+        .collect()
 }

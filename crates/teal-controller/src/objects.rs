@@ -353,11 +353,11 @@ fn replica_set_available(
 /// `live`: the color takes (or is being switched to take) production
 /// traffic. Before a switch a replica counts only when the controllers'
 /// status and the pods agree, so nothing is switched on a half-seen state.
-/// The controllers' status is the Deployment's, or, once the Deployment
-/// controller has seen teal's latest spec, that of the ReplicaSet of the
-/// current revision (`replica_sets`, the color's): the Deployment's counts
-/// aggregate the ReplicaSet's one sync later, which under a burst of
-/// releases comes seconds after the ReplicaSet's. Once live, the pods alone
+/// The controllers' status is the Deployment's (once its controller has
+/// seen teal's latest spec), or that of the ReplicaSet of the current
+/// revision at teal's size (`replica_sets`, the color's): the Deployment's
+/// counts and observedGeneration come with a status update that, under a
+/// burst of releases, follows the ReplicaSet's by seconds. Once live, the pods alone
 /// count, and a momentary 0 in the aggregated counts must not read as the
 /// live color failing.
 pub fn color_status(
@@ -386,21 +386,25 @@ pub fn color_status(
     let current = st.observed_generation.unwrap_or(0) >= dep.metadata.generation.unwrap_or(0);
     // Only replicas of the current template count, and only once the
     // Deployment controller has seen the current spec.
-    let ready = if current && wanted > 0 {
-        let of_deployment = st
-            .updated_replicas
+    let of_deployment = if current && wanted > 0 {
+        st.updated_replicas
             .unwrap_or(0)
             .min(st.available_replicas.unwrap_or(0))
-            .max(0) as u32;
-        of_deployment.max(replica_set_available(
-            dep,
-            replica_sets,
-            revision.as_deref(),
-            wanted,
-        ))
+            .max(0) as u32
     } else {
         0
     };
+    // The ReplicaSet's count needs no such check: it only counts once the
+    // Deployment controller has scaled the ReplicaSet of teal's revision to
+    // teal's size, and its status is the ReplicaSet controller's for that
+    // scale. (The Deployment's observedGeneration comes with its status
+    // update, the one that lags under a burst.)
+    let of_replica_set = if wanted > 0 {
+        replica_set_available(dep, replica_sets, revision.as_deref(), wanted)
+    } else {
+        0
+    };
+    let ready = of_deployment.max(of_replica_set);
     // Pods are the ground truth: a Deployment's counts can still include
     // pods that are being deleted right after a scale-down.
     let of_revision = |p: &&Pod| {
@@ -629,21 +633,19 @@ mod tests {
         let mut foreign = replica_set("v2", 3, 7, 7, 3);
         foreign.metadata.owner_references.as_mut().unwrap()[0].uid = "other".into();
         assert_eq!(ready(&[foreign], &pods), 0);
-        // Until the Deployment controller has seen teal's latest spec,
-        // nothing counts.
+        // The Deployment's status may lag (observedGeneration included):
+        // the ReplicaSet at teal's size still counts; the Deployment's own
+        // counts do not.
         let mut stale = dep.clone();
-        stale.status.as_mut().unwrap().observed_generation = Some(3);
-        assert_eq!(
-            color_status(
-                Color::Green,
-                Some(&stale),
-                &[replica_set("v2", 3, 7, 7, 3)],
-                &pods,
-                false
-            )
-            .ready_replicas,
-            0
-        );
+        let st = stale.status.as_mut().unwrap();
+        st.observed_generation = Some(3);
+        st.available_replicas = Some(3);
+        let ready_stale = |rss: &[ReplicaSet]| {
+            color_status(Color::Green, Some(&stale), rss, &pods, false).ready_replicas
+        };
+        assert_eq!(ready_stale(&[]), 0);
+        assert_eq!(ready_stale(&[replica_set("v2", 3, 7, 7, 3)]), 3);
+        assert_eq!(ready_stale(&[replica_set("v2", 1, 7, 7, 1)]), 0);
     }
 
     #[test]
