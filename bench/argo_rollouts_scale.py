@@ -8,7 +8,8 @@ import sys
 import time
 import urllib.request
 
-from controller_scale import NS, Watch, apiserver_requests, by_verb, kubectl, pct, per_reconcile, proc, wait_until
+from controller_scale import (NS, Watch, apiserver_requests, by_verb, idle_and_release, kubectl, ms,
+                              per_reconcile, proc, wait_until)
 
 
 def objects(start, end):
@@ -113,10 +114,6 @@ def release(names, ctl):
     return written, cutover, change_to_cutover, per_reconcile(s0, s1)
 
 
-def ms(xs, p):
-    return round(pct(xs, p) * 1000) if xs else None
-
-
 def main():
     ap = argparse.ArgumentParser()
     ap.add_argument("--controller-pid", type=int, required=True)
@@ -146,30 +143,11 @@ def main():
     adopt_s = time.time() - started
     adopt = per_reconcile(s0, ctl.sample())
     # Idle, as controller_scale: every Rollout Healthy, nothing changes.
-    time.sleep(a.settle)
-    rss, cpu = proc(a.controller_pid)
-    i0 = ctl.sample()
-    time.sleep(60)
-    i1 = ctl.sample()
-    rss2, cpu2 = proc(a.controller_pid)
-    idle = per_reconcile(i0, i1)
-    idle_cpu = (cpu2 - cpu) / 60 * 100
-    step = max(1, n // a.sample)
-    names = [f"app-{i:05d}" for i in range(0, n, step)][: a.sample]
-    written, cutover, change_to_cutover, rel = release(names, ctl)
-    _, cpu_total = proc(a.controller_pid)
+    written, measured = idle_and_release(a, ctl, n, release)
     row = {
-        "rollouts": n, "healthy_seconds": round(adopt_s, 1),
-        "adopt": adopt, "idle_60s": idle,
-        "rss_mib": round(max(rss, rss2), 1), "idle_cpu_percent": round(idle_cpu, 2),
-        "idle_controller_requests_per_s": round(idle["controller_requests"] / 60, 2),
-        "idle_apiserver_requests_per_s": round(idle["apiserver_requests"] / 60, 2),
-        "cpu_seconds_total": round(cpu_total, 1),
-        "released": len(names), "measured": len(written),
+        "rollouts": n, "healthy_seconds": round(adopt_s, 1), "adopt": adopt,
         "change_to_new_rs_p50_ms": ms(written, 50), "change_to_new_rs_p99_ms": ms(written, 99),
-        "ready_to_cutover_p50_ms": ms(cutover, 50), "ready_to_cutover_p99_ms": ms(cutover, 99),
-        "change_to_cutover_p50_ms": ms(change_to_cutover, 50), "change_to_cutover_p99_ms": ms(change_to_cutover, 99),
-        "release": rel,
+        **measured,
     }
     print(json.dumps(row), flush=True)
 

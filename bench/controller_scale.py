@@ -190,6 +190,41 @@ def release(names, ctl):
     return written, cutover, change_to_cutover, per_reconcile(s0, s1)
 
 
+def ms(xs, p):
+    """Percentile `p` of `xs` (seconds) in milliseconds; None when empty."""
+    return round(pct(xs, p) * 1000) if xs else None
+
+
+def idle_and_release(a, ctl, n, release):
+    """What both scale benches measure once every app is Healthy: the idle
+    minute (`a.settle` seconds later), then `release` of a sample of the `n`
+    apps. Returns the release's "written" timings and the row's fields."""
+    time.sleep(a.settle)
+    rss, cpu = proc(a.controller_pid)
+    i0 = ctl.sample()
+    time.sleep(60)
+    i1 = ctl.sample()
+    rss2, cpu2 = proc(a.controller_pid)
+    idle = per_reconcile(i0, i1)
+    idle_cpu = (cpu2 - cpu) / 60 * 100
+    step = max(1, n // a.sample)
+    names = [f"app-{i:05d}" for i in range(0, n, step)][: a.sample]
+    written, cutover, change_to_cutover, rel = release(names, ctl)
+    _, cpu_total = proc(a.controller_pid)
+    return written, {
+        "idle_60s": idle,
+        "rss_mib": round(max(rss, rss2), 1), "idle_cpu_percent": round(idle_cpu, 2),
+        "idle_controller_requests_per_s": round(idle["controller_requests"] / 60, 2),
+        "idle_apiserver_requests_per_s": round(idle["apiserver_requests"] / 60, 2),
+        "cpu_seconds_total": round(cpu_total, 1),
+        "released": len(names), "measured": len(written),
+        "ready_to_cutover_p50_ms": ms(cutover, 50), "ready_to_cutover_p99_ms": ms(cutover, 99),
+        "change_to_cutover_p50_ms": ms(change_to_cutover, 50),
+        "change_to_cutover_p99_ms": ms(change_to_cutover, 99),
+        "release": rel,
+    }
+
+
 def main():
     ap = argparse.ArgumentParser()
     ap.add_argument("--controller-pid", type=int, required=True)
@@ -224,33 +259,12 @@ def main():
         adopt = per_reconcile(s0, s1)
         # Idle: every BlueGreen Healthy, nothing changes; reconciles now
         # come from the periodic resync only.
-        time.sleep(a.settle)
-        rss, cpu = proc(a.controller_pid)
-        i0 = ctl.sample()
-        time.sleep(60)
-        i1 = ctl.sample()
-        rss2, cpu2 = proc(a.controller_pid)
-        idle = per_reconcile(i0, i1)
-        idle_cpu = (cpu2 - cpu) / 60 * 100
-        step = max(1, n // a.sample)
-        names = [f"app-{i:05d}" for i in range(0, n, step)][: a.sample]
-        written, cutover, change_to_cutover, rel = release(names, ctl)
-        _, cpu_total = proc(a.controller_pid)
+        written, measured = idle_and_release(a, ctl, n, release)
         row = {
-            "bluegreens": n, "adopt_seconds": round(adopt_s, 1),
-            "adopt": adopt, "idle_60s": idle,
-            "rss_mib": round(max(rss, rss2), 1), "idle_cpu_percent": round(idle_cpu, 2),
-            "idle_controller_requests_per_s": round(idle["controller_requests"] / 60, 2),
-            "idle_apiserver_requests_per_s": round(idle["apiserver_requests"] / 60, 2),
-            "cpu_seconds_total": round(cpu_total, 1),
-            "released": len(names), "measured": len(written),
-            "change_to_idle_written_p50_ms": round(pct(written, 50) * 1000) if written else None,
-            "change_to_idle_written_p99_ms": round(pct(written, 99) * 1000) if written else None,
-            "ready_to_cutover_p50_ms": round(pct(cutover, 50) * 1000) if cutover else None,
-            "ready_to_cutover_p99_ms": round(pct(cutover, 99) * 1000) if cutover else None,
-            "change_to_cutover_p50_ms": round(pct(change_to_cutover, 50) * 1000) if change_to_cutover else None,
-            "change_to_cutover_p99_ms": round(pct(change_to_cutover, 99) * 1000) if change_to_cutover else None,
-            "release": rel,
+            "bluegreens": n, "adopt_seconds": round(adopt_s, 1), "adopt": adopt,
+            "change_to_idle_written_p50_ms": ms(written, 50),
+            "change_to_idle_written_p99_ms": ms(written, 99),
+            **measured,
         }
         rows.append(row)
         print(json.dumps(row), flush=True)
