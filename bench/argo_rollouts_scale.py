@@ -8,8 +8,8 @@ import sys
 import time
 import urllib.request
 
-from controller_scale import (NS, Watch, apiserver_requests, by_verb, idle_and_release, kubectl, ms,
-                              per_reconcile, proc, wait_until)
+from controller_scale import (NS, Watch, apiserver_requests, by_verb, create, idle_and_release, kubectl, ms,
+                              per_reconcile, poll_every, proc, wait_until)
 
 
 def objects(start, end):
@@ -42,13 +42,6 @@ def objects(start, end):
             },
         })
     return docs
-
-
-def create(start, end):
-    chunk = 100
-    for s in range(start, end, chunk):
-        items = objects(s, min(end, s + chunk))
-        kubectl("apply", "--server-side", "-f", "-", data=json.dumps({"apiVersion": "v1", "kind": "List", "items": items}))
 
 
 def rollouts():
@@ -128,7 +121,7 @@ def main():
     n = a.count
     started = time.time()
     s0 = ctl.sample()
-    create(0, n)
+    create(0, n, objects, chunk=100)
 
     def healthy():
         st = rollouts()
@@ -139,7 +132,7 @@ def main():
         print(json.dumps({"healthy": done, "of": total, "seconds": round(secs), "rss_mib": round(rss, 1),
                           "cpu_seconds": round(cpu, 1), "per_reconcile": per_reconcile(s0, ctl.sample())}),
               file=sys.stderr, flush=True)
-    wait_until(f"{n} Rollouts Healthy", healthy, a.adopt_timeout, 10, progress)
+    wait_until(f"{n} Rollouts Healthy", healthy, a.adopt_timeout, poll_every(n), progress)
     adopt_s = time.time() - started
     adopt = per_reconcile(s0, ctl.sample())
     # Idle, as controller_scale: every Rollout Healthy, nothing changes.

@@ -46,10 +46,10 @@ def objects(start, end):
     return docs
 
 
-def create(start, end):
-    chunk = 200
+def create(start, end, build=objects, chunk=200):
+    """Server-side applies build(start, end)'s objects, `chunk` apps at a time."""
     for s in range(start, end, chunk):
-        items = objects(s, min(end, s + chunk))
+        items = build(s, min(end, s + chunk))
         kubectl("apply", "--server-side", "-f", "-", data=json.dumps({"apiVersion": "v1", "kind": "List", "items": items}))
 
 
@@ -74,6 +74,12 @@ def wait_until(what, ok, timeout, every, progress=None):
         if now - started > timeout:
             raise RuntimeError(f"{what}: {done}/{total} after {timeout}s")
         time.sleep(every)
+
+
+def poll_every(n):
+    """Seconds between two LISTs of all n apps while waiting for them (a LIST
+    of 10,000 is work for the apiserver and this script too)."""
+    return max(10, n // 250)
 
 
 def proc(pid):
@@ -253,7 +259,7 @@ def main():
             print(json.dumps({"healthy": done, "of": total, "seconds": round(secs), "rss_mib": round(rss, 1),
                               "cpu_seconds": round(cpu, 1), "per_reconcile": per_reconcile(s0, ctl.sample())}),
                   file=sys.stderr, flush=True)
-        wait_until(f"{n} BlueGreens adopted", adopted, a.adopt_timeout, 10, progress)
+        wait_until(f"{n} BlueGreens adopted", adopted, a.adopt_timeout, poll_every(n), progress)
         adopt_s = time.time() - started
         s1 = ctl.sample()
         adopt = per_reconcile(s0, s1)
