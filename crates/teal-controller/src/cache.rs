@@ -178,24 +178,6 @@ fn trim<K: kube::Resource>(o: &mut K) {
 /// A watch stream of `K`, yielding each object after the cache holds it.
 pub type Feed<K> = Pin<Box<dyn Stream<Item = Result<K, watcher::Error>> + Send>>;
 
-/// A watch of the `K` that `labels` selects feeding `writer`; the stream
-/// yields each object after the cache holds it, so a reconcile it triggers
-/// reads at least that state. It retries on its own (see `retry`) and yields
-/// no errors: they would also hold up every other trigger of the controller
-/// behind its shared backoff.
-fn watched<K>(api: Api<K>, labels: &str, writer: reflector::store::Writer<K>) -> Feed<K>
-where
-    K: kube::Resource<DynamicType = ()>
-        + Clone
-        + serde::de::DeserializeOwned
-        + std::fmt::Debug
-        + Send
-        + Sync
-        + 'static,
-{
-    watched_trimmed(api, labels, writer, trim::<K>)
-}
-
 /// ReplicaSets are kept without their pod spec: only their owner, size,
 /// template labels and status are read, and a color Deployment keeps
 /// several old ones.
@@ -206,7 +188,13 @@ fn trim_replica_set(rs: &mut ReplicaSet) {
     }
 }
 
-fn watched_trimmed<K>(
+/// A watch of the `K` that `labels` selects feeding `writer`; the stream
+/// yields each object after the cache holds it, so a reconcile it triggers
+/// reads at least that state. It retries on its own (see `retry`) and yields
+/// no errors: they would also hold up every other trigger of the controller
+/// behind its shared backoff. `trim` drops what is never read before the
+/// cache keeps an object.
+fn watched<K>(
     api: Api<K>,
     labels: &str,
     writer: reflector::store::Writer<K>,
@@ -270,16 +258,11 @@ impl Cache {
         let (work_reader, work_writer) = reflector::store();
         let not_teal = format!("!{}", labels::BLUEGREEN);
         let feeds = Feeds {
-            pods: watched(pods, labels::BLUEGREEN, pod_writer),
-            deployments: watched(deployments.clone(), labels::BLUEGREEN, dep_writer),
-            replica_sets: watched_trimmed(
-                replica_sets,
-                labels::BLUEGREEN,
-                rs_writer,
-                trim_replica_set,
-            ),
-            services: watched(services, labels::BLUEGREEN, svc_writer),
-            workloads: watched(deployments, &not_teal, work_writer),
+            pods: watched(pods, labels::BLUEGREEN, pod_writer, trim),
+            deployments: watched(deployments.clone(), labels::BLUEGREEN, dep_writer, trim),
+            replica_sets: watched(replica_sets, labels::BLUEGREEN, rs_writer, trim_replica_set),
+            services: watched(services, labels::BLUEGREEN, svc_writer, trim),
+            workloads: watched(deployments, &not_teal, work_writer, trim),
         };
         (
             Cache {

@@ -16,8 +16,8 @@ use std::time::Duration;
 
 use k8s_openapi::api::core::v1::Pod;
 use kube::Api;
-use kube::api::{ListParams, Patch, PatchParams, PostParams};
-use kube::core::{ApiResource, DynamicObject};
+use kube::api::{ListParams, Patch, PatchParams};
+use kube::core::DynamicObject;
 use serde_json::{Value, json};
 use support::{Case, case, metric_sum, scrape};
 use teal_testenv::wait_for;
@@ -27,37 +27,6 @@ static LOCK: tokio::sync::Mutex<()> = tokio::sync::Mutex::const_new(());
 
 /// How many reconciles the idle window is made of.
 const TOUCHES: u32 = 6;
-
-fn install_upstream_crds() {
-    support::install_upstream_crds(
-        &["istio.yaml", "gateway-api.yaml"],
-        &[
-            "crd/virtualservices.networking.istio.io",
-            "crd/destinationrules.networking.istio.io",
-            "crd/httproutes.gateway.networking.k8s.io",
-        ],
-    );
-}
-
-fn ar(group: &str, kind: &str, plural: &str) -> ApiResource {
-    ApiResource {
-        group: group.into(),
-        version: "v1".into(),
-        api_version: format!("{group}/v1"),
-        kind: kind.into(),
-        plural: plural.into(),
-    }
-}
-
-fn vs(c: &Case) -> Api<DynamicObject> {
-    let r = ar("networking.istio.io", "VirtualService", "virtualservices");
-    Api::namespaced_with(c.client.clone(), &c.ns, &r)
-}
-
-fn routes(c: &Case) -> Api<DynamicObject> {
-    let r = ar("gateway.networking.k8s.io", "HTTPRoute", "httproutes");
-    Api::namespaced_with(c.client.clone(), &c.ns, &r)
-}
 
 fn spec(router: Value) -> Value {
     json!({
@@ -185,7 +154,7 @@ async fn wait_spec(what: &str, api: &Api<DynamicObject>, name: &str, want: &Valu
 async fn setup(prefix: &str, router: Value, crds: bool, image: Option<&str>) -> (Case, SocketAddr) {
     let mut c = case(prefix).await;
     if crds {
-        tokio::task::spawn_blocking(install_upstream_crds)
+        tokio::task::spawn_blocking(support::install_router_crds)
             .await
             .unwrap();
     }
@@ -194,11 +163,6 @@ async fn setup(prefix: &str, router: Value, crds: bool, image: Option<&str>) -> 
     c.create_bluegreen("shop", spec(router)).await.unwrap();
     let addr = c.start_counted_controller(image).await;
     (c, addr)
-}
-
-async fn create(api: &Api<DynamicObject>, obj: Value) {
-    let o: DynamicObject = serde_json::from_value(obj).unwrap();
-    api.create(&PostParams::default(), &o).await.unwrap();
 }
 
 #[tokio::test]
@@ -223,14 +187,20 @@ async fn idle_with_router_type_istio_sends_no_request_and_a_hand_edit_is_undone(
     assert_eq!(idle_requests(&c, addr, "istio").await, 0.0);
 
     // Someone points production at the idle color.
-    let want = vs(&c).get("shop").await.unwrap().data["spec"].clone();
+    let want = c.virtual_services().get("shop").await.unwrap().data["spec"].clone();
     edit_by_hand(
-        &vs(&c),
+        &c.virtual_services(),
         "shop",
         json!({"spec": {"http": [{"name": "teal-active", "route": [{"destination": {"host": "shop", "subset": "green"}}]}]}}),
     )
     .await;
-    wait_spec("teal's routes put back", &vs(&c), "shop", &want).await;
+    wait_spec(
+        "teal's routes put back",
+        &c.virtual_services(),
+        "shop",
+        &want,
+    )
+    .await;
     assert_eq!(idle_requests(&c, addr, "istio, after the edit").await, 0.0);
 }
 
@@ -238,17 +208,10 @@ async fn idle_with_router_type_istio_sends_no_request_and_a_hand_edit_is_undone(
 async fn idle_with_an_adopted_virtual_service_sends_no_request_and_a_hand_edit_is_undone() {
     let _turn = LOCK.lock().await;
     let mut c = case("idle-istio-adopt").await;
-    tokio::task::spawn_blocking(install_upstream_crds)
+    tokio::task::spawn_blocking(support::install_router_crds)
         .await
         .unwrap();
-    let user_route = json!({"name": "api", "match": [{"uri": {"prefix": "/api"}}], "route": [{"destination": {"host": "api"}}]});
-    create(
-        &vs(&c),
-        json!({"apiVersion": "networking.istio.io/v1", "kind": "VirtualService",
-               "metadata": {"name": "front"},
-               "spec": {"hosts": ["shop.example.com"], "http": [user_route]}}),
-    )
-    .await;
+    c.create_user_virtual_service(json!({})).await;
     c.create_workload("shop", "shop:1", 2, BTreeMap::new())
         .await;
     c.create_bluegreen(
@@ -261,15 +224,26 @@ async fn idle_with_an_adopted_virtual_service_sends_no_request_and_a_hand_edit_i
     healthy_and_routed(&c).await;
     assert_eq!(idle_requests(&c, addr, "istio, adopted").await, 0.0);
 
-    let want = vs(&c).get("front").await.unwrap().data["spec"].clone();
+    let want = c.virtual_services().get("front").await.unwrap().data["spec"].clone();
     let mut http = want["http"].as_array().unwrap().clone();
     let active = http
         .iter_mut()
         .find(|r| r["name"] == "teal-active")
         .unwrap();
     active["route"][0]["destination"]["subset"] = "green".into();
-    edit_by_hand(&vs(&c), "front", json!({"spec": {"http": http}})).await;
-    wait_spec("teal's active route put back", &vs(&c), "front", &want).await;
+    edit_by_hand(
+        &c.virtual_services(),
+        "front",
+        json!({"spec": {"http": http}}),
+    )
+    .await;
+    wait_spec(
+        "teal's active route put back",
+        &c.virtual_services(),
+        "front",
+        &want,
+    )
+    .await;
 }
 
 #[tokio::test]
@@ -286,7 +260,7 @@ async fn idle_with_router_type_gateway_api_sends_no_request_and_a_hand_edit_is_u
     assert_eq!(idle_requests(&c, addr, "gatewayAPI").await, 0.0);
 
     // Someone swaps the weights.
-    let want = routes(&c).get("shop").await.unwrap().data["spec"].clone();
+    let want = c.http_routes().get("shop").await.unwrap().data["spec"].clone();
     let mut rules = want["rules"].as_array().unwrap().clone();
     let active = rules
         .iter_mut()
@@ -294,8 +268,8 @@ async fn idle_with_router_type_gateway_api_sends_no_request_and_a_hand_edit_is_u
         .unwrap();
     active["backendRefs"][0]["weight"] = 0.into();
     active["backendRefs"][1]["weight"] = 100.into();
-    edit_by_hand(&routes(&c), "shop", json!({"spec": {"rules": rules}})).await;
-    wait_spec("teal's weights put back", &routes(&c), "shop", &want).await;
+    edit_by_hand(&c.http_routes(), "shop", json!({"spec": {"rules": rules}})).await;
+    wait_spec("teal's weights put back", &c.http_routes(), "shop", &want).await;
     assert_eq!(
         idle_requests(&c, addr, "gatewayAPI, after the edit").await,
         0.0
@@ -306,20 +280,10 @@ async fn idle_with_router_type_gateway_api_sends_no_request_and_a_hand_edit_is_u
 async fn idle_with_an_adopted_http_route_sends_no_request_and_a_hand_edit_is_undone() {
     let _turn = LOCK.lock().await;
     let mut c = case("idle-gw-adopt").await;
-    tokio::task::spawn_blocking(install_upstream_crds)
+    tokio::task::spawn_blocking(support::install_router_crds)
         .await
         .unwrap();
-    let static_rule = json!({"name": "static",
-        "matches": [{"path": {"type": "PathPrefix", "value": "/static"}}],
-        "backendRefs": [{"group": "", "kind": "Service", "name": "cdn", "port": 80, "weight": 1}]});
-    create(
-        &routes(&c),
-        json!({"apiVersion": "gateway.networking.k8s.io/v1", "kind": "HTTPRoute",
-               "metadata": {"name": "front"},
-               "spec": {"parentRefs": [{"group": "gateway.networking.k8s.io", "kind": "Gateway", "name": "public"}],
-                        "rules": [static_rule]}}),
-    )
-    .await;
+    c.create_user_http_route().await;
     c.create_workload("shop", "shop:1", 2, BTreeMap::new())
         .await;
     c.create_bluegreen(
@@ -332,11 +296,17 @@ async fn idle_with_an_adopted_http_route_sends_no_request_and_a_hand_edit_is_und
     healthy_and_routed(&c).await;
     assert_eq!(idle_requests(&c, addr, "gatewayAPI, adopted").await, 0.0);
 
-    let want = routes(&c).get("front").await.unwrap().data["spec"].clone();
+    let want = c.http_routes().get("front").await.unwrap().data["spec"].clone();
     let mut rules = want["rules"].as_array().unwrap().clone();
     rules.retain(|r| r["name"] != "teal-preview");
-    edit_by_hand(&routes(&c), "front", json!({"spec": {"rules": rules}})).await;
-    wait_spec("teal's preview rule put back", &routes(&c), "front", &want).await;
+    edit_by_hand(&c.http_routes(), "front", json!({"spec": {"rules": rules}})).await;
+    wait_spec(
+        "teal's preview rule put back",
+        &c.http_routes(),
+        "front",
+        &want,
+    )
+    .await;
 }
 
 /// Plays the router replicas of BlueGreen `shop`: every ready router pod's

@@ -10,7 +10,6 @@ use std::time::Duration;
 use k8s_openapi::api::core::v1::Secret;
 use kube::Api;
 use kube::api::PostParams;
-use kube::core::{ApiResource, DynamicObject};
 use serde_json::{Value, json};
 use support::{Case, case};
 use teal_testenv::wait_for;
@@ -20,17 +19,6 @@ fn install_gateway_api_crds() {
         &["gateway-api.yaml"],
         &["crd/httproutes.gateway.networking.k8s.io"],
     );
-}
-
-fn routes(c: &Case) -> Api<DynamicObject> {
-    let r = ApiResource {
-        group: "gateway.networking.k8s.io".into(),
-        version: "v1".into(),
-        api_version: "gateway.networking.k8s.io/v1".into(),
-        kind: "HTTPRoute".into(),
-        plural: "httproutes".into(),
-    };
-    Api::namespaced_with(c.client.clone(), &c.ns, &r)
 }
 
 fn spec(router: Value, preview: Value) -> Value {
@@ -170,7 +158,7 @@ async fn preview_header_value_from_a_secret() {
     );
     wait_event(&c, "shop", &["Warning", "RouteFailed", "preview-token"]).await;
     // Nothing was routed with a guessed or empty value.
-    assert!(routes(&c).get_opt("shop").await.unwrap().is_none());
+    assert!(c.http_routes().get_opt("shop").await.unwrap().is_none());
 
     // The Secret without the key.
     let secrets: Api<Secret> = Api::namespaced(c.client.clone(), &c.ns);
@@ -197,7 +185,7 @@ async fn preview_header_value_from_a_secret() {
         .create(&PostParams::default(), &secret(json!({"token": token})))
         .await
         .unwrap();
-    let api = routes(&c);
+    let api = c.http_routes();
     wait_for(
         "HTTPRoute with the Secret's value",
         Duration::from_secs(60),

@@ -17,50 +17,12 @@ use serde_json::{Value, json};
 use support::{Case, case};
 use teal_testenv::wait_for;
 
-/// Fetches (cached) and installs the upstream CRDs, server-side, as a
-/// cluster admin would.
-fn install_upstream_crds() {
-    support::install_upstream_crds(
-        &["istio.yaml", "gateway-api.yaml"],
-        &[
-            "crd/virtualservices.networking.istio.io",
-            "crd/destinationrules.networking.istio.io",
-            "crd/httproutes.gateway.networking.k8s.io",
-        ],
-    );
-}
-
 async fn routers_case(prefix: &str) -> Case {
     let c = case(prefix).await;
-    tokio::task::spawn_blocking(install_upstream_crds)
+    tokio::task::spawn_blocking(support::install_router_crds)
         .await
         .unwrap();
     c
-}
-
-fn ar(group: &str, kind: &str, plural: &str) -> ApiResource {
-    ApiResource {
-        group: group.into(),
-        version: "v1".into(),
-        api_version: format!("{group}/v1"),
-        kind: kind.into(),
-        plural: plural.into(),
-    }
-}
-
-fn vs(c: &Case) -> Api<DynamicObject> {
-    let r = ar("networking.istio.io", "VirtualService", "virtualservices");
-    Api::namespaced_with(c.client.clone(), &c.ns, &r)
-}
-
-fn dr(c: &Case) -> Api<DynamicObject> {
-    let r = ar("networking.istio.io", "DestinationRule", "destinationrules");
-    Api::namespaced_with(c.client.clone(), &c.ns, &r)
-}
-
-fn routes(c: &Case) -> Api<DynamicObject> {
-    let r = ar("gateway.networking.k8s.io", "HTTPRoute", "httproutes");
-    Api::namespaced_with(c.client.clone(), &c.ns, &r)
 }
 
 /// Waits until `spec` of object `name` is exactly `want`.
@@ -174,7 +136,7 @@ async fn istio_owned_routes_through_a_release_then_switch_to_gateway_api_and_del
     let head = |http: Vec<Value>| json!({"hosts": ["shop", "shop.example.com"], "gateways": ["mesh", "web/public"], "http": http});
     wait_spec(
         "VS live on blue",
-        &vs(&c),
+        &c.virtual_services(),
         "shop",
         head(istio_routes("blue", "blue")),
     )
@@ -183,7 +145,13 @@ async fn istio_owned_routes_through_a_release_then_switch_to_gateway_api_and_del
         {"name": "blue", "labels": {"teal.dev/bluegreen": "shop", "teal.dev/color": "blue"}},
         {"name": "green", "labels": {"teal.dev/bluegreen": "shop", "teal.dev/color": "green"}},
     ]});
-    wait_spec("DestinationRule", &dr(&c), "shop", subsets.clone()).await;
+    wait_spec(
+        "DestinationRule",
+        &c.destination_rules(),
+        "shop",
+        subsets.clone(),
+    )
+    .await;
     let live = c.services().get("shop").await.unwrap();
     assert_eq!(
         live.spec.unwrap().selector.unwrap(),
@@ -194,7 +162,7 @@ async fn istio_owned_routes_through_a_release_then_switch_to_gateway_api_and_del
     release_v2(&c).await;
     wait_spec(
         "VS previews green",
-        &vs(&c),
+        &c.virtual_services(),
         "shop",
         head(istio_routes("green", "blue")),
     )
@@ -206,7 +174,7 @@ async fn istio_owned_routes_through_a_release_then_switch_to_gateway_api_and_del
     .await;
     wait_spec(
         "VS live on green",
-        &vs(&c),
+        &c.virtual_services(),
         "shop",
         head(istio_routes("green", "green")),
     )
@@ -223,7 +191,7 @@ async fn istio_owned_routes_through_a_release_then_switch_to_gateway_api_and_del
     .await;
     wait_spec(
         "VS back on blue",
-        &vs(&c),
+        &c.virtual_services(),
         "shop",
         head(istio_routes("blue", "blue")),
     )
@@ -237,7 +205,7 @@ async fn istio_owned_routes_through_a_release_then_switch_to_gateway_api_and_del
         .unwrap();
     wait_spec(
         "HTTPRoute written",
-        &routes(&c),
+        &c.http_routes(),
         "shop",
         json!({
             "parentRefs": [{"group": "gateway.networking.k8s.io", "kind": "Gateway", "name": "public", "namespace": "web"}],
@@ -246,8 +214,18 @@ async fn istio_owned_routes_through_a_release_then_switch_to_gateway_api_and_del
         }),
     )
     .await;
-    wait_gone("istio VirtualService removed", &vs(&c), "shop").await;
-    wait_gone("istio DestinationRule removed", &dr(&c), "shop").await;
+    wait_gone(
+        "istio VirtualService removed",
+        &c.virtual_services(),
+        "shop",
+    )
+    .await;
+    wait_gone(
+        "istio DestinationRule removed",
+        &c.destination_rules(),
+        "shop",
+    )
+    .await;
     assert_eq!(c.selector_color("shop").await.as_deref(), Some("blue"));
     for color in ["blue", "green"] {
         assert_eq!(
@@ -273,7 +251,7 @@ async fn istio_owned_routes_through_a_release_then_switch_to_gateway_api_and_del
         }
     })
     .await;
-    wait_gone("owned HTTPRoute collected", &routes(&c), "shop").await;
+    wait_gone("owned HTTPRoute collected", &c.http_routes(), "shop").await;
     let svcs = Api::<DynamicObject>::namespaced_with(
         c.client.clone(),
         &c.ns,
@@ -296,22 +274,12 @@ async fn istio_owned_routes_through_a_release_then_switch_to_gateway_api_and_del
     c.stop_controller();
 }
 
-async fn create(api: &Api<DynamicObject>, obj: Value) {
-    let o: DynamicObject = serde_json::from_value(obj).unwrap();
-    api.create(&PostParams::default(), &o).await.unwrap();
-}
-
 #[tokio::test]
 async fn istio_adopts_a_user_virtual_service_and_keeps_its_routes() {
     let mut c = routers_case("istio-adopt").await;
-    let user_route = json!({"name": "api", "match": [{"uri": {"prefix": "/api"}}], "route": [{"destination": {"host": "api"}}]});
-    create(
-        &vs(&c),
-        json!({"apiVersion": "networking.istio.io/v1", "kind": "VirtualService",
-               "metadata": {"name": "front"},
-               "spec": {"hosts": ["shop.example.com"], "gateways": ["web/public"], "http": [user_route]}}),
-    )
-    .await;
+    let user_route = c
+        .create_user_virtual_service(json!({"gateways": ["web/public"]}))
+        .await;
     c.create_workload("shop", "shop:1", 2, BTreeMap::new())
         .await;
     c.create_bluegreen(
@@ -328,7 +296,7 @@ async fn istio_adopts_a_user_virtual_service_and_keeps_its_routes() {
     };
     wait_spec(
         "adopted on blue",
-        &vs(&c),
+        &c.virtual_services(),
         "front",
         with(teal("blue", "blue")),
     )
@@ -336,20 +304,20 @@ async fn istio_adopts_a_user_virtual_service_and_keeps_its_routes() {
     release_v2(&c).await;
     wait_spec(
         "adopted previews green",
-        &vs(&c),
+        &c.virtual_services(),
         "front",
         with(teal("green", "blue")),
     )
     .await;
 
     // The user adds a route while teal manages the VirtualService.
-    let mut o = vs(&c).get("front").await.unwrap();
+    let mut o = c.virtual_services().get("front").await.unwrap();
     let extra = json!({"name": "docs", "match": [{"uri": {"prefix": "/docs"}}], "route": [{"destination": {"host": "docs"}}]});
     o.data["spec"]["http"]
         .as_array_mut()
         .unwrap()
         .insert(1, extra.clone());
-    vs(&c)
+    c.virtual_services()
         .replace("front", &PostParams::default(), &o)
         .await
         .unwrap();
@@ -358,7 +326,7 @@ async fn istio_adopts_a_user_virtual_service_and_keeps_its_routes() {
     let r = istio_routes("green", "green");
     wait_spec(
         "adopted live on green, user routes kept",
-        &vs(&c),
+        &c.virtual_services(),
         "front",
         with(vec![
             r[0].clone(),
@@ -375,7 +343,7 @@ async fn istio_adopts_a_user_virtual_service_and_keeps_its_routes() {
         .unwrap();
     wait_spec(
         "handed back: preview route gone, active route to the live Service",
-        &vs(&c),
+        &c.virtual_services(),
         "front",
         with(vec![
             extra,
@@ -384,24 +352,14 @@ async fn istio_adopts_a_user_virtual_service_and_keeps_its_routes() {
         ]),
     )
     .await;
-    wait_gone("DestinationRule collected", &dr(&c), "shop").await;
+    wait_gone("DestinationRule collected", &c.destination_rules(), "shop").await;
     c.stop_controller();
 }
 
 #[tokio::test]
 async fn gateway_api_patches_a_user_route_then_switches_to_service() {
     let mut c = routers_case("gw-adopt").await;
-    let static_rule = json!({"name": "static",
-        "matches": [{"path": {"type": "PathPrefix", "value": "/static"}}],
-        "backendRefs": [{"group": "", "kind": "Service", "name": "cdn", "port": 80, "weight": 1}]});
-    create(
-        &routes(&c),
-        json!({"apiVersion": "gateway.networking.k8s.io/v1", "kind": "HTTPRoute",
-               "metadata": {"name": "front"},
-               "spec": {"parentRefs": [{"group": "gateway.networking.k8s.io", "kind": "Gateway", "name": "public"}],
-                        "rules": [static_rule]}}),
-    )
-    .await;
+    let static_rule = c.create_user_http_route().await;
     c.create_workload("shop", "shop:1", 2, BTreeMap::new())
         .await;
     c.create_bluegreen(
@@ -418,17 +376,23 @@ async fn gateway_api_patches_a_user_route_then_switches_to_service() {
     };
     wait_spec(
         "adopted on blue",
-        &routes(&c),
+        &c.http_routes(),
         "front",
         with("blue", "blue"),
     )
     .await;
     release_v2(&c).await;
-    wait_spec("preview green", &routes(&c), "front", with("green", "blue")).await;
+    wait_spec(
+        "preview green",
+        &c.http_routes(),
+        "front",
+        with("green", "blue"),
+    )
+    .await;
     promoted(&c).await;
     wait_spec(
         "weights swapped",
-        &routes(&c),
+        &c.http_routes(),
         "front",
         with("green", "green"),
     )
@@ -442,7 +406,7 @@ async fn gateway_api_patches_a_user_route_then_switches_to_service() {
         .unwrap();
     wait_spec(
         "handed back",
-        &routes(&c),
+        &c.http_routes(),
         "front",
         json!({"parentRefs": [{"group": "gateway.networking.k8s.io", "kind": "Gateway", "name": "public"}],
                "rules": [static_rule, {"name": "teal-active",

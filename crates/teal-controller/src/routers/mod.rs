@@ -248,16 +248,9 @@ impl Target<'_> {
         if let Some(cache) = self.settled_cache()
             && let Some(Some(obj)) =
                 crate::cache::Extra::of(kind).and_then(|e| cache.extra(e, self.ns, name))
+            && edited(&obj.data, field, &edit).is_none()
         {
-            let mut list: Vec<Value> = obj.data["spec"][field]
-                .as_array()
-                .cloned()
-                .unwrap_or_default();
-            let before = list.clone();
-            edit(&mut list);
-            if list == before {
-                return Ok(());
-            }
+            return Ok(());
         }
         let api = self.api(kind);
         let obj = match api.get_opt(name).await {
@@ -272,15 +265,9 @@ impl Target<'_> {
             Err(e) => return Err(not_installed(kind, e)),
         };
         self.watch(kind);
-        let mut list: Vec<Value> = obj.data["spec"][field]
-            .as_array()
-            .cloned()
-            .unwrap_or_default();
-        let before = list.clone();
-        edit(&mut list);
-        if list == before {
+        let Some(list) = edited(&obj.data, field, &edit) else {
             return Ok(());
-        }
+        };
         let patch = serde_json::json!({
             "metadata": {"resourceVersion": obj.metadata.resource_version},
             "spec": {field: list},
@@ -289,6 +276,15 @@ impl Target<'_> {
             .await?;
         Ok(())
     }
+}
+
+/// The route list at `spec.<field>` of `data` after `edit`, or `None` when
+/// `edit` leaves it as it was.
+fn edited(data: &Value, field: &str, edit: impl Fn(&mut Vec<Value>)) -> Option<Vec<Value>> {
+    let before = data["spec"][field].as_array().cloned().unwrap_or_default();
+    let mut list = before.clone();
+    edit(&mut list);
+    (list != before).then_some(list)
 }
 
 /// A 404 on a kind teal writes means its CRD is not installed: say so.

@@ -10,6 +10,7 @@ use k8s_openapi::api::apps::v1::Deployment;
 use k8s_openapi::api::core::v1::Service;
 use k8s_openapi::apiextensions_apiserver::pkg::apis::apiextensions::v1::CustomResourceDefinition;
 use kube::api::{Patch, PatchParams, PostParams};
+use kube::core::{ApiResource, DynamicObject};
 use kube::{Api, Client, CustomResourceExt};
 use serde_json::json;
 use teal_api::BlueGreen;
@@ -140,6 +141,65 @@ impl Case {
 
     pub fn services(&self) -> Api<Service> {
         Api::namespaced(self.client.clone(), &self.ns)
+    }
+
+    /// The `group`/v1 kind `kind` (plural `plural`) in the case's namespace.
+    pub fn dynamic(&self, group: &str, kind: &str, plural: &str) -> Api<DynamicObject> {
+        let r = ApiResource {
+            group: group.into(),
+            version: "v1".into(),
+            api_version: format!("{group}/v1"),
+            kind: kind.into(),
+            plural: plural.into(),
+        };
+        Api::namespaced_with(self.client.clone(), &self.ns, &r)
+    }
+
+    pub fn virtual_services(&self) -> Api<DynamicObject> {
+        self.dynamic("networking.istio.io", "VirtualService", "virtualservices")
+    }
+
+    pub fn destination_rules(&self) -> Api<DynamicObject> {
+        self.dynamic("networking.istio.io", "DestinationRule", "destinationrules")
+    }
+
+    pub fn http_routes(&self) -> Api<DynamicObject> {
+        self.dynamic("gateway.networking.k8s.io", "HTTPRoute", "httproutes")
+    }
+
+    /// A user's VirtualService `front` for host shop.example.com with one
+    /// route of its own (`api`) and the fields of `extra` in its spec;
+    /// returns that route.
+    pub async fn create_user_virtual_service(&self, extra: serde_json::Value) -> serde_json::Value {
+        let user_route = json!({"name": "api", "match": [{"uri": {"prefix": "/api"}}], "route": [{"destination": {"host": "api"}}]});
+        let mut spec = json!({"hosts": ["shop.example.com"], "http": [user_route]});
+        for (k, v) in extra.as_object().into_iter().flatten() {
+            spec[k] = v.clone();
+        }
+        create_dynamic(
+            &self.virtual_services(),
+            json!({"apiVersion": "networking.istio.io/v1", "kind": "VirtualService",
+                   "metadata": {"name": "front"}, "spec": spec}),
+        )
+        .await;
+        user_route
+    }
+
+    /// A user's HTTPRoute `front` under Gateway `public` with one rule of its
+    /// own (`static`); returns that rule.
+    pub async fn create_user_http_route(&self) -> serde_json::Value {
+        let static_rule = json!({"name": "static",
+            "matches": [{"path": {"type": "PathPrefix", "value": "/static"}}],
+            "backendRefs": [{"group": "", "kind": "Service", "name": "cdn", "port": 80, "weight": 1}]});
+        create_dynamic(
+            &self.http_routes(),
+            json!({"apiVersion": "gateway.networking.k8s.io/v1", "kind": "HTTPRoute",
+                   "metadata": {"name": "front"},
+                   "spec": {"parentRefs": [{"group": "gateway.networking.k8s.io", "kind": "Gateway", "name": "public"}],
+                            "rules": [static_rule]}}),
+        )
+        .await;
+        static_rule
     }
 
     pub fn bluegreens(&self) -> Api<BlueGreen> {
@@ -357,6 +417,25 @@ pub fn install_upstream_crds(files: &[&str], crds: &[&str]) {
         "{}",
         String::from_utf8_lossy(&out.stderr)
     );
+}
+
+/// The Istio and Gateway API CRDs teal's routers write, installed as
+/// [`install_upstream_crds`] does.
+pub fn install_router_crds() {
+    install_upstream_crds(
+        &["istio.yaml", "gateway-api.yaml"],
+        &[
+            "crd/virtualservices.networking.istio.io",
+            "crd/destinationrules.networking.istio.io",
+            "crd/httproutes.gateway.networking.k8s.io",
+        ],
+    );
+}
+
+/// Creates `obj` (a whole object as JSON) through `api`.
+pub async fn create_dynamic(api: &Api<DynamicObject>, obj: serde_json::Value) {
+    let o: DynamicObject = serde_json::from_value(obj).unwrap();
+    api.create(&PostParams::default(), &o).await.unwrap();
 }
 
 /// The text of `/metrics` at `addr` (plain HTTP/1.0).
