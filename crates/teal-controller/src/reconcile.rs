@@ -58,10 +58,35 @@ pub enum Error {
 
 impl Error {
     pub fn metric_label(&self) -> &'static str {
+        if self.is_stale_read() {
+            return "conflict";
+        }
+        use kube::runtime::finalizer::Error as F;
         match self {
             Error::Kube(_) => "kube",
-            Error::Finalizer(_) => "finalizer",
             Error::State(_) => "state",
+            // What apply or cleanup returned, under the finalizer's wrapper.
+            Error::Finalizer(f) => match f.as_ref() {
+                F::ApplyFailed(e) | F::CleanupFailed(e) => e.metric_label(),
+                _ => "finalizer",
+            },
+        }
+    }
+
+    /// Adding or removing the finalizer was refused because the BlueGreen
+    /// read from the watch cache was older than the apiserver's (the patch
+    /// tests the list it read: 422; or a stale resourceVersion: 409). The
+    /// watch event with the newer object is on its way: retry soon, without
+    /// a warning.
+    pub fn is_stale_read(&self) -> bool {
+        use kube::runtime::finalizer::Error as F;
+        match self {
+            Error::Finalizer(f) => matches!(
+                f.as_ref(),
+                F::AddFinalizer(kube::Error::Api(e)) | F::RemoveFinalizer(kube::Error::Api(e))
+                    if e.code == 422 || e.code == 409
+            ),
+            _ => false,
         }
     }
 }
@@ -116,10 +141,19 @@ pub async fn reconcile(bg: Arc<BlueGreen>, ctx: Arc<Context>) -> Result<Requeue,
 }
 
 pub fn error_policy(_bg: Arc<BlueGreen>, error: &Error, ctx: Arc<Context>) -> Requeue {
-    tracing::warn!("reconcile failed: {error}");
     ctx.metrics.failed(error.metric_label());
+    if error.is_stale_read() {
+        tracing::debug!("reconcile read a stale BlueGreen, again in a moment: {error}");
+        return Requeue::requeue(STALE_READ_RETRY);
+    }
+    tracing::warn!("reconcile failed: {error}");
     Requeue::requeue(Duration::from_secs(5))
 }
+
+/// After a finalizer write refused for a stale cached BlueGreen: long enough
+/// for the watch event already under way, far shorter than the 5 s of other
+/// errors.
+const STALE_READ_RETRY: Duration = Duration::from_millis(500);
 
 struct Cluster<'a> {
     bg: &'a BlueGreen,
@@ -974,6 +1008,7 @@ mod tests {
             assert!(crate::metrics::ERROR_KINDS.contains(&e.metric_label()));
         }
         assert!(crate::metrics::ERROR_KINDS.contains(&"finalizer"));
+        assert!(crate::metrics::ERROR_KINDS.contains(&"conflict"));
         let text = crate::metrics::Metrics::default().render();
         for kind in crate::metrics::ERROR_KINDS {
             assert!(
@@ -983,6 +1018,52 @@ mod tests {
                 "{text}"
             );
         }
+    }
+
+    fn api_error(code: u16) -> kube::Error {
+        kube::Error::Api(
+            kube::core::Status::failure("refused", "Invalid")
+                .with_code(code)
+                .boxed(),
+        )
+    }
+
+    #[test]
+    fn a_finalizer_write_refused_for_a_stale_read_is_a_conflict_not_a_failure() {
+        use kube::runtime::finalizer::Error as F;
+        let add = |code| Error::Finalizer(Box::new(F::AddFinalizer(api_error(code))));
+        let remove = |code| Error::Finalizer(Box::new(F::RemoveFinalizer(api_error(code))));
+        for e in [add(422), add(409), remove(422), remove(409)] {
+            assert!(e.is_stale_read(), "{e}");
+            assert_eq!(e.metric_label(), "conflict");
+        }
+        for e in [
+            add(403),
+            remove(500),
+            Error::Finalizer(Box::new(F::ApplyFailed(Error::State("x".into())))),
+            Error::Kube(api_error(422)),
+        ] {
+            assert!(!e.is_stale_read(), "{e}");
+            assert_ne!(e.metric_label(), "conflict");
+        }
+    }
+
+    #[test]
+    fn an_error_of_apply_or_cleanup_keeps_its_kind_under_the_finalizer() {
+        use kube::runtime::finalizer::Error as F;
+        let wrapped = |f: F<Error>| Error::Finalizer(Box::new(f));
+        assert_eq!(
+            wrapped(F::ApplyFailed(Error::State("x".into()))).metric_label(),
+            "state"
+        );
+        assert_eq!(
+            wrapped(F::CleanupFailed(Error::Kube(api_error(500)))).metric_label(),
+            "kube"
+        );
+        assert_eq!(
+            wrapped(F::AddFinalizer(api_error(403))).metric_label(),
+            "finalizer"
+        );
     }
 
     #[test]
