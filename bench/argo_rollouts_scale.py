@@ -9,7 +9,7 @@ import time
 import urllib.request
 
 from controller_scale import (NS, Watch, apiserver_requests, by_verb, create, idle_and_release, kubectl, ms,
-                              per_reconcile, poll_every, proc, wait_until)
+                              next_image, per_reconcile, poll_every, proc, wait_until)
 
 
 def objects(start, end):
@@ -74,10 +74,10 @@ def release(names, ctl):
     before = rollouts()
     s0 = ctl.sample()
     t0 = {}
+    patch = json.dumps([{"op": "replace", "path": "/spec/template/spec/containers/0/image", "value": next_image()}])
     for n in names:
         t0[n] = time.time()
-        kubectl("patch", "rollouts.argoproj.io", "-n", NS, n, "--type", "json",
-                "-p", '[{"op":"replace","path":"/spec/template/spec/containers/0/image","value":"app:2"}]')
+        kubectl("patch", "rollouts.argoproj.io", "-n", NS, n, "--type", "json", "-p", patch)
 
     def released():
         st = rollouts()

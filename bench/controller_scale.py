@@ -20,6 +20,17 @@ def kubectl(*args, data=None):
     return r.stdout
 
 
+# spec.router of every BlueGreen, by --router (router type `teal` needs
+# router pods that serve, which simulated pods do not).
+ROUTERS = {
+    "service": None,
+    "gatewayAPI": lambda name: {"type": "gatewayAPI", "gatewayAPI": {
+        "parentRefs": [{"name": "public"}], "hostnames": [f"{name}.example.com"]}},
+    "istio": lambda name: {"type": "istio", "istio": {"hosts": [f"{name}.example.com"]}},
+}
+ROUTER = None
+
+
 def objects(start, end):
     docs = []
     for i in range(start, end):
@@ -37,11 +48,13 @@ def objects(start, end):
                 },
             },
         })
+        spec = {"workloadRef": {"kind": "Deployment", "name": name}, "replicas": 1, "scaleDownDelay": "5s"}
+        if ROUTER:
+            spec["router"] = ROUTER(name)
         docs.append({
             "apiVersion": "teal.dev/v1alpha1", "kind": "BlueGreen",
             "metadata": {"name": name, "namespace": NS},
-            "spec": {"workloadRef": {"kind": "Deployment", "name": name}, "replicas": 1,
-                     "scaleDownDelay": "5s"},
+            "spec": spec,
         })
     return docs
 
@@ -158,6 +171,15 @@ def pct(xs, p):
     return xs[min(len(xs) - 1, int(round(p / 100 * (len(xs) - 1))))]
 
 
+_images = iter(range(2, 1 << 30))
+
+
+def next_image():
+    """The image of the next release: a new one each time, so that a later
+    step's sample releases again the apps an earlier step released."""
+    return f"app:{next(_images)}"
+
+
 def release(names, ctl):
     deps = Watch("deploy", "{.metadata.name} {.metadata.annotations.teal\\.dev/revision} {.spec.replicas} {.status.readyReplicas}")
     svcs = Watch("svc", "{.metadata.name} {.spec.selector.teal\\.dev/color}")
@@ -165,9 +187,10 @@ def release(names, ctl):
     before = bluegreens()
     s0 = ctl.sample()
     t0 = {}
+    image = next_image()
     for n in names:
         t0[n] = time.time()
-        kubectl("set", "image", "-n", NS, f"deploy/{n}", "app=app:2")
+        kubectl("set", "image", "-n", NS, f"deploy/{n}", f"app={image}")
     def released():
         st = bluegreens()
         return sum(1 for n in names if st[n].get("activeRevision") not in (None, before[n].get("activeRevision"))
@@ -239,7 +262,10 @@ def main():
     ap.add_argument("--sample", type=int, default=50)
     ap.add_argument("--adopt-timeout", type=int, default=3600)
     ap.add_argument("--settle", type=int, default=10, help="seconds from all Healthy to the idle minute")
+    ap.add_argument("--router", choices=sorted(ROUTERS), default="service", help="spec.router.type")
     a = ap.parse_args()
+    global ROUTER
+    ROUTER = ROUTERS[a.router]
     ctl = Controller(a.metrics)
     kubectl("create", "namespace", NS)
     have = 0
@@ -267,7 +293,7 @@ def main():
         # come from the periodic resync only.
         written, measured = idle_and_release(a, ctl, n, release)
         row = {
-            "bluegreens": n, "adopt_seconds": round(adopt_s, 1), "adopt": adopt,
+            "bluegreens": n, "router": a.router, "adopt_seconds": round(adopt_s, 1), "adopt": adopt,
             "change_to_idle_written_p50_ms": ms(written, 50),
             "change_to_idle_written_p99_ms": ms(written, 99),
             **measured,
