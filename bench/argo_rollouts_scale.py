@@ -2,14 +2,13 @@
 same figures as bench/controller_scale.py, for the Argo Rollouts controller
 and blue-green Rollouts. The helpers are controller_scale's."""
 
-import argparse
 import json
 import sys
 import time
 import urllib.request
 
-from controller_scale import (NS, Watch, apiserver_requests, by_verb, create, idle_and_release, kubectl, ms,
-                              per_reconcile, poll_every, proc, wait_until)
+from controller_scale import (NS, Watch, apiserver_requests, arguments, by_verb, create, idle_and_release, kubectl,
+                              ms, per_reconcile, poll_every, proc, wait_until)
 
 
 def objects(start, end):
@@ -108,13 +107,8 @@ def release(names, ctl):
 
 
 def main():
-    ap = argparse.ArgumentParser()
-    ap.add_argument("--controller-pid", type=int, required=True)
-    ap.add_argument("--metrics", required=True)
+    ap = arguments()
     ap.add_argument("--count", type=int, default=300)
-    ap.add_argument("--sample", type=int, default=50)
-    ap.add_argument("--adopt-timeout", type=int, default=3600)
-    ap.add_argument("--settle", type=int, default=10, help="seconds from all Healthy to the idle minute")
     a = ap.parse_args()
     ctl = Controller(a.metrics)
     kubectl("create", "namespace", NS)

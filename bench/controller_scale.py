@@ -20,23 +20,28 @@ def kubectl(*args, data=None):
     return r.stdout
 
 
+def deployment(name):
+    """The app every scale bench releases: one replica of image app:1."""
+    return {
+        "apiVersion": "apps/v1", "kind": "Deployment",
+        "metadata": {"name": name, "namespace": NS},
+        "spec": {
+            "replicas": 1,
+            "selector": {"matchLabels": {"app": name}},
+            "template": {
+                "metadata": {"labels": {"app": name}},
+                "spec": {"containers": [{"name": "app", "image": "app:1",
+                                         "ports": [{"name": "http", "containerPort": 8080}]}]},
+            },
+        },
+    }
+
+
 def objects(start, end):
     docs = []
     for i in range(start, end):
         name = f"app-{i:05d}"
-        docs.append({
-            "apiVersion": "apps/v1", "kind": "Deployment",
-            "metadata": {"name": name, "namespace": NS},
-            "spec": {
-                "replicas": 1,
-                "selector": {"matchLabels": {"app": name}},
-                "template": {
-                    "metadata": {"labels": {"app": name}},
-                    "spec": {"containers": [{"name": "app", "image": "app:1",
-                                             "ports": [{"name": "http", "containerPort": 8080}]}]},
-                },
-            },
-        })
+        docs.append(deployment(name))
         docs.append({
             "apiVersion": "teal.dev/v1alpha1", "kind": "BlueGreen",
             "metadata": {"name": name, "namespace": NS},
@@ -231,14 +236,20 @@ def idle_and_release(a, ctl, n, release):
     }
 
 
-def main():
+def arguments():
+    """The options of every scale bench's measurements (its script passes them)."""
     ap = argparse.ArgumentParser()
     ap.add_argument("--controller-pid", type=int, required=True)
     ap.add_argument("--metrics", required=True)
-    ap.add_argument("--counts", default="1000")
     ap.add_argument("--sample", type=int, default=50)
     ap.add_argument("--adopt-timeout", type=int, default=3600)
     ap.add_argument("--settle", type=int, default=10, help="seconds from all Healthy to the idle minute")
+    return ap
+
+
+def main():
+    ap = arguments()
+    ap.add_argument("--counts", default="1000")
     a = ap.parse_args()
     ctl = Controller(a.metrics)
     kubectl("create", "namespace", NS)
