@@ -3,12 +3,11 @@ same figures as bench/controller_scale.py, for the Argo Rollouts controller
 and blue-green Rollouts. The helpers are controller_scale's."""
 
 import json
-import sys
 import time
 import urllib.request
 
-from controller_scale import (NS, Watch, apiserver_requests, arguments, by_verb, create, idle_and_release, kubectl,
-                              ms, per_reconcile, poll_every, proc, wait_until)
+from controller_scale import (NS, Watch, adopt_all, apiserver_requests, arguments, by_verb, idle_and_release, in_phase,
+                              kubectl, ms, per_reconcile, wait_until)
 
 
 def objects(start, end):
@@ -113,22 +112,7 @@ def main():
     ctl = Controller(a.metrics)
     kubectl("create", "namespace", NS)
     n = a.count
-    started = time.time()
-    s0 = ctl.sample()
-    create(0, n, objects, chunk=100)
-
-    def healthy():
-        st = rollouts()
-        return sum(1 for s in st.values() if s.get("phase") == "Healthy"), n
-
-    def progress(done, total, secs):
-        rss, cpu = proc(a.controller_pid)
-        print(json.dumps({"healthy": done, "of": total, "seconds": round(secs), "rss_mib": round(rss, 1),
-                          "cpu_seconds": round(cpu, 1), "per_reconcile": per_reconcile(s0, ctl.sample())}),
-              file=sys.stderr, flush=True)
-    wait_until(f"{n} Rollouts Healthy", healthy, a.adopt_timeout, poll_every(n), progress)
-    adopt_s = time.time() - started
-    adopt = per_reconcile(s0, ctl.sample())
+    adopt_s, adopt = adopt_all(a, ctl, f"{n} Rollouts Healthy", 0, n, objects, 100, in_phase(rollouts, n))
     # Idle, as controller_scale: every Rollout Healthy, nothing changes.
     written, measured = idle_and_release(a, ctl, n, release)
     row = {

@@ -163,16 +163,24 @@ def pct(xs, p):
     return xs[min(len(xs) - 1, int(round(p / 100 * (len(xs) - 1))))]
 
 
-def release(names, ctl):
-    deps = Watch("deploy", "{.metadata.name} {.metadata.annotations.teal\\.dev/revision} {.spec.replicas} {.status.readyReplicas}")
-    svcs = Watch("svc", "{.metadata.name} {.spec.selector.teal\\.dev/color}")
-    time.sleep(3)  # both watches listed what exists
-    before = bluegreens()
+def change_images(names, ctl):
+    """A release's change, once its watches are started: the controller's
+    counters, then each Deployment of `names` set to image app:2. Returns
+    the counters and when each change was sent."""
+    time.sleep(3)  # the watches listed what exists
     s0 = ctl.sample()
     t0 = {}
     for n in names:
         t0[n] = time.time()
         kubectl("set", "image", "-n", NS, f"deploy/{n}", "app=app:2")
+    return s0, t0
+
+
+def release(names, ctl):
+    deps = Watch("deploy", "{.metadata.name} {.metadata.annotations.teal\\.dev/revision} {.spec.replicas} {.status.readyReplicas}")
+    svcs = Watch("svc", "{.metadata.name} {.spec.selector.teal\\.dev/color}")
+    before = bluegreens()
+    s0, t0 = change_images(names, ctl)
     def released():
         st = bluegreens()
         return sum(1 for n in names if st[n].get("activeRevision") not in (None, before[n].get("activeRevision"))
@@ -206,8 +214,34 @@ def ms(xs, p):
     return round(pct(xs, p) * 1000) if xs else None
 
 
+def in_phase(statuses, n, phases=("Healthy",)):
+    """For wait_until: how many of the n apps statuses() lists are in one
+    of `phases`."""
+    def ok():
+        return sum(1 for s in statuses().values() if s.get("phase") in phases), n
+    return ok
+
+
+def adopt_all(a, ctl, what, start, end, build, chunk, ok, summary=lambda p: p):
+    """Creates apps `start` to `end` with `build` (`chunk` at a time), then
+    waits until ok() counts all of them Healthy, printing a progress line
+    about once a minute. Returns the seconds that took and the requests
+    meanwhile (per_reconcile, through `summary`)."""
+    started = time.time()
+    s0 = ctl.sample()
+    create(start, end, build, chunk)
+
+    def progress(done, total, secs):
+        rss, cpu = proc(a.controller_pid)
+        print(json.dumps({"healthy": done, "of": total, "seconds": round(secs), "rss_mib": round(rss, 1),
+                          "cpu_seconds": round(cpu, 1), "per_reconcile": summary(per_reconcile(s0, ctl.sample()))}),
+              file=sys.stderr, flush=True)
+    wait_until(what, ok, a.adopt_timeout, poll_every(end), progress)
+    return time.time() - started, summary(per_reconcile(s0, ctl.sample()))
+
+
 def idle_and_release(a, ctl, n, release):
-    """What both scale benches measure once every app is Healthy: the idle
+    """What every scale bench measures once every app is Healthy: the idle
     minute (`a.settle` seconds later), then `release` of a sample of the `n`
     apps. Returns the release's "written" timings and the row's fields."""
     time.sleep(a.settle)
@@ -256,24 +290,8 @@ def main():
     have = 0
     rows = []
     for n in [int(x) for x in a.counts.split()]:
-        started = time.time()
-        s0 = ctl.sample()
-        create(have, n)
+        adopt_s, adopt = adopt_all(a, ctl, f"{n} BlueGreens adopted", have, n, objects, 200, in_phase(bluegreens, n))
         have = n
-
-        def adopted():
-            st = bluegreens()
-            return sum(1 for s in st.values() if s.get("phase") == "Healthy"), n
-
-        def progress(done, total, secs):
-            rss, cpu = proc(a.controller_pid)
-            print(json.dumps({"healthy": done, "of": total, "seconds": round(secs), "rss_mib": round(rss, 1),
-                              "cpu_seconds": round(cpu, 1), "per_reconcile": per_reconcile(s0, ctl.sample())}),
-                  file=sys.stderr, flush=True)
-        wait_until(f"{n} BlueGreens adopted", adopted, a.adopt_timeout, poll_every(n), progress)
-        adopt_s = time.time() - started
-        s1 = ctl.sample()
-        adopt = per_reconcile(s0, s1)
         # Idle: every BlueGreen Healthy, nothing changes; reconciles now
         # come from the periodic resync only.
         written, measured = idle_and_release(a, ctl, n, release)
