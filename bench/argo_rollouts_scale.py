@@ -6,8 +6,8 @@ import json
 import time
 import urllib.request
 
-from controller_scale import (NS, Watch, adopt_all, apiserver_requests, arguments, by_verb, idle_and_release, in_phase,
-                              kubectl, ms, per_reconcile, wait_until)
+from controller_scale import (NS, Watch, adopt_all, apiserver_requests, arguments, by_verb, deployment,
+                              idle_and_release, in_phase, kubectl, ms, per_reconcile, wait_until)
 
 
 def objects(start, end):
@@ -23,22 +23,12 @@ def objects(start, end):
                 "spec": {"selector": {"app": name},
                          "ports": [{"name": "http", "port": 80, "targetPort": "http"}]},
             })
-        docs.append({
-            "apiVersion": "argoproj.io/v1alpha1", "kind": "Rollout",
-            "metadata": {"name": name, "namespace": NS},
-            "spec": {
-                "replicas": 1,
-                "selector": {"matchLabels": {"app": name}},
-                "template": {
-                    "metadata": {"labels": {"app": name}},
-                    "spec": {"containers": [{"name": "app", "image": "app:1",
-                                             "ports": [{"name": "http", "containerPort": 8080}]}]},
-                },
-                # scaleDownDelaySeconds as the BlueGreens' scaleDownDelay (5s).
-                "strategy": {"blueGreen": {"activeService": f"{name}-active", "previewService": f"{name}-preview",
-                                           "autoPromotionEnabled": True, "scaleDownDelaySeconds": 5}},
-            },
-        })
+        spec = deployment(name)["spec"]
+        # scaleDownDelaySeconds as the BlueGreens' scaleDownDelay (5s).
+        spec["strategy"] = {"blueGreen": {"activeService": f"{name}-active", "previewService": f"{name}-preview",
+                                          "autoPromotionEnabled": True, "scaleDownDelaySeconds": 5}}
+        docs.append({"apiVersion": "argoproj.io/v1alpha1", "kind": "Rollout",
+                     "metadata": {"name": name, "namespace": NS}, "spec": spec})
     return docs
 
 
