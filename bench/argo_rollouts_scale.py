@@ -2,14 +2,13 @@
 same figures as bench/controller_scale.py, for the Argo Rollouts controller
 and blue-green Rollouts. The helpers are controller_scale's."""
 
-import argparse
 import json
-import sys
 import time
 import urllib.request
 
-from controller_scale import (NS, Watch, apiserver_requests, by_verb, create, idle_and_release, kubectl, ms,
-                              next_image, per_reconcile, poll_every, proc, wait_until)
+from controller_scale import (NS, Watch, adopt_all, apiserver_requests, arguments, by_verb, deployment,
+                              idle_and_release, in_phase, kubectl, ms, next_image, per_reconcile,
+                              wait_until)
 
 
 def objects(start, end):
@@ -25,22 +24,12 @@ def objects(start, end):
                 "spec": {"selector": {"app": name},
                          "ports": [{"name": "http", "port": 80, "targetPort": "http"}]},
             })
-        docs.append({
-            "apiVersion": "argoproj.io/v1alpha1", "kind": "Rollout",
-            "metadata": {"name": name, "namespace": NS},
-            "spec": {
-                "replicas": 1,
-                "selector": {"matchLabels": {"app": name}},
-                "template": {
-                    "metadata": {"labels": {"app": name}},
-                    "spec": {"containers": [{"name": "app", "image": "app:1",
-                                             "ports": [{"name": "http", "containerPort": 8080}]}]},
-                },
-                # scaleDownDelaySeconds as the BlueGreens' scaleDownDelay (5s).
-                "strategy": {"blueGreen": {"activeService": f"{name}-active", "previewService": f"{name}-preview",
-                                           "autoPromotionEnabled": True, "scaleDownDelaySeconds": 5}},
-            },
-        })
+        spec = deployment(name)["spec"]
+        # scaleDownDelaySeconds as the BlueGreens' scaleDownDelay (5s).
+        spec["strategy"] = {"blueGreen": {"activeService": f"{name}-active", "previewService": f"{name}-preview",
+                                          "autoPromotionEnabled": True, "scaleDownDelaySeconds": 5}}
+        docs.append({"apiVersion": "argoproj.io/v1alpha1", "kind": "Rollout",
+                     "metadata": {"name": name, "namespace": NS}, "spec": spec})
     return docs
 
 
@@ -108,33 +97,13 @@ def release(names, ctl):
 
 
 def main():
-    ap = argparse.ArgumentParser()
-    ap.add_argument("--controller-pid", type=int, required=True)
-    ap.add_argument("--metrics", required=True)
+    ap = arguments()
     ap.add_argument("--count", type=int, default=300)
-    ap.add_argument("--sample", type=int, default=50)
-    ap.add_argument("--adopt-timeout", type=int, default=3600)
-    ap.add_argument("--settle", type=int, default=10, help="seconds from all Healthy to the idle minute")
     a = ap.parse_args()
     ctl = Controller(a.metrics)
     kubectl("create", "namespace", NS)
     n = a.count
-    started = time.time()
-    s0 = ctl.sample()
-    create(0, n, objects, chunk=100)
-
-    def healthy():
-        st = rollouts()
-        return sum(1 for s in st.values() if s.get("phase") == "Healthy"), n
-
-    def progress(done, total, secs):
-        rss, cpu = proc(a.controller_pid)
-        print(json.dumps({"healthy": done, "of": total, "seconds": round(secs), "rss_mib": round(rss, 1),
-                          "cpu_seconds": round(cpu, 1), "per_reconcile": per_reconcile(s0, ctl.sample())}),
-              file=sys.stderr, flush=True)
-    wait_until(f"{n} Rollouts Healthy", healthy, a.adopt_timeout, poll_every(n), progress)
-    adopt_s = time.time() - started
-    adopt = per_reconcile(s0, ctl.sample())
+    adopt_s, adopt = adopt_all(a, ctl, f"{n} Rollouts Healthy", 0, n, objects, 100, in_phase(rollouts, n))
     # Idle, as controller_scale: every Rollout Healthy, nothing changes.
     written, measured = idle_and_release(a, ctl, n, release)
     row = {

@@ -20,6 +20,23 @@ def kubectl(*args, data=None):
     return r.stdout
 
 
+def deployment(name):
+    """The app every scale bench releases: one replica of image app:1."""
+    return {
+        "apiVersion": "apps/v1", "kind": "Deployment",
+        "metadata": {"name": name, "namespace": NS},
+        "spec": {
+            "replicas": 1,
+            "selector": {"matchLabels": {"app": name}},
+            "template": {
+                "metadata": {"labels": {"app": name}},
+                "spec": {"containers": [{"name": "app", "image": "app:1",
+                                         "ports": [{"name": "http", "containerPort": 8080}]}]},
+            },
+        },
+    }
+
+
 # spec.router of every BlueGreen, by --router (router type `teal` needs
 # router pods that serve, which simulated pods do not).
 ROUTERS = {
@@ -35,19 +52,7 @@ def objects(start, end):
     docs = []
     for i in range(start, end):
         name = f"app-{i:05d}"
-        docs.append({
-            "apiVersion": "apps/v1", "kind": "Deployment",
-            "metadata": {"name": name, "namespace": NS},
-            "spec": {
-                "replicas": 1,
-                "selector": {"matchLabels": {"app": name}},
-                "template": {
-                    "metadata": {"labels": {"app": name}},
-                    "spec": {"containers": [{"name": "app", "image": "app:1",
-                                             "ports": [{"name": "http", "containerPort": 8080}]}]},
-                },
-            },
-        })
+        docs.append(deployment(name))
         spec = {"workloadRef": {"kind": "Deployment", "name": name}, "replicas": 1, "scaleDownDelay": "5s"}
         if ROUTER:
             spec["router"] = ROUTER(name)
@@ -180,17 +185,25 @@ def next_image():
     return f"app:{next(_images)}"
 
 
-def release(names, ctl):
-    deps = Watch("deploy", "{.metadata.name} {.metadata.annotations.teal\\.dev/revision} {.spec.replicas} {.status.readyReplicas}")
-    svcs = Watch("svc", "{.metadata.name} {.spec.selector.teal\\.dev/color}")
-    time.sleep(3)  # both watches listed what exists
-    before = bluegreens()
+def change_images(names, ctl):
+    """A release's change, once its watches are started: the controller's
+    counters, then each Deployment of `names` set to a new image. Returns
+    the counters, when each change was sent and the image."""
+    time.sleep(3)  # the watches listed what exists
     s0 = ctl.sample()
     t0 = {}
     image = next_image()
     for n in names:
         t0[n] = time.time()
         kubectl("set", "image", "-n", NS, f"deploy/{n}", f"app={image}")
+    return s0, t0, image
+
+
+def release(names, ctl):
+    deps = Watch("deploy", "{.metadata.name} {.metadata.annotations.teal\\.dev/revision} {.spec.replicas} {.status.readyReplicas}")
+    svcs = Watch("svc", "{.metadata.name} {.spec.selector.teal\\.dev/color}")
+    before = bluegreens()
+    s0, t0, _ = change_images(names, ctl)
     def released():
         st = bluegreens()
         return sum(1 for n in names if st[n].get("activeRevision") not in (None, before[n].get("activeRevision"))
@@ -224,8 +237,34 @@ def ms(xs, p):
     return round(pct(xs, p) * 1000) if xs else None
 
 
+def in_phase(statuses, n, phases=("Healthy",)):
+    """For wait_until: how many of the n apps statuses() lists are in one
+    of `phases`."""
+    def ok():
+        return sum(1 for s in statuses().values() if s.get("phase") in phases), n
+    return ok
+
+
+def adopt_all(a, ctl, what, start, end, build, chunk, ok, summary=lambda p: p):
+    """Creates apps `start` to `end` with `build` (`chunk` at a time), then
+    waits until ok() counts all of them Healthy, printing a progress line
+    about once a minute. Returns the seconds that took and the requests
+    meanwhile (per_reconcile, through `summary`)."""
+    started = time.time()
+    s0 = ctl.sample()
+    create(start, end, build, chunk)
+
+    def progress(done, total, secs):
+        rss, cpu = proc(a.controller_pid)
+        print(json.dumps({"healthy": done, "of": total, "seconds": round(secs), "rss_mib": round(rss, 1),
+                          "cpu_seconds": round(cpu, 1), "per_reconcile": summary(per_reconcile(s0, ctl.sample()))}),
+              file=sys.stderr, flush=True)
+    wait_until(what, ok, a.adopt_timeout, poll_every(end), progress)
+    return time.time() - started, summary(per_reconcile(s0, ctl.sample()))
+
+
 def idle_and_release(a, ctl, n, release):
-    """What both scale benches measure once every app is Healthy: the idle
+    """What every scale bench measures once every app is Healthy: the idle
     minute (`a.settle` seconds later), then `release` of a sample of the `n`
     apps. Returns the release's "written" timings and the row's fields."""
     time.sleep(a.settle)
@@ -254,14 +293,20 @@ def idle_and_release(a, ctl, n, release):
     }
 
 
-def main():
+def arguments():
+    """The options of every scale bench's measurements (its script passes them)."""
     ap = argparse.ArgumentParser()
     ap.add_argument("--controller-pid", type=int, required=True)
     ap.add_argument("--metrics", required=True)
-    ap.add_argument("--counts", default="1000")
     ap.add_argument("--sample", type=int, default=50)
     ap.add_argument("--adopt-timeout", type=int, default=3600)
     ap.add_argument("--settle", type=int, default=10, help="seconds from all Healthy to the idle minute")
+    return ap
+
+
+def main():
+    ap = arguments()
+    ap.add_argument("--counts", default="1000")
     ap.add_argument("--router", choices=sorted(ROUTERS), default="service", help="spec.router.type")
     a = ap.parse_args()
     global ROUTER
@@ -271,24 +316,8 @@ def main():
     have = 0
     rows = []
     for n in [int(x) for x in a.counts.split()]:
-        started = time.time()
-        s0 = ctl.sample()
-        create(have, n)
+        adopt_s, adopt = adopt_all(a, ctl, f"{n} BlueGreens adopted", have, n, objects, 200, in_phase(bluegreens, n))
         have = n
-
-        def adopted():
-            st = bluegreens()
-            return sum(1 for s in st.values() if s.get("phase") == "Healthy"), n
-
-        def progress(done, total, secs):
-            rss, cpu = proc(a.controller_pid)
-            print(json.dumps({"healthy": done, "of": total, "seconds": round(secs), "rss_mib": round(rss, 1),
-                              "cpu_seconds": round(cpu, 1), "per_reconcile": per_reconcile(s0, ctl.sample())}),
-                  file=sys.stderr, flush=True)
-        wait_until(f"{n} BlueGreens adopted", adopted, a.adopt_timeout, poll_every(n), progress)
-        adopt_s = time.time() - started
-        s1 = ctl.sample()
-        adopt = per_reconcile(s0, s1)
         # Idle: every BlueGreen Healthy, nothing changes; reconciles now
         # come from the periodic resync only.
         written, measured = idle_and_release(a, ctl, n, release)
