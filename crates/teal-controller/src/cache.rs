@@ -178,6 +178,14 @@ fn trim<K: kube::Resource>(o: &mut K) {
 /// A watch stream of `K`, yielding each object after the cache holds it.
 pub type Feed<K> = Pin<Box<dyn Stream<Item = Result<K, watcher::Error>> + Send>>;
 
+/// Pods are kept without their spec: only their labels, deletion and
+/// status (conditions, container states) are read, and the spec is the
+/// larger part of a pod.
+fn trim_pod(p: &mut Pod) {
+    trim(p);
+    p.spec = None;
+}
+
 /// ReplicaSets are kept without their pod spec: only their owner, size,
 /// template labels and status are read, and a color Deployment keeps
 /// several old ones.
@@ -258,7 +266,7 @@ impl Cache {
         let (work_reader, work_writer) = reflector::store();
         let not_teal = format!("!{}", labels::BLUEGREEN);
         let feeds = Feeds {
-            pods: watched(pods, labels::BLUEGREEN, pod_writer, trim),
+            pods: watched(pods, labels::BLUEGREEN, pod_writer, trim_pod),
             deployments: watched(deployments.clone(), labels::BLUEGREEN, dep_writer, trim),
             replica_sets: watched(replica_sets, labels::BLUEGREEN, rs_writer, trim_replica_set),
             services: watched(services, labels::BLUEGREEN, svc_writer, trim),
@@ -513,4 +521,41 @@ where
         .into_iter()
         .map(|o| (*o).clone())
         .collect()
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn a_trimmed_pod_keeps_what_readiness_and_crash_loops_are_read_from() {
+        let pod: Pod = serde_json::from_value(serde_json::json!({
+            "metadata": {
+                "name": "shop-green-1",
+                "labels": {"teal.dev/bluegreen": "shop", "teal.dev/revision": "v2"},
+                "deletionTimestamp": "2026-01-01T00:00:00Z",
+                "managedFields": [{"manager": "kubelet", "operation": "Update"}],
+            },
+            "spec": {"containers": [{"name": "app", "image": "shop:2"}], "nodeName": "n1"},
+            "status": {
+                "conditions": [{"type": "Ready", "status": "True"}],
+                "containerStatuses": [{
+                    "name": "app", "image": "shop:2", "imageID": "", "ready": false,
+                    "restartCount": 7, "state": {"waiting": {"reason": "CrashLoopBackOff"}},
+                }],
+            },
+        }))
+        .unwrap();
+        let mut kept = pod.clone();
+        trim_pod(&mut kept);
+        assert!(kept.spec.is_none());
+        assert!(kept.metadata.managed_fields.is_none());
+        assert_eq!(kept.metadata.name, pod.metadata.name);
+        assert_eq!(kept.metadata.labels, pod.metadata.labels);
+        assert_eq!(
+            kept.metadata.deletion_timestamp,
+            pod.metadata.deletion_timestamp
+        );
+        assert_eq!(kept.status, pod.status);
+    }
 }
