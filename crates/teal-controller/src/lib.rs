@@ -49,7 +49,13 @@ pub struct Options {
     /// The image of router type `teal`'s router pods; `None` reads it from
     /// the environment variable `TEAL_ROUTER_IMAGE`.
     pub router_image: Option<String>,
+    /// Reconciles running at once (at least 1). A bound keeps a slow
+    /// apiserver from being sent one request per BlueGreen at a time.
+    pub concurrency: u16,
 }
+
+/// The default of [`Options::concurrency`].
+pub const DEFAULT_CONCURRENCY: u16 = 16;
 
 #[derive(Debug, thiserror::Error)]
 pub enum RunError {
@@ -152,7 +158,9 @@ pub async fn run(client: Client, opts: Options) -> Result<(), RunError> {
         instance: opts.lease.as_ref().map(|l| l.identity.clone()),
     };
     let bgs: Api<BlueGreen> = api(&client, &opts.namespace);
-    let controller = Controller::new(bgs, watcher::Config::default());
+    let controller = Controller::new(bgs, watcher::Config::default()).with_config(
+        kube::runtime::controller::Config::default().concurrency(opts.concurrency.max(1)),
+    );
     let store = controller.store();
     let (mut cache, feeds) = cache::Cache::new(
         api(&client, &opts.namespace),

@@ -72,6 +72,7 @@ async fn setup(env: &TestEnv, prefix: &str, bg_extra: &str, controller: bool) ->
             namespace: Some(ns.clone()),
             lease: None,
             router_image: None,
+            concurrency: teal_controller::DEFAULT_CONCURRENCY,
         };
         let client = env.client();
         tokio::spawn(async move {

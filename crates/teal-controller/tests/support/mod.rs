@@ -90,6 +90,7 @@ impl Case {
             namespace: Some(self.ns.clone()),
             lease: None,
             router_image: None,
+            concurrency: teal_controller::DEFAULT_CONCURRENCY,
         };
         self.controller = Some(tokio::spawn(async move {
             if let Err(e) = teal_controller::run(client, opts).await {
@@ -120,6 +121,7 @@ impl Case {
             namespace: Some(self.ns.clone()),
             lease: None,
             router_image: router_image.map(String::from),
+            concurrency: teal_controller::DEFAULT_CONCURRENCY,
         };
         self.controller = Some(tokio::spawn(async move {
             if let Err(e) = teal_controller::run(client, opts).await {

@@ -31,6 +31,11 @@ pub struct Args {
     /// This replica's identity in the Lease (default: pod name, else host and pid).
     #[arg(long, env = "POD_NAME")]
     identity: Option<String>,
+    /// BlueGreens reconciled at once (1 to 1024). Bounds the requests a
+    /// burst sends to the apiserver at the same time.
+    #[arg(long, default_value_t = teal_controller::DEFAULT_CONCURRENCY,
+          value_parser = clap::value_parser!(u16).range(1..=1024))]
+    concurrency: u16,
 }
 
 pub async fn run(args: Args) -> anyhow::Result<ExitCode> {
@@ -55,6 +60,7 @@ pub async fn run(args: Args) -> anyhow::Result<ExitCode> {
             namespace: args.namespace,
             lease,
             router_image: None,
+            concurrency: args.concurrency,
         },
     )
     .await?;
