@@ -52,6 +52,7 @@ const OTHERS: &[(&str, How)] = &[
     ("kubectl get deploy,pods,endpointslices", How::Here("dev_cluster_kubectl_examples")),
     ("bench/controller-scale", How::NotRun("a benchmark, not a test: it runs for 10-20 minutes on a control plane of its own; its figures are in docs/benchmarks.md")),
     ("bench/argo-rollouts-scale", How::NotRun("a benchmark, not a test: it builds Argo Rollouts from its Go module and runs it, then bench/controller-scale, on control planes of their own (8-11 minutes at 300, plus about 4 minutes for the first build); its figures are in docs/benchmarks.md")),
+    ("bench/flagger-scale", How::NotRun("a benchmark, not a test: it builds Flagger from its Go module and runs it, then bench/controller-scale, on control planes of their own (about 5 minutes for the first build); its figures are in docs/benchmarks.md")),
     ("scripts/static-binary", How::NotRun("it checks what it builds itself; a static release build takes 10-15 minutes, so it is run by hand")),
     ("docker", How::NotRun("no container runtime is available to the tests; scripts/static-binary builds and checks the binary the image holds")),
     ("kubectl apply --server-side -f deploy/crd.yaml -f deploy/rbac.yaml -f deploy/controller.yaml", How::Here("install_block_runs_verbatim")),
