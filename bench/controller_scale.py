@@ -45,17 +45,18 @@ ROUTERS = {
         "parentRefs": [{"name": "public"}], "hostnames": [f"{name}.example.com"]}},
     "istio": lambda name: {"type": "istio", "istio": {"hosts": [f"{name}.example.com"]}},
 }
-ROUTER = None
 
 
-def objects(start, end):
+def objects(start, end, router=None):
+    """Apps `start` to `end`: a Deployment and its BlueGreen each, with
+    spec.router from `router` (one of ROUTERS' values) if given."""
     docs = []
     for i in range(start, end):
         name = f"app-{i:05d}"
         docs.append(deployment(name))
         spec = {"workloadRef": {"kind": "Deployment", "name": name}, "replicas": 1, "scaleDownDelay": "5s"}
-        if ROUTER:
-            spec["router"] = ROUTER(name)
+        if router:
+            spec["router"] = router(name)
         docs.append({
             "apiVersion": "teal.dev/v1alpha1", "kind": "BlueGreen",
             "metadata": {"name": name, "namespace": NS},
@@ -309,14 +310,14 @@ def main():
     ap.add_argument("--counts", default="1000")
     ap.add_argument("--router", choices=sorted(ROUTERS), default="service", help="spec.router.type")
     a = ap.parse_args()
-    global ROUTER
-    ROUTER = ROUTERS[a.router]
+    router = ROUTERS[a.router]
     ctl = Controller(a.metrics)
     kubectl("create", "namespace", NS)
     have = 0
     rows = []
     for n in [int(x) for x in a.counts.split()]:
-        adopt_s, adopt = adopt_all(a, ctl, f"{n} BlueGreens adopted", have, n, objects, 200, in_phase(bluegreens, n))
+        adopt_s, adopt = adopt_all(a, ctl, f"{n} BlueGreens adopted", have, n,
+                                   lambda s, e: objects(s, e, router), 200, in_phase(bluegreens, n))
         have = n
         # Idle: every BlueGreen Healthy, nothing changes; reconciles now
         # come from the periodic resync only.
