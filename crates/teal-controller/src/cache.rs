@@ -12,9 +12,9 @@
 //! [`Cache::watch`]): only where that router type is in use, and only when
 //! the cluster serves the kind (Istio's and Gateway API's CRDs are optional).
 
-use std::collections::HashMap;
+use std::collections::{HashMap, HashSet};
 use std::pin::Pin;
-use std::sync::{Arc, Mutex};
+use std::sync::{Arc, Mutex, RwLock};
 
 use futures_util::stream::{BoxStream, SelectAll};
 use futures_util::{FutureExt, Stream, StreamExt};
@@ -35,10 +35,12 @@ use crate::routers::{self, Kind};
 #[derive(Clone)]
 pub struct Cache {
     pods: Store<Pod>,
+    pods_by_bluegreen: Index,
     deployments: Store<Deployment>,
     /// ReplicaSets of the color Deployments (they carry the template's
     /// teal labels).
     replica_sets: Store<ReplicaSet>,
+    replica_sets_by_bluegreen: Index,
     services: Store<Service>,
     workloads: Store<Deployment>,
     /// Router objects, once [`Cache::routers`] enabled them.
@@ -201,12 +203,13 @@ fn trim_replica_set(rs: &mut ReplicaSet) {
 /// reads at least that state. It retries on its own (see `retry`) and yields
 /// no errors: they would also hold up every other trigger of the controller
 /// behind its shared backoff. `trim` drops what is never read before the
-/// cache keeps an object.
+/// cache keeps an object; `index`, if given, follows the cache.
 fn watched<K>(
     api: Api<K>,
     labels: &str,
     writer: reflector::store::Writer<K>,
     trim: fn(&mut K),
+    index: Option<Index>,
 ) -> Feed<K>
 where
     K: kube::Resource<DynamicType = ()>
@@ -218,10 +221,16 @@ where
         + 'static,
 {
     let config = watcher::Config::default().labels(labels).any_semantic();
+    let store = writer.as_reader();
     watcher(api, config)
         .backoff(crate::retry::WatchBackoff::default())
         .modify(trim)
         .reflect(writer)
+        .inspect(move |r| {
+            if let (Some(index), Ok(event)) = (&index, r) {
+                index.follow(event, &store);
+            }
+        })
         .touched_objects()
         .filter_map(|r| async move {
             match r {
@@ -265,18 +274,39 @@ impl Cache {
         let (svc_reader, svc_writer) = reflector::store();
         let (work_reader, work_writer) = reflector::store();
         let not_teal = format!("!{}", labels::BLUEGREEN);
+        let (pod_index, rs_index) = (Index::default(), Index::default());
         let feeds = Feeds {
-            pods: watched(pods, labels::BLUEGREEN, pod_writer, trim_pod),
-            deployments: watched(deployments.clone(), labels::BLUEGREEN, dep_writer, trim),
-            replica_sets: watched(replica_sets, labels::BLUEGREEN, rs_writer, trim_replica_set),
-            services: watched(services, labels::BLUEGREEN, svc_writer, trim),
-            workloads: watched(deployments, &not_teal, work_writer, trim),
+            pods: watched(
+                pods,
+                labels::BLUEGREEN,
+                pod_writer,
+                trim_pod,
+                Some(pod_index.clone()),
+            ),
+            deployments: watched(
+                deployments.clone(),
+                labels::BLUEGREEN,
+                dep_writer,
+                trim,
+                None,
+            ),
+            replica_sets: watched(
+                replica_sets,
+                labels::BLUEGREEN,
+                rs_writer,
+                trim_replica_set,
+                Some(rs_index.clone()),
+            ),
+            services: watched(services, labels::BLUEGREEN, svc_writer, trim, None),
+            workloads: watched(deployments, &not_teal, work_writer, trim, None),
         };
         (
             Cache {
                 pods: pod_reader,
+                pods_by_bluegreen: pod_index,
                 deployments: dep_reader,
                 replica_sets: rs_reader,
+                replica_sets_by_bluegreen: rs_index,
                 services: svc_reader,
                 workloads: work_reader,
                 extra: None,
@@ -497,30 +527,102 @@ impl Cache {
 
     /// The ReplicaSets of one color of a BlueGreen.
     pub fn replica_sets(&self, ns: &str, bluegreen: &str, color: Color) -> Vec<ReplicaSet> {
-        of_color(&self.replica_sets, ns, bluegreen, color)
+        of_color(
+            &self.replica_sets,
+            &self.replica_sets_by_bluegreen,
+            ns,
+            bluegreen,
+            color,
+        )
     }
 
     /// The Pods of one color of a BlueGreen.
     pub fn pods(&self, ns: &str, bluegreen: &str, color: Color) -> Vec<Pod> {
-        of_color(&self.pods, ns, bluegreen, color)
+        of_color(&self.pods, &self.pods_by_bluegreen, ns, bluegreen, color)
     }
 }
 
-/// The objects in `store` labelled with a BlueGreen's name and one color.
-fn of_color<K>(store: &Store<K>, ns: &str, bluegreen: &str, color: Color) -> Vec<K>
+/// The objects in `store` labelled with a BlueGreen's name and one color,
+/// found through `index` (the store itself has no index but by name).
+fn of_color<K>(store: &Store<K>, index: &Index, ns: &str, bluegreen: &str, color: Color) -> Vec<K>
 where
     K: kube::Resource<DynamicType = ()> + Clone + 'static,
 {
     let color = color.to_string();
-    store
-        .state_filter(|o| {
-            o.namespace().as_deref() == Some(ns)
-                && o.labels().get(labels::BLUEGREEN).map(String::as_str) == Some(bluegreen)
+    index
+        .names(ns, bluegreen)
+        .into_iter()
+        .filter_map(|name| store.get(&ObjectRef::new(&name).within(ns)))
+        // The store decides: the index may still name an object deleted
+        // while the watch was relisting, or one since relabelled.
+        .filter(|o| {
+            o.labels().get(labels::BLUEGREEN).map(String::as_str) == Some(bluegreen)
                 && o.labels().get(labels::COLOR) == Some(&color)
         })
-        .into_iter()
         .map(|o| (*o).clone())
         .collect()
+}
+
+/// The names of the cached objects of each BlueGreen, by namespace and
+/// BlueGreen label, following a store's watch: a reconcile finds its own
+/// pods and ReplicaSets without going through every cached one (tens of
+/// thousands with thousands of BlueGreens).
+#[derive(Clone, Default)]
+struct Index(Arc<RwLock<HashMap<Key, HashSet<String>>>>);
+
+/// A namespace and a BlueGreen's name.
+type Key = (String, String);
+
+impl Index {
+    fn key<K: kube::Resource>(o: &K) -> Option<(Key, String)> {
+        let bg = o.meta().labels.as_ref()?.get(labels::BLUEGREEN)?;
+        let ns = o.meta().namespace.as_ref()?;
+        let name = o.meta().name.as_ref()?;
+        Some(((ns.clone(), bg.clone()), name.clone()))
+    }
+
+    /// Takes in one watch event, after the store did.
+    fn follow<K>(&self, event: &watcher::Event<K>, store: &Store<K>)
+    where
+        K: kube::Resource<DynamicType = ()> + Clone + 'static,
+    {
+        let mut map = self.0.write().expect("cache index");
+        match event {
+            watcher::Event::Apply(o) | watcher::Event::InitApply(o) => {
+                if let Some((key, name)) = Self::key(o) {
+                    map.entry(key).or_default().insert(name);
+                }
+            }
+            watcher::Event::Delete(o) => {
+                if let Some((key, name)) = Self::key(o)
+                    && let Some(names) = map.get_mut(&key)
+                {
+                    names.remove(&name);
+                    if names.is_empty() {
+                        map.remove(&key);
+                    }
+                }
+            }
+            // A relist replaced the store's contents: so does the index
+            // (objects deleted while the watch was down leave it here).
+            watcher::Event::InitDone => {
+                map.clear();
+                for o in store.state() {
+                    if let Some((key, name)) = Self::key(&*o) {
+                        map.entry(key).or_default().insert(name);
+                    }
+                }
+            }
+            watcher::Event::Init => {}
+        }
+    }
+
+    fn names(&self, ns: &str, bluegreen: &str) -> Vec<String> {
+        let map = self.0.read().expect("cache index");
+        map.get(&(ns.to_owned(), bluegreen.to_owned()))
+            .map(|names| names.iter().cloned().collect())
+            .unwrap_or_default()
+    }
 }
 
 #[cfg(test)]
@@ -557,5 +659,94 @@ mod tests {
             pod.metadata.deletion_timestamp
         );
         assert_eq!(kept.status, pod.status);
+    }
+
+    fn pod(name: &str, bluegreen: &str, color: &str) -> Pod {
+        serde_json::from_value(serde_json::json!({
+            "metadata": {
+                "name": name,
+                "namespace": "shop",
+                "labels": {"teal.dev/bluegreen": bluegreen, "teal.dev/color": color},
+            },
+        }))
+        .unwrap()
+    }
+
+    /// What `of_color` finds through the index, next to going through
+    /// every cached pod.
+    fn both(
+        store: &Store<Pod>,
+        index: &Index,
+        bg: &str,
+        color: Color,
+    ) -> (Vec<String>, Vec<String>) {
+        let mut indexed: Vec<_> = of_color(store, index, "shop", bg, color)
+            .iter()
+            .map(|p| p.name_any())
+            .collect();
+        let color = color.to_string();
+        let mut scanned: Vec<_> = store
+            .state()
+            .iter()
+            .filter(|p| {
+                p.labels().get(labels::BLUEGREEN).map(String::as_str) == Some(bg)
+                    && p.labels().get(labels::COLOR) == Some(&color)
+            })
+            .map(|p| p.name_any())
+            .collect();
+        indexed.sort();
+        scanned.sort();
+        (indexed, scanned)
+    }
+
+    #[test]
+    fn the_index_by_bluegreen_follows_the_store_through_changes_and_relists() {
+        let mut writer = reflector::store::Writer::<Pod>::default();
+        let store = writer.as_reader();
+        let index = Index::default();
+        let mut apply = |event: watcher::Event<Pod>| {
+            writer.apply_watcher_event(&event);
+            index.follow(&event, &store);
+        };
+        apply(watcher::Event::Init);
+        apply(watcher::Event::InitApply(pod("a-1", "a", "blue")));
+        apply(watcher::Event::InitApply(pod("a-2", "a", "green")));
+        apply(watcher::Event::InitApply(pod("b-1", "b", "blue")));
+        apply(watcher::Event::InitDone);
+        apply(watcher::Event::Apply(pod("a-3", "a", "blue")));
+        // Relabelled to the other color, then one deleted.
+        apply(watcher::Event::Apply(pod("a-2", "a", "blue")));
+        apply(watcher::Event::Delete(pod("a-1", "a", "blue")));
+        let (indexed, scanned) = both(&store, &index, "a", Color::Blue);
+        assert_eq!(indexed, ["a-2", "a-3"]);
+        assert_eq!(indexed, scanned);
+        assert_eq!(
+            both(&store, &index, "a", Color::Green).0,
+            Vec::<String>::new()
+        );
+        let held = |index: &Index| {
+            index
+                .0
+                .read()
+                .unwrap()
+                .values()
+                .map(HashSet::len)
+                .sum::<usize>()
+        };
+        assert_eq!(held(&index), 3, "a deleted pod leaves the index");
+        // A relist that no longer has b-1 (deleted while the watch was
+        // down) and moved a-3 to BlueGreen b.
+        apply(watcher::Event::Init);
+        apply(watcher::Event::InitApply(pod("a-2", "a", "blue")));
+        apply(watcher::Event::InitApply(pod("a-3", "b", "blue")));
+        // Until the relist is done the store still holds the old objects.
+        assert_eq!(both(&store, &index, "b", Color::Blue).0, ["b-1"]);
+        apply(watcher::Event::InitDone);
+        for bg in ["a", "b"] {
+            let (indexed, scanned) = both(&store, &index, bg, Color::Blue);
+            assert_eq!(indexed, scanned, "BlueGreen {bg}");
+        }
+        assert_eq!(both(&store, &index, "b", Color::Blue).0, ["a-3"]);
+        assert_eq!(held(&index), 2, "the relist rebuilt the index");
     }
 }

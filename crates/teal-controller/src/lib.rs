@@ -31,7 +31,7 @@ use k8s_openapi::api::core::v1::Pod;
 use kube::runtime::events::{Recorder, Reporter};
 use kube::runtime::reflector::ObjectRef;
 use kube::runtime::{Controller, watcher};
-use kube::{Api, Client, ResourceExt};
+use kube::{Api, Client};
 use teal_api::BlueGreen;
 
 pub use leader::LeaseConfig;
@@ -196,12 +196,14 @@ pub async fn run(client: Client, opts: Options) -> Result<(), RunError> {
         })
         .watches_stream(feeds.workloads, move |d: Deployment| {
             // A workload changed: wake the BlueGreens that release it.
-            let ns = d.namespace();
-            let name = d.name_any();
+            let (ns, name) = (d.metadata.namespace, d.metadata.name);
             store
                 .state()
                 .into_iter()
-                .filter(|bg| bg.namespace() == ns && bg.spec.workload_ref.name == name)
+                .filter(|bg| {
+                    bg.spec.workload_ref.name.as_str() == name.as_deref().unwrap_or_default()
+                        && bg.metadata.namespace == ns
+                })
                 .map(|bg| ObjectRef::from_obj(&*bg))
                 .collect::<Vec<_>>()
         })
