@@ -72,6 +72,32 @@ def create(start, end, build=objects, chunk=200):
         kubectl("apply", "--server-side", "-f", "-", data=json.dumps({"apiVersion": "v1", "kind": "List", "items": items}))
 
 
+def stamp(t):
+    """Seconds since the epoch of an RFC 3339 time from the apiserver."""
+    from datetime import datetime
+    return datetime.fromisoformat(t.replace("Z", "+00:00")).timestamp()
+
+
+def created_to_adopted(start, end):
+    """How long BlueGreens app-START to app-END waited from being created to
+    their first reconcile (the `Adopted` Event it records): p50, p99 and the
+    longest, in seconds (creation is stamped to the second)."""
+    created = {b["metadata"]["name"]: stamp(b["metadata"]["creationTimestamp"])
+               for b in json.loads(kubectl("get", "bg", "-n", NS, "-o", "json"))["items"]}
+    adopted = {}
+    events = json.loads(kubectl("get", "events", "-n", NS, "--field-selector", "reason=Adopted", "-o", "json"))
+    for e in events["items"]:
+        t = e.get("eventTime") or e.get("firstTimestamp")
+        name = e["involvedObject"]["name"]
+        if t and name in created:
+            adopted[name] = min(adopted.get(name, float("inf")), stamp(t))
+    waits = [adopted[n] - created[n] for n in (f"app-{i:05d}" for i in range(start, end)) if n in adopted]
+    if not waits:
+        return None
+    return {"p50_s": round(pct(waits, 50), 1), "p99_s": round(pct(waits, 99), 1),
+            "max_s": round(max(waits), 1), "of": len(waits)}
+
+
 def bluegreens():
     out = kubectl("get", "bg", "-n", NS, "-o", "json")
     return {b["metadata"]["name"]: b.get("status", {}) for b in json.loads(out)["items"]}
@@ -318,12 +344,14 @@ def main():
     for n in [int(x) for x in a.counts.split()]:
         adopt_s, adopt = adopt_all(a, ctl, f"{n} BlueGreens adopted", have, n,
                                    lambda s, e: objects(s, e, router), 200, in_phase(bluegreens, n))
+        waited = created_to_adopted(have, n)
         have = n
         # Idle: every BlueGreen Healthy, nothing changes; reconciles now
         # come from the periodic resync only.
         written, measured = idle_and_release(a, ctl, n, release)
         row = {
             "bluegreens": n, "router": a.router, "adopt_seconds": round(adopt_s, 1), "adopt": adopt,
+            "created_to_adopted": waited,
             "change_to_idle_written_p50_ms": ms(written, 50),
             "change_to_idle_written_p99_ms": ms(written, 99),
             **measured,

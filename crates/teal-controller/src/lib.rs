@@ -18,6 +18,7 @@ pub mod objects;
 pub mod reconcile;
 pub mod retry;
 pub mod routers;
+pub mod turns;
 
 use std::net::SocketAddr;
 use std::sync::Arc;
@@ -49,8 +50,9 @@ pub struct Options {
     /// The image of router type `teal`'s router pods; `None` reads it from
     /// the environment variable `TEAL_ROUTER_IMAGE`.
     pub router_image: Option<String>,
-    /// Reconciles running at once (at least 1). A bound keeps a slow
-    /// apiserver from being sent one request per BlueGreen at a time.
+    /// Reconciles running at once (at least 1), the others waiting their
+    /// turn first come, first served. A bound keeps a slow apiserver from
+    /// being sent one request per BlueGreen at a time.
     pub concurrency: u16,
 }
 
@@ -158,10 +160,15 @@ pub async fn run(client: Client, opts: Options) -> Result<(), RunError> {
         instance: opts.lease.as_ref().map(|l| l.identity.clone()),
     };
     let bgs: Api<BlueGreen> = api(&client, &opts.namespace);
-    let controller = Controller::new(bgs, watcher::Config::default()).with_config(
-        kube::runtime::controller::Config::default().concurrency(opts.concurrency.max(1)),
-    );
+    // kube-runtime starts every due reconcile (its own bound would start
+    // them in no fair order under a backlog); each waits for its turn.
+    let controller = Controller::new(bgs, watcher::Config::default());
+    let turns = Arc::new(turns::Turns::new(
+        opts.concurrency.into(),
+        metrics.waiting.clone(),
+    ));
     let store = controller.store();
+    let latest = store.clone();
     let (mut cache, feeds) = cache::Cache::new(
         api(&client, &opts.namespace),
         api(&client, &opts.namespace),
@@ -211,9 +218,17 @@ pub async fn run(client: Client, opts: Options) -> Result<(), RunError> {
         .reconcile_on(router_wakes)
         .shutdown_on_signal()
         .run(
-            |bg, ctx: Arc<reconcile::Context>| async move {
-                ctx.cache.ready().await;
-                reconcile::reconcile(bg, ctx).await
+            move |bg, ctx: Arc<reconcile::Context>| {
+                let (turns, latest) = (turns.clone(), latest.clone());
+                async move {
+                    ctx.cache.ready().await;
+                    let _turn = turns.take().await;
+                    // It may have waited: reconcile the latest copy.
+                    match latest.get(&ObjectRef::from_obj(&*bg)) {
+                        Some(bg) => reconcile::reconcile(bg, ctx).await,
+                        None => Ok(kube::runtime::controller::Action::await_change()),
+                    }
+                }
             },
             reconcile::error_policy,
             ctx,

@@ -14,6 +14,7 @@ use hyper_util::rt::{TokioExecutor, TokioIo};
 use prometheus_client::encoding::EncodeLabelSet;
 use prometheus_client::metrics::counter::Counter;
 use prometheus_client::metrics::family::Family;
+use prometheus_client::metrics::gauge::Gauge;
 use prometheus_client::metrics::histogram::Histogram;
 use prometheus_client::registry::Registry;
 use teal_core::release::Event;
@@ -72,6 +73,8 @@ pub struct Metrics {
     events: Family<EventLabels, Counter>,
     duration: Histogram,
     releases: Family<EventLabels, Histogram>,
+    /// Reconciles due and waiting for a turn (see `turns`).
+    pub waiting: Gauge,
     pub ready: Arc<AtomicBool>,
     /// The read-only dashboard on `/`, once the controller has a client.
     pub dashboard: Arc<std::sync::OnceLock<crate::dashboard::Dashboard>>,
@@ -122,8 +125,15 @@ impl Default for Metrics {
             "Duration of finished releases by how they ended (Succeeded, RolledBack, Aborted, Failed, Superseded)",
             releases.clone(),
         );
+        let waiting = Gauge::default();
+        registry.register(
+            "reconciles_waiting",
+            "Reconciles due and waiting for one of the --concurrency turns",
+            waiting.clone(),
+        );
         Metrics {
             registry: Arc::new(registry),
+            waiting,
             reconciles,
             errors,
             events,
