@@ -360,14 +360,16 @@ def main():
         print(json.dumps(row), flush=True)
     print("| BlueGreens | adopt all (s) | RSS (MiB) | idle CPU (%) | teal requests / reconcile (adopt; idle; release) "
           "| apiserver requests / reconcile, all clients (adopt; release) | change → idle written p50 / p99 (ms) "
-          "| ready → cutover p50 / p99 (ms) |")
-    print("|---|---|---|---|---|---|---|---|")
+          "| ready → cutover p50 / p99 (ms) | created → adopted p50 / p99 / longest (s) |")
+    print("|---|---|---|---|---|---|---|---|---|")
     for r in rows:
         print(f"| {r['bluegreens']} | {r['adopt_seconds']} | {r['rss_mib']} | {r['idle_cpu_percent']} | "
               f"{r['adopt']['controller']}; {r['idle_60s']['controller']} ({r['idle_60s']['reconciles']} reconciles); "
               f"{r['release']['controller']} | {r['adopt']['apiserver']}; {r['release']['apiserver']} | "
               f"{r['change_to_idle_written_p50_ms']} / {r['change_to_idle_written_p99_ms']} | "
-              f"{r['ready_to_cutover_p50_ms']} / {r['ready_to_cutover_p99_ms']} |")
+              f"{r['ready_to_cutover_p50_ms']} / {r['ready_to_cutover_p99_ms']} | "
+              + (" / ".join(str(w[k]) for k in ("p50_s", "p99_s", "max_s")) if (w := r["created_to_adopted"]) else "")
+              + " |")
 
 
 if __name__ == "__main__":
