@@ -588,7 +588,7 @@ impl Index {
     {
         let mut map = self.0.write().expect("cache index");
         match event {
-            watcher::Event::Apply(o) | watcher::Event::InitApply(o) => {
+            watcher::Event::Apply(o) => {
                 if let Some((key, name)) = Self::key(o) {
                     map.entry(key).or_default().insert(name);
                 }
@@ -603,8 +603,9 @@ impl Index {
                     }
                 }
             }
-            // A relist replaced the store's contents: so does the index
-            // (objects deleted while the watch was down leave it here).
+            // A (re)list replaced the store's contents at its end: so does
+            // the index (objects deleted while the watch was down leave it
+            // here). Until then both keep what they had.
             watcher::Event::InitDone => {
                 map.clear();
                 for o in store.state() {
@@ -613,7 +614,7 @@ impl Index {
                     }
                 }
             }
-            watcher::Event::Init => {}
+            watcher::Event::Init | watcher::Event::InitApply(_) => {}
         }
     }
 
