@@ -459,8 +459,13 @@ async fn apply(bg: Arc<BlueGreen>, ctx: Arc<Context>) -> Result<Requeue, Error> 
         }
     };
 
-    let mut inputs: Vec<Input> = vec![Input::Revision(revision.clone())];
+    let live = state.machine.routing.map(|r| r.active);
+    let mut observed = Vec::new();
+    for c in Color::ALL {
+        observed.push(cluster.observe(c, live == Some(c)).await?);
+    }
     // An operator command given through the annotation.
+    let mut command = None;
     if let Some(cmd_value) = bg.annotations().get(annotations::COMMAND).cloned()
         && status.last_command.as_deref() != Some(cmd_value.as_str())
     {
@@ -471,7 +476,7 @@ async fn apply(bg: Arc<BlueGreen>, ctx: Arc<Context>) -> Result<Requeue, Error> 
         state.command = Some(cmd_value.clone());
         match parse_command(&cmd_value) {
             _ if consumed => {}
-            Some(cmd) => inputs.push(Input::Command(cmd)),
+            Some(cmd) => command = Some(cmd),
             None => {
                 cluster
                     .event(
@@ -486,10 +491,7 @@ async fn apply(bg: Arc<BlueGreen>, ctx: Arc<Context>) -> Result<Requeue, Error> 
             }
         }
     }
-    let live = state.machine.routing.map(|r| r.active);
-    for c in Color::ALL {
-        inputs.push(Input::Observed(cluster.observe(c, live == Some(c)).await?));
-    }
+    let mut inputs = first_inputs(revision.clone(), observed, command);
     // Analysis checks that are due.
     if let Some(a) = state.analysis.as_mut()
         && now >= a.next_check
@@ -994,6 +996,22 @@ async fn cleanup(bg: Arc<BlueGreen>, ctx: Arc<Context>) -> Result<Requeue, Error
     Ok(Requeue::await_change())
 }
 
+/// The inputs of a reconcile known before any analysis or hook: the
+/// desired revision, what each color runs now, then the operator's command.
+/// A command acts on the latest observation, never on one from an earlier
+/// reconcile: a promote would otherwise cut over to a color whose pods went
+/// away since.
+fn first_inputs(
+    revision: String,
+    observed: Vec<teal_core::release::ColorStatus>,
+    command: Option<Command>,
+) -> Vec<Input> {
+    std::iter::once(Input::Revision(revision))
+        .chain(observed.into_iter().map(Input::Observed))
+        .chain(command.map(Input::Command))
+        .collect()
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -1018,6 +1036,57 @@ mod tests {
                 "{text}"
             );
         }
+    }
+
+    #[test]
+    fn a_promote_is_judged_on_the_observation_of_the_same_reconcile() {
+        use teal_core::release::{ColorStatus, Phase, Policy, Promotion};
+        let policy = Policy {
+            replicas: 3,
+            preview_replicas: None,
+            promotion: Promotion::Manual {
+                auto_promote_after_ms: None,
+            },
+            pre_promotion_analysis: false,
+            post_promotion_analysis: false,
+            progress_deadline_ms: 60_000,
+            scale_down_delay_ms: 300_000,
+            hooks: Default::default(),
+        };
+        let seen = |color, revision: &str, ready| ColorStatus {
+            color,
+            revision: Some(revision.into()),
+            ready_replicas: ready,
+            failure: None,
+        };
+        let feed = |m: &mut Machine, inputs: Vec<Input>| {
+            let mut actions = Vec::new();
+            for i in inputs {
+                actions.extend(m.handle(1_000, i).unwrap_or_default());
+            }
+            actions
+        };
+        let (mut m, _) = Machine::new(policy, "v1");
+        let blue = || vec![seen(Color::Blue, "v1", 3)];
+        feed(&mut m, first_inputs("v1".into(), blue(), None));
+        // One reconcile of release v2 with green's pods ready as given.
+        let mut reconcile = |green_ready, command| {
+            let mut observed = blue();
+            observed.push(seen(Color::Green, "v2", green_ready));
+            let actions = feed(&mut m, first_inputs("v2".into(), observed, command));
+            let phase = m.release.as_ref().map(|r| r.phase);
+            let to_green = actions
+                .iter()
+                .any(|a| matches!(a, Action::Route(r) if r.active == Color::Green));
+            (phase, to_green)
+        };
+        reconcile(0, None);
+        assert_eq!(reconcile(3, None), (Some(Phase::AwaitingPromotion), false));
+        // Green's pods went away since the last reconcile; the operator
+        // promotes in this one.
+        let promote = Some(Command::Promote { full: false });
+        assert_eq!(reconcile(0, promote), (Some(Phase::ScalingUp), false));
+        assert_eq!(reconcile(3, None), (Some(Phase::CuttingOver), true));
     }
 
     fn api_error(code: u16) -> kube::Error {

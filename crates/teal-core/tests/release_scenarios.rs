@@ -67,8 +67,8 @@ fn auto_promotion_runs_every_phase_in_order() {
     assert_eq!(w.machine.phase_name(), "Healthy");
 }
 
-#[test]
-fn manual_promotion_waits_for_the_operator() {
+/// v2 in green, ready and passed, waiting for the operator.
+fn awaiting_promotion() -> World {
     let mut p = policy();
     p.promotion = Promotion::Manual {
         auto_promote_after_ms: None,
@@ -78,6 +78,12 @@ fn manual_promotion_waits_for_the_operator() {
     w.report_ready(Green);
     w.verdict(Verdict::Pass);
     assert_eq!(w.phase(), Some(Phase::AwaitingPromotion));
+    w
+}
+
+#[test]
+fn manual_promotion_waits_for_the_operator() {
+    let mut w = awaiting_promotion();
     w.advance(3_600_000);
     assert_eq!(
         w.phase(),
@@ -88,6 +94,30 @@ fn manual_promotion_waits_for_the_operator() {
     w.send(Input::Command(Command::Promote { full: false }))
         .unwrap();
     assert_eq!(w.production, Some(Green));
+}
+
+#[test]
+fn a_promote_after_the_preview_lost_its_pods_waits_for_them() {
+    let mut w = awaiting_promotion();
+    // The preview's pods go away while it waits (a scale to zero the
+    // Deployment controller acted on late); the runtime reports that
+    // before it hands over the operator's promote.
+    w.report(Green, 0);
+    assert_eq!(w.phase(), Some(Phase::AwaitingPromotion));
+    w.send(Input::Command(Command::Promote { full: false }))
+        .unwrap();
+    assert_eq!(w.phase(), Some(Phase::ScalingUp));
+    assert_eq!(w.production, Some(Blue), "no cutover to 0 ready replicas");
+    w.report(Green, 2);
+    assert_eq!(w.production, Some(Blue));
+    w.report_ready(Green);
+    assert_eq!(w.production, Some(Green));
+    assert!(
+        w.machine
+            .history
+            .iter()
+            .all(|h| h.outcome != Outcome::RolledBack)
+    );
 }
 
 #[test]

@@ -421,6 +421,12 @@ impl Core {
                         let _ = reply.send(r);
                     }
                     Some(Msg::Command(cmd, reply)) => {
+                        // Judged on what the colors run now, not on a health
+                        // change still waiting in its channel.
+                        for c in Color::ALL {
+                            let status = self.supervisor.status(c);
+                            let _ = self.feed(Input::Observed(status), &mut queue);
+                        }
                         let r = self.feed(Input::Command(cmd), &mut queue)
                             .map_err(|e| EngineError::Conflict(e.to_string()));
                         let _ = reply.send(r);
