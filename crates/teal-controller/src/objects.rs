@@ -394,12 +394,17 @@ pub fn color_status(
     } else {
         0
     };
-    // The ReplicaSet's count needs no such check: it only counts once the
-    // Deployment controller has scaled the ReplicaSet of teal's revision to
-    // teal's size, and its status is the ReplicaSet controller's for that
-    // scale. (The Deployment's observedGeneration comes with its status
-    // update, the one that lags under a burst.)
-    let of_replica_set = if wanted > 0 {
+    // The ReplicaSet's count needs no such check when the Deployment
+    // controller is at most teal's latest write behind: the ReplicaSet of
+    // teal's revision then only counts once scaled to teal's size, with its
+    // status the ReplicaSet controller's for that scale. (The Deployment's
+    // observedGeneration comes with its status update, the one that lags
+    // under a burst.) Two or more writes behind, the ReplicaSet may be at
+    // teal's size from before a write not acted on yet (a scale to zero and
+    // back while the controller was busy): its pods would be deleted right
+    // after, so only the Deployment's own counts, once current, say ready.
+    let unseen_writes = dep.metadata.generation.unwrap_or(0) - st.observed_generation.unwrap_or(0);
+    let of_replica_set = if wanted > 0 && unseen_writes <= 1 {
         replica_set_available(dep, replica_sets, revision.as_deref(), wanted)
     } else {
         0
@@ -646,6 +651,28 @@ mod tests {
         assert_eq!(ready_stale(&[]), 0);
         assert_eq!(ready_stale(&[replica_set("v2", 3, 7, 7, 3)]), 3);
         assert_eq!(ready_stale(&[replica_set("v2", 1, 7, 7, 1)]), 0);
+        // Two writes behind (scaled to zero and back to 3 before the
+        // Deployment controller acted on either): the ReplicaSet still at 3
+        // with its pods Ready is the incarnation about to go away.
+        st_of(&mut stale).observed_generation = Some(2);
+        let ready_behind = |rss: &[ReplicaSet]| {
+            color_status(Color::Green, Some(&stale), rss, &pods, false).ready_replicas
+        };
+        assert_eq!(ready_behind(&[replica_set("v2", 3, 7, 7, 3)]), 0);
+        // Once current, the Deployment's counts say ready again.
+        let mut current = stale.clone();
+        let st = st_of(&mut current);
+        st.observed_generation = Some(4);
+        st.updated_replicas = Some(3);
+        st.available_replicas = Some(3);
+        assert_eq!(
+            color_status(Color::Green, Some(&current), &[], &pods, false).ready_replicas,
+            3
+        );
+    }
+
+    fn st_of(dep: &mut Deployment) -> &mut k8s_openapi::api::apps::v1::DeploymentStatus {
+        dep.status.as_mut().unwrap()
     }
 
     #[test]
