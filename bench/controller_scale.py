@@ -9,6 +9,7 @@ import sys
 import threading
 import time
 import urllib.request
+from datetime import datetime
 
 NS = "scale"
 
@@ -74,11 +75,10 @@ def create(start, end, build=objects, chunk=200):
 
 def stamp(t):
     """Seconds since the epoch of an RFC 3339 time from the apiserver."""
-    from datetime import datetime
     return datetime.fromisoformat(t.replace("Z", "+00:00")).timestamp()
 
 
-def created_to_adopted(start, end):
+def created_to_first_reconcile(start, end):
     """How long BlueGreens app-START to app-END waited from being created to
     their first reconcile (the `Adopted` Event it records): p50, p99 and the
     longest, in seconds (creation is stamped to the second)."""
@@ -344,14 +344,14 @@ def main():
     for n in [int(x) for x in a.counts.split()]:
         adopt_s, adopt = adopt_all(a, ctl, f"{n} BlueGreens adopted", have, n,
                                    lambda s, e: objects(s, e, router), 200, in_phase(bluegreens, n))
-        waited = created_to_adopted(have, n)
+        waited = created_to_first_reconcile(have, n)
         have = n
         # Idle: every BlueGreen Healthy, nothing changes; reconciles now
         # come from the periodic resync only.
         written, measured = idle_and_release(a, ctl, n, release)
         row = {
             "bluegreens": n, "router": a.router, "adopt_seconds": round(adopt_s, 1), "adopt": adopt,
-            "created_to_adopted": waited,
+            "created_to_first_reconcile": waited,
             "change_to_idle_written_p50_ms": ms(written, 50),
             "change_to_idle_written_p99_ms": ms(written, 99),
             **measured,
@@ -368,7 +368,7 @@ def main():
               f"{r['release']['controller']} | {r['adopt']['apiserver']}; {r['release']['apiserver']} | "
               f"{r['change_to_idle_written_p50_ms']} / {r['change_to_idle_written_p99_ms']} | "
               f"{r['ready_to_cutover_p50_ms']} / {r['ready_to_cutover_p99_ms']} | "
-              + (" / ".join(str(w[k]) for k in ("p50_s", "p99_s", "max_s")) if (w := r["created_to_adopted"]) else "")
+              + (" / ".join(str(w[k]) for k in ("p50_s", "p99_s", "max_s")) if (w := r["created_to_first_reconcile"]) else "")
               + " |")
 
 
