@@ -221,17 +221,8 @@ where
         + 'static,
 {
     let config = watcher::Config::default().labels(labels).any_semantic();
-    let store = writer.as_reader();
-    watcher(api, config)
-        .backoff(crate::retry::WatchBackoff::default())
-        .modify(trim)
-        .reflect(writer)
-        .inspect(move |r| {
-            if let (Some(index), Ok(event)) = (&index, r) {
-                index.follow(event, &store);
-            }
-        })
-        .touched_objects()
+    let events = watcher(api, config).backoff(crate::retry::WatchBackoff::default());
+    cached(events, writer, trim, index)
         .filter_map(|r| async move {
             match r {
                 Ok(obj) => Some(Ok(obj)),
@@ -242,6 +233,31 @@ where
             }
         })
         .boxed()
+}
+
+/// A watch's events into the cache: trimmed, taken in by `index` and then
+/// by the store, so the index is complete when the store says it is ready
+/// (a reconcile waiting for that must not find an empty index). Yields the
+/// objects touched, once the store holds them.
+fn cached<K, S>(
+    events: S,
+    writer: reflector::store::Writer<K>,
+    trim: fn(&mut K),
+    index: Option<Index>,
+) -> impl Stream<Item = Result<K, watcher::Error>>
+where
+    K: kube::Resource<DynamicType = ()> + Clone + Send + Sync + 'static,
+    S: Stream<Item = Result<watcher::Event<K>, watcher::Error>>,
+{
+    events
+        .modify(trim)
+        .inspect(move |r| {
+            if let (Some(index), Ok(event)) = (&index, r) {
+                index.follow(event);
+            }
+        })
+        .reflect(writer)
+        .touched_objects()
 }
 
 const LAST_APPLIED: &str = "kubectl.kubernetes.io/last-applied-configuration";
@@ -568,10 +584,18 @@ where
 /// pods and ReplicaSets without going through every cached one (tens of
 /// thousands with thousands of BlueGreens).
 #[derive(Clone, Default)]
-struct Index(Arc<RwLock<HashMap<Key, HashSet<String>>>>);
+struct Index(Arc<RwLock<Names>>);
 
 /// A namespace and a BlueGreen's name.
 type Key = (String, String);
+
+#[derive(Default)]
+struct Names {
+    live: HashMap<Key, HashSet<String>>,
+    /// A (re)list in progress, replacing `live` at its end as the store's
+    /// own buffer replaces the store.
+    relisting: Option<HashMap<Key, HashSet<String>>>,
+}
 
 impl Index {
     fn key<K: kube::Resource>(o: &K) -> Option<(Key, String)> {
@@ -581,47 +605,40 @@ impl Index {
         Some(((ns.clone(), bg.clone()), name.clone()))
     }
 
-    /// Takes in one watch event, after the store did.
-    fn follow<K>(&self, event: &watcher::Event<K>, store: &Store<K>)
-    where
-        K: kube::Resource<DynamicType = ()> + Clone + 'static,
-    {
-        let mut map = self.0.write().expect("cache index");
-        match event {
-            watcher::Event::Apply(o) => {
-                if let Some((key, name)) = Self::key(o) {
-                    map.entry(key).or_default().insert(name);
-                }
+    /// Takes in one watch event, before the store does.
+    fn follow<K: kube::Resource>(&self, event: &watcher::Event<K>) {
+        let mut names = self.0.write().expect("cache index");
+        let add = |map: &mut HashMap<Key, HashSet<String>>, o: &K| {
+            if let Some((key, name)) = Self::key(o) {
+                map.entry(key).or_default().insert(name);
             }
+        };
+        match event {
+            watcher::Event::Apply(o) => add(&mut names.live, o),
             watcher::Event::Delete(o) => {
                 if let Some((key, name)) = Self::key(o)
-                    && let Some(names) = map.get_mut(&key)
+                    && let Some(set) = names.live.get_mut(&key)
                 {
-                    names.remove(&name);
-                    if names.is_empty() {
-                        map.remove(&key);
+                    set.remove(&name);
+                    if set.is_empty() {
+                        names.live.remove(&key);
                     }
                 }
             }
-            // A (re)list replaced the store's contents at its end: so does
-            // the index (objects deleted while the watch was down leave it
-            // here). Until then both keep what they had.
-            watcher::Event::InitDone => {
-                map.clear();
-                for o in store.state() {
-                    if let Some((key, name)) = Self::key(&*o) {
-                        map.entry(key).or_default().insert(name);
-                    }
-                }
-            }
-            watcher::Event::Init | watcher::Event::InitApply(_) => {}
+            // Objects deleted while the watch was down are not relisted
+            // and so leave the index at the relist's end, as the store.
+            watcher::Event::Init => names.relisting = Some(HashMap::new()),
+            watcher::Event::InitApply(o) => add(names.relisting.get_or_insert_default(), o),
+            watcher::Event::InitDone => names.live = names.relisting.take().unwrap_or_default(),
         }
     }
 
     fn names(&self, ns: &str, bluegreen: &str) -> Vec<String> {
-        let map = self.0.read().expect("cache index");
-        map.get(&(ns.to_owned(), bluegreen.to_owned()))
-            .map(|names| names.iter().cloned().collect())
+        let names = self.0.read().expect("cache index");
+        names
+            .live
+            .get(&(ns.to_owned(), bluegreen.to_owned()))
+            .map(|set| set.iter().cloned().collect())
             .unwrap_or_default()
     }
 }
@@ -700,14 +717,67 @@ mod tests {
         (indexed, scanned)
     }
 
+    /// Wakes a reconcile waiting for the store; records what the index
+    /// names at that very instant (the store itself is still locked then).
+    struct Woken {
+        index: Index,
+        seen: Mutex<Option<Vec<String>>>,
+    }
+
+    impl std::task::Wake for Woken {
+        fn wake(self: Arc<Self>) {
+            self.wake_by_ref()
+        }
+        fn wake_by_ref(self: &Arc<Self>) {
+            let mut names = self.index.names("shop", "a");
+            names.sort();
+            *self.seen.lock().unwrap() = Some(names);
+        }
+    }
+
+    #[tokio::test]
+    async fn the_index_is_complete_when_the_store_says_it_is_ready() {
+        let writer = reflector::store::Writer::<Pod>::default();
+        let store = writer.as_reader();
+        let index = Index::default();
+        let woken = Arc::new(Woken {
+            index: index.clone(),
+            seen: Mutex::new(None),
+        });
+        let waker = std::task::Waker::from(woken.clone());
+        let mut ready = Box::pin(store.wait_until_ready());
+        let mut cx = std::task::Context::from_waker(&waker);
+        assert!(ready.as_mut().poll(&mut cx).is_pending());
+        let events = [
+            watcher::Event::Init,
+            watcher::Event::InitApply(pod("a-1", "a", "blue")),
+            watcher::Event::InitApply(pod("a-2", "a", "green")),
+            watcher::Event::InitDone,
+        ];
+        let touched: Vec<_> = cached(
+            futures_util::stream::iter(events.map(Ok)),
+            writer,
+            |_| {},
+            Some(index),
+        )
+        .collect()
+        .await;
+        assert_eq!(touched.len(), 2);
+        assert_eq!(
+            woken.seen.lock().unwrap().as_deref(),
+            Some(&["a-1".to_string(), "a-2".to_string()][..]),
+            "woken before the index held the list"
+        );
+    }
+
     #[test]
     fn the_index_by_bluegreen_follows_the_store_through_changes_and_relists() {
         let mut writer = reflector::store::Writer::<Pod>::default();
         let store = writer.as_reader();
         let index = Index::default();
         let mut apply = |event: watcher::Event<Pod>| {
+            index.follow(&event);
             writer.apply_watcher_event(&event);
-            index.follow(&event, &store);
         };
         apply(watcher::Event::Init);
         apply(watcher::Event::InitApply(pod("a-1", "a", "blue")));
@@ -730,6 +800,7 @@ mod tests {
                 .0
                 .read()
                 .unwrap()
+                .live
                 .values()
                 .map(HashSet::len)
                 .sum::<usize>()
