@@ -38,8 +38,8 @@ use teal_api::BlueGreen;
 pub use leader::LeaseConfig;
 pub use metrics::Metrics;
 
-/// One reconcile of `bg`: once the caches are filled and its turn has come,
-/// of the latest cached copy (it may have waited). Under a backlog every
+/// One reconcile of `bg`, run once the caches are filled and its turn has
+/// come, on the latest cached copy (it may have waited). Under a backlog every
 /// due BlueGreen holds one of these futures while it waits, so the
 /// reconcile's own, much larger, state is boxed and allocated only when it
 /// starts.
