@@ -58,11 +58,16 @@ pub struct BlueGreenSpec {
     #[serde(default = "default_progress_deadline")]
     #[x_kube(validation = Rule::new("duration(self) >= duration('1s')").message("must be at least 1s"))]
     pub progress_deadline: Duration,
-    /// Test hooks and promotion gates (see docs/analysis.md).
+    /// Test hooks and promotion gates (see docs/analysis.md). Keyed by
+    /// name (status.hooks holds one answer per name): two with the same
+    /// name are refused.
     #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    #[schemars(extend("x-kubernetes-list-type" = "map", "x-kubernetes-list-map-keys" = ["name"]))]
     pub webhooks: Vec<WebhookSpec>,
-    /// Where people hear about releases; URLs come from Secrets.
+    /// Where people hear about releases; URLs come from Secrets. Keyed by
+    /// name, as webhooks.
     #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    #[schemars(extend("x-kubernetes-list-type" = "map", "x-kubernetes-list-map-keys" = ["name"]))]
     pub notifications: Vec<NotifierSpec>,
 }
 

@@ -11,7 +11,7 @@
 //! color it chose (the same Service write again) instead of deciding anew.
 
 use kube::Api;
-use kube::api::{Patch, PatchParams};
+use kube::api::Patch;
 use teal_api::BlueGreen;
 use teal_core::release::{Action, Phase};
 
@@ -37,7 +37,7 @@ pub async fn before_routing(
         "metadata": {"resourceVersion": bg.metadata.resource_version},
         "status": {"engine": engine},
     }));
-    api.patch_status(&name, &PatchParams::default(), &patch)
+    api.patch_status(&name, &crate::reconcile::patch_params(), &patch)
         .await?;
     Ok(())
 }

@@ -11,8 +11,10 @@
 pub mod cache;
 pub mod checkpoint;
 pub mod dashboard;
+pub mod events;
 pub mod hooks;
 pub mod leader;
+pub mod liveness;
 pub mod metrics;
 pub mod objects;
 pub mod reconcile;
@@ -29,7 +31,7 @@ use futures_util::StreamExt;
 use k8s_openapi::api::apps::v1::{Deployment, ReplicaSet};
 use k8s_openapi::api::coordination::v1::Lease;
 use k8s_openapi::api::core::v1::Pod;
-use kube::runtime::events::{Recorder, Reporter};
+use kube::runtime::events::Reporter;
 use kube::runtime::reflector::ObjectRef;
 use kube::runtime::{Controller, watcher};
 use kube::{Api, Client};
@@ -49,6 +51,8 @@ async fn in_turn(
     turns: Arc<turns::Turns>,
     latest: kube::runtime::reflector::Store<BlueGreen>,
 ) -> Result<kube::runtime::controller::Action, reconcile::Error> {
+    let liveness = ctx.metrics.liveness.clone();
+    let _running = liveness.start();
     ctx.cache.ready().await;
     let _turn = turns.take().await;
     match latest.get(&ObjectRef::from_obj(&*bg)) {
@@ -73,6 +77,9 @@ pub struct Options {
     /// turn first come, first served. A bound keeps a slow apiserver from
     /// being sent one request per BlueGreen at a time.
     pub concurrency: u16,
+    /// `/healthz` fails once reconciles are due and none has finished for
+    /// this long (see [`liveness`]).
+    pub stall_after: Duration,
 }
 
 /// The default of [`Options::concurrency`].
@@ -118,9 +125,22 @@ pub fn client(config: kube::Config) -> Result<Client, kube::Error> {
         .build())
 }
 
-/// Runs until the process is stopped or leadership is lost.
+/// Runs until leadership is lost (or forever).
 pub async fn run(client: Client, opts: Options) -> Result<(), RunError> {
-    let metrics = Metrics::default();
+    run_until(client, opts, std::future::pending()).await
+}
+
+/// Runs until `shutdown` completes or leadership is lost. On `shutdown` a
+/// standby stops at once; a leader starts no new reconcile, lets the
+/// running ones finish and hands the lease over. Bounding how long that may
+/// take is the caller's (see `teal controller --shutdown-timeout`).
+pub async fn run_until(
+    client: Client,
+    opts: Options,
+    shutdown: impl std::future::Future<Output = ()> + Send + 'static,
+) -> Result<(), RunError> {
+    let shutdown = futures_util::FutureExt::shared(Box::pin(shutdown));
+    let metrics = Metrics::new(opts.stall_after);
     let _ = metrics.dashboard.set(dashboard::Dashboard::new(
         client.clone(),
         opts.namespace.clone(),
@@ -134,6 +154,10 @@ pub async fn run(client: Client, opts: Options) -> Result<(), RunError> {
         let leases: Api<Lease> = Api::namespaced(client.clone(), &cfg.namespace);
         tracing::info!(identity = %cfg.identity, "waiting to lead (lease {}/{})", cfg.namespace, cfg.name);
         loop {
+            if futures_util::FutureExt::now_or_never(shutdown.clone()).is_some() {
+                tracing::info!("stopping before leading");
+                return Ok(());
+            }
             let attempt = tokio::time::Instant::now();
             match leader::try_acquire(&leases, cfg).await {
                 Ok(true) => {
@@ -143,7 +167,10 @@ pub async fn run(client: Client, opts: Options) -> Result<(), RunError> {
                 Ok(false) => {}
                 Err(e) => tracing::warn!("acquiring the lease: {e}"),
             }
-            tokio::time::sleep(Duration::from_secs(1)).await;
+            tokio::select! {
+                _ = tokio::time::sleep(Duration::from_secs(1)) => {}
+                _ = shutdown.clone() => {}
+            }
         }
         tracing::info!(identity = %cfg.identity, "leading");
     }
@@ -188,6 +215,7 @@ pub async fn run(client: Client, opts: Options) -> Result<(), RunError> {
     ));
     let store = controller.store();
     let latest = store.clone();
+    let probe_store = store.clone();
     let (mut cache, feeds) = cache::Cache::new(
         api(&client, &opts.namespace),
         api(&client, &opts.namespace),
@@ -199,7 +227,7 @@ pub async fn run(client: Client, opts: Options) -> Result<(), RunError> {
     let router_wakes = cache.routers(client.clone(), opts.namespace.clone(), store.clone());
     let ctx = Arc::new(reconcile::Context {
         client: client.clone(),
-        recorder: Recorder::new(client.clone(), reporter),
+        recorder: events::Recorder::new(client.clone(), reporter),
         metrics: metrics.clone(),
         cache,
         written: Default::default(),
@@ -235,7 +263,12 @@ pub async fn run(client: Client, opts: Options) -> Result<(), RunError> {
         })
         .reconcile_on(hooks::finished())
         .reconcile_on(router_wakes)
-        .shutdown_on_signal()
+        .reconcile_on(liveness::probes(
+            probe_store,
+            metrics.liveness.clone(),
+            liveness::PROBE_EVERY,
+        ))
+        .graceful_shutdown_on(shutdown)
         .run(
             move |bg, ctx| in_turn(bg, ctx, turns.clone(), latest.clone()),
             reconcile::error_policy,

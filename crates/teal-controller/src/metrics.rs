@@ -76,6 +76,8 @@ pub struct Metrics {
     /// Reconciles due and waiting for a turn (see `turns`).
     pub waiting: Gauge,
     pub ready: Arc<AtomicBool>,
+    /// Whether reconciles make progress: `/healthz`.
+    pub liveness: Arc<crate::liveness::Liveness>,
     /// The read-only dashboard on `/`, once the controller has a client.
     pub dashboard: Arc<std::sync::OnceLock<crate::dashboard::Dashboard>>,
 }
@@ -86,6 +88,14 @@ fn release_histogram() -> Histogram {
 
 impl Default for Metrics {
     fn default() -> Self {
+        Metrics::new(crate::liveness::DEFAULT_STALL_AFTER)
+    }
+}
+
+impl Metrics {
+    /// Metrics whose `/healthz` fails once reconciles are due and none
+    /// finished for `stall_after`.
+    pub fn new(stall_after: Duration) -> Self {
         let mut registry = Registry::with_prefix("teal_controller");
         let reconciles = Counter::default();
         let errors = Family::<ErrorLabels, Counter>::default();
@@ -140,12 +150,11 @@ impl Default for Metrics {
             duration,
             releases,
             ready: Arc::new(AtomicBool::new(false)),
+            liveness: Arc::new(crate::liveness::Liveness::new(stall_after)),
             dashboard: Arc::default(),
         }
     }
-}
 
-impl Metrics {
     pub fn reconciled(&self, took: Duration) {
         self.reconciles.inc();
         self.duration.observe(took.as_secs_f64());
@@ -178,7 +187,8 @@ impl Metrics {
         out
     }
 
-    /// Serves `/metrics`, `/healthz` (alive), `/readyz` (leading and
+    /// Serves `/metrics`, `/healthz` (alive and not wedged, see
+    /// [`crate::liveness`]), `/readyz` (leading and
     /// watching) and the dashboard (`/`, `/dashboard.json`) until the
     /// process ends.
     pub async fn serve(self, addr: SocketAddr) -> std::io::Result<SocketAddr> {
@@ -201,7 +211,13 @@ impl Metrics {
                             }
                             let (status, body) = match req.uri().path() {
                                 "/metrics" => (StatusCode::OK, m.render()),
-                                "/healthz" => (StatusCode::OK, "ok\n".to_string()),
+                                "/healthz" => match m.liveness.check(std::time::Instant::now()) {
+                                    Ok(()) => (StatusCode::OK, "ok\n".to_string()),
+                                    Err(e) => {
+                                        tracing::error!("/healthz: {e}");
+                                        (StatusCode::SERVICE_UNAVAILABLE, format!("{e}\n"))
+                                    }
+                                },
                                 "/readyz" if m.ready.load(Ordering::SeqCst) => {
                                     (StatusCode::OK, "ready\n".into())
                                 }

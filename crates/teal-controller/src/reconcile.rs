@@ -4,12 +4,13 @@
 use std::sync::Arc;
 use std::time::{Duration, SystemTime, UNIX_EPOCH};
 
+use crate::events::Recorder;
 use k8s_openapi::api::apps::v1::Deployment;
 use k8s_openapi::api::core::v1::{PodTemplateSpec, Service};
 use k8s_openapi::apimachinery::pkg::apis::meta::v1::{Condition, Time};
 use kube::api::{Patch, PatchParams};
 use kube::runtime::controller::Action as Requeue;
-use kube::runtime::events::{Event as KubeEvent, EventType, Recorder};
+use kube::runtime::events::{Event as KubeEvent, EventType};
 use kube::runtime::finalizer::{Event as Finalizer, finalizer};
 use kube::{Api, Client, Resource, ResourceExt};
 use serde::{Deserialize, Serialize};
@@ -27,6 +28,21 @@ use crate::routers;
 
 /// The field manager of teal's server-side applies.
 pub const MANAGER: &str = "teal-controller";
+/// The phase shown while a Service teal would write belongs to someone
+/// else; the engine's own phase is shown again once the conflict is gone.
+pub const CONFLICT_PHASE: &str = "Conflict";
+
+/// Parameters of teal's merge patches: named after teal's field manager,
+/// so that a GitOps tool's server-side apply of a field teal changed (the
+/// workload's `spec.replicas`) conflicts with `teal-controller`, not with
+/// "unknown" (docs/kubernetes.md, GitOps).
+pub fn patch_params() -> PatchParams {
+    PatchParams {
+        field_manager: Some(MANAGER.into()),
+        ..PatchParams::default()
+    }
+}
+
 /// Finalizer that restores the workload when a BlueGreen is deleted.
 pub const FINALIZER: &str = "teal.dev/cleanup";
 /// How often a BlueGreen with nothing in progress is reconciled when no
@@ -242,7 +258,11 @@ impl Cluster<'_> {
         let patch = serde_json::json!({"spec": {"replicas": replicas}});
         match self
             .deployments
-            .patch(&name, &PatchParams::default(), &Patch::Merge(patch))
+            .patch(
+                &name,
+                &crate::reconcile::patch_params(),
+                &Patch::Merge(patch),
+            )
             .await
         {
             Ok(_) => Ok(()),
@@ -321,6 +341,22 @@ fn policy(bg: &BlueGreen, replicas: u32) -> Policy {
         progress_deadline_ms: s.progress_deadline.as_millis(),
         scale_down_delay_ms: s.scale_down_delay.as_millis(),
         hooks: teal_api::hooks::hook_policy(&s.webhooks),
+    }
+}
+
+/// How testers reach the idle color, for the PreviewReady event: the
+/// preview Service with router type `service`, else the preview header or
+/// cookie (the header's value is never shown: it may be a secret).
+pub fn preview_reached(bg: &BlueGreen) -> String {
+    use teal_api::bluegreen::RouterKind;
+    let p = &bg.spec.preview;
+    if bg.spec.router.kind == RouterKind::Service {
+        return format!("through Service {}", objects::preview_service_name(bg));
+    }
+    match (&p.header, &p.cookie) {
+        (Some(h), _) => format!("with the preview header {}", h.name),
+        (None, Some(c)) => format!("with the preview cookie {}", c.name),
+        (None, None) => "(set spec.preview.header to reach it through the router)".into(),
     }
 }
 
@@ -404,6 +440,8 @@ async fn apply(bg: Arc<BlueGreen>, ctx: Arc<Context>) -> Result<Requeue, Error> 
                 &mut status,
                 condition("Ready", false, "ServiceConflict", &msg, generation),
             );
+            // `kubectl get bg` shows it in the PHASE column.
+            status.phase = Some(CONFLICT_PHASE.into());
             status.message = Some(msg);
             write_status(&bgs, &name, &old_status, status).await?;
             return Ok(Requeue::requeue(Duration::from_secs(30)));
@@ -619,8 +657,12 @@ async fn apply(bg: Arc<BlueGreen>, ctx: Arc<Context>) -> Result<Requeue, Error> 
                         // may have written in this reconcile stays.
                         let patch =
                             serde_json::json!({"status": {"conditions": failed.conditions}});
-                        bgs.patch_status(&name, &PatchParams::default(), &Patch::Merge(patch))
-                            .await?;
+                        bgs.patch_status(
+                            &name,
+                            &crate::reconcile::patch_params(),
+                            &Patch::Merge(patch),
+                        )
+                        .await?;
                         if news {
                             cluster.event(true, "RouteFailed", e.to_string()).await;
                         }
@@ -693,12 +735,21 @@ async fn apply(bg: Arc<BlueGreen>, ctx: Arc<Context>) -> Result<Requeue, Error> 
                     let secs = now_ms().saturating_sub(r.started_at) as f64 / 1000.0;
                     ctx.metrics.release_ended(&format!("{:?}", e.kind), secs);
                 }
+                let message = match e.kind {
+                    EventKind::PreviewReady => {
+                        format!("{} {}", e.message, preview_reached(&bg))
+                    }
+                    _ => e.message.clone(),
+                };
+                // Each release step in the log too, at info (warn when it
+                // went wrong).
+                if e.kind.is_warning() {
+                    tracing::warn!(bluegreen = %format!("{ns}/{name}"), revision = %e.revision, event = ?e.kind, "{message}");
+                } else {
+                    tracing::info!(bluegreen = %format!("{ns}/{name}"), revision = %e.revision, event = ?e.kind, "{message}");
+                }
                 cluster
-                    .event(
-                        e.kind.is_warning(),
-                        &format!("{:?}", e.kind),
-                        e.message.clone(),
-                    )
+                    .event(e.kind.is_warning(), &format!("{:?}", e.kind), message)
                     .await;
             }
         }
@@ -716,7 +767,7 @@ async fn apply(bg: Arc<BlueGreen>, ctx: Arc<Context>) -> Result<Requeue, Error> 
             .deployments
             .patch(
                 &bg.spec.workload_ref.name,
-                &PatchParams::default(),
+                &crate::reconcile::patch_params(),
                 &Patch::Merge(patch),
             )
             .await?;
@@ -874,8 +925,12 @@ async fn write_status(
     let old = serde_json::to_value(old).map_err(|e| Error::State(e.to_string()))?;
     let new = serde_json::to_value(&new).map_err(|e| Error::State(e.to_string()))?;
     let patch = serde_json::json!({ "status": merge_diff(&old, new) });
-    api.patch_status(name, &PatchParams::default(), &Patch::Merge(patch))
-        .await?;
+    api.patch_status(
+        name,
+        &crate::reconcile::patch_params(),
+        &Patch::Merge(patch),
+    )
+    .await?;
     Ok(())
 }
 
@@ -923,7 +978,7 @@ async fn cleanup(bg: Arc<BlueGreen>, ctx: Arc<Context>) -> Result<Requeue, Error
         deployments
             .patch(
                 &bg.spec.workload_ref.name,
-                &PatchParams::default(),
+                &crate::reconcile::patch_params(),
                 &Patch::Merge(patch),
             )
             .await?;
@@ -971,7 +1026,11 @@ async fn cleanup(bg: Arc<BlueGreen>, ctx: Arc<Context>) -> Result<Requeue, Error
         let mut patch = patch;
         patch["spec"]["selector"] = serde_json::Value::Object(sel);
         services
-            .patch(&svc_name, &PatchParams::default(), &Patch::Merge(patch))
+            .patch(
+                &svc_name,
+                &crate::reconcile::patch_params(),
+                &Patch::Merge(patch),
+            )
             .await?;
     }
     routers::release(
@@ -992,6 +1051,7 @@ async fn cleanup(bg: Arc<BlueGreen>, ctx: Arc<Context>) -> Result<Requeue, Error
         secondary: None,
     };
     let _ = recorder.publish(&ev, &bg.object_ref(&())).await;
+    recorder.forget(&bg.uid().unwrap_or_default());
     ctx.written.forget(&bg.uid().unwrap_or_default());
     Ok(Requeue::await_change())
 }

@@ -80,6 +80,32 @@ async fn adoption_then_auto_promotion_switches_the_service() {
             "missing event {want}: {reasons:?}"
         );
     }
+    // Router type `service` has no preview header: the event names the
+    // preview Service.
+    let events = c.events("shop").await;
+    let preview: Vec<_> = events.iter().filter(|e| e.1 == "PreviewReady").collect();
+    assert!(
+        preview
+            .iter()
+            .all(|e| e.2.contains("through Service shop-preview") && !e.2.contains("header")),
+        "{preview:?}"
+    );
+    // The workload's scale to 0 is written under teal's field manager, so a
+    // GitOps tool's server-side apply of `replicas` names who owns it.
+    let workload = c.deployments().get("shop").await.unwrap();
+    let owners: Vec<_> = workload
+        .metadata
+        .managed_fields
+        .unwrap_or_default()
+        .into_iter()
+        .filter(|f| {
+            f.fields_v1
+                .as_ref()
+                .is_some_and(|v| v.0.pointer("/f:spec/f:replicas").is_some())
+        })
+        .map(|f| f.manager.unwrap_or_default())
+        .collect();
+    assert_eq!(owners, ["teal-controller"], "owners of spec.replicas");
 }
 
 fn spec(extra: serde_json::Value) -> serde_json::Value {
@@ -274,7 +300,6 @@ async fn rollback_inside_and_outside_the_scale_down_window() {
         .await;
     assert_eq!(st.active_revision.as_deref(), Some(v1.as_str()));
     assert_eq!(c.selector_color("shop").await.as_deref(), Some("blue"));
-
     // Release v2 fully, then roll back after the window: v1 is redeployed.
     c.command("shop", "retry").await;
     let st = c
@@ -293,6 +318,23 @@ async fn rollback_inside_and_outside_the_scale_down_window() {
     assert_eq!(st.active_color, Some(teal_core::Color::Blue));
     assert_eq!(c.selector_color("shop").await.as_deref(), Some("blue"));
     assert_ne!(v1, v2);
+    // Each switch is an event of its own, saying where traffic went: the
+    // switch to blue that redeployed v1 is not counted as a repeat of the
+    // switch to green.
+    let switches: Vec<_> = c
+        .events("shop")
+        .await
+        .into_iter()
+        .filter(|e| e.1 == "Switched")
+        .map(|e| e.2)
+        .collect();
+    assert!(
+        switches.iter().any(|n| n.contains("switched to green"))
+            && switches
+                .iter()
+                .any(|n| n.contains("to blue") && n.contains(v1.as_str())),
+        "{switches:?}"
+    );
 }
 
 #[tokio::test]
@@ -386,6 +428,11 @@ async fn a_service_owned_by_someone_else_is_reported() {
         })
         .await;
     assert!(st.message.unwrap().contains("spec.service.name"));
+    assert_eq!(
+        st.phase.as_deref(),
+        Some("Conflict"),
+        "shown by kubectl get bg"
+    );
     assert_eq!(c.replicas("shop").await, Some(1), "nothing was touched");
     assert_eq!(c.replicas("shop-blue").await, None);
 }
@@ -464,7 +511,7 @@ async fn an_idle_reconcile_sends_no_request_and_a_changed_service_is_written_bac
     tokio::spawn(feeds.workloads.for_each(|_| async {}));
     let ctx = std::sync::Arc::new(Context {
         client: client.clone(),
-        recorder: kube::runtime::events::Recorder::new(
+        recorder: teal_controller::events::Recorder::new(
             client.clone(),
             kube::runtime::events::Reporter {
                 controller: "teal-test".into(),

@@ -49,6 +49,28 @@ async fn invalid_hooks_and_notifiers_are_rejected_naming_the_field() {
             &["spec.webhooks[0].timeout"],
         ),
         (
+            "two webhooks with one name (status.hooks is keyed by name)",
+            with(
+                "webhooks",
+                json!([
+                    {"name": "smoke", "type": "event", "url": "http://x"},
+                    {"name": "smoke", "type": "pre-rollout", "url": "http://y"}
+                ]),
+            ),
+            &["spec.webhooks[1]", "Duplicate value", "smoke"],
+        ),
+        (
+            "two notifiers with one name",
+            with(
+                "notifications",
+                json!([
+                    {"name": "n", "type": "slack", "url": "http://x"},
+                    {"name": "n", "type": "webhook", "url": "http://y"}
+                ]),
+            ),
+            &["spec.notifications[1]", "Duplicate value"],
+        ),
+        (
             "unknown notifier type",
             with(
                 "notifications",

@@ -858,7 +858,7 @@ impl Machine {
         out.push(event(
             EventKind::PreviewReady,
             &revision,
-            format!("{color} runs {revision} and is reachable with the preview header"),
+            format!("{color} runs {revision} and is ready for preview"),
         ));
         if self.policy.hooks.pre_rollout && !r.rollback {
             set_phase(r, now, Phase::Previewing, "running pre-rollout webhooks");

@@ -69,10 +69,11 @@ pub fn main() -> ExitCode {
         return ExitCode::SUCCESS;
     }
     // The demo prints its own progress; only errors go to the log there.
-    init_tracing(if matches!(cli.command, Command::Demo(_)) {
-        "error"
-    } else {
-        "warn"
+    // The controller says what it does with each release at info.
+    init_tracing(match cli.command {
+        Command::Demo(_) => "error",
+        Command::Controller(_) => "info",
+        _ => "warn",
     });
     let runtime = match tokio::runtime::Runtime::new() {
         Ok(rt) => rt,
@@ -102,8 +103,11 @@ pub fn main() -> ExitCode {
     }
 }
 
+/// The log filter: `TEAL_LOG`, else `RUST_LOG`, else `default` (same syntax:
+/// a level such as `debug`, or `teal_controller=debug,kube=info`).
 fn init_tracing(default: &str) {
     let filter = tracing_subscriber::EnvFilter::try_from_env("TEAL_LOG")
+        .or_else(|_| tracing_subscriber::EnvFilter::try_from_env("RUST_LOG"))
         .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new(default));
     let _ = tracing_subscriber::fmt()
         .with_env_filter(filter)

@@ -212,3 +212,142 @@ async fn two_controllers_share_one_lease() {
     );
     drop(follower);
 }
+
+async fn http_status(port: u16, path: &str) -> (u16, String) {
+    let url = format!("http://127.0.0.1:{port}{path}");
+    match teal_local::http::request("GET", &url, None, None, Duration::from_secs(5)).await {
+        Ok(a) => (a.status, String::from_utf8_lossy(&a.body).into_owned()),
+        Err(e) => (0, e.to_string()),
+    }
+}
+
+/// A BlueGreen whose pre-promotion checks call a rollout webhook that
+/// never answers (with an hour's timeout): the listener accepts connections
+/// (non-blocking `accept`) and never answers them.
+async fn setup_with_hanging_hook(env: &TestEnv, prefix: &str) -> (TcpListener, String) {
+    let hang = TcpListener::bind("127.0.0.1:0").unwrap();
+    hang.set_nonblocking(true).unwrap();
+    let port = hang.local_addr().unwrap().port();
+    let ns = setup(
+        env,
+        prefix,
+        &format!(
+            "  analysis:\n    prePromotion:\n      interval: 1s\n      checks: 3\n      metrics:\n        - {{name: errors, prometheus: {{address: \"http://127.0.0.1:1\", query: \"vector(0)\"}}, max: 1}}\n  webhooks:\n    - {{name: load, type: rollout, url: \"http://127.0.0.1:{port}/\", timeout: 1h, retries: 0}}\n"
+        ),
+    )
+    .await;
+    (hang, ns)
+}
+
+/// With every reconcile turn held by a webhook that never answers, nothing
+/// finishes: `/healthz` fails (so the liveness probe restarts the
+/// controller), while an idle controller stays healthy however long it idles.
+#[tokio::test]
+async fn healthz_fails_when_reconciles_are_due_and_none_finishes() {
+    let env = TestEnv::shared();
+    let (hang, ns) = setup_with_hanging_hook(env, "wedge").await;
+    let client = env.client();
+    let bgs: Api<BlueGreen> = Api::namespaced(client.clone(), &ns);
+    let deps: Api<Deployment> = Api::namespaced(client.clone(), &ns);
+    let port = free_port();
+    let args = [
+        "--no-leader-election",
+        "--metrics-addr",
+        &format!("127.0.0.1:{port}"),
+        "--concurrency",
+        "1",
+        "--stall-seconds",
+        "6",
+    ];
+    let _ctl = ControllerProcess::start(env, &ns, &args);
+    wait_healthy_at(&bgs, None).await;
+    // Idle for longer than the stall limit: alive.
+    tokio::time::sleep(Duration::from_secs(8)).await;
+    assert_eq!(http_status(port, "/healthz").await.0, 200);
+
+    // A release whose rollout hook never answers holds the only turn.
+    set_image(&deps, "shop", "shop:2").await;
+    let (code, body) = wait_for("/healthz to fail", Duration::from_secs(60), || async {
+        let (code, body) = http_status(port, "/healthz").await;
+        if code == 503 {
+            Ok((code, body))
+        } else {
+            Err(format!("{code} {body}"))
+        }
+    })
+    .await;
+    assert!(
+        body.contains("wedged") && body.contains("6s"),
+        "{code} {body}"
+    );
+    drop(hang);
+}
+
+/// SIGTERM ends the controller within `--shutdown-timeout` even while a
+/// reconcile waits for a webhook that never answers; a standby waiting for
+/// the lease stops at once.
+#[tokio::test]
+async fn sigterm_ends_the_controller_within_its_shutdown_timeout() {
+    use nix::sys::signal::{Signal, kill};
+    use nix::unistd::Pid;
+    let env = TestEnv::shared();
+    let (hang, ns) = setup_with_hanging_hook(env, "sigterm").await;
+    let client = env.client();
+    let bgs: Api<BlueGreen> = Api::namespaced(client.clone(), &ns);
+    let deps: Api<Deployment> = Api::namespaced(client.clone(), &ns);
+    let lease_args = |id: &'static str| {
+        [
+            "--lease-namespace".to_string(),
+            ns.clone(),
+            "--lease-seconds".into(),
+            "30".into(),
+            "--identity".into(),
+            id.into(),
+            "--metrics-addr".into(),
+            "127.0.0.1:0".into(),
+            "--shutdown-timeout".into(),
+            "3".into(),
+        ]
+    };
+    let leader_args = lease_args("leader");
+    let leader_args: Vec<&str> = leader_args.iter().map(String::as_str).collect();
+    let mut leader = ControllerProcess::start(env, &ns, &leader_args);
+    wait_healthy_at(&bgs, None).await;
+    let standby_args = lease_args("standby");
+    let standby_args: Vec<&str> = standby_args.iter().map(String::as_str).collect();
+    let mut standby = ControllerProcess::start(env, &ns, &standby_args);
+
+    // The leader's reconcile now waits for the hook (up to an hour).
+    set_image(&deps, "shop", "shop:2").await;
+    // Accepted and kept open, never answered.
+    let _call = wait_for("the hook to be called", Duration::from_secs(60), || {
+        let c = hang.accept().map_err(|e| e.to_string());
+        async move { c }
+    })
+    .await;
+    tokio::time::sleep(Duration::from_millis(500)).await;
+
+    for (who, p, bound) in [
+        ("standby", &mut standby, Duration::from_secs(2)),
+        ("leader", &mut leader, Duration::from_secs(3 + 3)),
+    ] {
+        let pid = Pid::from_raw(p.0.id() as i32);
+        let sent = std::time::Instant::now();
+        kill(pid, Signal::SIGTERM).unwrap();
+        let status = wait_for(
+            &format!("the {who} to exit"),
+            Duration::from_secs(30),
+            || {
+                let s = p.exited();
+                async move { s.ok_or("still running") }
+            },
+        )
+        .await;
+        let took = sent.elapsed();
+        assert!(
+            took <= bound,
+            "the {who} took {took:?} to exit after SIGTERM ({status:?}); log {}",
+            ControllerProcess::log_path(&ns).display()
+        );
+    }
+}

@@ -15,7 +15,7 @@ use futures_util::StreamExt;
 use k8s_openapi::api::apps::v1::Deployment;
 use k8s_openapi::api::core::v1::Service;
 use k8s_support::{
-    ControllerProcess, apply_deploy_files, kubectl, live_color, set_image, wait_healthy,
+    ControllerProcess, Rng, apply_deploy_files, kubectl, live_color, set_image, wait_healthy,
 };
 use kube::Api;
 use kube::api::{WatchEvent, WatchParams};
@@ -25,18 +25,6 @@ use teal_testenv::{TestEnv, wait_for};
 const RELEASES: usize = 10;
 const KILLS_PER_RELEASE: usize = 5;
 const CONTROLLER_ARGS: &[&str] = &["--no-leader-election", "--metrics-addr", "127.0.0.1:0"];
-
-/// xorshift: enough to spread kill points; the seed makes a run replayable.
-struct Rng(u64);
-
-impl Rng {
-    fn below(&mut self, n: u64) -> u64 {
-        self.0 ^= self.0 << 13;
-        self.0 ^= self.0 >> 7;
-        self.0 ^= self.0 << 17;
-        self.0 % n
-    }
-}
 
 /// Every change of the live Service's selector, checked as it happens: the
 /// new color's Deployment must have ready replicas.
@@ -131,18 +119,8 @@ spec:
     let client = env.client();
     let bgs: Api<BlueGreen> = Api::namespaced(client.clone(), &ns);
     let deps: Api<Deployment> = Api::namespaced(client.clone(), &ns);
-    let seed = std::env::var("TEAL_FAULT_SEED")
-        .ok()
-        .and_then(|s| s.parse().ok())
-        .unwrap_or_else(|| {
-            std::time::SystemTime::now()
-                .duration_since(std::time::UNIX_EPOCH)
-                .unwrap()
-                .as_nanos() as u64
-                | 1
-        });
-    eprintln!("TEAL_FAULT_SEED={seed}");
-    let mut rng = Rng(seed);
+    let mut rng = Rng::from_env();
+    let seed = rng.0;
 
     let mut ctl = ControllerProcess::start(env, &ns, CONTROLLER_ARGS);
     let healthy_at = |want: Option<String>| {

@@ -272,8 +272,12 @@ impl Target<'_> {
             "metadata": {"resourceVersion": obj.metadata.resource_version},
             "spec": {field: list},
         });
-        api.patch(name, &PatchParams::default(), &Patch::Merge(patch))
-            .await?;
+        api.patch(
+            name,
+            &crate::reconcile::patch_params(),
+            &Patch::Merge(patch),
+        )
+        .await?;
         Ok(())
     }
 }

@@ -91,6 +91,7 @@ impl Case {
             lease: None,
             router_image: None,
             concurrency: teal_controller::DEFAULT_CONCURRENCY,
+            stall_after: teal_controller::liveness::DEFAULT_STALL_AFTER,
         };
         self.controller = Some(tokio::spawn(async move {
             if let Err(e) = teal_controller::run(client, opts).await {
@@ -122,6 +123,7 @@ impl Case {
             lease: None,
             router_image: router_image.map(String::from),
             concurrency: teal_controller::DEFAULT_CONCURRENCY,
+            stall_after: teal_controller::liveness::DEFAULT_STALL_AFTER,
         };
         self.controller = Some(tokio::spawn(async move {
             if let Err(e) = teal_controller::run(client, opts).await {

@@ -36,6 +36,16 @@ pub struct Args {
     #[arg(long, default_value_t = teal_controller::DEFAULT_CONCURRENCY,
           value_parser = clap::value_parser!(u16).range(1..=1024))]
     concurrency: u16,
+    /// Seconds that reconciles may be due with none finishing before
+    /// /healthz fails (the liveness probe then restarts a wedged controller).
+    #[arg(long, default_value_t = teal_controller::liveness::DEFAULT_STALL_AFTER.as_secs(),
+          value_parser = clap::value_parser!(u64).range(5..=86400))]
+    stall_seconds: u64,
+    /// Seconds a SIGTERM or SIGINT leaves the running reconciles to finish
+    /// before the process exits anyway (keep it below the pod's
+    /// terminationGracePeriodSeconds). A second signal exits at once.
+    #[arg(long, default_value_t = 10, value_parser = clap::value_parser!(u64).range(0..=3600))]
+    shutdown_timeout: u64,
 }
 
 pub async fn run(args: Args) -> anyhow::Result<ExitCode> {
@@ -53,7 +63,8 @@ pub async fn run(args: Args) -> anyhow::Result<ExitCode> {
         identity,
         duration: Duration::from_secs(args.lease_seconds),
     });
-    teal_controller::run(
+    let stop = on_signal(Duration::from_secs(args.shutdown_timeout))?;
+    teal_controller::run_until(
         client,
         teal_controller::Options {
             metrics_addr: args.metrics_addr,
@@ -61,8 +72,65 @@ pub async fn run(args: Args) -> anyhow::Result<ExitCode> {
             lease,
             router_image: None,
             concurrency: args.concurrency,
+            stall_after: Duration::from_secs(args.stall_seconds),
+        },
+        async move {
+            let _ = stop.await;
         },
     )
     .await?;
+    tracing::info!("stopped");
     Ok(ExitCode::SUCCESS)
+}
+
+/// Watches for SIGTERM and SIGINT on a thread of its own, so that a signal
+/// is seen whatever the controller's runtime is doing. The first signal
+/// completes the returned receiver (a graceful stop); if the process is
+/// still there `timeout` later, or on a second signal, it exits with
+/// status 1.
+fn on_signal(timeout: Duration) -> anyhow::Result<tokio::sync::oneshot::Receiver<()>> {
+    use tokio::signal::unix::{SignalKind, signal};
+    let runtime = tokio::runtime::Builder::new_current_thread()
+        .enable_all()
+        .build()
+        .context("cannot start the signal thread's runtime")?;
+    let (tx, rx) = tokio::sync::oneshot::channel();
+    // Registered here, before this returns: a signal from now on is ours.
+    let (mut term, mut int) = runtime.block_on(async {
+        Ok::<_, std::io::Error>((
+            signal(SignalKind::terminate())?,
+            signal(SignalKind::interrupt())?,
+        ))
+    })?;
+    std::thread::Builder::new()
+        .name("signals".into())
+        .spawn(move || {
+            runtime.block_on(async move {
+                let name = tokio::select! {
+                    _ = term.recv() => "SIGTERM",
+                    _ = int.recv() => "SIGINT",
+                };
+                tracing::info!(
+                    "{name}: stopping; running reconciles get {}s to finish",
+                    timeout.as_secs()
+                );
+                let _ = tx.send(());
+                let again = tokio::select! {
+                    _ = tokio::time::sleep(timeout) => false,
+                    _ = term.recv() => true,
+                    _ = int.recv() => true,
+                };
+                if again {
+                    tracing::error!("second signal: exiting now");
+                } else {
+                    tracing::error!(
+                        "still running {}s after {name}: exiting without waiting further",
+                        timeout.as_secs()
+                    );
+                }
+                std::process::exit(1);
+            })
+        })
+        .context("cannot start the signal thread")?;
+    Ok(rx)
 }

@@ -304,3 +304,39 @@ impl Drop for ControllerProcess {
         let _ = self.0.wait();
     }
 }
+
+/// xorshift: enough to spread fault points; the seed makes a run replayable.
+#[allow(dead_code)]
+pub struct Rng(pub u64);
+
+#[allow(dead_code)]
+impl Rng {
+    /// The seed of `TEAL_FAULT_SEED`, else one from the clock; printed so
+    /// that a failed run can be replayed.
+    pub fn from_env() -> Rng {
+        let seed = std::env::var("TEAL_FAULT_SEED")
+            .ok()
+            .and_then(|s| s.parse().ok())
+            .unwrap_or_else(|| {
+                std::time::SystemTime::now()
+                    .duration_since(std::time::UNIX_EPOCH)
+                    .unwrap()
+                    .as_nanos() as u64
+                    | 1
+            });
+        eprintln!("TEAL_FAULT_SEED={seed}");
+        Rng(seed)
+    }
+
+    pub fn below(&mut self, n: u64) -> u64 {
+        self.0 ^= self.0 << 13;
+        self.0 ^= self.0 >> 7;
+        self.0 ^= self.0 << 17;
+        self.0 % n
+    }
+
+    /// One of `r`.
+    pub fn pick(&mut self, r: std::ops::Range<usize>) -> usize {
+        r.start + self.below((r.end - r.start) as u64) as usize
+    }
+}
