@@ -45,6 +45,42 @@ pub struct Cache {
     workloads: Store<Deployment>,
     /// Router objects, once [`Cache::routers`] enabled them.
     extra: Option<Arc<Extras>>,
+    /// Whether the five caches above hold their first listing.
+    ready: Ready,
+}
+
+/// That the caches hold their first listing, awaited by any number of
+/// reconciles at once.
+///
+/// kube-runtime's `Store::wait_until_ready` keeps one waker only, that of
+/// the task that polled it last: of several tasks waiting on one store, the
+/// others are never woken. A controller started next to twenty existing
+/// BlueGreens has twenty reconciles waiting for its caches; all but one
+/// waited forever, holding their BlueGreen's place in the queue, so no
+/// change to them was ever released. Here one waiter at a time waits on the
+/// stores, the others queue on a fair lock, and whoever finds the caches
+/// ready passes at once.
+#[derive(Clone, Default)]
+struct Ready {
+    done: Arc<std::sync::atomic::AtomicBool>,
+    one_at_a_time: Arc<tokio::sync::Mutex<()>>,
+}
+
+impl Ready {
+    /// Returns once `stores` (waiting on every store) has completed, in
+    /// this call or an earlier one.
+    async fn wait<F: std::future::Future<Output = ()>>(&self, stores: impl FnOnce() -> F) {
+        use std::sync::atomic::Ordering;
+        if self.done.load(Ordering::Acquire) {
+            return;
+        }
+        let _one = self.one_at_a_time.lock().await;
+        if self.done.load(Ordering::Acquire) {
+            return;
+        }
+        stores().await;
+        self.done.store(true, Ordering::Release);
+    }
 }
 
 /// The router objects cached on demand, by kind.
@@ -326,6 +362,7 @@ impl Cache {
                 services: svc_reader,
                 workloads: work_reader,
                 extra: None,
+                ready: Ready::default(),
             },
             feeds,
         )
@@ -511,13 +548,18 @@ impl Cache {
         Some(ObjectRef::new(name).within(ns))
     }
 
-    /// Waits until every cache holds a complete first listing.
+    /// Waits until every cache holds a complete first listing. Any number
+    /// of reconciles may wait at once (see [`Ready`]).
     pub async fn ready(&self) {
-        let _ = self.pods.wait_until_ready().await;
-        let _ = self.deployments.wait_until_ready().await;
-        let _ = self.replica_sets.wait_until_ready().await;
-        let _ = self.services.wait_until_ready().await;
-        let _ = self.workloads.wait_until_ready().await;
+        self.ready
+            .wait(|| async {
+                let _ = self.pods.wait_until_ready().await;
+                let _ = self.deployments.wait_until_ready().await;
+                let _ = self.replica_sets.wait_until_ready().await;
+                let _ = self.services.wait_until_ready().await;
+                let _ = self.workloads.wait_until_ready().await;
+            })
+            .await
     }
 
     /// A Service teal wrote, by namespace and name.
@@ -768,6 +810,46 @@ mod tests {
             Some(&["a-1".to_string(), "a-2".to_string()][..]),
             "woken before the index held the list"
         );
+    }
+
+    #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+    async fn every_reconcile_waiting_for_the_caches_is_woken_when_they_are_ready() {
+        let mut writer = reflector::store::Writer::<Pod>::default();
+        let store = writer.as_reader();
+        let ready = Ready::default();
+        let waiting = Arc::new(std::sync::atomic::AtomicUsize::new(0));
+        let tasks: Vec<_> = (0..20)
+            .map(|_| {
+                let (store, ready, waiting) = (store.clone(), ready.clone(), waiting.clone());
+                tokio::spawn(async move {
+                    waiting.fetch_add(1, std::sync::atomic::Ordering::SeqCst);
+                    ready
+                        .wait(|| async {
+                            let _ = store.wait_until_ready().await;
+                        })
+                        .await
+                })
+            })
+            .collect();
+        while waiting.load(std::sync::atomic::Ordering::SeqCst) < 20 {
+            tokio::task::yield_now().await;
+        }
+        tokio::time::sleep(std::time::Duration::from_millis(100)).await;
+        writer.apply_watcher_event(&watcher::Event::Init);
+        writer.apply_watcher_event(&watcher::Event::InitDone);
+        for (i, t) in tasks.into_iter().enumerate() {
+            tokio::time::timeout(std::time::Duration::from_secs(5), t)
+                .await
+                .unwrap_or_else(|_| panic!("waiter {i} was never woken"))
+                .unwrap();
+        }
+        // Later callers pass at once.
+        tokio::time::timeout(
+            std::time::Duration::from_millis(100),
+            ready.wait(|| std::future::pending()),
+        )
+        .await
+        .expect("ready stays ready");
     }
 
     #[test]

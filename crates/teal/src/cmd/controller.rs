@@ -90,22 +90,34 @@ pub async fn run(args: Args) -> anyhow::Result<ExitCode> {
 /// status 1.
 fn on_signal(timeout: Duration) -> anyhow::Result<tokio::sync::oneshot::Receiver<()>> {
     use tokio::signal::unix::{SignalKind, signal};
-    let runtime = tokio::runtime::Builder::new_current_thread()
-        .enable_all()
-        .build()
-        .context("cannot start the signal thread's runtime")?;
     let (tx, rx) = tokio::sync::oneshot::channel();
-    // Registered here, before this returns: a signal from now on is ours.
-    let (mut term, mut int) = runtime.block_on(async {
-        Ok::<_, std::io::Error>((
-            signal(SignalKind::terminate())?,
-            signal(SignalKind::interrupt())?,
-        ))
-    })?;
+    let (registered_tx, registered) = std::sync::mpsc::channel();
     std::thread::Builder::new()
         .name("signals".into())
         .spawn(move || {
+            let runtime = match tokio::runtime::Builder::new_current_thread()
+                .enable_all()
+                .build()
+            {
+                Ok(r) => r,
+                Err(e) => {
+                    let _ = registered_tx.send(Err(e));
+                    return;
+                }
+            };
             runtime.block_on(async move {
+                let handlers = signal(SignalKind::terminate())
+                    .and_then(|t| Ok((t, signal(SignalKind::interrupt())?)));
+                let (mut term, mut int) = match handlers {
+                    Ok(h) => {
+                        let _ = registered_tx.send(Ok(()));
+                        h
+                    }
+                    Err(e) => {
+                        let _ = registered_tx.send(Err(e));
+                        return;
+                    }
+                };
                 let name = tokio::select! {
                     _ = term.recv() => "SIGTERM",
                     _ = int.recv() => "SIGINT",
@@ -132,5 +144,10 @@ fn on_signal(timeout: Duration) -> anyhow::Result<tokio::sync::oneshot::Receiver
             })
         })
         .context("cannot start the signal thread")?;
+    // Registered before this returns: a signal from now on is ours.
+    registered
+        .recv()
+        .context("the signal thread ended")?
+        .context("cannot watch for SIGTERM and SIGINT")?;
     Ok(rx)
 }
