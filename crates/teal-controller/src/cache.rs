@@ -846,7 +846,7 @@ mod tests {
         // Later callers pass at once.
         tokio::time::timeout(
             std::time::Duration::from_millis(100),
-            ready.wait(|| std::future::pending()),
+            ready.wait(std::future::pending),
         )
         .await
         .expect("ready stays ready");
