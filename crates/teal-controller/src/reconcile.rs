@@ -32,6 +32,24 @@ pub const MANAGER: &str = "teal-controller";
 /// else; the engine's own phase is shown again once the conflict is gone.
 pub const CONFLICT_PHASE: &str = "Conflict";
 
+/// The condition reason while `status.engine` cannot be read.
+pub const ENGINE_UNREADABLE: &str = "EngineStateUnreadable";
+
+/// The engine state stored in status: `None` when there is none (a first
+/// adoption), an error naming the field when there is one this version
+/// cannot read (written by a newer teal, or edited by hand). teal then
+/// changes nothing for the BlueGreen: traffic stays where it is.
+pub fn restore_engine(stored: Option<&serde_json::Value>) -> Result<Option<EngineState>, String> {
+    let Some(v) = stored else {
+        return Ok(None);
+    };
+    serde_json::from_value(v.clone()).map(Some).map_err(|e| {
+        format!(
+            "status.engine cannot be read ({e}): teal changes nothing for this BlueGreen and traffic stays where it is; run the teal version that wrote it, or see docs/kubernetes.md (Upgrades) for how to start over"
+        )
+    })
+}
+
 /// Parameters of teal's merge patches: named after teal's field manager,
 /// so that a GitOps tool's server-side apply of a field teal changed (the
 /// workload's `spec.replicas`) conflicts with `teal-controller`, not with
@@ -448,11 +466,24 @@ async fn apply(bg: Arc<BlueGreen>, ctx: Arc<Context>) -> Result<Requeue, Error> 
         }
     }
 
-    // The engine: restored from status, or new on first adoption.
-    let saved: Option<EngineState> = old_status
-        .engine
-        .clone()
-        .and_then(|v| serde_json::from_value(v).ok());
+    // The engine: restored from status, or new on first adoption. A state
+    // that is there but cannot be read is no adoption: adopting would apply
+    // the workload's template to the live color without a release.
+    let saved: Option<EngineState> = match restore_engine(old_status.engine.as_ref()) {
+        Ok(s) => s,
+        Err(msg) => {
+            set_condition(
+                &mut status,
+                condition("Ready", false, ENGINE_UNREADABLE, &msg, generation),
+            );
+            if old_status.message.as_deref() != Some(msg.as_str()) {
+                cluster.event(true, ENGINE_UNREADABLE, msg.clone()).await;
+            }
+            status.message = Some(msg);
+            write_status(&bgs, &name, &old_status, status).await?;
+            return Ok(Requeue::requeue(Duration::from_secs(60)));
+        }
+    };
     let uid = bg.uid().unwrap_or_default();
     if ctx
         .written

@@ -593,3 +593,80 @@ async fn an_idle_reconcile_sends_no_request_and_a_changed_service_is_written_bac
     );
     assert_eq!(c.selector_color("shop").await.as_deref(), Some("blue"));
 }
+
+/// The image of the `app` container of Deployment `name`.
+async fn image_of(c: &support::Case, name: &str) -> Option<String> {
+    c.deployments()
+        .get_opt(name)
+        .await
+        .unwrap()?
+        .spec
+        .template
+        .spec?
+        .containers
+        .first()?
+        .image
+        .clone()
+}
+
+#[tokio::test]
+async fn an_unreadable_engine_state_changes_nothing_and_says_so() {
+    let (mut c, _v1) = healthy(json!({"promotion": {"mode": "manual"}}), "unreadable").await;
+    c.set_image("shop", "shop:2", BTreeMap::new()).await;
+    c.wait_status("awaiting promotion", "shop", |s| {
+        s.phase.as_deref() == Some("AwaitingPromotion")
+    })
+    .await;
+    c.stop_controller();
+    // A phase this version does not know (a newer teal's, or a hand edit).
+    let patch = json!({"status": {"engine": {"machine": {"release": {"phase": "Teleporting"}}}}});
+    c.bluegreens()
+        .patch_status(
+            "shop",
+            &kube::api::PatchParams::default(),
+            &kube::api::Patch::Merge(patch),
+        )
+        .await
+        .unwrap();
+    let before = (
+        c.selector_color("shop").await,
+        c.selector_color("shop-preview").await,
+        image_of(&c, "shop-blue").await,
+        image_of(&c, "shop-green").await,
+        c.replicas("shop-blue").await,
+        c.replicas("shop-green").await,
+        c.replicas("shop").await,
+    );
+    assert_eq!(before.2.as_deref(), Some("shop:1"));
+    c.start_controller();
+    let st = c
+        .wait_status("the unreadable state reported", "shop", |s| {
+            s.conditions.iter().any(|x| {
+                x.type_ == "Ready" && x.status == "False" && x.reason == "EngineStateUnreadable"
+            })
+        })
+        .await;
+    let msg = st.message.unwrap_or_default();
+    assert!(
+        msg.contains("status.engine") && msg.contains("Teleporting"),
+        "{msg}"
+    );
+    // Give a wrongly adopting controller time to act, then compare.
+    tokio::time::sleep(std::time::Duration::from_secs(3)).await;
+    let after = (
+        c.selector_color("shop").await,
+        c.selector_color("shop-preview").await,
+        image_of(&c, "shop-blue").await,
+        image_of(&c, "shop-green").await,
+        c.replicas("shop-blue").await,
+        c.replicas("shop-green").await,
+        c.replicas("shop").await,
+    );
+    assert_eq!(before, after, "nothing changed");
+    let warned = c
+        .events("shop")
+        .await
+        .into_iter()
+        .any(|e| e.0 == "Warning" && e.1 == "EngineStateUnreadable");
+    assert!(warned, "a Warning Event says why");
+}

@@ -67,6 +67,7 @@ const OTHERS: &[(&str, How)] = &[
     ("kubectl apply --server-side --field-manager=teal-health -f -", How::Run(ARGOCD, "--field-manager=teal-health")),
     ("kubectl annotate bluegreen color-api", How::Here("kubectl_examples_run_verbatim")),
     ("kubectl patch service service-color-api", How::Here("kubectl_examples_run_verbatim")),
+    ("kubectl patch bluegreen color-api --subresource=status", How::Here("kubectl_examples_run_verbatim")),
     ("export", How::Plumbing),
     ("mkdir", How::Plumbing),
     ("cat", How::Plumbing),
@@ -745,6 +746,41 @@ async fn kubectl_examples_run_verbatim() {
         command["promote/".len()..].parse::<u64>().is_ok(),
         "{command:?}"
     );
+    // kubernetes.md, Upgrades: starting over removes the stored engine state.
+    k8s_support::kubectl(
+        env,
+        &[
+            "patch",
+            "bluegreen",
+            "color-api",
+            "-n",
+            &ns,
+            "--subresource=status",
+            "--type=merge",
+            "-p",
+            r#"{"status": {"engine": {"machine": {"release": {"phase": "Teleporting"}}}}}"#,
+        ],
+        None,
+    );
+    run_verbatim(
+        env,
+        &ns,
+        &block("docs/kubernetes.md", "--subresource=status"),
+    );
+    let engine = k8s_support::kubectl(
+        env,
+        &[
+            "get",
+            "-n",
+            &ns,
+            "bluegreen",
+            "color-api",
+            "-o",
+            "jsonpath={.status.engine}",
+        ],
+        None,
+    );
+    assert_eq!(engine, "", "status.engine removed");
 }
 
 #[tokio::test]
