@@ -993,17 +993,67 @@ async fn cleanup(bg: Arc<BlueGreen>, ctx: Arc<Context>) -> Result<Requeue, Error
     let ns = bg.namespace().unwrap_or_default();
     let deployments: Api<Deployment> = Api::namespaced(ctx.client.clone(), &ns);
     let services: Api<Service> = Api::namespaced(ctx.client.clone(), &ns);
-    let replicas = bg
+    let state = bg
         .status
         .as_ref()
         .and_then(|s| s.engine.clone())
-        .and_then(|v| serde_json::from_value::<EngineState>(v).ok())
+        .and_then(|v| serde_json::from_value::<EngineState>(v).ok());
+    let replicas = state
+        .as_ref()
         .map(|s| s.machine.policy.replicas as i32)
         .or(bg.spec.replicas)
         .unwrap_or(1);
     let Some(workload) = deployments.get_opt(&bg.spec.workload_ref.name).await? else {
         return Ok(Requeue::await_change());
     };
+    // Traffic goes back to what is live, not to a template teal rolled back
+    // (or has not released yet): the workload gets the live revision's
+    // template first.
+    if let Some(live) = state
+        .as_ref()
+        .filter(|s| s.machine.routing.is_some())
+        .map(|s| s.machine.active.revision.clone())
+        && revision_of(&workload.spec.template) != live
+    {
+        let cluster = Cluster {
+            bg: &bg,
+            name: bg.name_any(),
+            deployments: deployments.clone(),
+            services: services.clone(),
+            ns: ns.clone(),
+            ctx: &ctx,
+        };
+        if let Some(template) = cluster.template_of(&live, &workload).await? {
+            let mut restored = workload.clone();
+            restored.spec.template = template;
+            restored.metadata.managed_fields = None;
+            deployments
+                .replace(
+                    &bg.spec.workload_ref.name,
+                    &kube::api::PostParams {
+                        field_manager: Some(MANAGER.into()),
+                        ..Default::default()
+                    },
+                    &restored,
+                )
+                .await?;
+            cluster
+                .event(
+                    true,
+                    "LiveRevisionRestored",
+                    format!(
+                        "BlueGreen deleted while {live} was live and Deployment {} named revision {}: its template was set back to {live}, so that traffic goes back to what was live; apply the newer template again to release it",
+                        bg.spec.workload_ref.name,
+                        revision_of(&workload.spec.template)
+                    ),
+                )
+                .await;
+            return Err(Error::State(format!(
+                "restored the live revision {live} in Deployment {} before handing its traffic back",
+                bg.spec.workload_ref.name
+            )));
+        }
+    }
     if workload.spec.replicas != Some(replicas) {
         let patch = serde_json::json!({"spec": {"replicas": replicas}});
         deployments

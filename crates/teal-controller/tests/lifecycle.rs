@@ -670,3 +670,57 @@ async fn an_unreadable_engine_state_changes_nothing_and_says_so() {
         .any(|e| e.0 == "Warning" && e.1 == "EngineStateUnreadable");
     assert!(warned, "a Warning Event says why");
 }
+
+#[tokio::test]
+async fn deleting_after_a_rollback_hands_back_the_revision_that_was_live() {
+    let (c, v1) = healthy(json!({"scaleDownDelay": "15s"}), "delete-rolledback").await;
+    c.set_image("shop", "shop:2", BTreeMap::new()).await;
+    c.wait_status("in window", "shop", |s| {
+        s.phase.as_deref() == Some("ScaleDownDelay")
+    })
+    .await;
+    c.command("shop", "rollback").await;
+    c.wait_status("rolled back", "shop", |s| {
+        s.phase.as_deref() == Some("RolledBack") && s.active_revision.as_deref() == Some(&v1)
+    })
+    .await;
+    assert_eq!(image_of(&c, "shop").await.as_deref(), Some("shop:2"));
+    c.bluegreens()
+        .delete("shop", &Default::default())
+        .await
+        .unwrap();
+    teal_testenv::wait_for(
+        "the BlueGreen to be gone",
+        std::time::Duration::from_secs(90),
+        || async {
+            match c.bluegreens().get_opt("shop").await {
+                Ok(None) => Ok(()),
+                Ok(Some(_)) => Err("still there (finalizer)".to_string()),
+                Err(e) => Err(e.to_string()),
+            }
+        },
+    )
+    .await;
+    assert_eq!(
+        image_of(&c, "shop").await.as_deref(),
+        Some("shop:1"),
+        "the workload runs what was live, not the rolled-back revision"
+    );
+    assert_eq!(c.replicas("shop").await, Some(3));
+    let sel = c
+        .services()
+        .get("shop")
+        .await
+        .unwrap()
+        .spec
+        .unwrap()
+        .selector
+        .unwrap();
+    assert_eq!(sel.get("app").map(String::as_str), Some("shop"));
+    let warned = c
+        .events("shop")
+        .await
+        .into_iter()
+        .any(|e| e.1 == "LiveRevisionRestored" && e.2.contains(&v1));
+    assert!(warned, "an Event says what was done");
+}
