@@ -9,7 +9,7 @@ use std::time::Duration;
 
 use k8s_openapi::api::coordination::v1::{Lease, LeaseSpec};
 use k8s_openapi::apimachinery::pkg::apis::meta::v1::{MicroTime, ObjectMeta};
-use k8s_openapi::jiff::{SignedDuration, Timestamp};
+use k8s_openapi::jiff::Timestamp;
 use kube::api::{Api, PostParams};
 
 /// Lease settings.
@@ -21,8 +21,44 @@ pub struct LeaseConfig {
     pub duration: Duration,
 }
 
+/// What a candidate last saw of the Lease, and when by its own clock.
+///
+/// Whether another holder's lease expired is judged from how long the Lease
+/// has gone unchanged as this process measured it, never from the renew
+/// time the holder wrote: holders' clocks may be off. A holder whose clock
+/// runs 30 s behind writes renew times that already look expired (judged by
+/// them, two replicas would act at once); one whose clock runs ahead writes
+/// renew times that look fresh long after it died (as client-go does, the
+/// record's changes are what count).
+#[derive(Debug, Default)]
+pub struct Observed {
+    /// The Lease's resourceVersion, which every renewal changes.
+    version: Option<String>,
+    /// When this process first saw that version.
+    since: Option<std::time::Instant>,
+}
+
+impl Observed {
+    /// Takes in the Lease as read at `now`; true when it has not changed
+    /// for `duration` since this process first saw it so.
+    fn expired(&mut self, lease: &Lease, duration: Duration, now: std::time::Instant) -> bool {
+        let version = lease.metadata.resource_version.clone();
+        if self.version != version || self.since.is_none() {
+            self.version = version;
+            self.since = Some(now);
+        }
+        self.since
+            .is_some_and(|since| now.saturating_duration_since(since) >= duration)
+    }
+}
+
 /// Tries once to become (or stay) the holder. `Ok(true)` while leading.
-pub async fn try_acquire(api: &Api<Lease>, cfg: &LeaseConfig) -> Result<bool, kube::Error> {
+/// `observed` keeps what this process saw of the Lease between attempts.
+pub async fn try_acquire(
+    api: &Api<Lease>,
+    cfg: &LeaseConfig,
+    observed: &mut Observed,
+) -> Result<bool, kube::Error> {
     let now = Timestamp::now();
     let secs = cfg.duration.as_secs().max(1) as i32;
     match api.get_opt(&cfg.name).await? {
@@ -52,15 +88,11 @@ pub async fn try_acquire(api: &Api<Lease>, cfg: &LeaseConfig) -> Result<bool, ku
             let spec = lease.spec.get_or_insert_with(LeaseSpec::default);
             let holder = spec.holder_identity.clone().unwrap_or_default();
             let ours = holder == cfg.identity;
-            let expired = match &spec.renew_time {
-                Some(MicroTime(t)) => {
-                    let dur = SignedDuration::from_secs(i64::from(
-                        spec.lease_duration_seconds.unwrap_or(secs),
-                    ));
-                    t.checked_add(dur).map(|end| end < now).unwrap_or(true)
-                }
-                None => true,
-            };
+            let duration = Duration::from_secs(
+                u64::try_from(spec.lease_duration_seconds.unwrap_or(secs)).unwrap_or(0),
+            );
+            let expired = observed.expired(&lease, duration, std::time::Instant::now());
+            let spec = lease.spec.get_or_insert_with(LeaseSpec::default);
             if !ours && !expired && !holder.is_empty() {
                 return Ok(false);
             }
@@ -110,6 +142,30 @@ pub async fn release(api: &Api<Lease>, cfg: &LeaseConfig) {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    fn lease(version: &str) -> Lease {
+        Lease {
+            metadata: ObjectMeta {
+                resource_version: Some(version.into()),
+                ..Default::default()
+            },
+            spec: None,
+        }
+    }
+
+    #[test]
+    fn expiry_is_judged_by_how_long_the_lease_went_unchanged_here() {
+        let d = Duration::from_secs(15);
+        let t0 = std::time::Instant::now();
+        let mut o = Observed::default();
+        // However old its renew time looks, a lease just seen is not expired.
+        assert!(!o.expired(&lease("1"), d, t0));
+        assert!(!o.expired(&lease("1"), d, t0 + Duration::from_secs(14)));
+        // Renewed: the clock starts again.
+        assert!(!o.expired(&lease("2"), d, t0 + Duration::from_secs(14)));
+        assert!(!o.expired(&lease("2"), d, t0 + Duration::from_secs(28)));
+        assert!(o.expired(&lease("2"), d, t0 + Duration::from_secs(29)));
+    }
 
     #[test]
     fn a_leader_renews_several_times_and_stops_before_its_lease_can_expire() {

@@ -152,6 +152,7 @@ pub async fn run_until(
     let mut lease_valid_until = None;
     if let Some(cfg) = &opts.lease {
         let leases: Api<Lease> = Api::namespaced(client.clone(), &cfg.namespace);
+        let mut observed = leader::Observed::default();
         tracing::info!(identity = %cfg.identity, "waiting to lead (lease {}/{})", cfg.namespace, cfg.name);
         loop {
             if futures_util::FutureExt::now_or_never(shutdown.clone()).is_some() {
@@ -159,7 +160,7 @@ pub async fn run_until(
                 return Ok(());
             }
             let attempt = tokio::time::Instant::now();
-            match leader::try_acquire(&leases, cfg).await {
+            match leader::try_acquire(&leases, cfg, &mut observed).await {
                 Ok(true) => {
                     lease_valid_until = Some(attempt + leader::renew_deadline(cfg.duration));
                     break;
@@ -179,11 +180,15 @@ pub async fn run_until(
             return std::future::pending::<Result<(), RunError>>().await;
         };
         let leases: Api<Lease> = Api::namespaced(client.clone(), &cfg.namespace);
+        let mut observed = leader::Observed::default();
         loop {
             let renewal = async {
                 tokio::time::sleep(leader::renew_interval(cfg.duration)).await;
                 let attempt = tokio::time::Instant::now();
-                (attempt, leader::try_acquire(&leases, &cfg).await)
+                (
+                    attempt,
+                    leader::try_acquire(&leases, &cfg, &mut observed).await,
+                )
             };
             tokio::select! {
                 // Unrenewed, the lease may be another replica's soon: stop

@@ -351,3 +351,89 @@ async fn sigterm_ends_the_controller_within_its_shutdown_timeout() {
         );
     }
 }
+
+/// Writes the Lease as a holder named `holder` whose clock is `skew` off
+/// would: renewed now, by its clock.
+async fn renew_as(leases: &Api<Lease>, holder: &str, skew: i64) {
+    use k8s_openapi::apimachinery::pkg::apis::meta::v1::MicroTime;
+    let now = k8s_openapi::jiff::Timestamp::now()
+        .checked_add(k8s_openapi::jiff::SignedDuration::from_secs(skew))
+        .unwrap();
+    let mut lease = leases
+        .get_opt("teal-controller")
+        .await
+        .unwrap()
+        .unwrap_or_default();
+    lease.metadata.name = Some("teal-controller".into());
+    let spec = lease.spec.get_or_insert_with(Default::default);
+    spec.holder_identity = Some(holder.into());
+    spec.lease_duration_seconds = Some(3);
+    spec.renew_time = Some(MicroTime(now));
+    let r = if lease.metadata.resource_version.is_some() {
+        leases
+            .replace("teal-controller", &Default::default(), &lease)
+            .await
+    } else {
+        leases.create(&Default::default(), &lease).await
+    };
+    r.unwrap();
+}
+
+async fn holder(leases: &Api<Lease>) -> String {
+    leases
+        .get("teal-controller")
+        .await
+        .unwrap()
+        .spec
+        .and_then(|s| s.holder_identity)
+        .unwrap_or_default()
+}
+
+/// A candidate judges the holder's lease by how long it went unchanged, by
+/// its own clock: a holder whose clock is 30 s behind (its renew times look
+/// expired) keeps its lease while it renews, and one whose clock is 30 s
+/// ahead (its last renew time looks fresh for 30 s more) is taken over
+/// within about a lease duration after it stopped renewing.
+#[tokio::test]
+async fn leader_election_judges_the_holder_by_its_own_clock() {
+    let env = TestEnv::shared();
+    let ns = setup(env, "skew", "").await;
+    let client = env.client();
+    let leases: Api<Lease> = Api::namespaced(client.clone(), &ns);
+    renew_as(&leases, "behind", -30).await;
+    let _candidate = ControllerProcess::start(
+        env,
+        &ns,
+        &[
+            "--lease-namespace",
+            &ns,
+            "--lease-seconds",
+            "3",
+            "--identity",
+            "candidate",
+            "--metrics-addr",
+            "127.0.0.1:0",
+        ],
+    );
+    // Renewed every second for ten seconds: never taken.
+    for _ in 0..10 {
+        tokio::time::sleep(Duration::from_secs(1)).await;
+        assert_eq!(holder(&leases).await, "behind", "taken while renewed");
+        renew_as(&leases, "behind", -30).await;
+    }
+    // A holder 30 s ahead renews once more, then dies.
+    renew_as(&leases, "ahead", 30).await;
+    let stopped = std::time::Instant::now();
+    wait_for("the candidate to lead", Duration::from_secs(60), || async {
+        match holder(&leases).await.as_str() {
+            "candidate" => Ok(()),
+            h => Err(format!("held by {h}")),
+        }
+    })
+    .await;
+    let took = stopped.elapsed();
+    assert!(
+        took < Duration::from_secs(15),
+        "took over {took:?} after the last renewal (a 3 s lease)"
+    );
+}
