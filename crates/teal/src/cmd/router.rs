@@ -46,7 +46,9 @@ pub struct Args {
     /// Client connections with no request in progress are closed after this.
     #[arg(long, default_value = "60s", value_parser = parse_duration)]
     idle_timeout: Duration,
-    /// Client connections served at once.
+    /// Client connections served at once; more wait in the accept backlog.
+    /// Lowered at start to what the open-file limit allows (two descriptors
+    /// per connection, 128 kept in reserve).
     #[arg(long, default_value_t = 10_000)]
     max_connections: usize,
     /// What a drain that times out does with upgraded (WebSocket) connections.
