@@ -10,7 +10,7 @@ use bytes::Bytes;
 use http::{Response, StatusCode};
 use http_body_util::Full;
 use hyper::service::service_fn;
-use hyper_util::rt::{TokioExecutor, TokioIo};
+use hyper_util::rt::{TokioExecutor, TokioIo, TokioTimer};
 use prometheus_client::encoding::EncodeLabelSet;
 use prometheus_client::metrics::counter::Counter;
 use prometheus_client::metrics::family::Family;
@@ -18,7 +18,6 @@ use prometheus_client::metrics::gauge::Gauge;
 use prometheus_client::metrics::histogram::Histogram;
 use prometheus_client::registry::Registry;
 use teal_core::release::Event;
-use tokio::net::TcpListener;
 
 #[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
 struct ErrorLabels {
@@ -190,17 +189,55 @@ impl Metrics {
     /// Serves `/metrics`, `/healthz` (alive and not wedged, see
     /// [`crate::liveness`]), `/readyz` (leading and
     /// watching) and the dashboard (`/`, `/dashboard.json`) until the
-    /// process ends.
+    /// process ends, with the [`ServeLimits`] defaults.
     pub async fn serve(self, addr: SocketAddr) -> std::io::Result<SocketAddr> {
-        let listener = TcpListener::bind(addr).await?;
+        self.serve_with(addr, ServeLimits::default()).await
+    }
+
+    /// [`Metrics::serve`] with these limits: at most `max_connections`
+    /// clients at once (the others wait in the accept backlog), each cut
+    /// off when it does not send a request head within
+    /// `header_read_timeout`; a failed accept is retried after a pause
+    /// (longer each time while out of descriptors), never in a busy loop.
+    pub async fn serve_with(
+        self,
+        addr: SocketAddr,
+        limits: ServeLimits,
+    ) -> std::io::Result<SocketAddr> {
+        let listener = teal_router::listen(addr)?;
         let local = listener.local_addr()?;
+        let mut builder = hyper_util::server::conn::auto::Builder::new(TokioExecutor::new());
+        builder
+            .http1()
+            .timer(TokioTimer::new())
+            .header_read_timeout(limits.header_read_timeout);
+        builder
+            .http2()
+            .timer(TokioTimer::new())
+            .keep_alive_interval(Some(limits.header_read_timeout))
+            .keep_alive_timeout(limits.header_read_timeout);
+        let builder = Arc::new(builder);
+        let slots = Arc::new(tokio::sync::Semaphore::new(limits.max_connections.max(1)));
         tokio::spawn(async move {
+            let mut backoff = teal_router::AcceptBackoff::new("metrics");
             loop {
-                let Ok((stream, _)) = listener.accept().await else {
-                    continue;
+                let Ok(permit) = slots.clone().acquire_owned().await else {
+                    return;
+                };
+                let stream = match listener.accept().await {
+                    Ok((stream, _)) => {
+                        backoff.accepted();
+                        stream
+                    }
+                    Err(e) => {
+                        tokio::time::sleep(backoff.failed(&e)).await;
+                        continue;
+                    }
                 };
                 let m = self.clone();
+                let builder = builder.clone();
                 tokio::spawn(async move {
+                    let _permit = permit;
                     let svc = service_fn(move |req: http::Request<hyper::body::Incoming>| {
                         let m = m.clone();
                         async move {
@@ -234,13 +271,29 @@ impl Metrics {
                             )
                         }
                     });
-                    let _ = hyper_util::server::conn::auto::Builder::new(TokioExecutor::new())
-                        .serve_connection(TokioIo::new(stream), svc)
-                        .await;
+                    let _ = builder.serve_connection(TokioIo::new(stream), svc).await;
                 });
             }
         });
         Ok(local)
+    }
+}
+
+/// Limits of the metrics, health and dashboard port.
+#[derive(Clone, Copy, Debug)]
+pub struct ServeLimits {
+    /// Clients served at once.
+    pub max_connections: usize,
+    /// A client must send a whole request head within this time.
+    pub header_read_timeout: Duration,
+}
+
+impl Default for ServeLimits {
+    fn default() -> Self {
+        ServeLimits {
+            max_connections: 256,
+            header_read_timeout: Duration::from_secs(10),
+        }
     }
 }
 
@@ -274,5 +327,72 @@ mod tests {
         // Counters are per process and other tests may count too: at least.
         assert!(count(watch, &after) > count(watch, &before), "{after}");
         assert!(count(patch, &after) >= count(patch, &before) + 2, "{after}");
+    }
+
+    async fn served(limits: super::ServeLimits) -> std::net::SocketAddr {
+        Metrics::default()
+            .serve_with("127.0.0.1:0".parse().unwrap(), limits)
+            .await
+            .unwrap()
+    }
+
+    /// Reads until the server closes; the guard only keeps a broken server
+    /// from hanging the test.
+    async fn read_to_close(s: &mut tokio::net::TcpStream) -> Result<Vec<u8>, &'static str> {
+        use tokio::io::AsyncReadExt;
+        let mut out = Vec::new();
+        match tokio::time::timeout(std::time::Duration::from_secs(20), s.read_to_end(&mut out))
+            .await
+        {
+            Ok(_) => Ok(out),
+            Err(_) => Err("the server never closed the connection"),
+        }
+    }
+
+    #[tokio::test]
+    async fn a_client_slow_with_its_headers_is_cut_off() {
+        use tokio::io::AsyncWriteExt;
+        let addr = served(super::ServeLimits {
+            max_connections: 4,
+            header_read_timeout: std::time::Duration::from_millis(300),
+        })
+        .await;
+        let mut slow = tokio::net::TcpStream::connect(addr).await.unwrap();
+        slow.write_all(b"GET /metrics HTTP/1.1\r\nHost: x\r\n")
+            .await
+            .unwrap();
+        let got = read_to_close(&mut slow).await.unwrap();
+        assert!(
+            !String::from_utf8_lossy(&got).contains("teal_controller"),
+            "served a request it never finished: {got:?}"
+        );
+    }
+
+    #[tokio::test]
+    async fn connections_over_the_cap_wait_for_a_free_slot() {
+        use tokio::io::{AsyncReadExt, AsyncWriteExt};
+        let addr = served(super::ServeLimits {
+            max_connections: 1,
+            header_read_timeout: std::time::Duration::from_secs(60),
+        })
+        .await;
+        let holder = tokio::net::TcpStream::connect(addr).await.unwrap();
+        // Let the server accept the first connection before the second.
+        tokio::time::sleep(std::time::Duration::from_millis(200)).await;
+        let mut next = tokio::net::TcpStream::connect(addr).await.unwrap();
+        next.write_all(b"GET /healthz HTTP/1.1\r\nHost: x\r\nConnection: close\r\n\r\n")
+            .await
+            .unwrap();
+        let mut buf = [0u8; 64];
+        let early =
+            tokio::time::timeout(std::time::Duration::from_millis(500), next.read(&mut buf)).await;
+        assert!(
+            early.is_err(),
+            "served a second client while the only slot was taken: {early:?}"
+        );
+        drop(holder);
+        let got = read_to_close(&mut next).await.unwrap();
+        let got = String::from_utf8_lossy(&got);
+        assert!(got.starts_with("HTTP/1.1 200"), "{got}");
     }
 }

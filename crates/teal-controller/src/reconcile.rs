@@ -289,6 +289,29 @@ impl Cluster<'_> {
         }
     }
 
+    /// The ports of each color's Services: from the template the color's
+    /// Deployment runs (`deployed` by this reconcile, else the cache's), or
+    /// the workload's `template` for a color with no Deployment yet. After
+    /// a rollback the live color runs an older revision than the workload's
+    /// template: its Services keep that revision's ports.
+    async fn color_ports(
+        &self,
+        template: &PodTemplateSpec,
+        deployed: &[Option<PodTemplateSpec>; 2],
+    ) -> Result<routers::ColorPorts, Error> {
+        let mut ports = [Vec::new(), Vec::new()];
+        for c in Color::ALL {
+            let running = match &deployed[color_index(c)] {
+                Some(t) => Some(t.clone()),
+                None => self.color_deployment(c).await?.map(|d| d.spec.template),
+            };
+            ports[color_index(c)] =
+                objects::service_ports(self.bg, Some(running.as_ref().unwrap_or(template)));
+        }
+        let [blue, green] = ports;
+        Ok(routers::ColorPorts { blue, green })
+    }
+
     /// The pod template of `revision`: the workload's if it is current,
     /// else the one still kept in a color's Deployment.
     async fn template_of(
@@ -638,7 +661,8 @@ async fn apply(bg: Arc<BlueGreen>, ctx: Arc<Context>) -> Result<Requeue, Error> 
     }
     crate::checkpoint::before_routing(&bgs, &bg, &state, &queue).await?;
     ctx.written.record(&uid, state.seq);
-    let ports = objects::service_ports(&bg, Some(&template));
+    // Templates written by this reconcile, newer than the cache's.
+    let mut deployed: [Option<PodTemplateSpec>; 2] = [None, None];
     // Keep the routes written (and re-check an unconfirmed switch) on every
     // reconcile, also when the router type changed.
     if let Some(r) = state.machine.routing
@@ -664,10 +688,12 @@ async fn apply(bg: Arc<BlueGreen>, ctx: Arc<Context>) -> Result<Requeue, Error> 
                 };
                 let d = objects::color_deployment(&bg, color, &rev, &t, replicas as i32);
                 cluster.apply_deployment(&d).await?;
+                deployed[color_index(color)] = Some(t);
             }
             Action::Scale { color, replicas } => cluster.scale(color, replicas as i32).await?,
             Action::Retire { color } => cluster.scale(color, 0).await?,
             Action::Route(routing) => {
+                let ports = cluster.color_ports(&template, &deployed).await?;
                 let target = routers::Target {
                     client: &client,
                     bg: &bg,
@@ -1117,7 +1143,7 @@ async fn cleanup(bg: Arc<BlueGreen>, ctx: Arc<Context>) -> Result<Requeue, Error
     routers::release(
         &ctx.client,
         &bg,
-        &objects::service_ports(&bg, Some(&workload.spec.template)),
+        &routers::ColorPorts::same(objects::service_ports(&bg, Some(&workload.spec.template))),
     )
     .await?;
     let recorder = &ctx.recorder;
@@ -1151,6 +1177,13 @@ fn first_inputs(
         .chain(observed.into_iter().map(Input::Observed))
         .chain(command.map(Input::Command))
         .collect()
+}
+
+fn color_index(c: Color) -> usize {
+    match c {
+        Color::Blue => 0,
+        Color::Green => 1,
+    }
 }
 
 #[cfg(test)]

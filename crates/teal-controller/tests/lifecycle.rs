@@ -337,6 +337,70 @@ async fn rollback_inside_and_outside_the_scale_down_window() {
     );
 }
 
+/// The ports of Service `name`, as `name/port->target`.
+async fn service_ports(c: &support::Case, name: &str) -> Vec<String> {
+    let s = c.services().get(name).await.unwrap();
+    s.spec
+        .and_then(|s| s.ports)
+        .unwrap_or_default()
+        .into_iter()
+        .map(|p| {
+            let target = match p.target_port {
+                Some(k8s_openapi::apimachinery::pkg::util::intstr::IntOrString::Int(n)) => {
+                    n.to_string()
+                }
+                Some(k8s_openapi::apimachinery::pkg::util::intstr::IntOrString::String(s)) => s,
+                None => String::new(),
+            };
+            format!("{}/{}->{target}", p.name.unwrap_or_default(), p.port)
+        })
+        .collect()
+}
+
+#[tokio::test]
+async fn after_a_rollback_the_services_carry_the_ports_of_the_colors_they_select() {
+    let (c, v1) = healthy(json!({"scaleDownDelay": "30s"}), "ports").await;
+    let old = vec!["http/8080->http".to_string()];
+    assert_eq!(service_ports(&c, "shop").await, old);
+    // v2 changes the container port's name and number.
+    let patch = json!({"spec": {"template": {"spec": {"containers": [{
+        "name": "app",
+        "image": "shop:2",
+        "ports": [{"name": "web", "containerPort": 9090}]
+    }]}}}});
+    c.deployments()
+        .patch(
+            "shop",
+            &kube::api::PatchParams::default(),
+            &kube::api::Patch::Merge(patch),
+        )
+        .await
+        .unwrap();
+    c.wait_status("v2 live", "shop", |s| {
+        s.phase.as_deref() == Some("ScaleDownDelay")
+    })
+    .await;
+    let new = vec!["web/9090->web".to_string()];
+    assert_eq!(c.selector_color("shop").await.as_deref(), Some("green"));
+    assert_eq!(service_ports(&c, "shop").await, new);
+    c.command("shop", "rollback").await;
+    let st = c
+        .wait_status("rolled back", "shop", |s| {
+            s.phase.as_deref() == Some("RolledBack")
+        })
+        .await;
+    assert_eq!(st.active_revision.as_deref(), Some(v1.as_str()));
+    // Blue runs v1 again, and the live Service must reach its port: the
+    // workload's template (v2) is not what the live pods run.
+    assert_eq!(c.selector_color("shop").await.as_deref(), Some("blue"));
+    assert_eq!(service_ports(&c, "shop").await, old);
+    assert_eq!(
+        c.selector_color("shop-preview").await.as_deref(),
+        Some("blue")
+    );
+    assert_eq!(service_ports(&c, "shop-preview").await, old);
+}
+
 #[tokio::test]
 async fn a_newer_revision_supersedes_the_release_in_preview() {
     let (c, _v1) = healthy(json!({"promotion": {"mode": "manual"}}), "supersede").await;

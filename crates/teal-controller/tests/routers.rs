@@ -448,3 +448,137 @@ async fn gateway_api_needs_exactly_one_of_route_or_parents() {
         assert!(msg.contains("spec.router"), "{why}: {msg}");
     }
 }
+
+/// The ports of Service `name`, as `name/port->target`.
+async fn service_ports(c: &Case, name: &str) -> Vec<String> {
+    use k8s_openapi::apimachinery::pkg::util::intstr::IntOrString;
+    let s = c.services().get(name).await.unwrap();
+    s.spec
+        .and_then(|s| s.ports)
+        .unwrap_or_default()
+        .into_iter()
+        .map(|p| {
+            let target = match p.target_port {
+                Some(IntOrString::Int(n)) => n.to_string(),
+                Some(IntOrString::String(s)) => s,
+                None => String::new(),
+            };
+            format!("{}/{}->{target}", p.name.unwrap_or_default(), p.port)
+        })
+        .collect()
+}
+
+/// Waits until Service `name` has exactly `want` ports.
+async fn wait_ports(c: &Case, what: &str, name: &str, want: &[&str]) {
+    let want: Vec<String> = want.iter().map(|s| s.to_string()).collect();
+    wait_for(what, Duration::from_secs(60), || {
+        let want = want.clone();
+        async move {
+            let got = service_ports(c, name).await;
+            if got == want {
+                Ok(())
+            } else {
+                Err(format!("{name} has ports {got:?}, want {want:?}"))
+            }
+        }
+    })
+    .await
+}
+
+/// v2 renames the container port and moves it to 9090.
+async fn release_v2_on_another_port(c: &Case) {
+    let patch = json!({"spec": {"template": {"spec": {"containers": [{
+        "name": "app",
+        "image": "shop:2",
+        "ports": [{"name": "web", "containerPort": 9090}]
+    }]}}}});
+    c.deployments()
+        .patch("shop", &PatchParams::default(), &Patch::Merge(patch))
+        .await
+        .unwrap();
+    c.wait_status("v2 in preview", "shop", |s| {
+        s.phase.as_deref() == Some("AwaitingPromotion")
+    })
+    .await;
+}
+
+const V1: &[&str] = &["http/8080->http"];
+const V2: &[&str] = &["web/9090->web"];
+
+#[tokio::test]
+async fn istio_and_gateway_api_services_carry_the_ports_of_the_color_they_reach() {
+    for (prefix, router) in [
+        ("ports-istio", json!({"type": "istio"})),
+        (
+            "ports-gw",
+            json!({"type": "gatewayAPI", "gatewayAPI": {"parentRefs": [{"name": "public"}]}}),
+        ),
+    ] {
+        let istio = prefix == "ports-istio";
+        let mut c = routers_case(prefix).await;
+        c.create_workload("shop", "shop:1", 2, BTreeMap::new())
+            .await;
+        c.create_bluegreen("shop", spec_with_delay(router, "10m"))
+            .await
+            .unwrap();
+        c.start_controller();
+        c.wait_status("adoption", "shop", |s| {
+            s.phase.as_deref() == Some("Healthy")
+        })
+        .await;
+        wait_ports(&c, "v1 live", "shop", V1).await;
+
+        // In preview: green runs v2 on its new port, blue (live) still v1.
+        release_v2_on_another_port(&c).await;
+        if istio {
+            // One Service for both colors: it carries the live color's ports,
+            // and the routes send to that port.
+            wait_ports(&c, "live Service keeps v1's ports", "shop", V1).await;
+            let vs = c.virtual_services().get("shop").await.unwrap();
+            for r in vs.data["spec"]["http"].as_array().unwrap() {
+                assert_eq!(r["route"][0]["destination"]["port"]["number"], 8080, "{r}");
+            }
+        } else {
+            wait_ports(&c, "green's Service has v2's ports", "shop-green", V2).await;
+            assert_eq!(service_ports(&c, "shop-blue").await, V1);
+            assert_eq!(service_ports(&c, "shop").await, V1);
+            let route = c.http_routes().get("shop").await.unwrap();
+            let ports: Vec<(String, i64)> = route.data["spec"]["rules"]
+                .as_array()
+                .unwrap()
+                .iter()
+                .flat_map(|r| r["backendRefs"].as_array().unwrap().clone())
+                .map(|b| {
+                    (
+                        b["name"].as_str().unwrap().to_string(),
+                        b["port"].as_i64().unwrap(),
+                    )
+                })
+                .collect();
+            for (name, port) in &ports {
+                let want = if name == "shop-green" { 9090 } else { 8080 };
+                assert_eq!(*port, want, "backend {name}: {ports:?}");
+            }
+        }
+
+        // Live on green (v2), then rolled back to blue (v1).
+        c.command("shop", "promote").await;
+        c.wait_status("v2 live", "shop", |s| {
+            s.phase.as_deref() == Some("ScaleDownDelay")
+        })
+        .await;
+        wait_ports(&c, "v2 live", "shop", V2).await;
+        c.command("shop", "rollback").await;
+        c.wait_status("rolled back", "shop", |s| {
+            s.phase.as_deref() == Some("RolledBack")
+                && s.active_color == Some(teal_core::Color::Blue)
+        })
+        .await;
+        wait_ports(&c, "live Service back on v1's ports", "shop", V1).await;
+        if !istio {
+            assert_eq!(service_ports(&c, "shop-blue").await, V1);
+            assert_eq!(service_ports(&c, "shop-green").await, V2);
+        }
+        c.stop_controller();
+    }
+}

@@ -75,31 +75,35 @@ impl Router {
                     ));
                 }
                 let token: Option<Arc<str>> = Some(token.into());
+                let mut backoff = crate::AcceptBackoff::new("admin");
                 loop {
                     tokio::select! {
                         _ = &mut shutdown => return Ok(()),
                         r = listener.accept() => match r {
-                            Ok((stream, _)) => self.spawn_admin_conn(stream, token.clone()),
-                            Err(e) => {
-                                tracing::warn!(error = %e, "admin accept failed");
-                                tokio::time::sleep(Duration::from_millis(20)).await;
+                            Ok((stream, _)) => {
+                                backoff.accepted();
+                                self.spawn_admin_conn(stream, token.clone());
                             }
+                            Err(e) => tokio::time::sleep(backoff.failed(&e)).await,
                         },
                     }
                 }
             }
-            AdminListener::Unix(listener) => loop {
-                tokio::select! {
-                    _ = &mut shutdown => return Ok(()),
-                    r = listener.accept() => match r {
-                        Ok((stream, _)) => self.spawn_admin_conn(stream, None),
-                        Err(e) => {
-                            tracing::warn!(error = %e, "admin accept failed");
-                            tokio::time::sleep(Duration::from_millis(20)).await;
-                        }
-                    },
+            AdminListener::Unix(listener) => {
+                let mut backoff = crate::AcceptBackoff::new("admin");
+                loop {
+                    tokio::select! {
+                        _ = &mut shutdown => return Ok(()),
+                        r = listener.accept() => match r {
+                            Ok((stream, _)) => {
+                                backoff.accepted();
+                                self.spawn_admin_conn(stream, None);
+                            }
+                            Err(e) => tokio::time::sleep(backoff.failed(&e)).await,
+                        },
+                    }
                 }
-            },
+            }
         }
     }
 

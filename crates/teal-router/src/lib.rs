@@ -14,6 +14,7 @@ mod duration;
 mod h1;
 mod headers;
 mod health;
+mod listen;
 mod metrics;
 mod proxy;
 mod serve;
@@ -33,6 +34,11 @@ use tokio::sync::{Notify, oneshot};
 pub use admin::AdminListener;
 pub use config::{RouterConfig, UpgradePolicy, UpstreamProtocol};
 pub use duration::{format_duration, parse_duration};
+pub use listen::{
+    AcceptBackoff, DEFAULT_BACKLOG, MAX_ACCEPT_BACKOFF, OpenFiles, RESERVED_FILES,
+    connections_for_open_files, is_resource_error, listen, listen_backlog, raise_open_file_limit,
+    size_max_connections,
+};
 pub use table::{CookieMatch, HeaderMatch, PreviewRoute, RouteTable, TableError};
 pub use teal_core::{Color, ColorStats};
 pub use tls::{Tls, TlsError};

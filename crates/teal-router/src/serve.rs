@@ -58,6 +58,7 @@ impl Router {
             .map(|n| self.spawn_worker(n, builder.clone(), stop_rx.clone()))
             .collect::<std::io::Result<Vec<Worker>>>()?;
         let mut next = 0;
+        let mut backoff = crate::AcceptBackoff::new("proxy");
         tokio::pin!(shutdown);
         loop {
             let permit = tokio::select! {
@@ -70,12 +71,20 @@ impl Router {
             let (stream, addr) = tokio::select! {
                 _ = &mut shutdown => break,
                 r = listener.accept() => match r {
-                    Ok(pair) => pair,
+                    Ok(pair) => {
+                        backoff.accepted();
+                        pair
+                    }
                     Err(e) => {
-                        // Out of descriptors or a connection reset before
-                        // accept: back off briefly and keep serving.
-                        tracing::warn!(error = %e, "accept failed");
-                        tokio::time::sleep(Duration::from_millis(20)).await;
+                        // Out of descriptors: wait (longer each time, up to
+                        // a second) instead of spinning; a connection reset
+                        // before accept: go on at once.
+                        let wait = backoff.failed(&e);
+                        drop(permit);
+                        tokio::select! {
+                            _ = &mut shutdown => break,
+                            _ = tokio::time::sleep(wait) => {}
+                        }
                         continue;
                     }
                 },

@@ -30,10 +30,11 @@ fn all_paths() -> Value {
 }
 
 /// teal's two rules: preview (only with a preview header) and active.
+/// `port` gives the port of each color's Service.
 pub fn rules(
     bg: &BlueGreen,
     routing: Routing,
-    port: i32,
+    port: &dyn Fn(Color) -> i32,
     header: Option<&Header>,
 ) -> (Option<Value>, Value) {
     let preview = header.map(|h| {
@@ -44,7 +45,7 @@ pub fn rules(
                 "path": {"type": "PathPrefix", "value": "/"},
                 "headers": [{"type": "Exact", "name": h.name, "value": h.value}],
             }],
-            "backendRefs": [backend(&objects::color_service_name(bg, color), port, 1)],
+            "backendRefs": [backend(&objects::color_service_name(bg, color), port(color), 1)],
         })
     });
     let idle = routing.active.other();
@@ -52,15 +53,24 @@ pub fn rules(
         "name": ACTIVE_ROUTE,
         "matches": all_paths(),
         "backendRefs": [
-            backend(&objects::color_service_name(bg, routing.active), port, 100),
-            backend(&objects::color_service_name(bg, idle), port, 0),
+            backend(
+                &objects::color_service_name(bg, routing.active),
+                port(routing.active),
+                100,
+            ),
+            backend(&objects::color_service_name(bg, idle), port(idle), 0),
         ],
     });
     (preview, active)
 }
 
 /// The HTTPRoute teal owns.
-pub fn http_route(bg: &BlueGreen, routing: Routing, port: i32, header: Option<&Header>) -> Value {
+pub fn http_route(
+    bg: &BlueGreen,
+    routing: Routing,
+    port: &dyn Fn(Color) -> i32,
+    header: Option<&Header>,
+) -> Value {
     let cfg = bg.spec.router.gateway_api.clone().unwrap_or_default();
     let parents: Vec<Value> = cfg
         .parent_refs
@@ -99,35 +109,43 @@ pub async fn route(
             t.bg,
             objects::color_service_name(t.bg, c),
             c,
-            t.ports.to_vec(),
+            t.ports.of(c).to_vec(),
         );
         t.apply_service(&svc).await?;
     }
     match adopted {
         None => {
-            t.apply(Kind::HttpRoute, http_route(t.bg, routing, t.port(), header))
-                .await?
+            t.apply(
+                Kind::HttpRoute,
+                http_route(t.bg, routing, &|c| t.port(c), header),
+            )
+            .await?
         }
         Some(name) => {
-            let (preview, active) = rules(t.bg, routing, t.port(), header);
+            let (preview, active) = rules(t.bg, routing, &|c| t.port(c), header);
             t.edit_adopted(Kind::HttpRoute, name, "rules", |list| {
                 merge_routes(list, preview.clone(), active.clone())
             })
             .await?
         }
     }
-    let live = objects::service(t.bg, t.service(), routing.active, t.ports.to_vec());
+    let live = objects::service(
+        t.bg,
+        t.service(),
+        routing.active,
+        t.ports.of(routing.active).to_vec(),
+    );
     t.apply_service(&live).await?;
     Ok(Ack::Confirmed)
 }
 
 /// teal's active rule now sends everything to the live Service; the
 /// preview rule goes.
-pub async fn hand_back(t: &Target<'_>, name: &str) -> Result<(), Error> {
+pub async fn hand_back(t: &Target<'_>, name: &str, live: Color) -> Result<(), Error> {
     let active = json!({
         "name": ACTIVE_ROUTE,
         "matches": all_paths(),
-        "backendRefs": [backend(&t.service(), t.port(), 1)],
+        "backendRefs": [backend(&t.service(), t.port(live), 1)],
     });
     t.edit_adopted(Kind::HttpRoute, name, "rules", |list| {
         merge_routes(list, None, active.clone())

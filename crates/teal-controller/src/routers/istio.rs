@@ -118,7 +118,9 @@ pub async fn route(
     adopted: Option<&str>,
     header: Option<&Header>,
 ) -> Result<Ack, Error> {
-    let live = objects::both_colors_service(t.bg, t.service(), t.ports.to_vec());
+    // One Service selects both colors (subsets pick the color): it carries
+    // the live color's ports.
+    let live = objects::both_colors_service(t.bg, t.service(), t.ports.of(routing.active).to_vec());
     t.apply_service(&live).await?;
     t.apply(Kind::DestinationRule, destination_rule(t.bg))
         .await?;
@@ -126,12 +128,12 @@ pub async fn route(
         None => {
             t.apply(
                 Kind::VirtualService,
-                virtual_service(t.bg, routing, t.port(), header),
+                virtual_service(t.bg, routing, t.port(routing.active), header),
             )
             .await?
         }
         Some(name) => {
-            let (preview, active) = routes(t.bg, routing, t.port(), header);
+            let (preview, active) = routes(t.bg, routing, t.port(routing.active), header);
             t.edit_adopted(Kind::VirtualService, name, "http", |list| {
                 merge_routes(list, preview.clone(), active.clone())
             })
@@ -143,10 +145,10 @@ pub async fn route(
 
 /// teal's active route now sends to the live Service without a subset; the
 /// preview route goes.
-pub async fn hand_back(t: &Target<'_>, name: &str) -> Result<(), Error> {
+pub async fn hand_back(t: &Target<'_>, name: &str, live: Color) -> Result<(), Error> {
     let active = json!({
         "name": ACTIVE_ROUTE,
-        "route": destination(&t.service(), None, t.port()),
+        "route": destination(&t.service(), None, t.port(live)),
     });
     t.edit_adopted(Kind::VirtualService, name, "http", |list| {
         merge_routes(list, None, active.clone())

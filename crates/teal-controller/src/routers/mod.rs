@@ -22,6 +22,7 @@ use kube::{Api, Client};
 use serde_json::Value;
 use teal_api::BlueGreen;
 use teal_api::bluegreen::{RouterKind, RouterStatus};
+use teal_core::Color;
 use teal_core::release::Routing;
 
 use crate::objects;
@@ -102,14 +103,42 @@ pub struct Owned {
     pub name: String,
 }
 
+/// The ports of each color's Services: those of the pod template the
+/// color's Deployment runs (see `objects::service_ports`). After a rollback
+/// the live color runs an older revision than the workload's template, and
+/// its Services must expose that revision's ports.
+#[derive(Clone, Debug, Default, PartialEq)]
+pub struct ColorPorts {
+    pub blue: Vec<ServicePort>,
+    pub green: Vec<ServicePort>,
+}
+
+impl ColorPorts {
+    /// The same ports for both colors.
+    pub fn same(ports: Vec<ServicePort>) -> Self {
+        ColorPorts {
+            blue: ports.clone(),
+            green: ports,
+        }
+    }
+
+    /// The ports of `color`'s Services.
+    pub fn of(&self, color: Color) -> &[ServicePort] {
+        match color {
+            Color::Blue => &self.blue,
+            Color::Green => &self.green,
+        }
+    }
+}
+
 /// What routers need to know.
 #[derive(Clone, Copy)]
 pub struct Target<'a> {
     pub client: &'a Client,
     pub bg: &'a BlueGreen,
     pub ns: &'a str,
-    /// Ports of the Services teal writes.
-    pub ports: &'a [ServicePort],
+    /// Ports of the Services teal writes, by the color they send to.
+    pub ports: &'a ColorPorts,
     /// The watch caches. While the routing is settled (see [`route`]), an
     /// object a cache already holds as wanted is not written again, and
     /// teal's router acknowledgements are read from them; a switch is
@@ -132,9 +161,9 @@ impl Target<'_> {
         objects::service_name(self.bg)
     }
 
-    /// The port number routes send to: the first Service port.
-    pub fn port(&self) -> i32 {
-        self.ports.first().map(|p| p.port).unwrap_or(80)
+    /// The port number routes to `color` send to: its first Service port.
+    pub fn port(&self, color: Color) -> i32 {
+        self.ports.of(color).first().map(|p| p.port).unwrap_or(80)
     }
 
     /// The caches, while the routing is settled.
@@ -489,7 +518,7 @@ pub async fn route(
             RouterKind::GatewayApi => {
                 gateway::route(t, routing, adopted.as_deref(), header.as_ref()).await
             }
-            RouterKind::Teal => teal::route(t, generation).await,
+            RouterKind::Teal => teal::route(t, routing, generation).await,
         },
     };
     let ack = match ack {
@@ -503,7 +532,7 @@ pub async fn route(
     if let Some(p) = prev.as_ref()
         && (p.kind != kind || p.adopted != adopted)
     {
-        undo(t, p, kind, adopted.as_deref()).await?;
+        undo(t, p, kind, adopted.as_deref(), routing.active).await?;
     }
     let mut st = RouterStatus {
         kind,
@@ -536,6 +565,7 @@ async fn undo(
     prev: &RouterStatus,
     kind: RouterKind,
     adopted: Option<&str>,
+    live: Color,
 ) -> Result<(), Error> {
     let keep = owned(t.bg, kind, adopted);
     for o in owned(t.bg, prev.kind, prev.adopted.as_deref()) {
@@ -546,24 +576,25 @@ async fn undo(
     if let Some(name) = prev.adopted.as_deref()
         && (prev.kind != kind || Some(name) != adopted)
     {
-        hand_back(t, prev.kind, name).await?;
+        hand_back(t, prev.kind, name, live).await?;
     }
     Ok(())
 }
 
 /// Takes teal's routes out of a user's object: the preview route goes, the
 /// active route is pointed at the live Service (which survives teal).
-async fn hand_back(t: &Target<'_>, kind: RouterKind, name: &str) -> Result<(), Error> {
+/// `live` is the live color: the live Service carries its ports.
+async fn hand_back(t: &Target<'_>, kind: RouterKind, name: &str, live: Color) -> Result<(), Error> {
     match kind {
         RouterKind::Service => Ok(()),
-        RouterKind::Istio => istio::hand_back(t, name).await,
-        RouterKind::GatewayApi => gateway::hand_back(t, name).await,
+        RouterKind::Istio => istio::hand_back(t, name, live).await,
+        RouterKind::GatewayApi => gateway::hand_back(t, name, live).await,
         RouterKind::Teal => Ok(()),
     }
 }
 
 /// On deletion of the BlueGreen: hand back the adopted object, if any.
-pub async fn release(client: &Client, bg: &BlueGreen, ports: &[ServicePort]) -> Result<(), Error> {
+pub async fn release(client: &Client, bg: &BlueGreen, ports: &ColorPorts) -> Result<(), Error> {
     let ns = bg.metadata.namespace.clone().unwrap_or_default();
     let t = Target {
         client,
@@ -578,7 +609,8 @@ pub async fn release(client: &Client, bg: &BlueGreen, ports: &[ServicePort]) -> 
     if let Some(st) = st
         && let Some(name) = st.adopted.as_deref()
     {
-        match hand_back(&t, st.kind, name).await {
+        let live = st.active.unwrap_or(Color::Blue);
+        match hand_back(&t, st.kind, name, live).await {
             Ok(()) => {}
             // The user deleted it first: nothing to hand back.
             Err(Error::State(m)) if m.contains("does not exist") => {}

@@ -10,12 +10,18 @@ use crate::objects;
 use crate::reconcile::Error;
 
 pub async fn route(t: &Target<'_>, routing: Routing) -> Result<Ack, Error> {
-    let live = objects::service(t.bg, t.service(), routing.active, t.ports.to_vec());
+    let live = objects::service(
+        t.bg,
+        t.service(),
+        routing.active,
+        t.ports.of(routing.active).to_vec(),
+    );
+    let preview_color = routing.preview.unwrap_or(routing.active);
     let preview = objects::service(
         t.bg,
         objects::preview_service_name(t.bg),
-        routing.preview.unwrap_or(routing.active),
-        t.ports.to_vec(),
+        preview_color,
+        t.ports.of(preview_color).to_vec(),
     );
     t.apply_service(&preview).await?;
     t.apply_service(&live).await?;

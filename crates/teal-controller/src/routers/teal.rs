@@ -21,6 +21,7 @@ use kube::api::ListParams;
 use serde_json::{Value, json};
 use teal_api::BlueGreen;
 use teal_core::Color;
+use teal_core::release::Routing;
 
 use super::{Ack, Kind, Target};
 use crate::cache::Extra;
@@ -143,7 +144,7 @@ pub fn ready(p: &Pod) -> bool {
             .is_some_and(|c| c.iter().any(|c| c.type_ == "Ready" && c.status == "True"))
 }
 
-pub async fn route(t: &Target<'_>, generation: i64) -> Result<Ack, Error> {
+pub async fn route(t: &Target<'_>, routing: Routing, generation: i64) -> Result<Ack, Error> {
     let Some(image) = t.router_image else {
         return Err(Error::State(format!(
             "spec.router.type teal needs the router image: set {IMAGE_ENV} on the controller (its own image)"
@@ -151,7 +152,12 @@ pub async fn route(t: &Target<'_>, generation: i64) -> Result<Ack, Error> {
     };
     let bg = t.bg;
     for c in Color::ALL {
-        let svc = objects::service(bg, objects::color_service_name(bg, c), c, t.ports.to_vec());
+        let svc = objects::service(
+            bg,
+            objects::color_service_name(bg, c),
+            c,
+            t.ports.of(c).to_vec(),
+        );
         t.apply_service(&svc).await?;
     }
     let name = router_name(bg);
@@ -163,8 +169,9 @@ pub async fn route(t: &Target<'_>, generation: i64) -> Result<Ack, Error> {
     t.apply(Kind::Role, role(bg)).await?;
     t.apply(Kind::RoleBinding, role_binding(bg)).await?;
     t.apply(Kind::Deployment, deployment(bg, image)).await?;
-    // The front door: the live Service, every port to the router.
-    let mut ports = t.ports.to_vec();
+    // The front door: the live Service, every port of the live color's to
+    // the router.
+    let mut ports = t.ports.of(routing.active).to_vec();
     for p in &mut ports {
         p.target_port =
             Some(k8s_openapi::apimachinery::pkg::util::intstr::IntOrString::Int(router_port(bg)));

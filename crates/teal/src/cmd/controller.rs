@@ -49,6 +49,14 @@ pub struct Args {
 }
 
 pub async fn run(args: Args) -> anyhow::Result<ExitCode> {
+    match teal_router::raise_open_file_limit() {
+        Ok(f) => tracing::info!(
+            open_files = f.soft,
+            raised_from = f.before,
+            "open-file limit"
+        ),
+        Err(e) => tracing::warn!(error = %e, "cannot read the open-file limit"),
+    }
     let config = kube::Config::infer()
         .await
         .context("cannot reach the Kubernetes API (in-cluster config or KUBECONFIG)")?;

@@ -46,7 +46,9 @@ pub struct Args {
     /// Client connections with no request in progress are closed after this.
     #[arg(long, default_value = "60s", value_parser = parse_duration)]
     idle_timeout: Duration,
-    /// Client connections served at once.
+    /// Client connections served at once; more wait in the accept backlog.
+    /// Lowered at start to what the open-file limit allows (two descriptors
+    /// per connection, 128 kept in reserve).
     #[arg(long, default_value_t = 10_000)]
     max_connections: usize,
     /// What a drain that times out does with upgraded (WebSocket) connections.
@@ -90,13 +92,16 @@ pub struct Args {
 }
 
 pub async fn run(args: Args) -> anyhow::Result<ExitCode> {
+    // Each proxied connection holds two descriptors: raise the open-file
+    // limit and cap the connections at what it allows.
+    let max_connections = teal_router::size_max_connections(args.max_connections);
     let mut config = RouterConfig {
         connect_timeout: args.connect_timeout,
         upstream_timeout: args.upstream_timeout,
         upstream_body_timeout: args.upstream_body_timeout,
         header_read_timeout: args.header_read_timeout,
         idle_timeout: args.idle_timeout,
-        max_connections: args.max_connections,
+        max_connections,
         workers: args.workers,
         connect_attempts: args.connect_attempts.into(),
         upstream_protocol: if args.upstream_protocol == "h2c" {
@@ -157,8 +162,7 @@ pub async fn run(args: Args) -> anyhow::Result<ExitCode> {
                     file.display()
                 );
             }
-            let listener = tokio::net::TcpListener::bind(addr)
-                .await
+            let listener = teal_router::listen(addr)
                 .with_context(|| format!("--admin: cannot listen on {addr}"))?;
             AdminListener::Tcp { listener, token }
         }
@@ -167,8 +171,7 @@ pub async fn run(args: Args) -> anyhow::Result<ExitCode> {
         AdminListener::Tcp { listener, .. } => listener.local_addr()?.to_string(),
         AdminListener::Unix(_) => args.admin.clone(),
     };
-    let listener = tokio::net::TcpListener::bind(args.listen)
-        .await
+    let listener = teal_router::listen(args.listen)
         .with_context(|| format!("--listen: cannot listen on {}", args.listen))?;
     let local = listener.local_addr()?;
     {

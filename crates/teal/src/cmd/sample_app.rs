@@ -78,9 +78,10 @@ pub async fn run(args: Args) -> anyhow::Result<ExitCode> {
         bail!("--error-rate: {} is outside 0..=1", args.error_rate);
     }
     let addr = SocketAddr::new(args.listen, args.port);
-    let listener = tokio::net::TcpListener::bind(addr)
-        .await
-        .with_context(|| format!("cannot listen on {addr}"))?;
+    if let Err(e) = teal_router::raise_open_file_limit() {
+        tracing::warn!(error = %e, "cannot read the open-file limit");
+    }
+    let listener = teal_router::listen(addr).with_context(|| format!("cannot listen on {addr}"))?;
     let local = listener.local_addr()?;
     let seed = std::time::SystemTime::now()
         .duration_since(std::time::UNIX_EPOCH)
@@ -111,14 +112,17 @@ pub async fn run(args: Args) -> anyhow::Result<ExitCode> {
     let mut conns = tokio::task::JoinSet::new();
     let signal = super::router::shutdown_signal();
     tokio::pin!(signal);
+    let mut backoff = teal_router::AcceptBackoff::new("sample-app");
     loop {
         let (stream, _) = tokio::select! {
             _ = &mut signal => break,
             r = listener.accept() => match r {
-                Ok(pair) => pair,
+                Ok(pair) => {
+                    backoff.accepted();
+                    pair
+                }
                 Err(e) => {
-                    tracing::warn!(error = %e, "accept failed");
-                    tokio::time::sleep(Duration::from_millis(20)).await;
+                    tokio::time::sleep(backoff.failed(&e)).await;
                     continue;
                 }
             },
