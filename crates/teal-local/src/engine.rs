@@ -2,7 +2,7 @@
 //! its actions with the supervisor and the router, and feeds back what it
 //! observes. Everything else talks to it through an [`Engine`] handle.
 
-use std::collections::{BTreeMap, VecDeque};
+use std::collections::{BTreeMap, BTreeSet, VecDeque};
 use std::path::PathBuf;
 use std::sync::Arc;
 use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
@@ -169,10 +169,13 @@ impl Engine {
             config.app.clone(),
             config.state_dir.join("logs"),
             changed_tx,
-        );
+        )
+        .owned_by(&config.state_dir);
         let saved = state::load(&state::path(&config.state_dir))?;
         let mut queue = VecDeque::new();
         let mut revisions = BTreeMap::new();
+        // Processes of an earlier daemon taken over as replicas.
+        let mut kept = BTreeSet::new();
         let machine = match saved {
             Some(s) => {
                 let SavedState {
@@ -182,20 +185,26 @@ impl Engine {
                 } = s;
                 machine.policy = config.policy();
                 revisions = revs;
-                for g in &groups {
-                    supervisor.adopt(g);
-                }
-                // Colors the machine wants running but nothing recorded.
+                // What the machine wants running is what runs: a recorded
+                // group of the wanted revision is taken over and completed
+                // to the wanted size; a color without one is deployed.
+                // Everything else an earlier daemon started is stopped
+                // below.
                 for (color, req) in machine.requested.clone() {
-                    if let Some(rev) = req.revision
-                        && req.replicas > 0
-                        && !groups.iter().any(|g| g.color == color)
+                    let Some(rev) = req.revision else { continue };
+                    if req.replicas == 0 {
+                        continue;
+                    }
+                    match groups
+                        .iter()
+                        .find(|g| g.color == color && g.revision.name == rev)
                     {
-                        queue.push_back(Action::Deploy {
+                        Some(g) => kept.extend(supervisor.adopt(g, req.replicas)),
+                        None => queue.push_back(Action::Deploy {
                             color,
                             revision: rev,
                             replicas: req.replicas,
-                        });
+                        }),
                     }
                 }
                 resume_actions(&machine, &mut queue);
@@ -216,6 +225,18 @@ impl Engine {
                 m
             }
         };
+        // Processes started for this state directory that no replica took
+        // over: started before their pid was saved, replaced or retired
+        // while the earlier daemon died, or not wanted any more.
+        let strays = supervisor.strays(&kept);
+        let mut retiring = Vec::new();
+        if !strays.is_empty() {
+            tracing::warn!(
+                count = strays.len(),
+                "stopping processes an earlier daemon started and did not record"
+            );
+            retiring.push(tokio::spawn(supervisor.stop_strays(strays)));
+        }
         let (status_tx, status_rx) = watch::channel(Arc::new(Status::default()));
         let (notices, _) = broadcast::channel(1024);
         let (tx, rx) = mpsc::unbounded_channel();
@@ -244,7 +265,7 @@ impl Engine {
             analysis_view: None,
             reports: reports_tx,
             table_generation: 0,
-            retiring: Vec::new(),
+            retiring,
             restarts: BTreeMap::new(),
         };
         tokio::spawn(core.run(rx, changed_rx, reports_rx, hooks_rx, queue));
@@ -853,6 +874,13 @@ impl Core {
         self.supervisor.shutdown().await;
         for h in self.retiring.drain(..) {
             let _ = h.await;
+        }
+        // Nothing this daemon knows of runs now; anything still marked as
+        // this state directory's would outlive it unknown.
+        let left = self.supervisor.leftovers();
+        if !left.is_empty() {
+            tracing::warn!(count = left.len(), "stopping processes left behind");
+            self.supervisor.stop_strays(left).await;
         }
         // Nothing runs any more: record that, keeping the machine, so the
         // next start brings the live color back instead of adopting pids.
