@@ -81,6 +81,9 @@ struct ReplicaState {
     failure: Mutex<Option<String>>,
     /// [`REPLICA_ENV`] of the current process.
     id: Mutex<String>,
+    /// A process taken over from an earlier daemon, not yet probed: its
+    /// readiness is not known yet (see [`Supervisor::settled`]).
+    adopting: AtomicBool,
 }
 
 struct Replica {
@@ -351,6 +354,19 @@ impl Supervisor {
         }
     }
 
+    /// False while a process of `color` taken over from an earlier daemon
+    /// has not been probed yet: until then its readiness says nothing (it
+    /// reads 0 replicas ready, which after a cutover would look like a
+    /// color that lost them all).
+    pub fn settled(&self, color: Color) -> bool {
+        let groups = self.groups.lock().expect("groups");
+        groups.get(&color).is_none_or(|g| {
+            g.replicas
+                .iter()
+                .all(|r| !r.state.adopting.load(Ordering::SeqCst))
+        })
+    }
+
     /// Addresses of `color`'s healthy replicas.
     pub fn endpoints(&self, color: Color) -> Vec<SocketAddr> {
         let groups = self.groups.lock().expect("groups");
@@ -431,6 +447,14 @@ impl Supervisor {
         adopt: Option<Adopt>,
     ) -> Replica {
         let state = Arc::new(ReplicaState::default());
+        if let Some(a) = &adopt {
+            // Known at once, so that the state file never misses a
+            // process taken over, however soon it is saved.
+            state.pid.store(a.pid, Ordering::SeqCst);
+            state.port.store(u32::from(a.port), Ordering::SeqCst);
+            *state.id.lock().expect("id") = a.id.clone();
+            state.adopting.store(true, Ordering::SeqCst);
+        }
         let (stop, stop_rx) = watch::channel(false);
         let ctx = ReplicaCtx {
             app: self.app.clone(),
@@ -692,6 +716,11 @@ async fn run_replica(ctx: ReplicaCtx, mut stop: watch::Receiver<bool>, adopt: Op
         let (mut proc, port, id) = match adopt.take() {
             Some(a) if alive(a.pid) => (Proc::Adopted(a.pid), a.port, a.id),
             _ => {
+                if ctx.state.adopting.swap(false, Ordering::SeqCst) {
+                    // The process to take over is gone: a new one is started.
+                    ctx.state.pid.store(0, Ordering::SeqCst);
+                    let _ = ctx.changed.send(ctx.color);
+                }
                 let id = ctx.ids.next();
                 let started =
                     free_port().and_then(|port| start(&ctx, port, &id).map(|c| (c, port)));
@@ -743,10 +772,14 @@ async fn run_replica(ctx: ReplicaCtx, mut stop: watch::Receiver<bool>, adopt: Op
                     if let Proc::Adopted(pid) = proc && !alive(pid) {
                         break "exited (adopted process)".to_string();
                     }
-                    if probe(port, &h.path, h.timeout.std()).await {
+                    let passed = probe(port, &h.path, h.timeout.std()).await;
+                    // A process taken over was serving under the earlier
+                    // daemon: its first passing probe makes it ready again.
+                    let adopted = ctx.state.adopting.swap(false, Ordering::SeqCst);
+                    if passed {
                         passes += 1;
                         fails = 0;
-                        if passes >= h.healthy_threshold {
+                        if passes >= h.healthy_threshold || adopted {
                             consecutive_crashes = 0;
                             ctx.set_failure(None);
                             ctx.set_healthy(true);
@@ -757,6 +790,9 @@ async fn run_replica(ctx: ReplicaCtx, mut stop: watch::Receiver<bool>, adopt: Op
                         if fails >= h.unhealthy_threshold {
                             ctx.set_healthy(false);
                         }
+                    }
+                    if adopted {
+                        let _ = ctx.changed.send(ctx.color);
                     }
                 }
             }
