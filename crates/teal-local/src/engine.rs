@@ -429,6 +429,7 @@ impl Core {
                     None => std::future::pending().await,
                 }
             };
+            let mut answer = None;
             tokio::select! {
                 msg = rx.recv() => match msg {
                     None => break,
@@ -439,18 +440,20 @@ impl Core {
                     }
                     Some(Msg::Deploy(spec, reply)) => {
                         let r = self.deploy(spec, &mut queue);
-                        let _ = reply.send(r);
+                        answer = Some((reply, r));
                     }
                     Some(Msg::Command(cmd, reply)) => {
                         // Judged on what the colors run now, not on a health
                         // change still waiting in its channel.
                         for c in Color::ALL {
-                            let status = self.supervisor.status(c);
-                            let _ = self.feed(Input::Observed(status), &mut queue);
+                            if self.supervisor.settled(c) {
+                                let status = self.supervisor.status(c);
+                                let _ = self.feed(Input::Observed(status), &mut queue);
+                            }
                         }
                         let r = self.feed(Input::Command(cmd), &mut queue)
                             .map_err(|e| EngineError::Conflict(e.to_string()));
-                        let _ = reply.send(r);
+                        answer = Some((reply, r));
                     }
                 },
                 Some(color) = changed.recv() => {
@@ -462,8 +465,12 @@ impl Core {
                     self.sync_router(&mut queue);
                     for c in colors {
                         self.report_exits(c, &mut queue);
-                        let status = self.supervisor.status(c);
-                        let _ = self.feed(Input::Observed(status), &mut queue);
+                        // Replicas taken over from an earlier daemon are
+                        // observed once probed, not as 0 ready before.
+                        if self.supervisor.settled(c) {
+                            let status = self.supervisor.status(c);
+                            let _ = self.feed(Input::Observed(status), &mut queue);
+                        }
                     }
                 }
                 Some(input) = hook_rx.recv() => {
@@ -496,6 +503,12 @@ impl Core {
             self.stop_stale_hook_round();
             self.save();
             self.publish();
+            // A release or command is acknowledged once it is in the state
+            // file (and the status): a daemon dying right after still
+            // carries it out.
+            if let Some((reply, r)) = answer {
+                let _ = reply.send(r);
+            }
         }
     }
 
