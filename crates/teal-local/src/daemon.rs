@@ -105,6 +105,10 @@ pub fn listener_from_stdin() -> Result<std::net::TcpListener, DaemonError> {
     Ok(listener)
 }
 
+/// How long a restarted daemon holds back accepting production connections
+/// until the live color is routed again.
+pub const RESUME_ROUTING_WAIT: Duration = Duration::from_secs(10);
+
 /// Addresses the daemon listens on once started.
 #[derive(Debug, Clone, Copy)]
 pub struct Bound {
@@ -185,7 +189,19 @@ pub async fn serve_on(
     let proxy = tokio::spawn({
         let router = router.clone();
         let s = stopped(stop_rx.clone());
-        async move { router.serve(listener, s).await }
+        let engine = engine.clone();
+        async move {
+            // After a restart, connections that arrived while the daemon was
+            // down (kept in the backlog of a handed-over socket) and those
+            // arriving now wait until the live color is routed again, a
+            // matter of a probe, instead of being answered 503 by a router
+            // without a route table. Bounded, in case the live color has to
+            // start afresh.
+            if engine.resumed_routing() {
+                let _ = tokio::time::timeout(RESUME_ROUTING_WAIT, engine.wait_routed()).await;
+            }
+            router.serve(listener, s).await
+        }
     });
     let admin_task = tokio::spawn({
         let s = stopped(stop_rx.clone());

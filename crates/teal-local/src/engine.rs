@@ -127,6 +127,8 @@ enum Msg {
 #[derive(Clone)]
 pub struct Engine {
     tx: mpsc::UnboundedSender<Msg>,
+    /// Restored from a state file that routed production traffic.
+    resumed_routing: bool,
     pub router: Router,
     status: watch::Receiver<Arc<Status>>,
     notices: broadcast::Sender<Notice>,
@@ -237,6 +239,7 @@ impl Engine {
             );
             retiring.push(tokio::spawn(supervisor.stop_strays(strays)));
         }
+        let resumed_routing = machine.routing.is_some();
         let (status_tx, status_rx) = watch::channel(Arc::new(Status::default()));
         let (notices, _) = broadcast::channel(1024);
         let (tx, rx) = mpsc::unbounded_channel();
@@ -271,6 +274,7 @@ impl Engine {
         tokio::spawn(core.run(rx, changed_rx, reports_rx, hooks_rx, queue));
         Ok(Engine {
             tx,
+            resumed_routing,
             router,
             status: status_rx,
             notices,
@@ -336,6 +340,13 @@ impl Engine {
                 return None;
             }
         }
+    }
+
+    /// Whether the engine took over from an earlier run that routed
+    /// production traffic (which it routes again once the live color's
+    /// replicas are probed).
+    pub fn resumed_routing(&self) -> bool {
+        self.resumed_routing
     }
 
     /// Waits until production traffic is routed (the first color is ready).
