@@ -126,7 +126,7 @@ fn daemon_killed_while_deploying_resumes_the_release() {
         &["--ready-after", "3s"],
         "promotion: {mode: manual}\n",
     );
-    // The health interval.
+    // The health interval of the reported scenario.
     let yaml = std::fs::read_to_string(&config)
         .unwrap()
         .replace("interval: 100ms", "interval: 500ms");
