@@ -10,9 +10,9 @@ use bytes::Bytes;
 use http::{Method, Request, Response, StatusCode};
 use http_body_util::{BodyExt, Full, Limited};
 use hyper::body::Incoming;
+use hyper::server::conn::http1;
 use hyper::service::service_fn;
-use hyper_util::rt::{TokioExecutor, TokioIo};
-use hyper_util::server::conn::auto;
+use hyper_util::rt::{TokioIo, TokioTimer};
 use serde::{Deserialize, Serialize};
 use teal_core::release::Command;
 use tokio::net::TcpListener;
@@ -47,6 +47,13 @@ pub struct ApiError {
 
 const MAX_BODY: usize = 256 * 1024;
 
+/// A client must have sent a request's headers within this time of
+/// connecting (or of its previous request), or the connection is closed: a
+/// client trickling bytes cannot hold a connection open.
+pub const HEADER_TIMEOUT: std::time::Duration = std::time::Duration::from_secs(5);
+/// The same for a request's body.
+const BODY_TIMEOUT: std::time::Duration = std::time::Duration::from_secs(10);
+
 /// Serves the control API until `shutdown` completes.
 pub async fn serve(
     engine: Engine,
@@ -58,9 +65,22 @@ pub async fn serve(
     let dashboard = crate::dashboard::Dashboard::start(engine.clone());
     tokio::pin!(shutdown);
     loop {
-        let (stream, _) = tokio::select! {
+        let accepted = tokio::select! {
             _ = &mut shutdown => return Ok(()),
-            r = listener.accept() => r?,
+            r = listener.accept() => r,
+        };
+        let stream = match accepted {
+            Ok((stream, _)) => stream,
+            Err(e) => {
+                // Out of file descriptors, a connection reset before it was
+                // accepted, …: that connection is lost, not the API. A short
+                // pause keeps a persistent error (EMFILE) from spinning.
+                tracing::warn!("control API: accept failed: {e}");
+                tokio::select! {
+                    _ = &mut shutdown => return Ok(()),
+                    _ = tokio::time::sleep(std::time::Duration::from_millis(50)) => continue,
+                }
+            }
         };
         let engine = engine.clone();
         let token = token.clone();
@@ -78,7 +98,11 @@ pub async fn serve(
                     })
                 }
             });
-            let _ = auto::Builder::new(TokioExecutor::new())
+            // HTTP/1.1 only (the CLI and browsers speak it on plain HTTP),
+            // so that the header timeout applies from the first byte on.
+            let _ = http1::Builder::new()
+                .timer(TokioTimer::new())
+                .header_read_timeout(HEADER_TIMEOUT)
                 .serve_connection(TokioIo::new(stream), svc)
                 .await;
         });
@@ -118,9 +142,18 @@ fn authorized(req: &Request<Incoming>, token: &str) -> bool {
 async fn body<T: for<'de> Deserialize<'de> + Default>(
     req: Request<Incoming>,
 ) -> Result<T, Response<Full<Bytes>>> {
-    let bytes = Limited::new(req.into_body(), MAX_BODY)
-        .collect()
-        .await
+    let read = tokio::time::timeout(
+        BODY_TIMEOUT,
+        Limited::new(req.into_body(), MAX_BODY).collect(),
+    )
+    .await
+    .map_err(|_| {
+        error(
+            StatusCode::REQUEST_TIMEOUT,
+            format!("the request body did not arrive within {BODY_TIMEOUT:?}"),
+        )
+    })?;
+    let bytes = read
         .map_err(|e| {
             error(
                 StatusCode::BAD_REQUEST,

@@ -126,6 +126,9 @@ fn default_state_dir() -> PathBuf {
 }
 /// The header that reaches the idle color when the config names none.
 pub const DEFAULT_PREVIEW_HEADER: &str = "x-teal-preview";
+/// The shortest preview header or cookie value accepted when the router
+/// listens on a non-loopback address.
+pub const MIN_PREVIEW_VALUE: usize = 16;
 fn default_preview() -> PreviewSpec {
     PreviewSpec {
         header: Some(MatchSpec {
@@ -312,6 +315,29 @@ impl Config {
             ));
         }
         self.preview.validate("preview", app.replicas, &mut e);
+        if !self.listen.ip().is_loopback() {
+            // Off loopback, whoever sends the preview value sees the
+            // unreleased revision: it is a credential, so not a guessable one.
+            let matches = [
+                ("preview.header.value", self.preview.header.as_ref()),
+                ("preview.cookie.value", self.preview.cookie.as_ref()),
+            ];
+            for (field, m) in matches {
+                if let Some(m) = m
+                    && m.value.chars().count() < MIN_PREVIEW_VALUE
+                {
+                    e.push(FieldError::new(
+                        field,
+                        format!(
+                            "with listen on {} (not loopback) anyone who sends this value reaches the unreleased revision: \
+                             use at least {MIN_PREVIEW_VALUE} characters nobody can guess (e.g. the output of `openssl rand -hex 16`), \
+                             not {:?}",
+                            self.listen, m.value
+                        ),
+                    ));
+                }
+            }
+        }
         self.promotion.validate("promotion", &mut e);
         self.analysis.validate("analysis", &mut e);
         teal_api::hooks::validate(
@@ -404,5 +430,33 @@ mod tests {
         ] {
             assert!(e.contains(want), "missing {want}: {e}");
         }
+    }
+
+    #[test]
+    fn off_loopback_the_preview_value_must_be_hard_to_guess() {
+        let off = "app:\n  command: [x]\nlisten: 0.0.0.0:8080\n";
+        let e = errors_of(off);
+        assert!(
+            e.contains("preview.header.value: with listen on 0.0.0.0:8080 (not loopback)"),
+            "{e}"
+        );
+        assert!(e.contains("at least 16 characters"), "{e}");
+        let e = errors_of(&format!(
+            "{off}preview:\n  header: {{name: x-teal-preview, value: short-secret}}\n  cookie: {{name: c, value: \"1\"}}\n"
+        ));
+        assert!(e.contains("preview.header.value"), "{e}");
+        assert!(e.contains("preview.cookie.value"), "{e}");
+        let strong = "3f9c2a7d1e8b4c60a5d2f7e9b1c3d5a7";
+        Config::parse(
+            &format!("{off}preview:\n  header: {{name: x-teal-preview, value: {strong}}}\n"),
+            Path::new("."),
+        )
+        .expect("a long value is accepted off loopback");
+        // On loopback only this machine reaches the router: the default stays.
+        Config::parse(
+            "app:\n  command: [x]\nlisten: 127.0.0.1:8080\n",
+            Path::new("."),
+        )
+        .expect("the default value is accepted on loopback");
     }
 }

@@ -27,6 +27,8 @@ pub enum DaemonError {
     #[error("another teal daemon (pid {pid}) is using the state directory {dir}")]
     AlreadyRunning { pid: u32, dir: PathBuf },
     #[error("{0}")]
+    Inherited(String),
+    #[error("{0}")]
     Io(#[from] std::io::Error),
 }
 
@@ -68,6 +70,45 @@ async fn bind(field: &'static str, addr: SocketAddr) -> Result<TcpListener, Daem
         })
 }
 
+/// The router's listening socket handed over on standard input by a
+/// supervisor (systemd's `StandardInput=socket`), checked to be a listening
+/// TCP socket. It outlives the daemon in the supervisor, so connections
+/// arriving while the daemon restarts wait in its backlog instead of being
+/// refused. (systemd's `LISTEN_FDS` way passes descriptor 3 and up, which
+/// safe Rust cannot take ownership of; standard input it can.)
+pub fn listener_from_stdin() -> Result<std::net::TcpListener, DaemonError> {
+    use std::os::fd::AsFd;
+    let not = |why: String| {
+        DaemonError::Inherited(format!(
+            "standard input is not a listening TCP socket ({why}): start the daemon from a socket unit with StandardInput=socket"
+        ))
+    };
+    let fd = std::io::stdin()
+        .as_fd()
+        .try_clone_to_owned()
+        .map_err(|e| not(e.to_string()))?;
+    let socket = socket2::Socket::from(fd);
+    match socket.r#type() {
+        Ok(t) if t == socket2::Type::STREAM => {}
+        Ok(_) => return Err(not("not a stream socket".into())),
+        Err(e) => return Err(not(e.to_string())),
+    }
+    match socket.is_listener() {
+        Ok(true) => {}
+        Ok(false) => return Err(not("it does not listen".into())),
+        Err(e) => return Err(not(e.to_string())),
+    }
+    let listener = std::net::TcpListener::from(socket);
+    listener
+        .local_addr()
+        .map_err(|e| not(format!("no TCP address: {e}")))?;
+    Ok(listener)
+}
+
+/// How long a restarted daemon holds back accepting production connections
+/// until the live color is routed again.
+pub const RESUME_ROUTING_WAIT: Duration = Duration::from_secs(10);
+
 /// Addresses the daemon listens on once started.
 #[derive(Debug, Clone, Copy)]
 pub struct Bound {
@@ -80,8 +121,21 @@ pub struct Bound {
 /// starts the engine and serves until `shutdown`; then stops the app's
 /// processes. `ready` receives the bound addresses.
 pub async fn serve(
+    config: Config,
+    router_config: RouterConfig,
+    shutdown: impl Future<Output = ()> + Send,
+    ready: Option<tokio::sync::oneshot::Sender<(Bound, Engine)>>,
+) -> Result<(), DaemonError> {
+    serve_on(config, router_config, None, shutdown, ready).await
+}
+
+/// [`serve`], with the router on `inherited` (see [`listener_from_stdin`])
+/// instead of a socket bound to `listen`. `listen` must name the socket's
+/// address (or port 0).
+pub async fn serve_on(
     mut config: Config,
     router_config: RouterConfig,
+    inherited: Option<std::net::TcpListener>,
     shutdown: impl Future<Output = ()> + Send,
     ready: Option<tokio::sync::oneshot::Sender<(Bound, Engine)>>,
 ) -> Result<(), DaemonError> {
@@ -95,7 +149,20 @@ pub async fn serve(
     {
         return Err(DaemonError::AlreadyRunning { pid, dir });
     }
-    let listener = bind("listen", config.listen).await?;
+    let listener = match inherited {
+        None => bind("listen", config.listen).await?,
+        Some(l) => {
+            let addr = l.local_addr()?;
+            let wanted = config.listen;
+            if wanted.port() != 0 && (addr.port() != wanted.port() || addr.ip() != wanted.ip()) {
+                return Err(DaemonError::Inherited(format!(
+                    "listen: the config says {wanted}, the socket on standard input is bound to {addr}: make them the same"
+                )));
+            }
+            l.set_nonblocking(true)?;
+            TcpListener::from_std(l)?
+        }
+    };
     let admin = bind("admin", config.admin).await?;
     let control = bind("control", config.control).await?;
     let bound = Bound {
@@ -122,7 +189,19 @@ pub async fn serve(
     let proxy = tokio::spawn({
         let router = router.clone();
         let s = stopped(stop_rx.clone());
-        async move { router.serve(listener, s).await }
+        let engine = engine.clone();
+        async move {
+            // After a restart, connections that arrived while the daemon was
+            // down (kept in the backlog of a handed-over socket) and those
+            // arriving now wait until the live color is routed again, a
+            // matter of a probe, instead of being answered 503 by a router
+            // without a route table. Bounded, in case the live color has to
+            // start afresh.
+            if engine.resumed_routing() {
+                let _ = tokio::time::timeout(RESUME_ROUTING_WAIT, engine.wait_routed()).await;
+            }
+            router.serve(listener, s).await
+        }
     });
     let admin_task = tokio::spawn({
         let s = stopped(stop_rx.clone());

@@ -2,7 +2,7 @@
 //! its actions with the supervisor and the router, and feeds back what it
 //! observes. Everything else talks to it through an [`Engine`] handle.
 
-use std::collections::{BTreeMap, VecDeque};
+use std::collections::{BTreeMap, BTreeSet, VecDeque};
 use std::path::PathBuf;
 use std::sync::Arc;
 use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
@@ -127,6 +127,8 @@ enum Msg {
 #[derive(Clone)]
 pub struct Engine {
     tx: mpsc::UnboundedSender<Msg>,
+    /// Restored from a state file that routed production traffic.
+    resumed_routing: bool,
     pub router: Router,
     status: watch::Receiver<Arc<Status>>,
     notices: broadcast::Sender<Notice>,
@@ -169,10 +171,13 @@ impl Engine {
             config.app.clone(),
             config.state_dir.join("logs"),
             changed_tx,
-        );
+        )
+        .owned_by(&config.state_dir);
         let saved = state::load(&state::path(&config.state_dir))?;
         let mut queue = VecDeque::new();
         let mut revisions = BTreeMap::new();
+        // Processes of an earlier daemon taken over as replicas.
+        let mut kept = BTreeSet::new();
         let machine = match saved {
             Some(s) => {
                 let SavedState {
@@ -182,20 +187,26 @@ impl Engine {
                 } = s;
                 machine.policy = config.policy();
                 revisions = revs;
-                for g in &groups {
-                    supervisor.adopt(g);
-                }
-                // Colors the machine wants running but nothing recorded.
+                // What the machine wants running is what runs: a recorded
+                // group of the wanted revision is taken over and completed
+                // to the wanted size; a color without one is deployed.
+                // Everything else an earlier daemon started is stopped
+                // below.
                 for (color, req) in machine.requested.clone() {
-                    if let Some(rev) = req.revision
-                        && req.replicas > 0
-                        && !groups.iter().any(|g| g.color == color)
+                    let Some(rev) = req.revision else { continue };
+                    if req.replicas == 0 {
+                        continue;
+                    }
+                    match groups
+                        .iter()
+                        .find(|g| g.color == color && g.revision.name == rev)
                     {
-                        queue.push_back(Action::Deploy {
+                        Some(g) => kept.extend(supervisor.adopt(g, req.replicas)),
+                        None => queue.push_back(Action::Deploy {
                             color,
                             revision: rev,
                             replicas: req.replicas,
-                        });
+                        }),
                     }
                 }
                 resume_actions(&machine, &mut queue);
@@ -216,6 +227,19 @@ impl Engine {
                 m
             }
         };
+        // Processes started for this state directory that no replica took
+        // over: started before their pid was saved, replaced or retired
+        // while the earlier daemon died, or not wanted any more.
+        let strays = supervisor.strays(&kept);
+        let mut retiring = Vec::new();
+        if !strays.is_empty() {
+            tracing::warn!(
+                count = strays.len(),
+                "stopping processes an earlier daemon started and did not record"
+            );
+            retiring.push(tokio::spawn(supervisor.stop_strays(strays)));
+        }
+        let resumed_routing = machine.routing.is_some();
         let (status_tx, status_rx) = watch::channel(Arc::new(Status::default()));
         let (notices, _) = broadcast::channel(1024);
         let (tx, rx) = mpsc::unbounded_channel();
@@ -244,12 +268,13 @@ impl Engine {
             analysis_view: None,
             reports: reports_tx,
             table_generation: 0,
-            retiring: Vec::new(),
+            retiring,
             restarts: BTreeMap::new(),
         };
         tokio::spawn(core.run(rx, changed_rx, reports_rx, hooks_rx, queue));
         Ok(Engine {
             tx,
+            resumed_routing,
             router,
             status: status_rx,
             notices,
@@ -315,6 +340,13 @@ impl Engine {
                 return None;
             }
         }
+    }
+
+    /// Whether the engine took over from an earlier run that routed
+    /// production traffic (which it routes again once the live color's
+    /// replicas are probed).
+    pub fn resumed_routing(&self) -> bool {
+        self.resumed_routing
     }
 
     /// Waits until production traffic is routed (the first color is ready).
@@ -408,6 +440,7 @@ impl Core {
                     None => std::future::pending().await,
                 }
             };
+            let mut answer = None;
             tokio::select! {
                 msg = rx.recv() => match msg {
                     None => break,
@@ -418,18 +451,20 @@ impl Core {
                     }
                     Some(Msg::Deploy(spec, reply)) => {
                         let r = self.deploy(spec, &mut queue);
-                        let _ = reply.send(r);
+                        answer = Some((reply, r));
                     }
                     Some(Msg::Command(cmd, reply)) => {
                         // Judged on what the colors run now, not on a health
                         // change still waiting in its channel.
                         for c in Color::ALL {
-                            let status = self.supervisor.status(c);
-                            let _ = self.feed(Input::Observed(status), &mut queue);
+                            if self.supervisor.settled(c) {
+                                let status = self.supervisor.status(c);
+                                let _ = self.feed(Input::Observed(status), &mut queue);
+                            }
                         }
                         let r = self.feed(Input::Command(cmd), &mut queue)
                             .map_err(|e| EngineError::Conflict(e.to_string()));
-                        let _ = reply.send(r);
+                        answer = Some((reply, r));
                     }
                 },
                 Some(color) = changed.recv() => {
@@ -441,8 +476,12 @@ impl Core {
                     self.sync_router(&mut queue);
                     for c in colors {
                         self.report_exits(c, &mut queue);
-                        let status = self.supervisor.status(c);
-                        let _ = self.feed(Input::Observed(status), &mut queue);
+                        // Replicas taken over from an earlier daemon are
+                        // observed once probed, not as 0 ready before.
+                        if self.supervisor.settled(c) {
+                            let status = self.supervisor.status(c);
+                            let _ = self.feed(Input::Observed(status), &mut queue);
+                        }
                     }
                 }
                 Some(input) = hook_rx.recv() => {
@@ -475,6 +514,12 @@ impl Core {
             self.stop_stale_hook_round();
             self.save();
             self.publish();
+            // A release or command is acknowledged once it is in the state
+            // file (and the status): a daemon dying right after still
+            // carries it out.
+            if let Some((reply, r)) = answer {
+                let _ = reply.send(r);
+            }
         }
     }
 
@@ -853,6 +898,13 @@ impl Core {
         self.supervisor.shutdown().await;
         for h in self.retiring.drain(..) {
             let _ = h.await;
+        }
+        // Nothing this daemon knows of runs now; anything still marked as
+        // this state directory's would outlive it unknown.
+        let left = self.supervisor.leftovers();
+        if !left.is_empty() {
+            tracing::warn!(count = left.len(), "stopping processes left behind");
+            self.supervisor.stop_strays(left).await;
         }
         // Nothing runs any more: record that, keeping the machine, so the
         // next start brings the live color back instead of adopting pids.

@@ -43,7 +43,8 @@ enum How {
 /// Commands other than teal's, by their first words.
 #[rustfmt::skip]
 const OTHERS: &[(&str, How)] = &[
-    ("./scripts/test", How::NotRun("the test runner itself: it runs every test, this one too")),
+    ("./scripts/test", How::Run(".ci/run", "exec ./scripts/test")),
+    ("systemctl", How::NotRun("needs a machine booted with systemd; the units were checked with `systemd-analyze verify`, and local_daemon.rs starts `teal local serve --listen-stdin` with the socket on standard input as the units do")),
     ("scripts/dev-cluster up", How::Run(DEV_CLUSTER, ".arg(\"up\")")),
     ("scripts/dev-cluster status", How::Run(DEV_CLUSTER, ".arg(\"status\")")),
     ("scripts/dev-cluster down", How::Run(DEV_CLUSTER, ".arg(\"down\")")),

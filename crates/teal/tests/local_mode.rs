@@ -244,54 +244,6 @@ fn crash_looping_app_fails_fast() {
 }
 
 #[test]
-fn daemon_killed_and_restarted_keeps_the_live_color() {
-    let Setup {
-        daemon: d,
-        config,
-        port,
-        dir: _dir,
-    } = healthy_daemon("restart", "");
-    let o = cli(&config, &["deploy", "--revision", "v2"]);
-    assert!(o.status.success(), "{}", text(&o));
-    let before = d.wait_phase("Healthy");
-    let live = pids(&before, "green");
-    assert_eq!(live.len(), 2);
-
-    d.kill();
-    assert!(
-        live.iter().all(|p| alive(*p)),
-        "app processes outlive a killed daemon"
-    );
-
-    let d = Daemon::start(&config);
-    let after = d.wait_phase("Healthy");
-    assert_eq!(after["active"]["revision"], "v2");
-    assert_eq!(
-        pids(&after, "green"),
-        live,
-        "surviving replicas are adopted, not restarted"
-    );
-    wait_until(Duration::from_secs(10), "router serving v2", || {
-        (live_version(port).as_deref() == Some("v2")).then_some(())
-    });
-    assert_eq!(after["history"][0]["revision"], "v2");
-
-    // A clean stop (SIGTERM) stops the app's processes too …
-    let status = d.terminate();
-    assert!(status.success(), "daemon exit: {status:?}");
-    wait_until(Duration::from_secs(10), "replicas stopped", || {
-        live.iter().all(|p| !alive(*p)).then_some(())
-    });
-    // … and the next start brings the live revision back.
-    let d = Daemon::start(&config);
-    let s = d.wait_phase("Healthy");
-    assert_eq!(s["active"]["revision"], "v2");
-    wait_until(Duration::from_secs(10), "v2 served again", || {
-        (live_version(port).as_deref() == Some("v2")).then_some(())
-    });
-}
-
-#[test]
 fn bad_configs_are_refused_naming_the_field() {
     let dir = Scratch::new("badcfg");
     let cases = [

@@ -31,7 +31,14 @@ pub struct Args {
 #[derive(Subcommand)]
 enum Verb {
     /// Run the daemon: router, app processes and release engine.
-    Serve,
+    Serve {
+        /// Take the router's listening socket from standard input (systemd:
+        /// a socket unit and StandardInput=socket) instead of binding
+        /// `listen`: connections arriving while the daemon restarts wait
+        /// instead of being refused.
+        #[arg(long)]
+        listen_stdin: bool,
+    },
     /// Release a new revision and wait until it is promoted or rolled back.
     Deploy(DeployArgs),
     /// Show phase, colors, analysis and recent events.
@@ -94,8 +101,8 @@ fn state_dir(config: &Path) -> Result<PathBuf, ExitCode> {
 }
 
 pub async fn run(args: Args) -> anyhow::Result<ExitCode> {
-    if let Verb::Serve = args.command {
-        return serve(&args.config).await;
+    if let Verb::Serve { listen_stdin } = args.command {
+        return serve(&args.config, listen_stdin).await;
     }
     let dir = match state_dir(&args.config) {
         Ok(d) => d,
@@ -109,7 +116,7 @@ pub async fn run(args: Args) -> anyhow::Result<ExitCode> {
         }
     };
     let result = match args.command {
-        Verb::Serve => unreachable!("handled above"),
+        Verb::Serve { .. } => unreachable!("handled above"),
         Verb::Deploy(d) => return deploy(&client, d).await,
         Verb::Status { json } => {
             let s: Status = client.get("/v1/status").await?;
@@ -147,13 +154,24 @@ async fn post<B: serde::Serialize>(
     Ok(())
 }
 
-async fn serve(config: &Path) -> anyhow::Result<ExitCode> {
+async fn serve(config: &Path, listen_stdin: bool) -> anyhow::Result<ExitCode> {
     let cfg = match Config::load(config) {
         Ok(c) => c,
         Err(e) => {
             eprintln!("error: {e}");
             return Ok(ExitCode::from(USAGE));
         }
+    };
+    let inherited = if listen_stdin {
+        match teal_local::daemon::listener_from_stdin() {
+            Ok(l) => Some(l),
+            Err(e) => {
+                eprintln!("error: --listen-stdin: {e}");
+                return Ok(ExitCode::from(USAGE));
+            }
+        }
+    } else {
+        None
     };
     let mut router_config = RouterConfig::default();
     if let Some(h) = &cfg.color_header {
@@ -177,13 +195,15 @@ async fn serve(config: &Path) -> anyhow::Result<ExitCode> {
             );
         }
     });
-    let r = teal_local::daemon::serve(cfg, router_config, shutdown, Some(ready_tx)).await;
+    let r =
+        teal_local::daemon::serve_on(cfg, router_config, inherited, shutdown, Some(ready_tx)).await;
     announce.abort();
     match r {
         Ok(()) => Ok(ExitCode::SUCCESS),
         Err(
             e @ (teal_local::daemon::DaemonError::Bind { .. }
-            | teal_local::daemon::DaemonError::AlreadyRunning { .. }),
+            | teal_local::daemon::DaemonError::AlreadyRunning { .. }
+            | teal_local::daemon::DaemonError::Inherited(_)),
         ) => {
             eprintln!("error: {e}");
             Ok(ExitCode::from(USAGE))
