@@ -48,11 +48,7 @@ impl RealNode {
     /// CoreDNS serve.
     pub fn start(images: &[&Path]) -> Result<RealNode, Error> {
         let mut options = vec!["--real-node".to_owned()];
-        options.extend(
-            images
-                .iter()
-                .map(|i| format!("--image={}", i.display())),
-        );
+        options.extend(images.iter().map(|i| format!("--image={}", i.display())));
         Ok(RealNode {
             env: TestEnv::start_within(&options, START_TIMEOUT)?,
         })

@@ -168,7 +168,10 @@ fn real_node_runs_teal_behind_a_cluster_ip_resolves_services_and_leaves_nothing(
         .iter()
         .find(|n| n["metadata"]["name"] == NODE_NAME)
         .unwrap_or_else(|| panic!("no node {NODE_NAME} in {names:?}"));
-    assert_eq!(real["metadata"]["labels"][real_node::NODE_LABEL.0], real_node::NODE_LABEL.1);
+    assert_eq!(
+        real["metadata"]["labels"][real_node::NODE_LABEL.0],
+        real_node::NODE_LABEL.1
+    );
     assert!(
         real["status"]["conditions"]
             .as_array()
@@ -265,7 +268,14 @@ fn real_node_runs_teal_behind_a_cluster_ip_resolves_services_and_leaves_nothing(
         }),
     );
     let mut rollout = node.env().kubectl();
-    rollout.args(["-n", NS, "rollout", "status", "deployment/web", "--timeout=180s"]);
+    rollout.args([
+        "-n",
+        NS,
+        "rollout",
+        "status",
+        "deployment/web",
+        "--timeout=180s",
+    ]);
     run(rollout, "kubectl rollout status deployment/web");
 
     let pods = kubectl_json(&node, &["-n", NS, "get", "pods", "-l", "app=web"]);
@@ -273,7 +283,10 @@ fn real_node_runs_teal_behind_a_cluster_ip_resolves_services_and_leaves_nothing(
     for pod in pods["items"].as_array().unwrap() {
         assert_eq!(pod["spec"]["nodeName"], NODE_NAME, "{}", pod["metadata"]);
         let ip = pod["status"]["podIP"].as_str().unwrap_or_default();
-        assert!(in_pod_network(ip), "pod IP {ip} is not on the node's bridge");
+        assert!(
+            in_pod_network(ip),
+            "pod IP {ip} is not on the node's bridge"
+        );
         pod_names.push(pod["metadata"]["name"].as_str().unwrap().to_owned());
     }
     assert_eq!(pod_names.len(), 2, "{pod_names:?}");
@@ -328,7 +341,9 @@ fn real_node_runs_teal_behind_a_cluster_ip_resolves_services_and_leaves_nothing(
     assert_eq!(parts.len(), 4, "{log}");
     assert!(
         parts[0].contains(&format!("nameserver {NODE_IP}"))
-            && parts[0].contains(&format!("search {NS}.svc.cluster.local svc.cluster.local cluster.local")),
+            && parts[0].contains(&format!(
+                "search {NS}.svc.cluster.local svc.cluster.local cluster.local"
+            )),
         "resolv.conf in the pod:\n{}",
         parts[0]
     );

@@ -96,7 +96,8 @@ fn scripts_image_writes_the_image_the_dockerfile_describes() {
         .map(|v| v.as_str().unwrap())
         .collect();
     assert!(
-        env.iter().any(|e| e.starts_with("PATH=") && e.contains("/usr/local/bin")),
+        env.iter()
+            .any(|e| e.starts_with("PATH=") && e.contains("/usr/local/bin")),
         "{env:?}"
     );
     assert!(
