@@ -40,7 +40,8 @@ NODE_SYSCTLS="vm.overcommit_memory vm.panic_on_oom kernel.panic kernel.panic_on_
 kernel.keys.root_maxkeys kernel.keys.root_maxbytes net.ipv4.ip_forward
 net.bridge.bridge-nf-call-iptables net.bridge.bridge-nf-call-ip6tables"
 # Host directories the node's components create if missing; removed again if they did not exist.
-NODE_HOST_DIRS="/run/containerd /var/lib/cni /var/log/containers /run/netns"
+# The kubelet's device-plugin socket is always in /var/lib/kubelet/device-plugins.
+NODE_HOST_DIRS="/run/containerd /var/lib/cni /var/lib/kubelet /var/log/containers /run/netns"
 
 node_dir() { echo "$CACHE/kube-node-$KUBERNETES_VERSION"; }
 coredns_dir() { echo "$CACHE/coredns-$COREDNS_VERSION"; }
@@ -242,7 +243,7 @@ evictionHard: {memory.available: 50Mi, nodefs.available: 1%, imagefs.available: 
 maxPods: 50
 EOF
   spawn kubelet "$(node_dir)/bin/kubelet" --config="$NODE_RUN/etc/kubelet.yaml" --kubeconfig="$kc" \
-    --root-dir="$node/kubelet" --hostname-override="$NODE_NAME" --node-ip="$NODE_IP" \
+    --root-dir="$node/kubelet" --cert-dir="$node/kubelet/pki" --hostname-override="$NODE_NAME" --node-ip="$NODE_IP" \
     --node-labels="$NODE_LABEL_KEY=$NODE_LABEL_VALUE" --v=1
 
   # The apiserver listens on 127.0.0.1, which inside a pod is the pod's own loopback.
@@ -319,7 +320,7 @@ node_pids() {
   local p cmd
   for p in /proc/[0-9]*; do
     if [ "${p#/proc/}" = "$$" ] || [ "${p#/proc/}" = "$BASHPID" ]; then continue; fi
-    cmd="$(tr '\0' ' ' <"$p/cmdline" 2>/dev/null)" || continue
+    cmd="$(tr '\0' ' ' 2>/dev/null <"$p/cmdline")" || continue
     case $cmd in
       *"$NODE_RUN/"* | *"bind=$NODE_IP,"*) echo "${p#/proc/}" ;;
     esac
@@ -411,7 +412,9 @@ node_clean() {
   if [ -n "$node_dir" ] && [ -d /var/log/containers ]; then
     find /var/log/containers -maxdepth 1 -type l -lname "$node_dir/*" -delete 2>/dev/null || true
   fi
-  rm -rf "/var/lib/cni/results/$CNI_NETWORK-"* "/var/lib/cni/networks/$CNI_NETWORK"
+  # libcni caches each attachment's result (cni-loopback-* are the loopback ones); only a real
+  # node runs CNI on this machine.
+  rm -rf "/var/lib/cni/results/$CNI_NETWORK-"* /var/lib/cni/results/cni-loopback-* "/var/lib/cni/networks/$CNI_NETWORK"
   if [ -f "$NODE_RUN/created-dirs" ]; then
     local d
     while read -r d; do
@@ -419,6 +422,7 @@ node_clean() {
         # containerd 1.6 keeps shim sockets in /run/containerd/s whatever its state directory is.
         /run/containerd) rm -rf /run/containerd ;;
         /var/lib/cni) rmdir /var/lib/cni/results /var/lib/cni/networks /var/lib/cni 2>/dev/null || true ;;
+        /var/lib/kubelet) rm -rf /var/lib/kubelet ;;
         *) rmdir "$d" 2>/dev/null || true ;;
       esac
     done <"$NODE_RUN/created-dirs"
