@@ -276,8 +276,10 @@ hostnameOverride: $NODE_NAME
 clusterCIDR: $NODE_CIDR
 healthzBindAddress: 127.0.0.1:$proxy_healthz
 metricsBindAddress: 127.0.0.1:$proxy_metrics
-# NodePorts answer on the bridge address only, never on the machine's other interfaces.
-nodePortAddresses: ["$NODE_IP/32"]
+# NodePorts answer on the bridge address only, never on the machine's other interfaces. Pods
+# are IPv4 only; the IPv6 prefix is on no interface, so no IPv6 address takes NodePorts (with
+# no IPv6 entry kube-proxy would take every local IPv6 address).
+nodePortAddresses: ["$NODE_IP/32", "fd85::1/128"]
 iptables:
   localhostNodePorts: false
 # Leave the machine's conntrack settings alone.
