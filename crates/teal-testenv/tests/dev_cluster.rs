@@ -61,7 +61,7 @@ fn get_root(addr: SocketAddr) -> Result<String, String> {
 }
 
 /// The real-node part of docs/dev-cluster.md, command for command.
-fn kubectl_run_answers_on_its_cluster_ip(kubeconfig: &str) {
+fn kubectl_run_answers_on_its_cluster_ip(dir: &Path, kubeconfig: &str) {
     let nodes = kubectl(kubeconfig, &["get", "nodes", "-L", "teal.dev/node"]);
     let line = nodes
         .lines()
@@ -72,15 +72,15 @@ fn kubectl_run_answers_on_its_cluster_ip(kubeconfig: &str) {
         "{line}"
     );
 
-    let archive = real_node::teal_image().unwrap_or_else(|e| panic!("{e}"));
-    let load = Command::new(Path::new(env!("CARGO_MANIFEST_DIR")).join("../../scripts/image"))
-        .arg("load")
-        .arg(&archive)
+    // Builds the image (a no-op cargo build once scripts/test built it) and loads it.
+    let load = Command::new(script())
+        .arg("image")
+        .env("TEAL_DEV_CLUSTER_DIR", dir)
         .output()
         .unwrap();
     assert!(
         load.status.success(),
-        "scripts/image load: {}",
+        "scripts/dev-cluster image: {}",
         String::from_utf8_lossy(&load.stderr)
     );
     let image = format!("--image=teal:{}", env!("CARGO_PKG_VERSION"));
@@ -176,7 +176,7 @@ fn dev_cluster_up_prints_a_kubeconfig_that_kubectl_uses() {
             stdout.contains("export PATH=") && stdout.contains("Node teal-node is real"),
             "{stdout}"
         );
-        kubectl_run_answers_on_its_cluster_ip(kubeconfig);
+        kubectl_run_answers_on_its_cluster_ip(&dir, kubeconfig);
     }
 
     let status = Command::new(script())
