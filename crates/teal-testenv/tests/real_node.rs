@@ -14,6 +14,13 @@ use teal_testenv::real_node::{self, NODE_IP, NODE_NAME, RealNode};
 
 const NS: &str = "real-node";
 
+/// The tests of this file compare the machine before and after a real node: one at a time.
+static SERIAL: std::sync::Mutex<()> = std::sync::Mutex::new(());
+
+fn serial() -> std::sync::MutexGuard<'static, ()> {
+    SERIAL.lock().unwrap_or_else(|e| e.into_inner())
+}
+
 fn run(mut cmd: Command, what: &str) -> Output {
     let out = cmd
         .output()
@@ -138,6 +145,7 @@ fn in_pod_network(ip: &str) -> bool {
 
 #[test]
 fn real_node_runs_teal_behind_a_cluster_ip_resolves_services_and_leaves_nothing() {
+    let _serial = serial();
     let before = real_node::snapshot().expect("snapshot before");
     let teal = real_node::teal_image().unwrap_or_else(|e| panic!("{e}"));
     let image = format!(
@@ -399,4 +407,45 @@ fn real_node_runs_teal_behind_a_cluster_ip_resolves_services_and_leaves_nothing(
         "the machine differs after the real node stopped (left: before, right: after)"
     );
     let _ = std::fs::remove_dir_all(&work);
+}
+
+/// Set in the child process of the test below.
+const ABORT_CHILD: &str = "TEAL_REAL_NODE_TEST_ABORT";
+
+/// A test process that dies with the real node up (abort: no unwinding, no Drop) still
+/// leaves nothing: the supervisor sees its pipe close and cleans up.
+#[test]
+fn a_test_process_that_dies_with_the_real_node_up_leaves_nothing() {
+    if std::env::var_os(ABORT_CHILD).is_some() {
+        let _node = RealNode::start(&[]).unwrap_or_else(|e| panic!("{e}"));
+        assert!(std::path::Path::new("/run/teal-node/owner").exists());
+        eprintln!("child: the real node is up; aborting");
+        std::process::abort();
+    }
+    let _serial = serial();
+    let before = real_node::snapshot().expect("snapshot before");
+    let child = Command::new(std::env::current_exe().unwrap())
+        .args([
+            "--exact",
+            "a_test_process_that_dies_with_the_real_node_up_leaves_nothing",
+            "--nocapture",
+            "--test-threads=1",
+        ])
+        .env(ABORT_CHILD, "1")
+        .output()
+        .expect("running the child test process");
+    let stderr = String::from_utf8_lossy(&child.stderr);
+    assert!(
+        !child.status.success() && stderr.contains("child: the real node is up; aborting"),
+        "the child did not bring the node up and abort ({}):\n{stderr}",
+        child.status
+    );
+    wait(
+        "the machine to be as before the child started its node",
+        Duration::from_secs(90),
+        || {
+            let now = real_node::snapshot().map_err(|e| e.to_string())?;
+            if now == before { Ok(()) } else { Err(now) }
+        },
+    );
 }
