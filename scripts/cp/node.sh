@@ -13,7 +13,9 @@
 #     Service (10.96.0.1:443) has an endpoint pods can reach
 #   route 10.96.0.0/16 dev teal0: service addresses never leave through another interface
 #   filter FORWARD -> TEAL-NODE-FORWARD: nothing is forwarded between teal0 and any other
-#     interface (pods reach the node and each other, nothing else)
+#     interface (pods reach the node and each other, nothing else); raw PREROUTING ->
+#     TEAL-NODE-PREROUTING: packets for pod or service addresses that arrive on another
+#     interface than teal0 or lo are dropped
 #   kube-proxy in iptables mode (see docs/dev-cluster.md for why)
 #   containerd runs with HTTP(S)_PROXY pointing at a closed loopback port: an image that is
 #     not loaded is never pulled from anywhere (ErrImagePull), no traffic leaves the machine
@@ -137,6 +139,15 @@ node_up() {
   iptables -w -A TEAL-NODE-FORWARD -i "$NODE_BRIDGE" ! -o "$NODE_BRIDGE" -j DROP
   iptables -w -A TEAL-NODE-FORWARD -o "$NODE_BRIDGE" ! -i "$NODE_BRIDGE" -j DROP
   iptables -w -I FORWARD 1 -j TEAL-NODE-FORWARD
+  # Pod and service addresses are reachable from this machine and its pods only: a packet for
+  # them arriving on any other interface (someone routing to this machine) is dropped before
+  # NAT, so neither NodePorts nor the relay, DNS or pods answer it.
+  iptables -w -t raw -N TEAL-NODE-PREROUTING
+  iptables -w -t raw -A TEAL-NODE-PREROUTING -i "$NODE_BRIDGE" -j RETURN
+  iptables -w -t raw -A TEAL-NODE-PREROUTING -i lo -j RETURN
+  iptables -w -t raw -A TEAL-NODE-PREROUTING -d "$NODE_CIDR" -j DROP
+  iptables -w -t raw -A TEAL-NODE-PREROUTING -d "$SERVICE_CIDR" -j DROP
+  iptables -w -t raw -I PREROUTING 1 -j TEAL-NODE-PREROUTING
 
   cat >"$node/cni/net.d/10-$CNI_NETWORK.conflist" <<EOF
 {

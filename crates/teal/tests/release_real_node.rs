@@ -179,6 +179,36 @@ async fn a_teal_router_release_on_the_real_node_answers_every_request() {
         "app and router pods on the real node: {pods:?}"
     );
 
+    // A router replica is Ready (TCP probe on its port) before it has installed its first
+    // route table, and answers 503 until then; the BlueGreen counts only replicas that were
+    // ready when it confirmed. Measure the release, not that start-up gap: wait until every
+    // replica answers on its own pod address.
+    let router_ips = kubectl(
+        env,
+        &[
+            "-n",
+            &ns,
+            "get",
+            "pods",
+            "-l",
+            "teal.dev/router=shop",
+            "-o",
+            "jsonpath={.items[*].status.podIP}",
+        ],
+        None,
+    );
+    assert_eq!(router_ips.split_whitespace().count(), 2, "{router_ips}");
+    for router_ip in router_ips.split_whitespace() {
+        let at: SocketAddr = format!("{router_ip}:8080").parse().unwrap();
+        let deadline = Instant::now() + Duration::from_secs(60);
+        loop {
+            match get_version(at) {
+                Ok(v) if v == "v1" => break,
+                other if Instant::now() >= deadline => panic!("router replica {at}: {other:?}"),
+                _ => std::thread::sleep(Duration::from_millis(300)),
+            }
+        }
+    }
     let ip = kubectl(
         env,
         &[
@@ -231,7 +261,11 @@ async fn a_teal_router_release_on_the_real_node_answers_every_request() {
     traffic.join().unwrap();
     let seen = std::mem::take(&mut *seen.lock().unwrap());
 
-    let errors: Vec<&String> = seen.iter().filter_map(|r| r.as_ref().err()).collect();
+    let errors: Vec<(usize, &String)> = seen
+        .iter()
+        .enumerate()
+        .filter_map(|(i, r)| r.as_ref().err().map(|e| (i, e)))
+        .collect();
     let versions: Vec<&str> = seen.iter().filter_map(|r| r.as_deref().ok()).collect();
     eprintln!(
         "{} requests during the release: {} v1, {} v2, {} failed; active {:?} -> {:?}",
@@ -244,7 +278,8 @@ async fn a_teal_router_release_on_the_real_node_answers_every_request() {
     );
     assert!(
         errors.is_empty(),
-        "failed requests during the release: {errors:?}"
+        "failed requests (index of {}, error) during the release: {errors:?}",
+        seen.len()
     );
     assert!(seen.len() >= 50, "only {} requests", seen.len());
     // v1 until the switch; v2 from the first v2 answer on, except from a router replica
