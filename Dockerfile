@@ -1,5 +1,8 @@
 # teal: one static binary on a distroless base, run as a non-root user.
 #   docker build -t teal:0.1.0 .
+# scripts/image writes the same image without Docker, a registry or a base image
+# (an OCI archive for the real node of scripts/dev-cluster); a test checks that the
+# runtime stage below and that script agree.
 # Builder: Rust on Debian with the musl target; scripts/static-binary builds
 # the static executable and checks it (ELF statically linked, runs in an
 # empty chroot as uid 65532) before it goes into the image.

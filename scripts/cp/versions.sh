@@ -8,6 +8,9 @@ KUBERNETES_STAGING_VERSION=v0.37.2
 ETCD_VERSION=v3.6.16
 KWOK_VERSION=v0.8.0
 HELM_VERSION=v3.22.0
+# The real node's cluster DNS (scripts/cp/coredns); its kubelet and kube-proxy come from
+# KUBERNETES_VERSION, its pause program from scripts/cp/pause (cache key: a hash of its source).
+COREDNS_VERSION=v1.15.0
 # Upstream CRDs installed by the router tests (scripts/upstream-crds), read from the
 # published Go modules: Istio's networking CRDs ship in istio.io/api under kubernetes/,
 # Gateway API's standard channel in sigs.k8s.io/gateway-api under config/crd/standard/.

@@ -48,13 +48,18 @@ impl TestEnv {
 
     /// Starts a control plane with `options` for `scripts/control-plane run`.
     pub(crate) fn start(options: &[String]) -> Result<TestEnv, Error> {
+        Self::start_within(options, START_TIMEOUT)
+    }
+
+    /// Like [`TestEnv::start`], waiting up to `timeout` for it to be ready.
+    pub(crate) fn start_within(options: &[String], timeout: Duration) -> Result<TestEnv, Error> {
         // Ports are picked free just before use; in the rare case another process takes one in
         // between, a component fails to bind and a second attempt picks new ones.
         let mut attempt = 0;
         let supervised = loop {
             attempt += 1;
             let dir = supervisor::state_dir("control-plane")?;
-            match supervisor::start("the control plane", "run", options, dir, &[], START_TIMEOUT) {
+            match supervisor::start("the control plane", "run", options, dir, &[], timeout) {
                 Ok(supervised) => break supervised,
                 Err(e @ Error::Start { .. }) if attempt < 2 => {
                     tracing::warn!("starting the control plane failed, trying again: {e}");

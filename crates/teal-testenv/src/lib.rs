@@ -33,6 +33,11 @@
 //! namespace of the test's own ([`netns::NetNs`]). Pod behaviour (readiness delay, never
 //! ready, crash loop) is steered by annotations on the pod template, see [`sim`].
 //!
+//! A test that needs containers to really run (teal's image, traffic through ClusterIPs,
+//! cluster DNS) asks for the real node with [`real_node::RealNode::start`]: a kubelet,
+//! kube-proxy, containerd and CoreDNS on this machine, next to the kwok nodes. It is opt-in,
+//! needs root, and there is one per machine at a time.
+//!
 //! When a test panics the state directory (with every component's log) is kept and its path
 //! printed; otherwise it is removed at exit. Set `TEAL_TESTENV_KEEP=1` to always keep it.
 #![forbid(unsafe_code)]
@@ -43,6 +48,7 @@ pub mod faults;
 mod http;
 pub mod netns;
 pub mod prometheus;
+pub mod real_node;
 pub mod receiver;
 mod supervisor;
 mod wait;

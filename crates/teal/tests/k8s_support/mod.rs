@@ -38,6 +38,7 @@ pub fn run_ok(cmd: &mut std::process::Command, stdin: Option<&str>) -> String {
     String::from_utf8_lossy(&out.stdout).into_owned()
 }
 
+#[allow(dead_code)]
 /// Applies files of `deploy/` (as users do, server-side) and waits until the
 /// BlueGreen CRD is established.
 pub fn apply_deploy_files(env: &TestEnv, files: &[&str]) {

@@ -1,0 +1,3 @@
+module teal.local/cp/pause
+
+go 1.26.0
