@@ -437,3 +437,47 @@ async fn leader_election_judges_the_holder_by_its_own_clock() {
         "took over {took:?} after the last renewal (a 3 s lease)"
     );
 }
+
+/// At its default level the controller logs each release step with its
+/// BlueGreen and revision; `RUST_LOG` sets the level when `TEAL_LOG` does
+/// not.
+#[tokio::test]
+async fn the_log_says_what_each_release_does_at_the_default_level() {
+    let env = TestEnv::shared();
+    let ns = setup(env, "logs", "").await;
+    let client = env.client();
+    let bgs: Api<BlueGreen> = Api::namespaced(client.clone(), &ns);
+    let deps: Api<Deployment> = Api::namespaced(client.clone(), &ns);
+    let args = ["--no-leader-election", "--metrics-addr", "127.0.0.1:0"];
+    let log = ControllerProcess::log_path(&ns);
+    let read = || std::fs::read_to_string(&log).unwrap_or_default();
+
+    let ctl = ControllerProcess::start_logging(env, &ns, &args, &[]);
+    wait_healthy_at(&bgs, None).await;
+    let v2 = set_image(&deps, "shop", "shop:2").await;
+    wait_healthy_at(&bgs, Some(&v2)).await;
+    ctl.kill();
+    let text = read();
+    let switched = text
+        .lines()
+        .find(|l| l.contains("production traffic switched to green"))
+        .unwrap_or_else(|| panic!("no switch in the log:\n{text}"));
+    assert!(
+        switched.contains("INFO")
+            && switched.contains(&format!("{ns}/shop"))
+            && switched.contains(&v2),
+        "{switched}"
+    );
+
+    // RUST_LOG=warn: release steps are not logged.
+    std::fs::write(&log, "").unwrap();
+    let ctl = ControllerProcess::start_logging(env, &ns, &args, &[("RUST_LOG", Some("warn"))]);
+    let v3 = set_image(&deps, "shop", "shop:3").await;
+    wait_healthy_at(&bgs, Some(&v3)).await;
+    ctl.kill();
+    let text = read();
+    assert!(
+        !text.contains("production traffic switched"),
+        "RUST_LOG=warn still logged release steps:\n{text}"
+    );
+}

@@ -265,22 +265,37 @@ pub struct ControllerProcess(pub std::process::Child);
 #[allow(dead_code)]
 impl ControllerProcess {
     pub fn start(env: &TestEnv, ns: &str, extra: &[&str]) -> ControllerProcess {
+        Self::start_logging(env, ns, extra, &[("TEAL_LOG", Some("info"))])
+    }
+
+    /// Like [`ControllerProcess::start`] with the log filter variables as
+    /// given (`None`: unset), for tests of the log itself.
+    pub fn start_logging(
+        env: &TestEnv,
+        ns: &str,
+        extra: &[&str],
+        vars: &[(&str, Option<&str>)],
+    ) -> ControllerProcess {
         let log = std::fs::OpenOptions::new()
             .create(true)
             .append(true)
             .open(Self::log_path(ns))
             .unwrap();
-        let child = std::process::Command::new(env!("CARGO_BIN_EXE_teal"))
-            .arg("controller")
+        let mut cmd = std::process::Command::new(env!("CARGO_BIN_EXE_teal"));
+        cmd.arg("controller")
             .args(["--namespace", ns])
             .args(extra)
             .env("KUBECONFIG", env.kubeconfig_path())
-            .env("TEAL_LOG", "info")
+            .env_remove("TEAL_LOG")
+            .env_remove("RUST_LOG")
             .stdout(Stdio::null())
-            .stderr(log)
-            .spawn()
-            .unwrap();
-        ControllerProcess(child)
+            .stderr(log);
+        for (k, v) in vars {
+            if let Some(v) = v {
+                cmd.env(k, v);
+            }
+        }
+        ControllerProcess(cmd.spawn().unwrap())
     }
 
     /// Where the controllers of namespace `ns` log.
