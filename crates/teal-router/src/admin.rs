@@ -56,7 +56,7 @@ impl AdminListener {
     }
 }
 
-type AdminBody = Full<Bytes>;
+pub(crate) type AdminBody = Full<Bytes>;
 
 impl Router {
     /// Serves the admin API until `shutdown` completes.
@@ -65,7 +65,6 @@ impl Router {
         listener: AdminListener,
         shutdown: impl Future<Output = ()> + Send,
     ) -> std::io::Result<()> {
-        tokio::pin!(shutdown);
         match listener {
             AdminListener::Tcp { listener, token } => {
                 if token.is_empty() {
@@ -75,61 +74,79 @@ impl Router {
                     ));
                 }
                 let token: Option<Arc<str>> = Some(token.into());
-                let mut backoff = crate::AcceptBackoff::new("admin");
-                loop {
-                    tokio::select! {
-                        _ = &mut shutdown => return Ok(()),
-                        r = listener.accept() => match r {
-                            Ok((stream, _)) => {
-                                backoff.accepted();
-                                self.spawn_admin_conn(stream, token.clone());
-                            }
-                            Err(e) => tokio::time::sleep(backoff.failed(&e)).await,
-                        },
-                    }
-                }
+                let listener = &listener;
+                self.serve_http1(
+                    "admin",
+                    move || async move { listener.accept().await.map(|(s, _)| s) },
+                    shutdown,
+                    move |router, req| admin(router, req, token.clone()),
+                )
+                .await
             }
             AdminListener::Unix(listener) => {
-                let mut backoff = crate::AcceptBackoff::new("admin");
-                loop {
-                    tokio::select! {
-                        _ = &mut shutdown => return Ok(()),
-                        r = listener.accept() => match r {
-                            Ok((stream, _)) => {
-                                backoff.accepted();
-                                self.spawn_admin_conn(stream, None);
-                            }
-                            Err(e) => tokio::time::sleep(backoff.failed(&e)).await,
-                        },
-                    }
-                }
+                let listener = &listener;
+                self.serve_http1(
+                    "admin",
+                    move || async move { listener.accept().await.map(|(s, _)| s) },
+                    shutdown,
+                    |router, req| admin(router, req, None),
+                )
+                .await
             }
         }
     }
 
-    fn spawn_admin_conn<S>(&self, stream: S, token: Option<Arc<str>>)
+    /// Accepts connections with `accept` until `shutdown` completes and
+    /// serves HTTP/1.1 on each with `handle` (heads must arrive within 10 s;
+    /// `what` names the listener in logs).
+    pub(crate) async fn serve_http1<S, A, AF, H, HF>(
+        &self,
+        what: &'static str,
+        accept: A,
+        shutdown: impl Future<Output = ()> + Send,
+        handle: H,
+    ) -> std::io::Result<()>
     where
         S: AsyncRead + AsyncWrite + Unpin + Send + 'static,
+        A: Fn() -> AF,
+        AF: Future<Output = std::io::Result<S>>,
+        H: Fn(Router, Request<Incoming>) -> HF + Clone + Send + Sync + 'static,
+        HF: Future<Output = Response<AdminBody>> + Send + 'static,
     {
-        let router = self.clone();
-        tokio::spawn(async move {
-            let service = service_fn(move |req| {
-                let router = router.clone();
-                let token = token.clone();
-                async move { Ok::<_, std::convert::Infallible>(admin(router, req, token).await) }
+        tokio::pin!(shutdown);
+        let mut backoff = crate::AcceptBackoff::new(what);
+        loop {
+            let stream = tokio::select! {
+                _ = &mut shutdown => return Ok(()),
+                r = accept() => match r {
+                    Ok(stream) => stream,
+                    Err(e) => {
+                        tokio::time::sleep(backoff.failed(&e)).await;
+                        continue;
+                    }
+                },
+            };
+            backoff.accepted();
+            let router = self.clone();
+            let handle = handle.clone();
+            tokio::spawn(async move {
+                let service = service_fn(move |req| {
+                    let fut = handle(router.clone(), req);
+                    async move { Ok::<_, std::convert::Infallible>(fut.await) }
+                });
+                let conn = hyper::server::conn::http1::Builder::new()
+                    .timer(TokioTimer::new())
+                    .header_read_timeout(Duration::from_secs(10))
+                    .serve_connection(TokioIo::new(stream), service);
+                if let Err(e) = conn.await {
+                    tracing::debug!(listener = what, error = %e, "connection ended with an error");
+                }
             });
-            let conn = hyper::server::conn::http1::Builder::new()
-                .timer(TokioTimer::new())
-                .header_read_timeout(Duration::from_secs(10))
-                .serve_connection(TokioIo::new(stream), service);
-            if let Err(e) = conn.await {
-                tracing::debug!(error = %e, "admin connection ended with an error");
-            }
-        });
+        }
     }
 }
 
-fn text(status: StatusCode, body: impl Into<String>) -> Response<AdminBody> {
+pub(crate) fn text(status: StatusCode, body: impl Into<String>) -> Response<AdminBody> {
     let mut resp = Response::new(Full::new(Bytes::from(body.into())));
     *resp.status_mut() = status;
     resp.headers_mut().insert(

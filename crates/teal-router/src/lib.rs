@@ -16,6 +16,7 @@ mod headers;
 mod health;
 mod listen;
 mod metrics;
+mod probe;
 mod proxy;
 mod serve;
 mod table;
@@ -76,6 +77,9 @@ pub(crate) struct Shared {
     pub(crate) colors: [ColorState; 2],
     rng: AtomicU64,
     pub(crate) started: Instant,
+    /// Set when the process is told to stop: the probe port then reports
+    /// not ready while traffic is still served.
+    stopping: std::sync::atomic::AtomicBool,
 }
 
 pub(crate) struct ColorState {
@@ -157,6 +161,7 @@ impl Router {
                 swap_lock: Mutex::new(()),
                 colors,
                 rng: AtomicU64::new(seed),
+                stopping: std::sync::atomic::AtomicBool::new(false),
                 started: Instant::now(),
             }),
         }
@@ -181,6 +186,26 @@ impl Router {
         let compiled = Compiled::new(generation, table, old.as_deref());
         self.shared.table.store(Some(Arc::new(compiled)));
         Ok(generation)
+    }
+
+    /// Reports not ready on the probe port from now on (the process is
+    /// stopping); traffic is served as before.
+    pub fn stop_ready(&self) {
+        self.shared.stopping.store(true, Ordering::Relaxed);
+    }
+
+    /// Whether [`Router::stop_ready`] was called.
+    pub fn is_stopping(&self) -> bool {
+        self.shared.stopping.load(Ordering::Relaxed)
+    }
+
+    /// The installed route generation; 0 before the first table.
+    pub fn generation(&self) -> u64 {
+        self.shared
+            .table
+            .load()
+            .as_ref()
+            .map_or(0, |c| c.generation)
     }
 
     /// The installed generation and table; generation 0 and `None` before any.

@@ -598,3 +598,96 @@ async fn sample_app_flags_health_errors_metrics_h2c_and_sigterm() {
     );
     failing.wait_kill();
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_probe_port_is_ready_only_once_a_route_table_is_installed() {
+    let blue = app("blue", "v1");
+    let green = app("green", "v2");
+    let r = router(None, &["--probe", "127.0.0.1:0"]);
+    let probe: SocketAddr = field(&r.proc.line, "probe=").parse().expect("probe addr");
+
+    // Before any table: alive, not ready, and the proxy could only answer 503.
+    let ready = get(probe, "/readyz").await;
+    assert_eq!(
+        ready.status(),
+        StatusCode::SERVICE_UNAVAILABLE,
+        "{}",
+        ready.body()
+    );
+    assert!(ready.body().contains("no route table"), "{}", ready.body());
+    assert_eq!(get(probe, "/healthz").await.status(), StatusCode::OK);
+    assert_eq!(
+        get(r.proxy, "/").await.status(),
+        StatusCode::SERVICE_UNAVAILABLE
+    );
+
+    let resp = put_routes(r.admin, &table("blue", blue.addr, green.addr)).await;
+    assert_eq!(resp.status(), StatusCode::OK, "{}", resp.body());
+    let ready = get(probe, "/readyz").await;
+    assert_eq!(ready.status(), StatusCode::OK, "{}", ready.body());
+    assert_eq!(ready.body(), "ready: route generation 1\n");
+    assert_eq!(get(r.proxy, "/").await.status(), StatusCode::OK);
+
+    // The probe port serves metrics without a token, and nothing that changes the router.
+    let metrics = get(probe, "/metrics").await;
+    assert_eq!(metrics.status(), StatusCode::OK);
+    assert!(
+        metrics.body().contains("teal_router_in_flight"),
+        "{}",
+        metrics.body()
+    );
+    for path in ["/routes", "/drain"] {
+        assert_eq!(
+            get(probe, path).await.status(),
+            StatusCode::NOT_FOUND,
+            "{path}"
+        );
+    }
+    let post = send(probe, request("POST", "/readyz", None, None)).await;
+    assert_eq!(post.status(), StatusCode::METHOD_NOT_ALLOWED);
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn on_sigterm_with_a_shutdown_delay_the_router_reports_not_ready_and_keeps_serving() {
+    let blue = app("blue", "v1");
+    let green = app("green", "v2");
+    let r = router(
+        Some(&table("blue", blue.addr, green.addr)),
+        &["--probe", "127.0.0.1:0", "--shutdown-delay", "3s"],
+    );
+    let probe: SocketAddr = field(&r.proc.line, "probe=").parse().expect("probe addr");
+    assert_eq!(get(probe, "/readyz").await.status(), StatusCode::OK);
+
+    let term = Instant::now();
+    let status = std::process::Command::new("kill")
+        .args(["-TERM", &r.proc.pid().to_string()])
+        .status()
+        .unwrap();
+    assert!(status.success());
+    // During the delay: not ready, and new connections are still served.
+    eventually("/readyz reports the shutdown", || async {
+        let ready = get(probe, "/readyz").await;
+        ready.status() == StatusCode::SERVICE_UNAVAILABLE && ready.body().contains("shutting down")
+    })
+    .await;
+    let mut served = 0;
+    while term.elapsed() < Duration::from_millis(2500) {
+        let resp = get(r.proxy, "/").await;
+        assert_eq!(resp.status(), StatusCode::OK, "{}", resp.body());
+        served += 1;
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+    assert!(served >= 10, "{served}");
+    // After it: the listener closes and the process exits cleanly.
+    let mut r = r;
+    assert!(r.proc.wait().success(), "router did not exit cleanly");
+    assert!(
+        term.elapsed() >= Duration::from_secs(3),
+        "exited {:?} after SIGTERM, before its delay",
+        term.elapsed()
+    );
+    assert!(
+        TcpStream::connect(r.proxy).await.is_err(),
+        "still accepting"
+    );
+}

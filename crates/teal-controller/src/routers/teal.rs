@@ -61,6 +61,12 @@ pub fn router_port(bg: &BlueGreen) -> i32 {
         .unwrap_or(8080)
 }
 
+/// The router pods' probe port: 9902, or 9903 when the router itself serves
+/// on 9902.
+fn probe_port(router_port: i32) -> i32 {
+    if router_port == 9902 { 9903 } else { 9902 }
+}
+
 /// What router replicas may do: read their BlueGreen, watch EndpointSlices
 /// of the namespace, write their own Lease, and read the preview header's
 /// Secret if the spec names one.
@@ -102,6 +108,7 @@ pub fn deployment(bg: &BlueGreen, image: &str) -> Value {
         .and_then(|t| t.replicas)
         .unwrap_or(2);
     let port = router_port(bg);
+    let probe = probe_port(port);
     let field = |path: &str| json!({"valueFrom": {"fieldRef": {"fieldPath": path}}});
     let mut pod_name = field("metadata.name");
     pod_name["name"] = "POD_NAME".into();
@@ -124,11 +131,45 @@ pub fn deployment(bg: &BlueGreen, image: &str) -> Value {
                             "--listen", format!("0.0.0.0:{port}"),
                             "--admin", "unix:/tmp/teal-router-admin.sock",
                             "--kubernetes-bluegreen", bg_name,
+                            "--probe", format!("0.0.0.0:{probe}"),
+                            // Not ready, still serving, while kube-proxy stops
+                            // sending new connections to a pod going away.
+                            "--shutdown-delay", "5s",
                         ],
                         "env": [pod_name, pod_uid],
-                        "ports": [{"name": "http", "containerPort": port}],
-                        "readinessProbe": {"tcpSocket": {"port": port}, "periodSeconds": 2},
+                        "ports": [
+                            {"name": "http", "containerPort": port},
+                            {"name": "probe", "containerPort": probe},
+                        ],
+                        // Ready once a route table is installed: before that the
+                        // replica could only answer 503.
+                        "readinessProbe": {
+                            "httpGet": {"path": "/readyz", "port": "probe"},
+                            "periodSeconds": 1,
+                            "failureThreshold": 2,
+                        },
+                        "livenessProbe": {
+                            "httpGet": {"path": "/healthz", "port": "probe"},
+                            "periodSeconds": 10,
+                            "failureThreshold": 3,
+                        },
+                        "resources": {"requests": {"cpu": "50m", "memory": "32Mi"}},
+                        // The `restricted` Pod Security profile: a router runs in any
+                        // namespace its workload runs in.
+                        "securityContext": {
+                            "allowPrivilegeEscalation": false,
+                            "readOnlyRootFilesystem": true,
+                            "capabilities": {"drop": ["ALL"]},
+                        },
+                        "volumeMounts": [{"name": "tmp", "mountPath": "/tmp"}],
                     }],
+                    "securityContext": {
+                        "runAsNonRoot": true,
+                        "runAsUser": 65532,
+                        "runAsGroup": 65532,
+                        "seccompProfile": {"type": "RuntimeDefault"},
+                    },
+                    "volumes": [{"name": "tmp", "emptyDir": {"medium": "Memory", "sizeLimit": "1Mi"}}],
                 },
             },
         },
@@ -169,6 +210,24 @@ pub async fn route(t: &Target<'_>, routing: Routing, generation: i64) -> Result<
     t.apply(Kind::Role, role(bg)).await?;
     t.apply(Kind::RoleBinding, role_binding(bg)).await?;
     t.apply(Kind::Deployment, deployment(bg, image)).await?;
+    let ready = ready_router_pods(t).await?;
+    if ready.is_empty() {
+        // No replica can route yet (a router is ready once its route table is
+        // installed): the live Service keeps selecting the active color's pods
+        // directly, as the service router does, until one can.
+        let live = objects::service(
+            bg,
+            t.service(),
+            routing.active,
+            t.ports.of(routing.active).to_vec(),
+        );
+        t.apply_service(&live).await?;
+        return Ok(Ack::Pending(format!(
+            "no ready router pod ({ROUTER_LABEL}={}) yet; the live Service selects the {} pods until one is",
+            bg.metadata.name.as_deref().unwrap_or_default(),
+            routing.active
+        )));
+    }
     // The front door: the live Service, every port of the live color's to
     // the router.
     let mut ports = t.ports.of(routing.active).to_vec();
@@ -181,47 +240,46 @@ pub async fn route(t: &Target<'_>, routing: Routing, generation: i64) -> Result<
         spec.selector = Some(router_labels(bg));
     }
     t.apply_service(&live).await?;
-    acknowledged(t, generation).await
+    acknowledged(t, &ready, generation).await
 }
 
-/// Confirmed when every ready router pod's Lease reports `generation`.
-/// While the routing is settled, pods and Leases come from the watch
-/// caches; a switch is confirmed on a fresh read.
-async fn acknowledged(t: &Target<'_>, generation: i64) -> Result<Ack, Error> {
+/// The router pods that are ready (route table installed) and not going
+/// away. While the routing is settled they come from the watch cache; a
+/// switch reads them fresh.
+async fn ready_router_pods(t: &Target<'_>) -> Result<Vec<Pod>, Error> {
     let bg_name = t.bg.metadata.name.clone().unwrap_or_default();
-    let sel = format!("{ROUTER_LABEL}={bg_name}");
-    let cached = t
+    if let Some(pods) = t
         .settled_cache()
         .filter(|c| c.caches(Extra::RouterLeases))
-        .and_then(|c| {
-            let pods = c.extra_labelled(Extra::RouterPods, t.ns, ROUTER_LABEL, &bg_name)?;
-            Some((c, pods))
-        });
-    let ready: Vec<Pod> = match &cached {
-        Some((_, pods)) => pods
+        .and_then(|c| c.extra_labelled(Extra::RouterPods, t.ns, ROUTER_LABEL, &bg_name))
+    {
+        return Ok(pods
             .iter()
             .filter_map(|p| p.clone().try_parse::<Pod>().ok())
             .filter(ready)
-            .collect(),
-        None => {
-            let pods: Api<Pod> = Api::namespaced(t.client.clone(), t.ns);
-            let list = pods.list(&ListParams::default().labels(&sel)).await?;
-            if let Some(c) = t.cache {
-                c.watch(Extra::RouterPods);
-                c.watch(Extra::RouterLeases);
-            }
-            list.items.into_iter().filter(ready).collect()
-        }
-    };
-    if ready.is_empty() {
-        return Ok(Ack::Pending(format!("no ready router pod ({sel}) yet")));
+            .collect());
     }
+    let pods: Api<Pod> = Api::namespaced(t.client.clone(), t.ns);
+    let sel = format!("{ROUTER_LABEL}={bg_name}");
+    let list = pods.list(&ListParams::default().labels(&sel)).await?;
+    if let Some(c) = t.cache {
+        c.watch(Extra::RouterPods);
+        c.watch(Extra::RouterLeases);
+    }
+    Ok(list.items.into_iter().filter(ready).collect())
+}
+
+/// Confirmed when every ready router pod's Lease reports `generation`.
+/// While the routing is settled, Leases come from the watch cache; a switch
+/// is confirmed on a fresh read.
+async fn acknowledged(t: &Target<'_>, ready: &[Pod], generation: i64) -> Result<Ack, Error> {
+    let cached = t.settled_cache().filter(|c| c.caches(Extra::RouterLeases));
     let leases: Api<Lease> = Api::namespaced(t.client.clone(), t.ns);
     let mut behind = Vec::new();
-    for p in &ready {
+    for p in ready {
         let pod = p.metadata.name.clone().unwrap_or_default();
         let annotations = match &cached {
-            Some((c, _)) => c
+            Some(c) => c
                 .extra(Extra::RouterLeases, t.ns, &pod)
                 .flatten()
                 .and_then(|l| l.metadata.annotations),

@@ -20,6 +20,16 @@ pub struct Args {
     /// Admin API address: IP:PORT (needs --admin-token-file) or unix:PATH.
     #[arg(long, default_value = "127.0.0.1:9901")]
     admin: String,
+    /// Probe port (IP:PORT): GET /readyz answers 200 once a route table is
+    /// installed (503 before), /healthz while the process serves, /metrics;
+    /// no token.
+    #[arg(long)]
+    probe: Option<SocketAddr>,
+    /// On SIGTERM, keep serving this long with /readyz reporting not ready
+    /// before closing the listener, so that load balancers (kube-proxy)
+    /// stop sending new connections first.
+    #[arg(long, default_value = "0s", value_parser = parse_duration)]
+    shutdown_delay: Duration,
     /// File holding the bearer token for the admin API on a TCP address.
     #[arg(long)]
     admin_token_file: Option<PathBuf>,
@@ -171,12 +181,26 @@ pub async fn run(args: Args) -> anyhow::Result<ExitCode> {
         AdminListener::Tcp { listener, .. } => listener.local_addr()?.to_string(),
         AdminListener::Unix(_) => args.admin.clone(),
     };
+    let probe = match args.probe {
+        Some(addr) => Some(
+            teal_router::listen(addr)
+                .with_context(|| format!("--probe: cannot listen on {addr}"))?,
+        ),
+        None => None,
+    };
     let listener = teal_router::listen(args.listen)
         .with_context(|| format!("--listen: cannot listen on {}", args.listen))?;
     let local = listener.local_addr()?;
     {
         let mut out = std::io::stdout().lock();
-        writeln!(out, "listening proxy={local} admin={admin_desc}")?;
+        match &probe {
+            Some(p) => writeln!(
+                out,
+                "listening proxy={local} admin={admin_desc} probe={}",
+                p.local_addr()?
+            )?,
+            None => writeln!(out, "listening proxy={local} admin={admin_desc}")?,
+        }
         out.flush()?;
     }
     tracing::info!(%local, admin = %admin_desc, generation = router.try_current().0, "router started");
@@ -207,6 +231,11 @@ pub async fn run(args: Args) -> anyhow::Result<ExitCode> {
         let stop = stopped(stop_rx.clone());
         tokio::spawn(async move { router.serve_admin(admin, stop).await })
     };
+    let probe_task = probe.map(|listener| {
+        let router = router.clone();
+        let stop = stopped(stop_rx.clone());
+        tokio::spawn(async move { router.serve_probes(listener, stop).await })
+    });
     let proxy_task = {
         let router = router.clone();
         let stop = stopped(stop_rx);
@@ -222,10 +251,21 @@ pub async fn run(args: Args) -> anyhow::Result<ExitCode> {
         },
         None => shutdown_signal().await,
     }
+    if !args.shutdown_delay.is_zero() {
+        router.stop_ready();
+        tracing::info!(delay = ?args.shutdown_delay, "stopping: not ready, still serving until the delay ends");
+        tokio::select! {
+            _ = tokio::time::sleep(args.shutdown_delay) => {}
+            _ = shutdown_signal() => {}
+        }
+    }
     tracing::info!("shutting down");
     let _ = stop_tx.send(true);
     proxy_task.await??;
     admin_task.await??;
+    if let Some(t) = probe_task {
+        t.await??;
+    }
     if let Some(path) = args.admin.strip_prefix("unix:") {
         let _ = std::fs::remove_file(path);
     }
