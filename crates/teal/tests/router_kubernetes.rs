@@ -205,3 +205,89 @@ async fn teal_router_replicas_follow_a_release_and_acknowledge_the_switch() {
         assert_eq!(t["endpoints"]["green"], json!(green));
     }
 }
+
+/// Router pods run in a namespace whose Pod Security admission enforces the `restricted`
+/// profile: the pod template the controller writes passes it, and until a router pod is
+/// ready the live Service keeps selecting the app's pods.
+#[tokio::test]
+async fn router_pods_are_admitted_where_pod_security_enforces_restricted() {
+    let env = TestEnv::shared();
+    k8s_support::apply_deploy_files(env, &["crd.yaml"]);
+    let client = env.client();
+    let ns = env.namespace("restricted").await;
+    k8s_support::kubectl(
+        env,
+        &[
+            "label",
+            "namespace",
+            &ns,
+            "pod-security.kubernetes.io/enforce=restricted",
+        ],
+        None,
+    );
+    // The app itself complies, so that only the router's pods are in question.
+    let d: k8s_openapi::api::apps::v1::Deployment = serde_json::from_value(json!({
+        "metadata": {"name": "shop"},
+        "spec": {
+            "replicas": 2,
+            "selector": {"matchLabels": {"app": "shop"}},
+            "template": {
+                "metadata": {"labels": {"app": "shop"}},
+                "spec": {
+                    "securityContext": {"runAsNonRoot": true, "runAsUser": 65532,
+                        "seccompProfile": {"type": "RuntimeDefault"}},
+                    "containers": [{"name": "app", "image": "shop:1",
+                        "securityContext": {"allowPrivilegeEscalation": false,
+                            "capabilities": {"drop": ["ALL"]}},
+                        "ports": [{"name": "http", "containerPort": 8080}]}]
+                }
+            }
+        }
+    }))
+    .unwrap();
+    Api::namespaced(client.clone(), &ns)
+        .create(&PostParams::default(), &d)
+        .await
+        .unwrap();
+    let bgs: Api<BlueGreen> = Api::namespaced(client.clone(), &ns);
+    let bg: BlueGreen = serde_json::from_value(json!({
+        "apiVersion": "teal.dev/v1alpha1", "kind": "BlueGreen",
+        "metadata": {"name": "shop"},
+        "spec": {
+            "workloadRef": {"kind": "Deployment", "name": "shop"},
+            "router": {"type": "teal", "teal": {"replicas": 2}},
+        }
+    }))
+    .unwrap();
+    bgs.create(&PostParams::default(), &bg).await.unwrap();
+    let _controller = controller(env, &ns);
+
+    let pods: Api<Pod> = Api::namespaced(client.clone(), &ns);
+    let router_pods = ready_router_pods(&pods, "shop", 2).await;
+    for p in &router_pods {
+        let spec = p.spec.as_ref().unwrap();
+        let c = &spec.containers[0];
+        let probe = c
+            .readiness_probe
+            .as_ref()
+            .unwrap()
+            .http_get
+            .as_ref()
+            .unwrap();
+        assert_eq!(probe.path.as_deref(), Some("/readyz"));
+        assert!(c.resources.as_ref().unwrap().requests.is_some());
+    }
+    let replica_sets: Api<k8s_openapi::api::apps::v1::ReplicaSet> =
+        Api::namespaced(client.clone(), &ns);
+    for rs in replica_sets.list(&Default::default()).await.unwrap() {
+        let failures: Vec<String> = rs
+            .status
+            .and_then(|s| s.conditions)
+            .unwrap_or_default()
+            .into_iter()
+            .filter(|c| c.type_.as_deref() == Some("ReplicaFailure"))
+            .map(|c| c.message.unwrap_or_default())
+            .collect();
+        assert!(failures.is_empty(), "{:?}: {failures:?}", rs.metadata.name);
+    }
+}
