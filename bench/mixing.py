@@ -121,7 +121,8 @@ class Client(threading.Thread):
                 conn.close()
                 conn = None
             self.log.append((t, outcome))
-            next_at += self.interval
+            # A steady rate, without a burst to catch up after a stalled request.
+            next_at = max(next_at + self.interval, time.monotonic())
             time.sleep(max(0.0, next_at - time.monotonic()))
         if conn is not None:
             conn.close()
@@ -180,6 +181,7 @@ def measure(method, ns, image, window, rate):
 
     events = sorted(e for log in logs for e in log)
     v1_after = [t for t, o in events if o == "v1" and t > switch]
+    after = [o for t, o in events if t > switch]
     first_v2 = next((t for t, o in events if o == "v2"), None)
     last_v1 = max((t for t, o in events if o == "v1"), default=None)
     failed = [(t, o) for t, o in events if o not in ("v1", "v2")]
@@ -190,8 +192,10 @@ def measure(method, ns, image, window, rate):
         "connections_opened": sum(c.connections for c in clients),
         "change_to_switch": switch - change,
         "v1_after_switch": len(v1_after),
+        "v1_share_after_switch": 100.0 * len(v1_after) / max(1, len(after)),
         "last_v1_after_switch": (last_v1 - switch) if v1_after else 0.0,
-        "mixing": max(0.0, last_v1 - first_v2) if first_v2 and last_v1 else 0.0,
+        # None: v2 never answered in the window.
+        "mixing": None if first_v2 is None else max(0.0, (last_v1 or 0.0) - first_v2),
         "failed": len(failed),
         "failures": sorted({o for _, o in failed}),
         "change_to_all_v2": (max(last_v1, switch) - change) if last_v1 else switch - change,
@@ -233,6 +237,15 @@ def spread(values, fmt):
     return f"{fmt(med(values))} ({fmt(min(values))}-{fmt(max(values))})"
 
 
+def mixing_text(rs, secs):
+    both = [r["mixing"] for r in rs if r["mixing"] is not None]
+    never = len(rs) - len(both)
+    if not both:
+        return "v2 never answered"
+    note = f" (v2 never answered in {never} of {len(rs)})" if never else ""
+    return spread(both, secs) + note
+
+
 def report(results, runs, window, rate):
     label = {
         "hand": "hand-made (green Deployment, selector patch)",
@@ -249,6 +262,7 @@ def report(results, runs, window, rate):
     print("| --- | --- | --- | --- | --- | --- | --- |")
     secs = lambda v: f"{v:.1f} s"  # noqa: E731
     count = lambda v: f"{v:g}"  # noqa: E731
+    pct = lambda v: f"{v:.0f}%"  # noqa: E731
     for method, rs in results.items():
         mixing_note = ""
         if any(r["still_mixing"] for r in rs):
@@ -258,9 +272,10 @@ def report(results, runs, window, rate):
         if all(r["still_mixing"] for r in rs):
             all_v2_text = f"never within the {window} s observed"
         print(f"| {label.get(method, method)} "
-              f"| {spread([r['v1_after_switch'] for r in rs], count)} "
+              f"| {spread([r['v1_after_switch'] for r in rs], count)}, "
+              f"{spread([r['v1_share_after_switch'] for r in rs], pct)} of all "
               f"| {spread([r['last_v1_after_switch'] for r in rs], secs)}{mixing_note} "
-              f"| {spread([r['mixing'] for r in rs], secs)} "
+              f"| {mixing_text(rs, secs)} "
               f"| {spread([r['failed'] for r in rs], count)} "
               f"| {spread([r['change_to_switch'] for r in rs], secs)} "
               f"| {all_v2_text} |")

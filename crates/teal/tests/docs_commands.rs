@@ -57,6 +57,16 @@ const OTHERS: &[(&str, How)] = &[
     ("kubectl get service web", How::Run(DEV_CLUSTER, "\"jsonpath={.spec.clusterIP}\"")),
     ("curl", How::Run(DEV_CLUSTER, "fn get_root(addr: SocketAddr)")),
     ("kubectl create deployment web", How::Here("dev_cluster_kubectl_examples")),
+    ("eval", How::Here("kubernetes_walkthrough_runs_verbatim_on_the_real_node")),
+    ("scripts/dev-cluster env", How::Here("kubernetes_walkthrough_runs_verbatim_on_the_real_node")),
+    ("kubectl taint node teal-node teal.dev/node-", How::Here("kubernetes_walkthrough_runs_verbatim_on_the_real_node")),
+    ("kubectl cordon kwok-node-0", How::Here("kubernetes_walkthrough_runs_verbatim_on_the_real_node")),
+    ("kubectl create namespace shop", How::Here("kubernetes_walkthrough_runs_verbatim_on_the_real_node")),
+    ("kubectl apply -n shop -f -", How::Here("kubernetes_walkthrough_runs_verbatim_on_the_real_node")),
+    ("kubectl -n shop wait bluegreen/shop", How::Here("kubernetes_walkthrough_runs_verbatim_on_the_real_node")),
+    ("kubectl -n shop get service shop", How::Here("kubernetes_walkthrough_runs_verbatim_on_the_real_node")),
+    ("kubectl -n shop patch deployment shop", How::Here("kubernetes_walkthrough_runs_verbatim_on_the_real_node")),
+    ("kubectl -n shop get bluegreen shop", How::Here("kubernetes_walkthrough_runs_verbatim_on_the_real_node")),
     ("kubectl get deploy,pods,endpointslices", How::Here("dev_cluster_kubectl_examples")),
     ("bench/controller-scale", How::NotRun("a benchmark, not a test: it runs for 10-20 minutes on a control plane of its own; its figures are in docs/benchmarks.md")),
     ("bench/argo-rollouts-scale", How::NotRun("a benchmark, not a test: it builds Argo Rollouts from its Go module and runs it, then bench/controller-scale, on control planes of their own (8-11 minutes at 300, plus about 4 minutes for the first build); its figures are in docs/benchmarks.md")),
@@ -828,4 +838,49 @@ async fn install_block_runs_verbatim() {
         None,
     );
     assert_eq!(image, "registry.example/teal:0.1.0");
+}
+
+/// docs/kubernetes.md, "Try it on this machine", as written: a dev cluster with the real node
+/// (in a directory of the test's own), teal installed with Helm, an app released with router
+/// type `teal`.
+#[tokio::test]
+async fn kubernetes_walkthrough_runs_verbatim_on_the_real_node() {
+    let script = block("docs/kubernetes.md", "eval \"$(scripts/dev-cluster env)\"");
+    let dir = std::env::temp_dir().join(format!("teal-docs-walkthrough-{}", std::process::id()));
+    /// `scripts/dev-cluster down` however the test ends.
+    struct Down(PathBuf);
+    impl Drop for Down {
+        fn drop(&mut self) {
+            let _ = Command::new(root().join("scripts/dev-cluster"))
+                .arg("down")
+                .env("TEAL_DEV_CLUSTER_DIR", &self.0)
+                .status();
+            let _ = std::fs::remove_dir_all(&self.0);
+        }
+    }
+    let _down = Down(dir.clone());
+    let out = tokio::task::spawn_blocking(move || {
+        k8s_support::run_ok(
+            Command::new("timeout")
+                .args(["900", "bash", "-euo", "pipefail", "-c", &script])
+                .current_dir(root())
+                .env("TEAL_DEV_CLUSTER_DIR", &dir)
+                .env_remove("KUBECONFIG"),
+            None,
+        )
+    })
+    .await
+    .unwrap();
+    let v1 = out
+        .find(r#"{"color":"blue","version":"v1"}"#)
+        .unwrap_or_else(|| panic!("no v1 answer from blue in:\n{out}"));
+    let v2 = out
+        .find(r#"{"color":"green","version":"v2"}"#)
+        .unwrap_or_else(|| panic!("no v2 answer from green in:\n{out}"));
+    assert!(v1 < v2, "{out}");
+    assert!(
+        out.lines()
+            .any(|l| l.starts_with("shop ") && l.contains("green")),
+        "kubectl get bluegreen: {out}"
+    );
 }

@@ -213,19 +213,14 @@ pub async fn route(t: &Target<'_>, routing: Routing, generation: i64) -> Result<
     let ready = ready_router_pods(t).await?;
     if ready.is_empty() {
         // No replica can route yet (a router is ready once its route table is
-        // installed): the live Service keeps selecting the active color's pods
-        // directly, as the service router does, until one can.
-        let live = objects::service(
-            bg,
-            t.service(),
-            routing.active,
-            t.ports.of(routing.active).to_vec(),
-        );
-        t.apply_service(&live).await?;
+        // installed). The live Service is left as it is: not created yet, or
+        // still selecting what it selected (a Service adopted from a hand-made
+        // setup or the service router keeps serving). Pointing it at the app's
+        // pods meanwhile would pin every keep-alive connection opened until
+        // then to those pods, past the router, until they go away.
         return Ok(Ack::Pending(format!(
-            "no ready router pod ({ROUTER_LABEL}={}) yet; the live Service selects the {} pods until one is",
-            bg.metadata.name.as_deref().unwrap_or_default(),
-            routing.active
+            "no ready router pod ({ROUTER_LABEL}={}) yet",
+            bg.metadata.name.as_deref().unwrap_or_default()
         )));
     }
     // The front door: the live Service, every port of the live color's to
