@@ -790,6 +790,11 @@ impl Core {
                     }
                 }
             }
+            Err(e) if current.is_none() => {
+                // Start-up: no replica is healthy yet, so there is no table
+                // to install. Expected on every start: not a warning.
+                tracing::debug!("route table not installed yet: {e}");
+            }
             Err(e) => {
                 // Typically: the live color has no healthy replica right now.
                 // Keep serving the previous table rather than none.

@@ -336,3 +336,44 @@ fn a_live_replica_that_crashes_is_restarted_and_reported() {
         );
     }
 }
+
+/// Lines of the daemon's log at WARN that say the route table was not
+/// installed.
+fn table_warnings(log: &str) -> Vec<&str> {
+    log.lines()
+        .filter(|l| l.contains("WARN") && l.contains("route table not installed"))
+        .collect()
+}
+
+#[test]
+fn start_up_logs_no_route_table_warning_but_a_live_color_without_replicas_does() {
+    let Setup {
+        daemon: d,
+        config,
+        port: _port,
+        dir: _dir,
+    } = healthy_daemon("startwarn", "");
+    // Before the first replica is healthy there is no table to install:
+    // that is how every start begins, not something to warn about; nor is
+    // it on a start that brings the live color of an earlier run back.
+    let log = d.log();
+    assert!(table_warnings(&log).is_empty(), "{log}");
+    assert!(d.terminate().success());
+    let d = Daemon::start(&config);
+    d.wait_phase("Healthy");
+    let log = d.log();
+    assert!(table_warnings(&log).is_empty(), "{log}");
+
+    // The live color losing every replica is abnormal: that stays a warning.
+    for pid in pids(&d.status(), "blue") {
+        let _ = nix::sys::signal::kill(
+            nix::unistd::Pid::from_raw(pid as i32),
+            nix::sys::signal::Signal::SIGKILL,
+        );
+    }
+    wait_until(
+        Duration::from_secs(20),
+        "a warning for the live color",
+        || (!table_warnings(&d.log()).is_empty()).then_some(()),
+    );
+}
