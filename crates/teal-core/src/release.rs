@@ -1402,9 +1402,9 @@ impl Machine {
             Phase::ScaleDownDelay => {
                 let old = r.previous.color;
                 let reason = if r.rollback {
-                    format!("rolled back to revision {rev}; {old} scaled down")
+                    format!("rolled back to revision {rev}; scaling {old} down")
                 } else {
-                    format!("promoted; {old} scaled down")
+                    format!("promoted; scaling {old} down")
                 };
                 self.request(old, None, 0);
                 out.push(Action::Retire { color: old });
