@@ -21,6 +21,7 @@ mod serve;
 mod table;
 mod tls;
 mod upstream;
+mod websocket;
 
 use std::collections::HashMap;
 use std::sync::atomic::{AtomicU64, Ordering};
@@ -286,8 +287,10 @@ impl Router {
                     upgrades_closed += 1;
                 }
             }
-            // Let the tunnels observe the signal and release their counts.
-            let settle = tokio::time::Instant::now() + Duration::from_millis(200);
+            // Let the tunnels observe the signal, send WebSocket close
+            // frames, and release their counts.
+            let settle =
+                tokio::time::Instant::now() + websocket::FINISH + Duration::from_millis(200);
             while upgrades_closed > 0
                 && state.in_flight.load(Ordering::SeqCst) > 0
                 && tokio::time::Instant::now() < settle

@@ -229,6 +229,7 @@ pub(crate) async fn handle(
 
     let upgrade = req.version() == Version::HTTP_11 && wants_upgrade(req.headers());
     let client_upgrade = upgrade.then(|| hyper::upgrade::on(&mut req));
+    let websocket = upgrade && crate::websocket::is_websocket(req.headers());
     let (mut parts, body) = req.into_parts();
     let host = parts.headers.get(header::HOST).cloned().or_else(|| {
         parts
@@ -337,7 +338,7 @@ pub(crate) async fn handle(
             .register();
         let shared = router.shared.clone();
         tokio::spawn(async move {
-            tunnel(client_upgrade, upstream_upgrade, close).await;
+            tunnel(client_upgrade, upstream_upgrade, close, websocket).await;
             shared.colors[idx(color)]
                 .upgrades
                 .lock()
@@ -382,11 +383,14 @@ async fn send(
 }
 
 /// Copies bytes both ways between an upgraded client connection and its
-/// upstream until either side closes or `close` fires (drain timeout).
+/// upstream until either side closes or `close` fires (drain timeout); a
+/// WebSocket is then ended with close frames where it can be (see
+/// [`crate::websocket`]).
 async fn tunnel(
     client: hyper::upgrade::OnUpgrade,
     upstream: hyper::upgrade::OnUpgrade,
     close: tokio::sync::oneshot::Receiver<()>,
+    websocket: bool,
 ) {
     let (client, upstream) = match tokio::try_join!(client, upstream) {
         Ok(pair) => pair,
@@ -397,6 +401,9 @@ async fn tunnel(
     };
     let mut client = TokioIo::new(client);
     let mut upstream = TokioIo::new(upstream);
+    if websocket {
+        return crate::websocket::relay(client, upstream, close).await;
+    }
     tokio::select! {
         r = tokio::io::copy_bidirectional(&mut client, &mut upstream) => {
             if let Err(e) = r {
