@@ -190,6 +190,63 @@ impl Extras {
     }
 }
 
+/// The BlueGreens the dashboard shows, kept by one watch that starts on
+/// the first request; from then on a request reads them here and sends
+/// nothing to the apiserver. Any replica can serve the dashboard (the
+/// standby too), so this does not rely on the leader's controller.
+#[derive(Clone)]
+pub struct BlueGreens {
+    api: Api<BlueGreen>,
+    started: Arc<std::sync::OnceLock<(Store<BlueGreen>, tokio::sync::watch::Receiver<bool>)>>,
+}
+
+impl BlueGreens {
+    pub fn new(api: Api<BlueGreen>) -> BlueGreens {
+        BlueGreens {
+            api,
+            started: Arc::default(),
+        }
+    }
+
+    /// The cached BlueGreens (without `status.engine`), once the first
+    /// listing has arrived; `None` if it has not within `wait`.
+    pub async fn state(&self, wait: std::time::Duration) -> Option<Vec<Arc<BlueGreen>>> {
+        let (store, ready) = self.started.get_or_init(|| self.start());
+        let mut ready = ready.clone();
+        tokio::time::timeout(wait, ready.wait_for(|r| *r))
+            .await
+            .ok()?
+            .ok()?;
+        Some(store.state())
+    }
+
+    fn start(&self) -> (Store<BlueGreen>, tokio::sync::watch::Receiver<bool>) {
+        let (reader, writer) = reflector::store();
+        let (listed, ready) = tokio::sync::watch::channel(false);
+        let config = watcher::Config::default().any_semantic();
+        let events = watcher(self.api.clone(), config)
+            .backoff(crate::retry::WatchBackoff::default())
+            .modify(|bg: &mut BlueGreen| {
+                trim(bg);
+                if let Some(s) = bg.status.as_mut() {
+                    s.engine = None;
+                }
+            })
+            .inspect(move |e| {
+                if matches!(e, Ok(watcher::Event::InitDone)) {
+                    listed.send_replace(true);
+                }
+            })
+            .reflect(writer);
+        tokio::spawn(events.for_each(|r| async move {
+            if let Err(e) = r {
+                tracing::warn!("watching BlueGreens for the dashboard: {e}");
+            }
+        }));
+        (reader, ready)
+    }
+}
+
 /// Whether a watch failed because the cluster does not serve the kind
 /// (its CRD was removed).
 fn not_served(e: &watcher::Error) -> bool {

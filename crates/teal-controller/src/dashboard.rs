@@ -1,17 +1,21 @@
 //! The controller's read-only dashboard, on the metrics port: `GET /` is
 //! one HTML page (inline JS, no build step) polling `GET /dashboard.json`,
 //! the BlueGreens the controller watches with phase, colors, revisions,
-//! analysis and message. Served by every replica (the standby too): it lists
-//! from the apiserver rather than from the leader's cache.
+//! analysis and message. Served by every replica (the standby too) from a
+//! watch-fed cache of BlueGreens ([`crate::cache::BlueGreens`]), started by
+//! the first request: requests send nothing to the apiserver.
+
+use std::time::Duration;
 
 use bytes::Bytes;
 use http::{Method, Request, Response, StatusCode};
 use http_body_util::Full;
-use kube::api::ListParams;
 use kube::{Api, Client, ResourceExt};
 use serde::Serialize;
 use teal_api::{BlueGreen, BlueGreenStatus};
 use teal_local::dashboard::{page, respond};
+
+use crate::cache::BlueGreens;
 
 const PAGE: &str = include_str!("dashboard.html");
 
@@ -32,40 +36,45 @@ pub struct Listing {
     pub items: Vec<Row>,
 }
 
+/// How long a request waits for the cache's first listing.
+const FIRST_LISTING: Duration = Duration::from_secs(10);
+
 /// Lists BlueGreens for the dashboard.
 #[derive(Clone)]
 pub struct Dashboard {
-    client: Client,
+    bluegreens: BlueGreens,
     namespace: Option<String>,
 }
 
 impl Dashboard {
     pub fn new(client: Client, namespace: Option<String>) -> Dashboard {
-        Dashboard { client, namespace }
+        let api: Api<BlueGreen> = match &namespace {
+            Some(ns) => Api::namespaced(client, ns),
+            None => Api::all(client),
+        };
+        Dashboard {
+            bluegreens: BlueGreens::new(api),
+            namespace,
+        }
     }
 
-    /// The BlueGreens, sorted by namespace and name.
-    pub async fn list(&self) -> Result<Listing, kube::Error> {
-        let api: Api<BlueGreen> = match &self.namespace {
-            Some(ns) => Api::namespaced(self.client.clone(), ns),
-            None => Api::all(self.client.clone()),
-        };
-        let mut items: Vec<Row> = api
-            .list(&ListParams::default())
+    /// The BlueGreens, sorted by namespace and name; `None` while the cache
+    /// has not got its first listing.
+    pub async fn list(&self) -> Option<Listing> {
+        let mut items: Vec<Row> = self
+            .bluegreens
+            .state(FIRST_LISTING)
             .await?
-            .items
-            .into_iter()
+            .iter()
             .map(|bg| Row {
                 namespace: bg.namespace().unwrap_or_default(),
                 name: bg.name_any(),
-                status: bg.status.map(|mut s| {
-                    s.engine = None;
-                    s
-                }),
+                // The cache keeps no engine state.
+                status: bg.status.clone(),
             })
             .collect();
         items.sort_by(|a, b| (&a.namespace, &a.name).cmp(&(&b.namespace, &b.name)));
-        Ok(Listing {
+        Some(Listing {
             namespace: self.namespace.clone(),
             items,
         })
@@ -83,15 +92,18 @@ impl Dashboard {
                 page(PAGE),
             )),
             "/dashboard.json" => Some(match self.list().await {
-                Ok(listing) => respond(
+                Some(listing) => respond(
                     StatusCode::OK,
                     "application/json",
                     serde_json::to_vec(&listing).unwrap_or_default(),
                 ),
-                Err(e) => respond(
-                    StatusCode::BAD_GATEWAY,
+                None => respond(
+                    StatusCode::SERVICE_UNAVAILABLE,
                     "text/plain; charset=utf-8",
-                    format!("listing BlueGreens from the apiserver failed: {e}\n"),
+                    format!(
+                        "no listing of BlueGreens from the apiserver within {}s yet (see the controller's log)\n",
+                        FIRST_LISTING.as_secs()
+                    ),
                 ),
             }),
             _ => None,

@@ -1402,9 +1402,9 @@ impl Machine {
             Phase::ScaleDownDelay => {
                 let old = r.previous.color;
                 let reason = if r.rollback {
-                    format!("rolled back to revision {rev}; {old} scaled down")
+                    format!("rolled back to revision {rev}; scale-down of {old} started")
                 } else {
-                    format!("promoted; {old} scaled down")
+                    format!("promoted; scale-down of {old} started")
                 };
                 self.request(old, None, 0);
                 out.push(Action::Retire { color: old });

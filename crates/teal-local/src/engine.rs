@@ -94,6 +94,30 @@ pub struct ColorDetail {
     pub in_flight: u64,
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub failure: Option<String>,
+    /// Retired from traffic and draining: its processes stop once the
+    /// drain ends.
+    #[serde(default, skip_serializing_if = "std::ops::Not::not")]
+    pub draining: bool,
+    /// How the last drain of this color ended.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub last_drain: Option<DrainRecord>,
+}
+
+/// A drain of a retired color that has ended, and its processes stopped.
+#[derive(Debug, Clone, Serialize, Deserialize)]
+#[serde(rename_all = "camelCase")]
+pub struct DrainRecord {
+    /// When the drain ended and the processes had stopped.
+    pub ended_at: Millis,
+    #[serde(flatten)]
+    pub report: teal_router::DrainReport,
+}
+
+/// Drains under way and ended, per color; shared with the drain tasks.
+#[derive(Default)]
+struct Drains {
+    running: BTreeMap<Color, u32>,
+    last: BTreeMap<Color, DrainRecord>,
 }
 
 #[derive(Debug, Clone, Serialize, Deserialize)]
@@ -170,7 +194,7 @@ impl Engine {
         let supervisor = Supervisor::new(
             config.app.clone(),
             config.state_dir.join("logs"),
-            changed_tx,
+            changed_tx.clone(),
         )
         .owned_by(&config.state_dir);
         let saved = state::load(&state::path(&config.state_dir))?;
@@ -269,6 +293,8 @@ impl Engine {
             reports: reports_tx,
             table_generation: 0,
             retiring,
+            drains: Arc::default(),
+            nudge: changed_tx,
             restarts: BTreeMap::new(),
         };
         tokio::spawn(core.run(rx, changed_rx, reports_rx, hooks_rx, queue));
@@ -414,6 +440,10 @@ struct Core {
     reports: mpsc::UnboundedSender<Report>,
     table_generation: u64,
     retiring: Vec<JoinHandle<()>>,
+    drains: Arc<std::sync::Mutex<Drains>>,
+    /// Wakes the loop (as a health change of a color does) so that a status
+    /// change made outside it is published.
+    nudge: mpsc::UnboundedSender<Color>,
     /// Restarts seen per color and replica, to report new exits once.
     restarts: BTreeMap<(Color, u32), u32>,
 }
@@ -663,12 +693,28 @@ impl Core {
                     self.sync_router(queue);
                     let router = self.router.clone();
                     let timeout = self.config.drain_timeout.std();
+                    let drains = self.drains.clone();
+                    let nudge = self.nudge.clone();
+                    *lock(&drains).running.entry(color).or_insert(0) += 1;
                     self.retiring.push(tokio::spawn(async move {
                         let report = router.drain(color, timeout).await;
                         tracing::info!(%color, ?report, "drained");
                         if let Some(g) = group {
                             g.stop().await;
                         }
+                        let mut d = lock(&drains);
+                        if let Some(n) = d.running.get_mut(&color) {
+                            *n = n.saturating_sub(1);
+                        }
+                        d.last.insert(
+                            color,
+                            DrainRecord {
+                                ended_at: now_ms(),
+                                report,
+                            },
+                        );
+                        drop(d);
+                        let _ = nudge.send(color);
                     }));
                 }
                 Action::RunHooks {
@@ -790,6 +836,11 @@ impl Core {
                     }
                 }
             }
+            Err(e) if current.is_none() => {
+                // Start-up: no replica is healthy yet, so there is no table
+                // to install. Expected on every start: not a warning.
+                tracing::debug!("route table not installed yet: {e}");
+            }
             Err(e) => {
                 // Typically: the live color has no healthy replica right now.
                 // Keep serving the previous table rather than none.
@@ -840,6 +891,7 @@ impl Core {
     fn publish(&self) {
         let m = &self.machine;
         let mut colors = BTreeMap::new();
+        let drains = lock(&self.drains);
         for c in Color::ALL {
             let st = self.supervisor.status(c);
             let stats = self.router.stats(c);
@@ -853,9 +905,12 @@ impl Core {
                     server_errors: stats.server_errors(),
                     in_flight: self.router.in_flight(c),
                     failure: st.failure,
+                    draining: drains.running.get(&c).is_some_and(|n| *n > 0),
+                    last_drain: drains.last.get(&c).cloned(),
                 },
             );
         }
+        drop(drains);
         let rev_of = |c: Color| {
             m.requested
                 .get(&c)
@@ -917,6 +972,10 @@ impl Core {
             tracing::error!("cannot save state: {e}");
         }
     }
+}
+
+fn lock(d: &std::sync::Mutex<Drains>) -> std::sync::MutexGuard<'_, Drains> {
+    d.lock().unwrap_or_else(|e| e.into_inner())
 }
 
 /// Where the state file of a state directory is.

@@ -49,13 +49,20 @@ impl Counters {
     /// recorded while the snapshot is taken may show in some counters and
     /// not yet in others.
     pub(crate) fn snapshot(&self) -> ColorStats {
-        let load = |a: &AtomicU64| a.load(Ordering::Relaxed);
+        Counters::sum(&[self])
+    }
+
+    /// The counters of `parts` added up, as one snapshot.
+    pub(crate) fn sum(parts: &[&Counters]) -> ColorStats {
+        let total = |f: &dyn Fn(&Counters) -> &AtomicU64| -> u64 {
+            parts.iter().map(|c| f(c).load(Ordering::Relaxed)).sum()
+        };
         ColorStats {
-            responses_by_class: std::array::from_fn(|i| load(&self.by_class[i])),
-            router_errors: load(&self.router_errors),
-            connect_errors: load(&self.connect_errors),
-            latency_counts: self.latency.iter().map(load).collect(),
-            latency_sum_us: load(&self.latency_sum_us),
+            responses_by_class: std::array::from_fn(|i| total(&|c| &c.by_class[i])),
+            router_errors: total(&|c| &c.router_errors),
+            connect_errors: total(&|c| &c.connect_errors),
+            latency_counts: (0..BUCKETS).map(|i| total(&|c| &c.latency[i])).collect(),
+            latency_sum_us: total(&|c| &c.latency_sum_us),
         }
     }
 }

@@ -155,6 +155,8 @@ struct Plan {
     /// Safe to send again when a reused connection closed without an answer.
     idempotent: bool,
     color: Color,
+    /// Sent to `color` by the preview route.
+    preview: bool,
     endpoint: Arc<Endpoint>,
     flight: InFlightGuard,
 }
@@ -171,7 +173,8 @@ enum Parsed {
         close: bool,
         status: StatusCode,
         message: String,
-        color: Option<Color>,
+        /// The color and whether the preview route chose it.
+        color: Option<(Color, bool)>,
     },
     Forward(Plan),
 }
@@ -282,30 +285,30 @@ fn parse_request(router: &Router, buf: &[u8], peer: SocketAddr, out: &mut Vec<u8
             .any(|l| l.eq_ignore_ascii_case(name.as_bytes()))
     };
 
-    let (color, endpoint, flight) = match proxy::route_and_count(router, |t| route(t, req.headers))
-    {
-        Routed::NoTable => {
-            return Parsed::Reply {
-                head_len,
-                body_len,
-                close,
-                status: StatusCode::SERVICE_UNAVAILABLE,
-                message: proxy::NO_TABLE.into(),
-                color: None,
-            };
-        }
-        Routed::NoEndpoints(color) => {
-            return Parsed::Reply {
-                head_len,
-                body_len,
-                close,
-                status: StatusCode::SERVICE_UNAVAILABLE,
-                message: proxy::no_endpoints(color),
-                color: Some(color),
-            };
-        }
-        Routed::To(color, endpoint, flight) => (color, endpoint, flight),
-    };
+    let (color, preview, endpoint, flight) =
+        match proxy::route_and_count(router, |t| route(t, req.headers)) {
+            Routed::NoTable => {
+                return Parsed::Reply {
+                    head_len,
+                    body_len,
+                    close,
+                    status: StatusCode::SERVICE_UNAVAILABLE,
+                    message: proxy::NO_TABLE.into(),
+                    color: None,
+                };
+            }
+            Routed::NoEndpoints(color, preview) => {
+                return Parsed::Reply {
+                    head_len,
+                    body_len,
+                    close,
+                    status: StatusCode::SERVICE_UNAVAILABLE,
+                    message: proxy::no_endpoints(color),
+                    color: Some((color, preview)),
+                };
+            }
+            Routed::To(color, preview, endpoint, flight) => (color, preview, endpoint, flight),
+        };
 
     out.clear();
     out.extend_from_slice(method.as_bytes());
@@ -358,6 +361,7 @@ fn parse_request(router: &Router, buf: &[u8], peer: SocketAddr, out: &mut Vec<u8
             "GET" | "HEAD" | "OPTIONS" | "TRACE" | "PUT" | "DELETE"
         ),
         color,
+        preview,
         endpoint,
         flight,
     })
@@ -1010,7 +1014,7 @@ impl Conn {
         close: bool,
         status: StatusCode,
         message: &str,
-        color: Option<Color>,
+        color: Option<(Color, bool)>,
     ) -> Next {
         let body = self.read_body(head_len, body_len).await;
         let close = close || body.is_err();
@@ -1018,15 +1022,17 @@ impl Conn {
             self.buf.advance(head_len + body_len);
         }
         let shared = self.router.shared.clone();
-        if let Some(color) = color {
+        if let Some((color, preview)) = color {
             let outcome = Outcome {
                 shared: &shared,
                 color,
+                preview,
                 start: std::time::Instant::now(),
             };
             outcome.record(status, true);
         }
         let header = shared.config.color_header.as_ref();
+        let color = color.map(|(c, _)| c);
         plain(&mut self.resp, status, message, header.zip(color), close);
         if self.client.write_all(&self.resp).await.is_err() || close {
             return Next::Close;
@@ -1042,6 +1048,7 @@ impl Conn {
         let outcome = Outcome {
             shared: &shared,
             color,
+            preview: plan.preview,
             start: std::time::Instant::now(),
         };
         let color_header = config.color_header.as_ref();

@@ -22,6 +22,7 @@ mod serve;
 mod table;
 mod tls;
 mod upstream;
+mod websocket;
 
 use std::collections::HashMap;
 use std::sync::atomic::{AtomicU64, Ordering};
@@ -86,7 +87,12 @@ pub(crate) struct ColorState {
     /// Requests being proxied plus open upgraded connections.
     pub(crate) in_flight: AtomicU64,
     pub(crate) idle: Notify,
+    /// Production traffic: requests routed here as the live color (and
+    /// failed connection attempts of any request).
     pub(crate) stats: Counters,
+    /// Preview traffic: requests the preview route sent here while this
+    /// color was not the live one.
+    pub(crate) preview_stats: Counters,
     /// Replaced on drain, which closes the idle connections it holds.
     pub(crate) pool: ArcSwap<Pool>,
     pub(crate) upgrades: Mutex<Upgrades>,
@@ -145,6 +151,7 @@ impl Router {
             in_flight: AtomicU64::new(0),
             idle: Notify::new(),
             stats: Counters::new(),
+            preview_stats: Counters::new(),
             pool: ArcSwap::from_pointee(Pool::new(&config)),
             upgrades: Mutex::new(Upgrades::default()),
             health: health::HealthCounters::default(),
@@ -250,9 +257,23 @@ impl Router {
         self.shared.colors[idx(color)].pool.load().idle_count()
     }
 
-    /// Cumulative statistics of `color`.
+    /// Cumulative statistics of `color`: all its responses, production and
+    /// preview.
     pub fn stats(&self, color: Color) -> ColorStats {
+        let state = &self.shared.colors[idx(color)];
+        Counters::sum(&[&state.stats, &state.preview_stats])
+    }
+
+    /// The production part of [`Router::stats`] of `color`: requests routed
+    /// there as the live color.
+    pub fn production_stats(&self, color: Color) -> ColorStats {
         self.shared.colors[idx(color)].stats.snapshot()
+    }
+
+    /// The preview part of [`Router::stats`] of `color`: requests the preview
+    /// route (header or cookie) sent there while it was not the live color.
+    pub fn preview_stats(&self, color: Color) -> ColorStats {
+        self.shared.colors[idx(color)].preview_stats.snapshot()
     }
 
     /// Waits until `color` has nothing in flight or `timeout` passes, then
@@ -291,8 +312,10 @@ impl Router {
                     upgrades_closed += 1;
                 }
             }
-            // Let the tunnels observe the signal and release their counts.
-            let settle = tokio::time::Instant::now() + Duration::from_millis(200);
+            // Let the tunnels observe the signal, send WebSocket close
+            // frames, and release their counts.
+            let settle =
+                tokio::time::Instant::now() + websocket::FINISH + Duration::from_millis(200);
             while upgrades_closed > 0
                 && state.in_flight.load(Ordering::SeqCst) > 0
                 && tokio::time::Instant::now() < settle

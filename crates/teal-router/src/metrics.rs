@@ -29,6 +29,21 @@ pub(crate) fn render(router: &Router) -> String {
 
     let _ = writeln!(
         out,
+        "# HELP teal_router_preview_requests_total The part of teal_router_requests_total the preview route sent to a color other than the live one (production is the rest), by color and status class.\n# TYPE teal_router_preview_requests_total counter"
+    );
+    for color in Color::ALL {
+        let s = router.preview_stats(color);
+        for (i, class) in CLASSES.iter().enumerate() {
+            let _ = writeln!(
+                out,
+                "teal_router_preview_requests_total{{color=\"{color}\",class=\"{class}\"}} {}",
+                s.responses_by_class[i]
+            );
+        }
+    }
+
+    let _ = writeln!(
+        out,
         "# HELP teal_router_request_duration_seconds Time from request to response headers.\n# TYPE teal_router_request_duration_seconds histogram"
     );
     for (color, s) in &stats {

@@ -156,16 +156,20 @@ fn is_client_body_error(err: &(dyn std::error::Error + 'static)) -> bool {
 pub(crate) struct Outcome<'a> {
     pub(crate) shared: &'a Shared,
     pub(crate) color: Color,
+    /// Sent to `color` by the preview route rather than as production.
+    pub(crate) preview: bool,
     pub(crate) start: Instant,
 }
 
 impl Outcome<'_> {
     pub(crate) fn record(&self, status: StatusCode, router_error: bool) {
-        self.shared.colors[idx(self.color)].stats.record(
-            status.as_u16(),
-            self.start.elapsed(),
-            router_error,
-        );
+        let state = &self.shared.colors[idx(self.color)];
+        let counters = if self.preview {
+            &state.preview_stats
+        } else {
+            &state.stats
+        };
+        counters.record(status.as_u16(), self.start.elapsed(), router_error);
     }
 
     fn fail(&self, status: StatusCode, message: String) -> Response<ProxyBody> {
@@ -200,28 +204,32 @@ pub(crate) async fn handle(
         ));
     }
 
-    let (color, endpoint, flight) = match route_and_count(&router, |t| t.route(req.headers())) {
-        Routed::NoTable => {
-            return Ok(plain(StatusCode::SERVICE_UNAVAILABLE, NO_TABLE.into()));
-        }
-        Routed::NoEndpoints(color) => {
-            let outcome = Outcome {
-                shared,
-                color,
-                start,
-            };
-            return Ok(outcome.fail(StatusCode::SERVICE_UNAVAILABLE, no_endpoints(color)));
-        }
-        Routed::To(color, endpoint, flight) => (color, endpoint, flight),
-    };
+    let (color, preview, endpoint, flight) =
+        match route_and_count(&router, |t| t.route(req.headers())) {
+            Routed::NoTable => {
+                return Ok(plain(StatusCode::SERVICE_UNAVAILABLE, NO_TABLE.into()));
+            }
+            Routed::NoEndpoints(color, preview) => {
+                let outcome = Outcome {
+                    shared,
+                    color,
+                    preview,
+                    start,
+                };
+                return Ok(outcome.fail(StatusCode::SERVICE_UNAVAILABLE, no_endpoints(color)));
+            }
+            Routed::To(color, preview, endpoint, flight) => (color, preview, endpoint, flight),
+        };
     let outcome = Outcome {
         shared,
         color,
+        preview,
         start,
     };
 
     let upgrade = req.version() == Version::HTTP_11 && wants_upgrade(req.headers());
     let client_upgrade = upgrade.then(|| hyper::upgrade::on(&mut req));
+    let websocket = upgrade && crate::websocket::is_websocket(req.headers());
     let (mut parts, body) = req.into_parts();
     let host = parts.headers.get(header::HOST).cloned().or_else(|| {
         parts
@@ -330,7 +338,7 @@ pub(crate) async fn handle(
             .register();
         let shared = router.shared.clone();
         tokio::spawn(async move {
-            tunnel(client_upgrade, upstream_upgrade, close).await;
+            tunnel(client_upgrade, upstream_upgrade, close, websocket).await;
             shared.colors[idx(color)]
                 .upgrades
                 .lock()
@@ -375,11 +383,14 @@ async fn send(
 }
 
 /// Copies bytes both ways between an upgraded client connection and its
-/// upstream until either side closes or `close` fires (drain timeout).
+/// upstream until either side closes or `close` fires (drain timeout); a
+/// WebSocket is then ended with close frames where it can be (see
+/// [`crate::websocket`]).
 async fn tunnel(
     client: hyper::upgrade::OnUpgrade,
     upstream: hyper::upgrade::OnUpgrade,
     close: tokio::sync::oneshot::Receiver<()>,
+    websocket: bool,
 ) {
     let (client, upstream) = match tokio::try_join!(client, upstream) {
         Ok(pair) => pair,
@@ -390,6 +401,9 @@ async fn tunnel(
     };
     let mut client = TokioIo::new(client);
     let mut upstream = TokioIo::new(upstream);
+    if websocket {
+        return crate::websocket::relay(client, upstream, close).await;
+    }
     tokio::select! {
         r = tokio::io::copy_bidirectional(&mut client, &mut upstream) => {
             if let Err(e) = r {
@@ -499,9 +513,11 @@ pub(crate) fn connect_failed_message(
 /// Where a request goes.
 pub(crate) enum Routed {
     NoTable,
-    NoEndpoints(Color),
-    /// Its color, endpoint, and its count as in flight there.
-    To(Color, Arc<Endpoint>, InFlightGuard),
+    /// Its color, and whether the preview route sent it there.
+    NoEndpoints(Color, bool),
+    /// Its color, whether the preview route sent it there (to a color other
+    /// than the live one), its endpoint, and its count as in flight there.
+    To(Color, bool, Arc<Endpoint>, InFlightGuard),
 }
 
 /// Routes a request (`color_of` picks its color in the installed table),
@@ -516,8 +532,9 @@ pub(crate) fn route_and_count(router: &Router, color_of: impl Fn(&Compiled) -> C
             return Routed::NoTable;
         };
         let color = color_of(table);
+        let preview = color != table.table.active;
         let Some(endpoint) = router.pick(table.pool(color)).cloned() else {
-            return Routed::NoEndpoints(color);
+            return Routed::NoEndpoints(color, preview);
         };
         let flight = InFlightGuard::new(shared.clone(), idx(color), endpoint.clone());
         if shared
@@ -526,7 +543,7 @@ pub(crate) fn route_and_count(router: &Router, color_of: impl Fn(&Compiled) -> C
             .as_ref()
             .is_some_and(|now| Arc::ptr_eq(now, table))
         {
-            return Routed::To(color, endpoint, flight);
+            return Routed::To(color, preview, endpoint, flight);
         }
     }
 }

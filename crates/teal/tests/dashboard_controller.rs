@@ -1,6 +1,7 @@
 //! The controller's dashboard in a real browser: the controller binary runs
 //! a release against the real control plane; headless Chromium shows the
-//! BlueGreen with its phase, live color, revision and last release.
+//! BlueGreen with its phase, live color, revision and last release; the
+//! listing comes from a watch-fed cache, not from a LIST per request.
 
 mod browser_support;
 mod k8s_support;
@@ -50,6 +51,46 @@ async fn the_dashboard_lists_bluegreens_with_phase_colors_and_revisions() {
         listing["items"][0]["status"].get("engine").is_none(),
         "the engine's internal state is not for the page"
     );
+
+    // Served from a watch-fed cache: requests to the dashboard send no
+    // request (a LIST is a GET) to the apiserver each.
+    let gets = || {
+        let (status, body) = http_get(addr, "/metrics", "teal-controller-metrics");
+        assert_eq!(status, 200, "{body}");
+        body.lines()
+            .find_map(|l| l.strip_prefix(r#"teal_controller_api_requests_total{verb="GET"} "#))
+            .map_or(0.0, |v| v.parse::<f64>().unwrap())
+    };
+    let before = gets();
+    for _ in 0..40 {
+        assert_eq!(
+            http_get(addr, "/dashboard.json", "teal-controller-metrics").0,
+            200
+        );
+    }
+    let sent = gets() - before;
+    assert!(
+        sent < 10.0,
+        "{sent} GET requests to the apiserver for 40 dashboard requests"
+    );
+    // And the cache follows the cluster: a new BlueGreen shows up.
+    kubectl(
+        env,
+        &["apply", "-n", &ns, "-f", "-"],
+        Some(&workload_and_bluegreen("cart", "")),
+    );
+    teal_testenv::wait_for(
+        "cart listed",
+        std::time::Duration::from_secs(20),
+        || async {
+            let (_, body) = http_get(addr, "/dashboard.json", "teal-controller-metrics");
+            match body.contains(r#""name":"cart""#) {
+                true => Ok(()),
+                false => Err(body),
+            }
+        },
+    )
+    .await;
 
     let url = format!("http://{addr}/");
     let dom = dump_dom(&url, &scratch);

@@ -98,6 +98,26 @@ async fn every_query_names_exposed_metrics_and_prometheus_accepts_it() {
     let dash: Value = serde_json::from_str(&text).expect("deploy/grafana/teal.json is not JSON");
     let (promql, variables) = expressions(&dash);
     assert!(promql.len() >= 20, "{} queries", promql.len());
+    // The requests and 5xx panels draw production and preview apart.
+    for title in [
+        "Requests per second by color",
+        "Server errors (5xx) per second by color",
+    ] {
+        let panel = dash["panels"]
+            .as_array()
+            .and_then(|p| p.iter().find(|p| p["title"] == title))
+            .unwrap_or_else(|| panic!("no panel {title:?}"));
+        let legends: Vec<&str> = panel["targets"]
+            .as_array()
+            .unwrap()
+            .iter()
+            .filter_map(|t| t["legendFormat"].as_str())
+            .collect();
+        assert!(
+            legends.contains(&"{{color}} production") && legends.contains(&"{{color}} preview"),
+            "{title}: {legends:?}"
+        );
+    }
 
     // The controller after one release.
     let env = teal_testenv::TestEnv::shared();

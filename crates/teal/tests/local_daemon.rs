@@ -477,17 +477,11 @@ fn control_addr(d: &Daemon) -> String {
 /// `GET /v1/status` with the token; `None` without an answer in 5 s.
 fn control_status(d: &Daemon) -> Option<u16> {
     let token = std::fs::read_to_string(d.state_dir.join("control.token")).unwrap();
-    let mut s = TcpStream::connect(control_addr(d)).ok()?;
-    s.set_read_timeout(Some(Duration::from_secs(5))).ok()?;
-    write!(
-        s,
+    let request = format!(
         "GET /v1/status HTTP/1.1\r\nHost: x\r\nAuthorization: Bearer {}\r\nConnection: close\r\n\r\n",
         token.trim()
-    )
-    .ok()?;
-    let mut buf = Vec::new();
-    s.read_to_end(&mut buf).ok()?;
-    String::from_utf8_lossy(&buf).get(9..12)?.parse().ok()
+    );
+    status_code(&control_addr(d), &request, Duration::from_secs(5))
 }
 
 #[test]

@@ -336,3 +336,86 @@ fn a_live_replica_that_crashes_is_restarted_and_reported() {
         );
     }
 }
+
+/// Lines of the daemon's log at WARN that say the route table was not
+/// installed.
+fn table_warnings(log: &str) -> Vec<&str> {
+    log.lines()
+        .filter(|l| l.contains("WARN") && l.contains("route table not installed"))
+        .collect()
+}
+
+#[test]
+fn start_up_logs_no_route_table_warning_but_a_live_color_without_replicas_does() {
+    let Setup {
+        daemon: d, config, ..
+    } = healthy_daemon("startwarn", "");
+    // Before the first replica is healthy there is no table to install:
+    // that is how every start begins, not something to warn about; nor is
+    // it on a start that brings the live color of an earlier run back.
+    let log = d.log();
+    assert!(table_warnings(&log).is_empty(), "{log}");
+    assert!(d.terminate().success());
+    let d = Daemon::start(&config);
+    d.wait_phase("Healthy");
+    let log = d.log();
+    assert!(table_warnings(&log).is_empty(), "{log}");
+
+    // The live color losing every replica is abnormal: that stays a warning.
+    for pid in pids(&d.status(), "blue") {
+        let _ = nix::sys::signal::kill(
+            nix::unistd::Pid::from_raw(pid as i32),
+            nix::sys::signal::Signal::SIGKILL,
+        );
+    }
+    wait_until(
+        Duration::from_secs(20),
+        "a warning for the live color",
+        || (!table_warnings(&d.log()).is_empty()).then_some(()),
+    );
+}
+
+#[test]
+fn deploy_says_the_old_color_drains_and_reports_when_it_has_drained() {
+    let setup = healthy_daemon("drainreport", "");
+    let (config, port) = (&setup.config, setup.port);
+    // A request to blue that outlasts the switch and the scale-down delay
+    // (1 s) but not the drain timeout (2 s after the scale-down).
+    let slow = std::thread::spawn(move || {
+        let r = status_code(
+            &format!("127.0.0.1:{port}"),
+            "GET /sleep?ms=2500 HTTP/1.1\r\nHost: test\r\nConnection: close\r\n\r\n",
+            Duration::from_secs(30),
+        );
+        (r, std::time::Instant::now())
+    });
+    std::thread::sleep(Duration::from_millis(200));
+    let o = cli(config, &["deploy", "--revision", "v2"]);
+    let finished = std::time::Instant::now();
+    assert!(o.status.success(), "{}", text(&o));
+    let (status, answered) = slow.join().unwrap();
+    assert_eq!(status, Some(200), "the in-flight request finished");
+    let out = String::from_utf8_lossy(&o.stdout).to_string();
+    let lines: Vec<&str> = out.lines().collect();
+    let promoted = lines
+        .iter()
+        .position(|l| l.starts_with("v2: Promoted"))
+        .unwrap_or_else(|| panic!("{}", text(&o)));
+    // When the release is promoted, blue is still draining: the line says
+    // so rather than that it has been scaled down.
+    assert!(
+        !lines[promoted].contains("scaled down") && lines[promoted].contains("blue"),
+        "{}",
+        text(&o)
+    );
+    // The end of the drain is reported after it, once blue's request ended.
+    let drained = lines[promoted + 1..]
+        .iter()
+        .find(|l| l.contains("blue drained"))
+        .unwrap_or_else(|| panic!("no drain reported: {}", text(&o)));
+    assert!(drained.contains("nothing left in flight"), "{drained}");
+    assert!(
+        finished >= answered,
+        "deploy returned before the drain ended"
+    );
+}

@@ -1,6 +1,7 @@
 //! Prometheus analysis in local mode, against a real Prometheus (Debian's
 //! package) scraping the router's per-color metrics: a healthy release
-//! passes, a failing one rolls back with the metric's name and value.
+//! passes, a failing one rolls back with the metric's name and value; the
+//! preview traffic of the idle color is exposed apart.
 
 mod local_support;
 
@@ -55,6 +56,19 @@ async fn prometheus_metric_gates_the_release() {
         .await
         .unwrap();
     assert!(o.status.success(), "{}\n{}", text(&o), setup.daemon.log());
+    // The preview traffic v2 got while idle is exposed apart from production.
+    let mut previewed = Vec::new();
+    for _ in 0..40 {
+        previewed = prom
+            .query(r#"sum(teal_router_preview_requests_total{color="green",class="2xx"}) > 0"#)
+            .await
+            .unwrap_or_default();
+        if !previewed.is_empty() {
+            break;
+        }
+        tokio::time::sleep(std::time::Duration::from_millis(500)).await;
+    }
+    assert!(!previewed.is_empty(), "no preview traffic of green scraped");
 
     let mut args: Vec<String> = ["deploy", "--revision", "v3", "--"]
         .iter()

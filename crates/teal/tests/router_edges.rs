@@ -13,6 +13,7 @@ use router_support::*;
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
 use tokio::net::TcpStream;
 use tokio_tungstenite::tungstenite::Message;
+use tokio_tungstenite::tungstenite::protocol::frame::coding::CloseCode;
 
 type Ws = tokio_tungstenite::WebSocketStream<TcpStream>;
 
@@ -112,14 +113,24 @@ async fn websocket_to_old_color_lives_until_drain_timeout_then_closes() {
     assert_eq!(report["upgrades_closed"], 1, "{report}");
     assert_eq!(report["remaining"], 0, "{report}");
 
-    // The old tunnel is closed now: sending fails or the read ends.
-    let _ = old.send(Message::text("after")).await;
+    // The old tunnel is closed now, with a close frame "going away" (1001)
+    // rather than a bare TCP close (which clients report as 1006).
     let next = tokio::time::timeout(Duration::from_secs(10), old.next())
         .await
         .expect("the closed tunnel must not hang");
+    match &next {
+        Some(Ok(Message::Close(Some(frame)))) => {
+            assert_eq!(frame.code, CloseCode::Away, "{next:?}")
+        }
+        _ => panic!("no close frame from the drained WebSocket: {next:?}"),
+    }
+    let _ = old.send(Message::text("after")).await;
+    let after = tokio::time::timeout(Duration::from_secs(10), old.next())
+        .await
+        .expect("the closed tunnel must not hang");
     assert!(
-        !matches!(next, Some(Ok(Message::Text(_)))),
-        "the drained WebSocket still answered: {next:?}"
+        !matches!(after, Some(Ok(Message::Text(_)))),
+        "the drained WebSocket still answered: {after:?}"
     );
     // The green one is untouched.
     assert_eq!(ws_say(&mut new, "fine").await, "green: fine");

@@ -2,7 +2,9 @@
 //! port: `GET /` is one HTML page (inline JS, no build step) that polls
 //! `GET /dashboard.json` every second — the release (phase, colors,
 //! analysis, history) and the last minutes of per-color traffic counted by
-//! the router, so a page opened after a switch still shows it.
+//! the router, so a page opened after a switch still shows it. Production
+//! and preview traffic are counted apart: a request the preview route sends
+//! to the idle color is preview traffic of that color, never production.
 //!
 //! Both need no token: they change nothing, the control port is loopback
 //! only, and requests whose Host is not a loopback name are refused (so a
@@ -37,11 +39,14 @@ pub struct Counts {
     pub errors: u64,
 }
 
-/// The router's counters at one instant (ms since the Unix epoch).
+/// The router's counters at one instant (ms since the Unix epoch):
+/// production traffic of each color, and preview traffic (requests the
+/// preview route sent to a color that is not live).
 #[derive(Debug, Clone, Serialize)]
 pub struct Sample {
     pub at: u64,
-    pub colors: ColorCounts,
+    pub production: ColorCounts,
+    pub preview: ColorCounts,
 }
 
 #[derive(Debug, Clone, Copy, Default, Serialize)]
@@ -120,19 +125,23 @@ impl Dashboard {
                 let Some(samples) = weak.upgrade() else {
                     return;
                 };
-                let counts = |c: Color| {
-                    let s = router.stats(c);
-                    Counts {
-                        requests: s.requests(),
-                        errors: s.server_errors(),
+                let counts = |stats: &dyn Fn(Color) -> teal_core::ColorStats| {
+                    let of = |c: Color| {
+                        let s = stats(c);
+                        Counts {
+                            requests: s.requests(),
+                            errors: s.server_errors(),
+                        }
+                    };
+                    ColorCounts {
+                        blue: of(Color::Blue),
+                        green: of(Color::Green),
                     }
                 };
                 let sample = Sample {
                     at: now_ms(),
-                    colors: ColorCounts {
-                        blue: counts(Color::Blue),
-                        green: counts(Color::Green),
-                    },
+                    production: counts(&|c| router.production_stats(c)),
+                    preview: counts(&|c| router.preview_stats(c)),
                 };
                 let mut q = samples.lock().unwrap_or_else(|e| e.into_inner());
                 if q.len() == SAMPLES {

@@ -250,7 +250,10 @@ async fn deploy(client: &Client, d: DeployArgs) -> anyhow::Result<ExitCode> {
         {
             println!("{}: {:?} — {}", rec.revision, rec.outcome, rec.reason);
             return Ok(match rec.outcome {
-                teal_core::release::Outcome::Promoted => ExitCode::SUCCESS,
+                teal_core::release::Outcome::Promoted => {
+                    report_drain(client, rec.color.other(), rec.ended_at, deadline).await?;
+                    ExitCode::SUCCESS
+                }
                 _ => ExitCode::from(1),
             });
         }
@@ -271,6 +274,47 @@ async fn deploy(client: &Client, d: DeployArgs) -> anyhow::Result<ExitCode> {
             return Ok(ExitCode::from(3));
         }
         tokio::time::sleep(Duration::from_millis(250)).await;
+    }
+}
+
+/// Waits for the drain of the color retired at `since` to end (or the
+/// deadline) and says how it ended.
+async fn report_drain(
+    client: &Client,
+    color: teal_core::Color,
+    since: u64,
+    deadline: tokio::time::Instant,
+) -> anyhow::Result<()> {
+    loop {
+        let s: Status = client.get("/v1/status").await?;
+        let detail = s.colors.get(&color);
+        if let Some(d) = detail.and_then(|d| d.last_drain.as_ref())
+            && d.ended_at >= since
+            && !detail.is_some_and(|d| d.draining)
+        {
+            let r = &d.report;
+            let secs = r.waited.as_secs_f64();
+            if r.completed {
+                println!(
+                    "{color} drained: nothing left in flight after {secs:.1}s; its processes stopped"
+                );
+            } else {
+                let closed = match r.upgrades_closed {
+                    0 => String::new(),
+                    n => format!(", {n} upgraded connection(s) closed"),
+                };
+                println!(
+                    "{color} drained: drain timeout reached after {secs:.1}s with {} request(s) or connection(s) still open{closed}; its processes stopped",
+                    r.remaining
+                );
+            }
+            return Ok(());
+        }
+        if tokio::time::Instant::now() >= deadline {
+            println!("{color} still draining; its processes stop when the drain ends");
+            return Ok(());
+        }
+        tokio::time::sleep(Duration::from_millis(100)).await;
     }
 }
 

@@ -219,6 +219,17 @@ pub fn get(port: u16, headers: &[(&str, &str)]) -> Option<Reply> {
     })
 }
 
+/// Sends `request` over a fresh connection to `addr` and reads the answer
+/// to its end; its status code, `None` without one within `timeout`.
+pub fn status_code(addr: &str, request: &str, timeout: Duration) -> Option<u16> {
+    let mut s = TcpStream::connect(addr).ok()?;
+    s.set_read_timeout(Some(timeout)).ok()?;
+    s.write_all(request.as_bytes()).ok()?;
+    let mut buf = Vec::new();
+    s.read_to_end(&mut buf).ok()?;
+    String::from_utf8_lossy(&buf).get(9..12)?.parse().ok()
+}
+
 /// The version production traffic reaches now.
 pub fn live_version(port: u16) -> Option<String> {
     get(port, &[]).and_then(|r| r.version)
