@@ -187,6 +187,11 @@ fn finished_tx() -> &'static broadcast::Sender<ObjectRef<BlueGreen>> {
     T.get_or_init(|| broadcast::channel(1024).0)
 }
 
+/// Reconciles `bg` at once (its hook round or analysis check is done).
+pub fn wake(bg: &BlueGreen) {
+    let _ = finished_tx().send(ObjectRef::from_obj(bg));
+}
+
 /// BlueGreens whose hook round was answered: the controller reconciles
 /// them at once to feed the answers to the engine.
 pub fn finished() -> impl futures_util::Stream<Item = ObjectRef<BlueGreen>> + Send + 'static {
@@ -231,7 +236,7 @@ pub fn start_round(bg: &BlueGreen, m: &Machine, kind: HookKind) {
             g.in_flight.remove(&key);
             g.done.insert(key, results);
         }
-        let _ = finished_tx().send(ObjectRef::from_obj(&bg));
+        wake(&bg);
     });
 }
 

@@ -10,6 +10,7 @@
 
 pub mod cache;
 pub mod checkpoint;
+pub mod checks;
 pub mod dashboard;
 pub mod events;
 pub mod hooks;

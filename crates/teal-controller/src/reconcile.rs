@@ -584,46 +584,40 @@ async fn apply(bg: Arc<BlueGreen>, ctx: Arc<Context>) -> Result<Requeue, Error> 
         }
     }
     let mut inputs = first_inputs(revision.clone(), observed, command);
-    // Analysis checks that are due.
-    if let Some(a) = state.analysis.as_mut()
-        && now >= a.next_check
-    {
+    // Analysis checks: started in the background when due (see
+    // checks.rs), recorded on the reconcile after they are done.
+    if let Some(a) = state.analysis.as_mut() {
         let spec = match a.stage {
             Stage::PrePromotion => bg.spec.analysis.pre_promotion.clone(),
             Stage::PostPromotion => bg.spec.analysis.post_promotion.clone(),
         };
         if let Some(spec) = spec {
-            let vars = teal_local::analysis::QueryVars {
-                name: name.clone(),
-                namespace: ns.clone(),
-                color: a.color,
-                revision: a.revision.clone(),
-                service: objects::service_name(&bg),
-            };
-            let mut ms = Vec::new();
-            for m in &spec.metrics {
-                ms.push(match (&m.builtin, &m.prometheus) {
-                    (_, Some(p)) => teal_local::analysis::measure_prometheus(m, p, &vars).await,
-                    _ => teal_core::analysis::Measurement {
-                        metric: m.name.clone(),
-                        value: None,
-                        min: m.min,
-                        max: m.max,
-                        note: Some("built-in metrics are measured by teal's router; with router type service use a prometheus metric".into()),
-                    },
-                });
+            if let Some((ms, hooks)) =
+                crate::checks::take(&bg, &state.machine, a.stage, &a.revision)
+            {
+                let verdict = a.run.record_checks(ms, hooks);
+                // Recorded now: a verdict ends the stage before status is written.
+                status.analysis = Some(analysis_status(a));
+                if let Some(v) = verdict {
+                    inputs.push(Input::Analysis {
+                        stage: a.stage,
+                        revision: a.revision.clone(),
+                        verdict: v,
+                    });
+                }
             }
-            a.next_check = now + spec.interval.as_millis();
-            let hooks = crate::hooks::with_check(&bg, &state.machine, &a.revision, a.color).await;
-            let verdict = a.run.record_checks(ms, hooks);
-            // Recorded now: a verdict ends the stage before status is written.
-            status.analysis = Some(analysis_status(a));
-            if let Some(v) = verdict {
-                inputs.push(Input::Analysis {
-                    stage: a.stage,
+            if now >= a.next_check {
+                let vars = teal_local::analysis::QueryVars {
+                    name: name.clone(),
+                    namespace: ns.clone(),
+                    color: a.color,
                     revision: a.revision.clone(),
-                    verdict: v,
-                });
+                    service: objects::service_name(&bg),
+                };
+                // A check still under way (a slow endpoint) delays the
+                // next one by an interval; none runs twice at once.
+                crate::checks::start(&bg, &state.machine, a.stage, &spec, vars);
+                a.next_check = now + spec.interval.as_millis();
             }
         }
     }

@@ -51,6 +51,22 @@ pub enum CallError {
     Transport(String),
 }
 
+/// How much of a hook's or notifier's answer is read: the status is what
+/// counts, the body only as far as an excerpt. The rest is never read (the
+/// connection is closed instead of being reused), so an endpoint answering
+/// with an endless body costs the caller this much memory, not more.
+pub const HOOK_BODY_CAP: usize = 64 * 1024;
+
+/// An answer: its status and the first bytes of its body.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Answer {
+    pub status: u16,
+    /// At most the cap the request was sent with.
+    pub body: Bytes,
+    /// The body went on past the cap (and was not read further).
+    pub truncated: bool,
+}
+
 /// POSTs `body` as JSON with extra `headers`; returns the status.
 pub async fn post_json(
     url: &str,
@@ -58,17 +74,47 @@ pub async fn post_json(
     headers: &[(&str, String)],
     timeout: Duration,
 ) -> Result<u16, CallError> {
+    let mut all = vec![(
+        http::header::CONTENT_TYPE.as_str(),
+        "application/json".to_string(),
+    )];
+    all.extend(headers.iter().map(|(k, v)| (*k, v.clone())));
+    request(
+        http::Method::POST,
+        url,
+        Some(body),
+        &all,
+        timeout,
+        HOOK_BODY_CAP,
+    )
+    .await
+    .map(|a| a.status)
+}
+
+/// Sends one request and reads at most `cap` bytes of the answer's body,
+/// all within `timeout`.
+pub async fn request(
+    method: http::Method,
+    url: &str,
+    body: Option<Bytes>,
+    headers: &[(&str, String)],
+    timeout: Duration,
+    cap: usize,
+) -> Result<Answer, CallError> {
     let uri: http::Uri = url.parse().map_err(|_| CallError::BadUrl)?;
     if !matches!(uri.scheme_str(), Some("http" | "https")) {
         return Err(CallError::BadUrl);
     }
-    let mut req = http::Request::post(uri)
-        .header(http::header::CONTENT_TYPE, "application/json")
+    let mut req = http::Request::builder()
+        .method(method)
+        .uri(uri)
         .header(http::header::USER_AGENT, "teal");
     for (k, v) in headers {
         req = req.header(*k, v);
     }
-    let req = req.body(Full::new(body)).map_err(|_| CallError::BadUrl)?;
+    let req = req
+        .body(Full::new(body.unwrap_or_default()))
+        .map_err(|_| CallError::BadUrl)?;
     let call = async {
         let resp = client().request(req).await.map_err(|e| {
             // The error's chain names the cause (refused, reset, TLS…).
@@ -81,11 +127,91 @@ pub async fn post_json(
             CallError::Transport(msg)
         })?;
         let status = resp.status().as_u16();
-        // Read (and drop) the answer so the connection can be reused.
-        let _ = resp.into_body().collect().await;
-        Ok(status)
+        let (body, truncated) = read_capped(resp.into_body(), cap).await;
+        Ok(Answer {
+            status,
+            body,
+            truncated,
+        })
     };
     tokio::time::timeout(timeout, call)
         .await
         .map_err(|_| CallError::Timeout(timeout))?
+}
+
+/// The first `cap` bytes of `body` and whether it went on; a body that
+/// breaks off is what was read until then.
+async fn read_capped<B>(mut body: B, cap: usize) -> (Bytes, bool)
+where
+    B: hyper::body::Body + Unpin,
+    B::Data: bytes::Buf,
+{
+    let mut out = bytes::BytesMut::new();
+    while let Some(frame) = body.frame().await {
+        let Ok(frame) = frame else { break };
+        let Ok(mut data) = frame.into_data() else {
+            continue;
+        };
+        while bytes::Buf::has_remaining(&data) {
+            let chunk = bytes::Buf::chunk(&data);
+            let room = cap - out.len();
+            if chunk.len() > room {
+                out.extend_from_slice(&chunk[..room]);
+                return (out.freeze(), true);
+            }
+            out.extend_from_slice(chunk);
+            let n = chunk.len();
+            bytes::Buf::advance(&mut data, n);
+        }
+    }
+    (out.freeze(), false)
+}
+
+/// A short excerpt of an answer's body fit for a status field or an Event:
+/// at most `max` characters of its text, control characters (new lines,
+/// terminal escapes) replaced by spaces and runs of spaces folded; "…"
+/// marks a cut.
+pub fn excerpt(body: &[u8], max: usize) -> String {
+    let text = String::from_utf8_lossy(body);
+    let mut out = String::new();
+    let mut cut = false;
+    for (n, c) in text
+        .chars()
+        .map(|c| if c.is_control() { ' ' } else { c })
+        .filter({
+            let mut last_space = true;
+            move |c| {
+                let keep = !(*c == ' ' && last_space);
+                last_space = *c == ' ';
+                keep
+            }
+        })
+        .enumerate()
+    {
+        if n == max {
+            cut = true;
+            break;
+        }
+        out.push(c);
+    }
+    let mut out = out.trim_end().to_string();
+    if cut {
+        out.push('…');
+    }
+    out
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn an_excerpt_is_bounded_and_on_one_line() {
+        assert_eq!(excerpt(b"  bad\r\n\x1b[31mquery\t ", 100), "bad [31mquery");
+        assert_eq!(
+            excerpt("é".repeat(500).as_bytes(), 10),
+            format!("{}…", "é".repeat(10))
+        );
+        assert_eq!(excerpt(&[0xff, b'a'], 10), "\u{fffd}a");
+    }
 }

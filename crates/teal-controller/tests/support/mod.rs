@@ -84,13 +84,18 @@ pub async fn case(prefix: &str) -> Case {
 
 impl Case {
     pub fn start_controller(&mut self) {
+        self.start_controller_with(teal_controller::DEFAULT_CONCURRENCY);
+    }
+
+    /// [`Case::start_controller`] with `concurrency` reconciles at once.
+    pub fn start_controller_with(&mut self, concurrency: u16) {
         let client = self.client.clone();
         let opts = teal_controller::Options {
             metrics_addr: SocketAddr::from(([127, 0, 0, 1], 0)),
             namespace: Some(self.ns.clone()),
             lease: None,
             router_image: None,
-            concurrency: teal_controller::DEFAULT_CONCURRENCY,
+            concurrency,
             stall_after: teal_controller::liveness::DEFAULT_STALL_AFTER,
         };
         self.controller = Some(tokio::spawn(async move {
