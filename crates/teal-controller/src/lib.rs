@@ -54,13 +54,38 @@ async fn in_turn(
 ) -> Result<kube::runtime::controller::Action, reconcile::Error> {
     let liveness = ctx.metrics.liveness.clone();
     let _running = liveness.start();
-    ctx.cache.ready().await;
+    if !ctx.cache.is_ready() {
+        Box::pin(cache_ready(&bg, &ctx, &turns)).await;
+    }
     let _turn = turns.take().await;
     match latest.get(&ObjectRef::from_obj(&*bg)) {
         Some(bg) => Box::pin(reconcile::reconcile(bg, ctx)).await,
         None => Ok(kube::runtime::controller::Action::await_change()),
     }
 }
+
+/// Waits until the caches are filled. A watch that fails meanwhile (a
+/// missing permission…) is reported in `bg`'s status every
+/// [`WATCH_PATIENCE`], in a turn of its own, rather than waited on in
+/// silence.
+async fn cache_ready(bg: &BlueGreen, ctx: &reconcile::Context, turns: &turns::Turns) {
+    loop {
+        tokio::select! {
+            _ = ctx.cache.ready() => return,
+            _ = tokio::time::sleep(WATCH_PATIENCE) => {
+                let errors = ctx.cache.watch_errors();
+                if !errors.is_empty() {
+                    let _turn = turns.take().await;
+                    reconcile::watch_failed(bg, ctx, &errors).await;
+                }
+            }
+        }
+    }
+}
+
+/// How long a reconcile waits for the caches before it reports the
+/// watches that fail.
+pub const WATCH_PATIENCE: Duration = Duration::from_secs(5);
 
 /// How the controller runs.
 #[derive(Debug, Clone)]
@@ -281,8 +306,14 @@ pub async fn run_until(
             ctx,
         )
         .for_each(|r| async move {
-            if let Err(e) = r {
-                tracing::debug!("reconcile: {e}");
+            match r {
+                // The BlueGreens' own watch (reconcile errors are logged
+                // by the error policy).
+                Err(kube::runtime::controller::Error::QueueError(e)) => {
+                    tracing::warn!("watching bluegreens: {e}")
+                }
+                Err(e) => tracing::debug!("reconcile: {e}"),
+                Ok(_) => {}
             }
         });
     let result = tokio::select! {

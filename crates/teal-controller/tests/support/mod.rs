@@ -89,20 +89,36 @@ impl Case {
 
     /// [`Case::start_controller`] with `concurrency` reconciles at once.
     pub fn start_controller_with(&mut self, concurrency: u16) {
-        let client = self.client.clone();
-        let opts = teal_controller::Options {
-            metrics_addr: SocketAddr::from(([127, 0, 0, 1], 0)),
+        let mut opts = self.options(SocketAddr::from(([127, 0, 0, 1], 0)));
+        opts.concurrency = concurrency;
+        self.spawn(self.client.clone(), opts);
+    }
+
+    fn options(&self, metrics_addr: SocketAddr) -> teal_controller::Options {
+        teal_controller::Options {
+            metrics_addr,
             namespace: Some(self.ns.clone()),
             lease: None,
             router_image: None,
-            concurrency,
+            concurrency: teal_controller::DEFAULT_CONCURRENCY,
             stall_after: teal_controller::liveness::DEFAULT_STALL_AFTER,
-        };
+        }
+    }
+
+    fn spawn(&mut self, client: Client, opts: teal_controller::Options) {
         self.controller = Some(tokio::spawn(async move {
             if let Err(e) = teal_controller::run(client, opts).await {
                 panic!("controller stopped: {e}");
             }
         }));
+    }
+
+    async fn admin_config() -> kube::Config {
+        let env = TestEnv::shared();
+        let kubeconfig = kube::config::Kubeconfig::read_from(env.kubeconfig_path()).unwrap();
+        kube::Config::from_custom_kubeconfig(kubeconfig, &Default::default())
+            .await
+            .unwrap()
     }
 
     /// Starts the controller with a client whose requests are counted in
@@ -111,31 +127,31 @@ impl Case {
     /// its `/metrics`. The counter belongs to the process: tests that read
     /// it must not run another counted controller at the same time.
     pub async fn start_counted_controller(&mut self, router_image: Option<&str>) -> SocketAddr {
-        let env = TestEnv::shared();
-        let kubeconfig = kube::config::Kubeconfig::read_from(env.kubeconfig_path()).unwrap();
-        let config = kube::Config::from_custom_kubeconfig(kubeconfig, &Default::default())
-            .await
-            .unwrap();
-        let client = teal_controller::client(config).unwrap();
+        let client = teal_controller::client(Self::admin_config().await).unwrap();
         // A free port, taken back by the controller at once.
         let metrics_addr = std::net::TcpListener::bind(("127.0.0.1", 0))
             .unwrap()
             .local_addr()
             .unwrap();
-        let opts = teal_controller::Options {
-            metrics_addr,
-            namespace: Some(self.ns.clone()),
-            lease: None,
-            router_image: router_image.map(String::from),
-            concurrency: teal_controller::DEFAULT_CONCURRENCY,
-            stall_after: teal_controller::liveness::DEFAULT_STALL_AFTER,
-        };
-        self.controller = Some(tokio::spawn(async move {
-            if let Err(e) = teal_controller::run(client, opts).await {
-                panic!("controller stopped: {e}");
-            }
-        }));
+        let mut opts = self.options(metrics_addr);
+        opts.router_image = router_image.map(String::from);
+        self.spawn(client, opts);
         metrics_addr
+    }
+
+    /// Starts the controller with a client that acts as `user` (an
+    /// impersonated ServiceAccount such as
+    /// `system:serviceaccount:NS:NAME`), so only that account's RBAC lets
+    /// it act.
+    pub async fn start_controller_as(&mut self, user: &str) {
+        let mut config = Self::admin_config().await;
+        config.auth_info.impersonate = Some(user.to_string());
+        config.auth_info.impersonate_groups = Some(vec![
+            "system:serviceaccounts".into(),
+            "system:authenticated".into(),
+        ]);
+        let client = Client::try_from(config).unwrap();
+        self.spawn(client, self.options(SocketAddr::from(([127, 0, 0, 1], 0))));
     }
 
     pub fn stop_controller(&mut self) {
