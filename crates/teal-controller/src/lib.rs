@@ -60,7 +60,12 @@ async fn in_turn(
     let _turn = turns.take().await;
     match latest.get(&ObjectRef::from_obj(&*bg)) {
         Some(bg) => Box::pin(reconcile::reconcile(bg, ctx)).await,
-        None => Ok(kube::runtime::controller::Action::await_change()),
+        // Deleted (its finalizer's clean-up forgets it too, but a
+        // BlueGreen may go without one).
+        None => {
+            reconcile::forget(&bg, &ctx);
+            Ok(kube::runtime::controller::Action::await_change())
+        }
     }
 }
 
@@ -267,6 +272,17 @@ pub async fn run_until(
             .clone()
             .or_else(|| std::env::var(routers::teal::IMAGE_ENV).ok()),
     });
+    // Weak: the context holds the metrics.
+    let weak = Arc::downgrade(&ctx);
+    let _ = metrics.state_sizes.set(Box::new(move || {
+        let mut sizes = crate::hooks::sizes().to_vec();
+        sizes.push(("analysis_checks", crate::checks::tracked()));
+        if let Some(ctx) = weak.upgrade() {
+            sizes.push(("write_sequences", ctx.written.entries()));
+            sizes.push(("recent_events", ctx.recorder.entries()));
+        }
+        sizes
+    }));
     let controller = controller
         .trigger_backoff(retry::WatchBackoff::default())
         // Color Deployments, their ReplicaSets, Services, Pods and

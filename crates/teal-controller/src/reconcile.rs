@@ -165,13 +165,31 @@ pub async fn reconcile(bg: Arc<BlueGreen>, ctx: Arc<Context>) -> Result<Requeue,
     let r = finalizer(&api, FINALIZER, bg, |event| async {
         match event {
             Finalizer::Apply(bg) => apply(bg, ctx.clone()).await,
-            Finalizer::Cleanup(bg) => cleanup(bg, ctx.clone()).await,
+            Finalizer::Cleanup(bg) => {
+                let done = cleanup(bg.clone(), ctx.clone()).await;
+                if done.is_ok() {
+                    forget(&bg, &ctx);
+                }
+                done
+            }
         }
     })
     .await
     .map_err(|e| Error::Finalizer(Box::new(e)));
     ctx.metrics.reconciled(started.elapsed());
     r
+}
+
+/// Drops everything this process keeps in memory for `bg` (it was
+/// deleted): hook answers and rounds, its notifier with the URLs it read
+/// from Secrets, an analysis check under way, its last write's sequence
+/// number and its recent Events.
+pub fn forget(bg: &BlueGreen, ctx: &Context) {
+    let uid = bg.uid().unwrap_or_default();
+    crate::hooks::forget(bg);
+    crate::checks::forget(bg);
+    ctx.recorder.forget(&uid);
+    ctx.written.forget(&uid);
 }
 
 pub fn error_policy(_bg: Arc<BlueGreen>, error: &Error, ctx: Arc<Context>) -> Requeue {
@@ -414,6 +432,7 @@ fn parse_command(value: &str) -> Option<Command> {
 }
 
 async fn apply(bg: Arc<BlueGreen>, ctx: Arc<Context>) -> Result<Requeue, Error> {
+    crate::hooks::track(&bg);
     let ns = bg.namespace().unwrap_or_default();
     let name = bg.name_any();
     let client = ctx.client.clone();
@@ -1262,8 +1281,6 @@ async fn cleanup(bg: Arc<BlueGreen>, ctx: Arc<Context>) -> Result<Requeue, Error
         secondary: None,
     };
     let _ = recorder.publish(&ev, &bg.object_ref(&())).await;
-    recorder.forget(&bg.uid().unwrap_or_default());
-    ctx.written.forget(&bg.uid().unwrap_or_default());
     Ok(Requeue::await_change())
 }
 
