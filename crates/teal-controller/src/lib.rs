@@ -40,6 +40,7 @@ use teal_api::BlueGreen;
 
 pub use leader::LeaseConfig;
 pub use metrics::Metrics;
+pub use teal_notify::client::Egress;
 
 /// One reconcile of `bg`, run once the caches are filled and its turn has
 /// come, on the latest cached copy (it may have waited). Under a backlog every
@@ -111,6 +112,35 @@ pub struct Options {
     /// `/healthz` fails once reconciles are due and none has finished for
     /// this long (see [`liveness`]).
     pub stall_after: Duration,
+    /// Which hosts webhooks, notifications and Prometheus queries may
+    /// reach (link-local addresses only when allowed explicitly; see
+    /// [`api_server_addrs`] for what to deny).
+    pub egress: Egress,
+}
+
+/// The socket addresses of the Kubernetes API server at `url` (as a
+/// client's configuration names it), for [`Options::egress`]'s deny list:
+/// a BlueGreen's author must not make the controller call its own API
+/// server with the controller's network position.
+pub async fn api_server_addrs(url: &http::Uri) -> Vec<SocketAddr> {
+    let Some(host) = url.host() else {
+        return Vec::new();
+    };
+    let port = url
+        .port_u16()
+        .unwrap_or(if url.scheme_str() == Some("http") {
+            80
+        } else {
+            443
+        });
+    let bare = host.trim_start_matches('[').trim_end_matches(']');
+    match tokio::net::lookup_host((bare, port)).await {
+        Ok(addrs) => addrs.collect(),
+        Err(e) => {
+            tracing::warn!("cannot resolve the API server's host {host}: {e}");
+            Vec::new()
+        }
+    }
 }
 
 /// The default of [`Options::concurrency`].
@@ -171,6 +201,7 @@ pub async fn run_until(
     shutdown: impl std::future::Future<Output = ()> + Send + 'static,
 ) -> Result<(), RunError> {
     let shutdown = futures_util::FutureExt::shared(Box::pin(shutdown));
+    teal_notify::client::set_egress(Some(opts.egress.clone()));
     let metrics = Metrics::new(opts.stall_after);
     let _ = metrics.dashboard.set(dashboard::Dashboard::new(
         client.clone(),

@@ -89,9 +89,19 @@ impl Case {
 
     /// [`Case::start_controller`] with `concurrency` reconciles at once.
     pub fn start_controller_with(&mut self, concurrency: u16) {
+        self.start_controller_opts(|o| o.concurrency = concurrency);
+    }
+
+    /// [`Case::start_controller`] with the options `set` changes.
+    pub fn start_controller_opts(&mut self, set: impl FnOnce(&mut teal_controller::Options)) {
         let mut opts = self.options(SocketAddr::from(([127, 0, 0, 1], 0)));
-        opts.concurrency = concurrency;
+        set(&mut opts);
         self.spawn(self.client.clone(), opts);
+    }
+
+    /// The API server's URL, as the tests' kubeconfig names it.
+    pub async fn api_server_url() -> http::Uri {
+        Self::admin_config().await.cluster_url
     }
 
     fn options(&self, metrics_addr: SocketAddr) -> teal_controller::Options {
@@ -102,6 +112,7 @@ impl Case {
             router_image: None,
             concurrency: teal_controller::DEFAULT_CONCURRENCY,
             stall_after: teal_controller::liveness::DEFAULT_STALL_AFTER,
+            egress: Default::default(),
         }
     }
 
