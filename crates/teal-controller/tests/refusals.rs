@@ -11,7 +11,7 @@ use std::collections::BTreeMap;
 use std::time::{Duration, Instant};
 
 use k8s_openapi::api::core::v1::{Namespace, ResourceQuota};
-use k8s_openapi::api::rbac::v1::{Role, RoleBinding};
+use k8s_openapi::api::rbac::v1::Role;
 use kube::Api;
 use kube::api::{Patch, PatchParams, PostParams};
 use serde_json::json;
@@ -32,21 +32,10 @@ fn condition<'a>(
     st.conditions.iter().find(|c| c.type_ == type_)
 }
 
-async fn adopted(c: &mut support::Case, deadline: &str) {
-    c.create_workload("shop", "shop:1", 1, BTreeMap::new())
-        .await;
-    c.create_bluegreen("shop", spec(deadline)).await.unwrap();
-    c.start_controller();
-    c.wait_status("adoption", "shop", |s| {
-        s.phase.as_deref() == Some("Healthy")
-    })
-    .await;
-}
-
 #[tokio::test(flavor = "multi_thread")]
 async fn a_refused_color_deployment_is_reported_and_the_deadline_ends_the_release() {
     let mut c = case("refused-deploy").await;
-    adopted(&mut c, "20s").await;
+    c.adopted(spec("20s")).await;
     // The workload and the blue color: no room for a green Deployment.
     let quotas: Api<ResourceQuota> = Api::namespaced(c.client.clone(), &c.ns);
     let q: ResourceQuota = serde_json::from_value(json!({
@@ -112,7 +101,7 @@ async fn a_refused_color_deployment_is_reported_and_the_deadline_ends_the_releas
 #[tokio::test(flavor = "multi_thread")]
 async fn pods_refused_by_pod_security_fail_the_release_early() {
     let mut c = case("refused-pods").await;
-    adopted(&mut c, "600s").await;
+    c.adopted(spec("600s")).await;
     // From now on, pods must meet the restricted profile (the workload's
     // template does not: no securityContext).
     let namespaces: Api<Namespace> = Api::all(c.client.clone());
@@ -164,20 +153,9 @@ async fn a_forbidden_watch_is_reported_in_a_condition_until_it_is_allowed() {
     }))
     .unwrap();
     roles.create(&PostParams::default(), &role).await.unwrap();
-    let bindings: Api<RoleBinding> = Api::namespaced(c.client.clone(), &c.ns);
-    let binding: RoleBinding = serde_json::from_value(json!({
-        "metadata": {"name": "teal-limited"},
-        "roleRef": {"apiGroup": "rbac.authorization.k8s.io", "kind": "Role", "name": "teal-limited"},
-        "subjects": [{"kind": "ServiceAccount", "name": "teal-limited", "namespace": c.ns}]
-    }))
-    .unwrap();
-    bindings
-        .create(&PostParams::default(), &binding)
-        .await
-        .unwrap();
+    c.bind("teal-limited", ("Role", "teal-limited")).await;
     let started = Instant::now();
-    c.start_controller_as(&format!("system:serviceaccount:{}:teal-limited", c.ns))
-        .await;
+    c.start_controller_as("teal-limited").await;
     let st = c
         .wait_status("the forbidden watch in a condition", "shop", |s| {
             condition(s, "Ready").is_some_and(|c| c.status == "False" && c.reason == "WatchFailed")

@@ -150,19 +150,53 @@ impl Case {
         metrics_addr
     }
 
-    /// Starts the controller with a client that acts as `user` (an
-    /// impersonated ServiceAccount such as
-    /// `system:serviceaccount:NS:NAME`), so only that account's RBAC lets
-    /// it act.
-    pub async fn start_controller_as(&mut self, user: &str) {
+    /// A client acting as the ServiceAccount `name` of the case's
+    /// namespace (impersonated), so only that account's RBAC lets it act.
+    pub async fn client_as(&self, name: &str) -> Client {
         let mut config = Self::admin_config().await;
-        config.auth_info.impersonate = Some(user.to_string());
+        config.auth_info.impersonate = Some(format!("system:serviceaccount:{}:{name}", self.ns));
         config.auth_info.impersonate_groups = Some(vec![
             "system:serviceaccounts".into(),
             "system:authenticated".into(),
         ]);
-        let client = Client::try_from(config).unwrap();
+        Client::try_from(config).unwrap()
+    }
+
+    /// Starts the controller acting as the ServiceAccount `name` (see
+    /// [`Case::client_as`]).
+    pub async fn start_controller_as(&mut self, name: &str) {
+        let client = self.client_as(name).await;
         self.spawn(client, self.options(SocketAddr::from(([127, 0, 0, 1], 0))));
+    }
+
+    /// Binds the ServiceAccount `name` of the case's namespace to `role`
+    /// (`"Role"` or `"ClusterRole"`, and its name) in that namespace.
+    pub async fn bind(&self, name: &str, (kind, role): (&str, &str)) {
+        let bindings: Api<k8s_openapi::api::rbac::v1::RoleBinding> =
+            Api::namespaced(self.client.clone(), &self.ns);
+        let binding = serde_json::from_value(json!({
+            "metadata": {"name": name},
+            "roleRef": {"apiGroup": "rbac.authorization.k8s.io", "kind": kind, "name": role},
+            "subjects": [{"kind": "ServiceAccount", "name": name, "namespace": self.ns}]
+        }))
+        .unwrap();
+        bindings
+            .create(&PostParams::default(), &binding)
+            .await
+            .unwrap();
+    }
+
+    /// Workload `shop` (image `shop:1`, one replica) and BlueGreen `shop`
+    /// with `spec`, the controller started and the BlueGreen adopted.
+    pub async fn adopted(&mut self, spec: serde_json::Value) {
+        self.create_workload("shop", "shop:1", 1, BTreeMap::new())
+            .await;
+        self.create_bluegreen("shop", spec).await.unwrap();
+        self.start_controller();
+        self.wait_status("adoption", "shop", |s| {
+            s.phase.as_deref() == Some("Healthy")
+        })
+        .await;
     }
 
     pub fn stop_controller(&mut self) {
