@@ -47,6 +47,67 @@ pub struct Cache {
     extra: Option<Arc<Extras>>,
     /// Whether the five caches above hold their first listing.
     ready: Ready,
+    /// Watches failing now.
+    errors: WatchErrors,
+}
+
+/// The last error of every watch that has not delivered since, by
+/// resource. A watch retries on its own with a backoff; until it works, the
+/// caches it fills are not ready (a missing permission keeps them so), and
+/// reconciles report these errors in their BlueGreen's status.
+#[derive(Clone, Default)]
+pub struct WatchErrors {
+    any: Arc<std::sync::atomic::AtomicBool>,
+    by_resource: Arc<Mutex<std::collections::BTreeMap<String, String>>>,
+}
+
+impl WatchErrors {
+    /// The watch of `resource` failed with `e`: logged at warning when it
+    /// is a new error for that watch (the same one again, at each retry,
+    /// at debug).
+    fn failed(&self, resource: &str, e: &watcher::Error) {
+        use std::sync::atomic::Ordering;
+        use watcher::Error as W;
+        // The apiserver's own words where it answered.
+        let msg = match e {
+            W::InitialListFailed(kube::Error::Api(s))
+            | W::WatchStartFailed(kube::Error::Api(s))
+            | W::WatchFailed(kube::Error::Api(s))
+            | W::WatchError(s) => format!("{} (HTTP {})", s.message, s.code),
+            e => e.to_string(),
+        };
+        let mut g = self.by_resource.lock().expect("watch errors");
+        if g.get(resource) == Some(&msg) {
+            tracing::debug!("watching {resource}: {msg}");
+        } else {
+            tracing::warn!("watching {resource}: {msg}");
+            g.insert(resource.to_string(), msg);
+            self.any.store(true, Ordering::Release);
+        }
+    }
+
+    /// The watch of `resource` delivered: its error, if any, is over.
+    fn delivered(&self, resource: &str) {
+        use std::sync::atomic::Ordering;
+        if !self.any.load(Ordering::Acquire) {
+            return;
+        }
+        let mut g = self.by_resource.lock().expect("watch errors");
+        if g.remove(resource).is_some() {
+            tracing::info!("watching {resource} works again");
+        }
+        self.any.store(!g.is_empty(), Ordering::Release);
+    }
+
+    /// "resource: error" for every watch failing now.
+    pub fn current(&self) -> Vec<String> {
+        self.by_resource
+            .lock()
+            .expect("watch errors")
+            .iter()
+            .map(|(r, e)| format!("{r}: {e}"))
+            .collect()
+    }
 }
 
 /// That the caches hold their first listing, awaited by any number of
@@ -303,6 +364,7 @@ fn watched<K>(
     writer: reflector::store::Writer<K>,
     trim: fn(&mut K),
     index: Option<Index>,
+    errors: WatchErrors,
 ) -> Feed<K>
 where
     K: kube::Resource<DynamicType = ()>
@@ -315,15 +377,19 @@ where
 {
     let config = watcher::Config::default().labels(labels).any_semantic();
     let events = watcher(api, config).backoff(crate::retry::WatchBackoff::default());
+    let resource = K::plural(&()).to_string();
     cached(events, writer, trim, index)
-        .filter_map(|r| async move {
-            match r {
-                Ok(obj) => Some(Ok(obj)),
+        .filter_map(move |r| {
+            std::future::ready(match r {
+                Ok(obj) => {
+                    errors.delivered(&resource);
+                    Some(Ok(obj))
+                }
                 Err(e) => {
-                    tracing::debug!("watching {}: {e}", K::plural(&()));
+                    errors.failed(&resource, &e);
                     None
                 }
-            }
+            })
         })
         .boxed()
 }
@@ -384,6 +450,7 @@ impl Cache {
         let (work_reader, work_writer) = reflector::store();
         let not_teal = format!("!{}", labels::BLUEGREEN);
         let (pod_index, rs_index) = (Index::default(), Index::default());
+        let errors = WatchErrors::default();
         let feeds = Feeds {
             pods: watched(
                 pods,
@@ -391,6 +458,7 @@ impl Cache {
                 pod_writer,
                 trim_pod,
                 Some(pod_index.clone()),
+                errors.clone(),
             ),
             deployments: watched(
                 deployments.clone(),
@@ -398,6 +466,7 @@ impl Cache {
                 dep_writer,
                 trim,
                 None,
+                errors.clone(),
             ),
             replica_sets: watched(
                 replica_sets,
@@ -405,9 +474,24 @@ impl Cache {
                 rs_writer,
                 trim_replica_set,
                 Some(rs_index.clone()),
+                errors.clone(),
             ),
-            services: watched(services, labels::BLUEGREEN, svc_writer, trim, None),
-            workloads: watched(deployments, &not_teal, work_writer, trim, None),
+            services: watched(
+                services,
+                labels::BLUEGREEN,
+                svc_writer,
+                trim,
+                None,
+                errors.clone(),
+            ),
+            workloads: watched(
+                deployments,
+                &not_teal,
+                work_writer,
+                trim,
+                None,
+                errors.clone(),
+            ),
         };
         (
             Cache {
@@ -420,6 +504,7 @@ impl Cache {
                 workloads: work_reader,
                 extra: None,
                 ready: Ready::default(),
+                errors,
             },
             feeds,
         )
@@ -499,6 +584,7 @@ impl Cache {
             config = config.labels(l);
         }
         let (gone, wake) = (x.clone(), x.clone());
+        let (errors, plural) = (self.errors.clone(), e.resource().plural);
         // Leases change with every traffic report of a router replica:
         // only a new route generation wakes the BlueGreen.
         let mut generations: HashMap<(Option<String>, Option<String>), Option<String>> =
@@ -521,9 +607,12 @@ impl Cache {
             })
             .filter_map(move |r| {
                 let obj = match r {
-                    Ok(obj) => Some(obj),
+                    Ok(obj) => {
+                        errors.delivered(&plural);
+                        Some(obj)
+                    }
                     Err(err) => {
-                        tracing::debug!("watching {}: {err}", e.resource().plural);
+                        errors.failed(&plural, &err);
                         None
                     }
                 };
@@ -603,6 +692,16 @@ impl Cache {
         let name = obj.meta().labels.as_ref()?.get(labels::BLUEGREEN)?;
         let ns = obj.meta().namespace.as_deref()?;
         Some(ObjectRef::new(name).within(ns))
+    }
+
+    /// Whether every cache holds its first listing already.
+    pub fn is_ready(&self) -> bool {
+        self.ready.done.load(std::sync::atomic::Ordering::Acquire)
+    }
+
+    /// The watches failing now ("resource: error"); see [`WatchErrors`].
+    pub fn watch_errors(&self) -> Vec<String> {
+        self.errors.current()
     }
 
     /// Waits until every cache holds a complete first listing. Any number

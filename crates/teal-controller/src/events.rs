@@ -138,6 +138,11 @@ impl Recorder {
         Ok(())
     }
 
+    /// Events remembered (to continue their series).
+    pub fn entries(&self) -> usize {
+        self.recent.lock().unwrap_or_else(|e| e.into_inner()).len()
+    }
+
     /// Forgets the events of the object with `uid` (it was deleted).
     pub fn forget(&self, uid: &str) {
         let mut recent = self.recent.lock().unwrap_or_else(|e| e.into_inner());

@@ -56,6 +56,38 @@ fn answers() -> &'static Mutex<HashMap<String, BTreeMap<String, HookStatus>>> {
     A.get_or_init(Default::default)
 }
 
+/// The BlueGreens reconciled and not deleted since: an answer that comes in
+/// for another (a hook still under way when its BlueGreen was deleted) is
+/// not kept.
+fn known() -> &'static Mutex<HashSet<String>> {
+    static K: OnceLock<Mutex<HashSet<String>>> = OnceLock::new();
+    K.get_or_init(Default::default)
+}
+
+/// Notes that `bg` exists (every reconcile of it does, before any hook).
+pub fn track(bg: &BlueGreen) {
+    let id = id(bg);
+    let mut g = known().lock().expect("known");
+    if !g.contains(&id) {
+        g.insert(id);
+    }
+}
+
+/// Forgets everything kept for `bg` (it was deleted): its hook answers,
+/// rounds and notifier (whose queue then ends).
+pub fn forget(bg: &BlueGreen) {
+    let id = id(bg);
+    known().lock().expect("known").remove(&id);
+    answers().lock().expect("answers").remove(&id);
+    {
+        let mut g = rounds().lock().expect("rounds");
+        g.in_flight.retain(|k| k.0 != id);
+        g.done.retain(|k, _| k.0 != id);
+        g.heard.retain(|k, _| k.0 != id);
+    }
+    notifiers().lock().expect("notifiers").remove(&id);
+}
+
 /// `new` replaces `old` only when the answer changed (the time stays that
 /// of the first such answer).
 fn same_answer(old: &HookStatus, new: &HookStatus) -> bool {
@@ -81,6 +113,9 @@ async fn call_one(id: &str, spec: &WebhookSpec, p: &HookPayload) -> HookResult {
             .unwrap_or_default(),
         attempts,
     };
+    if !known().lock().expect("known").contains(id) {
+        return result;
+    }
     let mut g = answers().lock().expect("answers");
     let hooks = g.entry(id.to_string()).or_default();
     if !hooks
@@ -187,6 +222,11 @@ fn finished_tx() -> &'static broadcast::Sender<ObjectRef<BlueGreen>> {
     T.get_or_init(|| broadcast::channel(1024).0)
 }
 
+/// Reconciles `bg` at once (its hook round or analysis check is done).
+pub fn wake(bg: &BlueGreen) {
+    let _ = finished_tx().send(ObjectRef::from_obj(bg));
+}
+
 /// BlueGreens whose hook round was answered: the controller reconciles
 /// them at once to feed the answers to the engine.
 pub fn finished() -> impl futures_util::Stream<Item = ObjectRef<BlueGreen>> + Send + 'static {
@@ -228,10 +268,12 @@ pub fn start_round(bg: &BlueGreen, m: &Machine, kind: HookKind) {
         let results = call_all(&bg, webhook_type(kind), &p).await;
         {
             let mut g = rounds().lock().expect("rounds");
-            g.in_flight.remove(&key);
-            g.done.insert(key, results);
+            // Not when the BlueGreen was deleted meanwhile.
+            if g.in_flight.remove(&key) {
+                g.done.insert(key, results);
+            }
         }
-        let _ = finished_tx().send(ObjectRef::from_obj(&bg));
+        wake(&bg);
     });
 }
 
@@ -443,6 +485,24 @@ pub async fn on_event(client: &Client, bg: &BlueGreen, m: &Machine, e: &Event) -
         Ok(None) => None,
         Err(e) => Some(e),
     }
+}
+
+/// Entries per map kept for BlueGreens: hook answers, hook rounds (under
+/// way, answered, heard) and notifiers.
+pub fn sizes() -> [(&'static str, usize); 4] {
+    let answers = answers().lock().expect("answers").len();
+    let rounds = {
+        let g = rounds().lock().expect("rounds");
+        g.in_flight.len() + g.done.len() + g.heard.len()
+    };
+    let notifiers = notifiers().lock().expect("notifiers").len();
+    let known = known().lock().expect("known").len();
+    [
+        ("bluegreens_known", known),
+        ("hook_answers", answers),
+        ("hook_rounds", rounds),
+        ("notifiers", notifiers),
+    ]
 }
 
 /// Delivery figures of a BlueGreen's notifiers.

@@ -10,6 +10,7 @@
 
 pub mod cache;
 pub mod checkpoint;
+pub mod checks;
 pub mod dashboard;
 pub mod events;
 pub mod hooks;
@@ -39,6 +40,7 @@ use teal_api::BlueGreen;
 
 pub use leader::LeaseConfig;
 pub use metrics::Metrics;
+pub use teal_notify::client::Egress;
 
 /// One reconcile of `bg`, run once the caches are filled and its turn has
 /// come, on the latest cached copy (it may have waited). Under a backlog every
@@ -53,13 +55,43 @@ async fn in_turn(
 ) -> Result<kube::runtime::controller::Action, reconcile::Error> {
     let liveness = ctx.metrics.liveness.clone();
     let _running = liveness.start();
-    ctx.cache.ready().await;
+    if !ctx.cache.is_ready() {
+        Box::pin(cache_ready(&bg, &ctx, &turns)).await;
+    }
     let _turn = turns.take().await;
     match latest.get(&ObjectRef::from_obj(&*bg)) {
         Some(bg) => Box::pin(reconcile::reconcile(bg, ctx)).await,
-        None => Ok(kube::runtime::controller::Action::await_change()),
+        // Deleted (its finalizer's clean-up forgets it too, but a
+        // BlueGreen may go without one).
+        None => {
+            reconcile::forget(&bg, &ctx);
+            Ok(kube::runtime::controller::Action::await_change())
+        }
     }
 }
+
+/// Waits until the caches are filled. A watch that fails meanwhile (a
+/// missing permission…) is reported in `bg`'s status every
+/// [`WATCH_PATIENCE`], in a turn of its own, rather than waited on in
+/// silence.
+async fn cache_ready(bg: &BlueGreen, ctx: &reconcile::Context, turns: &turns::Turns) {
+    loop {
+        tokio::select! {
+            _ = ctx.cache.ready() => return,
+            _ = tokio::time::sleep(WATCH_PATIENCE) => {
+                let errors = ctx.cache.watch_errors();
+                if !errors.is_empty() {
+                    let _turn = turns.take().await;
+                    reconcile::watch_failed(bg, ctx, &errors).await;
+                }
+            }
+        }
+    }
+}
+
+/// How long a reconcile waits for the caches before it reports the
+/// watches that fail.
+pub const WATCH_PATIENCE: Duration = Duration::from_secs(5);
 
 /// How the controller runs.
 #[derive(Debug, Clone)]
@@ -80,6 +112,35 @@ pub struct Options {
     /// `/healthz` fails once reconciles are due and none has finished for
     /// this long (see [`liveness`]).
     pub stall_after: Duration,
+    /// Which hosts webhooks, notifications and Prometheus queries may
+    /// reach (link-local addresses only when allowed explicitly; see
+    /// [`api_server_addrs`] for what to deny).
+    pub egress: Egress,
+}
+
+/// The socket addresses of the Kubernetes API server at `url` (as a
+/// client's configuration names it), for [`Options::egress`]'s deny list:
+/// a BlueGreen's author must not make the controller call its own API
+/// server with the controller's network position.
+pub async fn api_server_addrs(url: &http::Uri) -> Vec<SocketAddr> {
+    let Some(host) = url.host() else {
+        return Vec::new();
+    };
+    let port = url
+        .port_u16()
+        .unwrap_or(if url.scheme_str() == Some("http") {
+            80
+        } else {
+            443
+        });
+    let bare = host.trim_start_matches('[').trim_end_matches(']');
+    match tokio::net::lookup_host((bare, port)).await {
+        Ok(addrs) => addrs.collect(),
+        Err(e) => {
+            tracing::warn!("cannot resolve the API server's host {host}: {e}");
+            Vec::new()
+        }
+    }
 }
 
 /// The default of [`Options::concurrency`].
@@ -140,6 +201,7 @@ pub async fn run_until(
     shutdown: impl std::future::Future<Output = ()> + Send + 'static,
 ) -> Result<(), RunError> {
     let shutdown = futures_util::FutureExt::shared(Box::pin(shutdown));
+    teal_notify::client::set_egress(Some(opts.egress.clone()));
     let metrics = Metrics::new(opts.stall_after);
     let _ = metrics.dashboard.set(dashboard::Dashboard::new(
         client.clone(),
@@ -241,6 +303,17 @@ pub async fn run_until(
             .clone()
             .or_else(|| std::env::var(routers::teal::IMAGE_ENV).ok()),
     });
+    // Weak: the context holds the metrics.
+    let weak = Arc::downgrade(&ctx);
+    let _ = metrics.state_sizes.set(Box::new(move || {
+        let mut sizes = crate::hooks::sizes().to_vec();
+        sizes.push(("analysis_checks", crate::checks::tracked()));
+        if let Some(ctx) = weak.upgrade() {
+            sizes.push(("write_sequences", ctx.written.entries()));
+            sizes.push(("recent_events", ctx.recorder.entries()));
+        }
+        sizes
+    }));
     let controller = controller
         .trigger_backoff(retry::WatchBackoff::default())
         // Color Deployments, their ReplicaSets, Services, Pods and
@@ -280,8 +353,14 @@ pub async fn run_until(
             ctx,
         )
         .for_each(|r| async move {
-            if let Err(e) = r {
-                tracing::debug!("reconcile: {e}");
+            match r {
+                // The BlueGreens' own watch (reconcile errors are logged
+                // by the error policy).
+                Err(kube::runtime::controller::Error::QueueError(e)) => {
+                    tracing::warn!("watching bluegreens: {e}")
+                }
+                Err(e) => tracing::debug!("reconcile: {e}"),
+                Ok(_) => {}
             }
         });
     let result = tokio::select! {

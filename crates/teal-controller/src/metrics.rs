@@ -30,6 +30,15 @@ struct EventLabels {
 }
 
 #[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+struct StateLabels {
+    map: String,
+}
+
+/// Counts the entries of each per-BlueGreen map, read when `/metrics` is
+/// served.
+pub type StateSizes = Box<dyn Fn() -> Vec<(&'static str, usize)> + Send + Sync>;
+
+#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
 struct RequestLabels {
     verb: String,
 }
@@ -79,6 +88,10 @@ pub struct Metrics {
     pub liveness: Arc<crate::liveness::Liveness>,
     /// The read-only dashboard on `/`, once the controller has a client.
     pub dashboard: Arc<std::sync::OnceLock<crate::dashboard::Dashboard>>,
+    state: Family<StateLabels, Gauge>,
+    /// What `teal_controller_bluegreen_state_entries` shows, once the
+    /// controller runs.
+    pub state_sizes: Arc<std::sync::OnceLock<StateSizes>>,
 }
 
 fn release_histogram() -> Histogram {
@@ -140,8 +153,16 @@ impl Metrics {
             "Reconciles due and waiting for one of the --concurrency turns",
             waiting.clone(),
         );
+        let state = Family::<StateLabels, Gauge>::default();
+        registry.register(
+            "bluegreen_state_entries",
+            "Entries kept in memory per BlueGreen, by map (hook answers, hook rounds, notifiers with their resolved URLs, analysis checks, write sequence numbers, recent Events); they go when the BlueGreen is deleted",
+            state.clone(),
+        );
         Metrics {
             registry: Arc::new(registry),
+            state,
+            state_sizes: Arc::default(),
             waiting,
             reconciles,
             errors,
@@ -181,6 +202,13 @@ impl Metrics {
     }
 
     pub fn render(&self) -> String {
+        if let Some(sizes) = self.state_sizes.get() {
+            for (map, n) in sizes() {
+                self.state
+                    .get_or_create(&StateLabels { map: map.into() })
+                    .set(n as i64);
+            }
+        }
         let mut out = String::new();
         let _ = prometheus_client::encoding::text::encode(&mut out, &self.registry);
         out

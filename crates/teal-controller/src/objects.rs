@@ -307,26 +307,26 @@ pub fn owned_by(meta: &ObjectMeta, bg: &BlueGreen) -> bool {
 /// `dep`, its pod template of `revision`, scaled to `wanted`, and its status
 /// written for that scale (so pods of an earlier incarnation, before a
 /// scale to zero, never count). 0 when there is no such ReplicaSet.
-fn replica_set_available(
-    dep: &Deployment,
-    replica_sets: &[ReplicaSet],
-    revision: Option<&str>,
-    wanted: i32,
-) -> u32 {
-    let Some(uid) = dep.metadata.uid.as_deref() else {
-        return 0;
-    };
+/// The live ReplicaSets `dep` controls whose template runs `revision`.
+fn replica_sets_of<'a>(
+    dep: &'a Deployment,
+    replica_sets: &'a [ReplicaSet],
+    revision: Option<&'a str>,
+) -> impl Iterator<Item = &'a ReplicaSet> {
+    let uid = dep.metadata.uid.as_deref();
     replica_sets
         .iter()
-        .filter(|rs| {
-            rs.metadata
-                .owner_references
-                .as_deref()
-                .unwrap_or(&[])
-                .iter()
-                .any(|o| o.controller == Some(true) && o.uid == uid)
+        .filter(move |rs| {
+            uid.is_some()
+                && rs
+                    .metadata
+                    .owner_references
+                    .as_deref()
+                    .unwrap_or(&[])
+                    .iter()
+                    .any(|o| o.controller == Some(true) && Some(o.uid.as_str()) == uid)
         })
-        .filter(|rs| {
+        .filter(move |rs| {
             let template_revision = rs
                 .spec
                 .template
@@ -338,6 +338,42 @@ fn replica_set_available(
             revision.is_some() && template_revision == revision
         })
         .filter(|rs| rs.metadata.deletion_timestamp.is_none())
+}
+
+/// Why the ReplicaSet of `revision` cannot create its pods (its
+/// `ReplicaFailure` condition, set by the ReplicaSet controller when the
+/// apiserver refuses them: Pod Security admission, a ResourceQuota…).
+fn replica_failure(
+    dep: &Deployment,
+    replica_sets: &[ReplicaSet],
+    revision: Option<&str>,
+) -> Option<String> {
+    replica_sets_of(dep, replica_sets, revision).find_map(|rs| {
+        let c = rs
+            .status
+            .as_ref()?
+            .conditions
+            .as_deref()?
+            .iter()
+            .find(|c| {
+                c.type_.as_deref() == Some("ReplicaFailure") && c.status.as_deref() == Some("True")
+            })?;
+        Some(format!(
+            "ReplicaSet {} cannot create pods (ReplicaFailure, {}): {}",
+            rs.metadata.name.as_deref().unwrap_or("?"),
+            c.reason.as_deref().unwrap_or("no reason"),
+            c.message.as_deref().unwrap_or_default()
+        ))
+    })
+}
+
+fn replica_set_available(
+    dep: &Deployment,
+    replica_sets: &[ReplicaSet],
+    revision: Option<&str>,
+    wanted: i32,
+) -> u32 {
+    replica_sets_of(dep, replica_sets, revision)
         .filter(|rs| rs.spec.replicas == Some(wanted))
         .filter_map(|rs| {
             let st = rs.status.as_ref()?;
@@ -463,7 +499,8 @@ pub fn color_status(
                     )
                 })
             })
-        });
+        })
+        .or_else(|| replica_failure(dep, replica_sets, revision.as_deref()));
     ColorStatus {
         color,
         revision,

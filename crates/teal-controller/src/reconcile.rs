@@ -165,13 +165,31 @@ pub async fn reconcile(bg: Arc<BlueGreen>, ctx: Arc<Context>) -> Result<Requeue,
     let r = finalizer(&api, FINALIZER, bg, |event| async {
         match event {
             Finalizer::Apply(bg) => apply(bg, ctx.clone()).await,
-            Finalizer::Cleanup(bg) => cleanup(bg, ctx.clone()).await,
+            Finalizer::Cleanup(bg) => {
+                let done = cleanup(bg.clone(), ctx.clone()).await;
+                if done.is_ok() {
+                    forget(&bg, &ctx);
+                }
+                done
+            }
         }
     })
     .await
     .map_err(|e| Error::Finalizer(Box::new(e)));
     ctx.metrics.reconciled(started.elapsed());
     r
+}
+
+/// Drops everything this process keeps in memory for `bg` (it was
+/// deleted): hook answers and rounds, its notifier with the URLs it read
+/// from Secrets, an analysis check under way, its last write's sequence
+/// number and its recent Events.
+pub fn forget(bg: &BlueGreen, ctx: &Context) {
+    let uid = bg.uid().unwrap_or_default();
+    crate::hooks::forget(bg);
+    crate::checks::forget(bg);
+    ctx.recorder.forget(&uid);
+    ctx.written.forget(&uid);
 }
 
 pub fn error_policy(_bg: Arc<BlueGreen>, error: &Error, ctx: Arc<Context>) -> Requeue {
@@ -414,6 +432,7 @@ fn parse_command(value: &str) -> Option<Command> {
 }
 
 async fn apply(bg: Arc<BlueGreen>, ctx: Arc<Context>) -> Result<Requeue, Error> {
+    crate::hooks::track(&bg);
     let ns = bg.namespace().unwrap_or_default();
     let name = bg.name_any();
     let client = ctx.client.clone();
@@ -584,46 +603,40 @@ async fn apply(bg: Arc<BlueGreen>, ctx: Arc<Context>) -> Result<Requeue, Error> 
         }
     }
     let mut inputs = first_inputs(revision.clone(), observed, command);
-    // Analysis checks that are due.
-    if let Some(a) = state.analysis.as_mut()
-        && now >= a.next_check
-    {
+    // Analysis checks: started in the background when due (see
+    // checks.rs), recorded on the reconcile after they are done.
+    if let Some(a) = state.analysis.as_mut() {
         let spec = match a.stage {
             Stage::PrePromotion => bg.spec.analysis.pre_promotion.clone(),
             Stage::PostPromotion => bg.spec.analysis.post_promotion.clone(),
         };
         if let Some(spec) = spec {
-            let vars = teal_local::analysis::QueryVars {
-                name: name.clone(),
-                namespace: ns.clone(),
-                color: a.color,
-                revision: a.revision.clone(),
-                service: objects::service_name(&bg),
-            };
-            let mut ms = Vec::new();
-            for m in &spec.metrics {
-                ms.push(match (&m.builtin, &m.prometheus) {
-                    (_, Some(p)) => teal_local::analysis::measure_prometheus(m, p, &vars).await,
-                    _ => teal_core::analysis::Measurement {
-                        metric: m.name.clone(),
-                        value: None,
-                        min: m.min,
-                        max: m.max,
-                        note: Some("built-in metrics are measured by teal's router; with router type service use a prometheus metric".into()),
-                    },
-                });
+            if let Some((ms, hooks)) =
+                crate::checks::take(&bg, &state.machine, a.stage, &a.revision)
+            {
+                let verdict = a.run.record_checks(ms, hooks);
+                // Recorded now: a verdict ends the stage before status is written.
+                status.analysis = Some(analysis_status(a));
+                if let Some(v) = verdict {
+                    inputs.push(Input::Analysis {
+                        stage: a.stage,
+                        revision: a.revision.clone(),
+                        verdict: v,
+                    });
+                }
             }
-            a.next_check = now + spec.interval.as_millis();
-            let hooks = crate::hooks::with_check(&bg, &state.machine, &a.revision, a.color).await;
-            let verdict = a.run.record_checks(ms, hooks);
-            // Recorded now: a verdict ends the stage before status is written.
-            status.analysis = Some(analysis_status(a));
-            if let Some(v) = verdict {
-                inputs.push(Input::Analysis {
-                    stage: a.stage,
+            if now >= a.next_check {
+                let vars = teal_local::analysis::QueryVars {
+                    name: name.clone(),
+                    namespace: ns.clone(),
+                    color: a.color,
                     revision: a.revision.clone(),
-                    verdict: v,
-                });
+                    service: objects::service_name(&bg),
+                };
+                // A check still under way (a slow endpoint) delays the
+                // next one by an interval; none runs twice at once.
+                crate::checks::start(&bg, &state.machine, a.stage, &spec, vars);
+                a.next_check = now + spec.interval.as_millis();
             }
         }
     }
@@ -670,6 +683,35 @@ async fn apply(bg: Arc<BlueGreen>, ctx: Arc<Context>) -> Result<Requeue, Error> 
     {
         queue.insert(0, Action::Route(r));
     }
+    // A color Deployment that is missing or runs another revision than
+    // the engine asked for is written again: a write refused earlier (an
+    // admission policy, a quota) is retried once the cause is gone.
+    for (color, req) in &state.machine.requested {
+        let Some(rev) = req.revision.clone() else {
+            continue;
+        };
+        if req.replicas == 0
+            || queue
+                .iter()
+                .any(|a| matches!(a, Action::Deploy { color: c, .. } if c == color))
+        {
+            continue;
+        }
+        let running = cluster.color_deployment(*color).await?.and_then(|d| {
+            d.metadata
+                .annotations
+                .and_then(|mut a| a.remove(labels::REVISION))
+        });
+        if running.as_ref() != Some(&rev) {
+            queue.push(Action::Deploy {
+                color: *color,
+                revision: rev,
+                replicas: req.replicas,
+            });
+        }
+    }
+    // Why the apiserver refused a color Deployment, if it did.
+    let mut refused: Option<String> = None;
     let mut routed = true;
     let mut i = 0;
     while i < queue.len() {
@@ -687,8 +729,21 @@ async fn apply(bg: Arc<BlueGreen>, ctx: Arc<Context>) -> Result<Requeue, Error> 
                     )));
                 };
                 let d = objects::color_deployment(&bg, color, &rev, &t, replicas as i32);
-                cluster.apply_deployment(&d).await?;
-                deployed[color_index(color)] = Some(t);
+                match cluster.apply_deployment(&d).await {
+                    Ok(()) => deployed[color_index(color)] = Some(t),
+                    // Refused (admission, quota, an invalid object): it will
+                    // not pass by itself. The reconcile goes on so that the
+                    // release is recorded and its progress deadline runs;
+                    // the write is tried again on the next reconciles.
+                    Err(Error::Kube(kube::Error::Api(e))) if refusal(e.code) => {
+                        refused = Some(format!(
+                            "the apiserver refused Deployment {ns}/{}: {}",
+                            d.name_any(),
+                            e.message
+                        ));
+                    }
+                    Err(e) => return Err(e),
+                }
             }
             Action::Scale { color, replicas } => cluster.scale(color, replicas as i32).await?,
             Action::Retire { color } => cluster.scale(color, 0).await?,
@@ -852,10 +907,21 @@ async fn apply(bg: Arc<BlueGreen>, ctx: Arc<Context>) -> Result<Requeue, Error> 
         status.analysis = Some(analysis_status(a));
     }
     let healthy = m.phase_name() == "Healthy";
-    set_condition(
-        &mut status,
-        condition("Ready", true, "Reconciled", "", generation),
-    );
+    match &refused {
+        None => set_condition(
+            &mut status,
+            condition("Ready", true, "Reconciled", "", generation),
+        ),
+        Some(why) => {
+            let c = condition("Ready", false, DEPLOYMENT_REFUSED, why, generation);
+            let news = condition_is_news(&old_status, &c);
+            set_condition(&mut status, c);
+            if news {
+                tracing::warn!(bluegreen = %format!("{ns}/{name}"), "{why}");
+                cluster.event(true, DEPLOYMENT_REFUSED, why.clone()).await;
+            }
+        }
+    }
     set_condition(
         &mut status,
         condition(
@@ -922,13 +988,70 @@ async fn apply(bg: Arc<BlueGreen>, ctx: Arc<Context>) -> Result<Requeue, Error> 
         .unwrap_or(longest)
         .clamp(200, longest);
     // While a color is starting, poll readiness quickly (watches on
-    // Deployments also trigger reconciles).
+    // Deployments also trigger reconciles); a refused write is tried again
+    // soon, also with no release under way (a first adoption).
     let wait = if state.machine.in_progress() {
         wait.min(2_000)
+    } else if refused.is_some() {
+        wait.min(REFUSED_RETRY_MS)
     } else {
         wait
     };
     Ok(Requeue::requeue(Duration::from_millis(wait)))
+}
+
+/// The reason of the `Ready=False` condition while a watch fails.
+pub const WATCH_FAILED: &str = "WatchFailed";
+
+/// Reports in `bg`'s status that the controller cannot watch what it needs
+/// (`errors`: "resource: error"), so it does not act on the BlueGreen yet.
+pub async fn watch_failed(bg: &BlueGreen, ctx: &Context, errors: &[String]) {
+    let ns = bg.namespace().unwrap_or_default();
+    let bgs: Api<BlueGreen> = Api::namespaced(ctx.client.clone(), &ns);
+    let old = bg.status.clone().unwrap_or_default();
+    let mut status = old.clone();
+    let msg = format!(
+        "the controller cannot watch what it needs and acts on no BlueGreen until it can (check its RBAC): {}",
+        errors.join("; ")
+    );
+    set_condition(
+        &mut status,
+        condition(
+            "Ready",
+            false,
+            WATCH_FAILED,
+            &msg.chars().take(2000).collect::<String>(),
+            bg.metadata.generation,
+        ),
+    );
+    if let Err(e) = write_status(&bgs, &bg.name_any(), &old, status).await {
+        tracing::warn!(
+            "cannot report the failing watches in {ns}/{}: {e}",
+            bg.name_any()
+        );
+    }
+}
+
+/// The reason of the `Ready=False` condition (and of the Warning Event)
+/// when the apiserver refuses a color Deployment.
+pub const DEPLOYMENT_REFUSED: &str = "DeploymentRefused";
+
+/// How soon a refused color Deployment is written again when no release
+/// polls faster.
+const REFUSED_RETRY_MS: Millis = 10_000;
+
+/// An apiserver answer that refuses the object itself (admission denied,
+/// quota exceeded, invalid), as opposed to a conflict or an outage.
+fn refusal(code: u16) -> bool {
+    matches!(code, 400 | 403 | 422)
+}
+
+/// Whether `c` says something `old` did not (another status, reason or
+/// message): worth an Event and a log line.
+fn condition_is_news(old: &BlueGreenStatus, c: &Condition) -> bool {
+    !old.conditions.iter().any(|o| {
+        o.type_ == c.type_ && o.status == c.status && o.reason == c.reason && o.message == c.message
+    })
 }
 
 fn analysis_status(a: &RunningAnalysis) -> AnalysisStatus {
@@ -1158,8 +1281,6 @@ async fn cleanup(bg: Arc<BlueGreen>, ctx: Arc<Context>) -> Result<Requeue, Error
         secondary: None,
     };
     let _ = recorder.publish(&ev, &bg.object_ref(&())).await;
-    recorder.forget(&bg.uid().unwrap_or_default());
-    ctx.written.forget(&bg.uid().unwrap_or_default());
     Ok(Requeue::await_change())
 }
 

@@ -147,7 +147,9 @@ async fn worker(t: Target, mut rx: mpsc::Receiver<Notification>, b: Backoff, sta
                 Ok(s) if (200..300).contains(&s) => (true, false, String::new()),
                 // 429 and 5xx may pass later; other answers will not.
                 Ok(s) => (false, s == 429 || s >= 500, format!("answered {s}")),
-                Err(e @ CallError::BadUrl) => (false, false, e.to_string()),
+                Err(e @ (CallError::BadUrl | CallError::Denied(_))) => {
+                    (false, false, e.to_string())
+                }
                 Err(e) => (false, true, e.to_string()),
             };
             if done {

@@ -71,7 +71,7 @@ pub async fn call_counted(spec: &WebhookSpec, payload: &HookPayload) -> (HookRes
         let r = client::post_json(&spec.url, body.clone(), &[], spec.timeout.std()).await;
         let retry = match &r {
             Ok(s) => *s >= 500,
-            Err(CallError::BadUrl) => false,
+            Err(CallError::BadUrl | CallError::Denied(_)) => false,
             Err(_) => true,
         };
         if !retry || attempt >= spec.retries {

@@ -74,6 +74,7 @@ async fn setup(env: &TestEnv, prefix: &str, bg_extra: &str, controller: bool) ->
             router_image: None,
             concurrency: teal_controller::DEFAULT_CONCURRENCY,
             stall_after: teal_controller::liveness::DEFAULT_STALL_AFTER,
+            egress: Default::default(),
         };
         let client = env.client();
         tokio::spawn(async move {

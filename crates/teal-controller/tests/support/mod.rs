@@ -84,20 +84,52 @@ pub async fn case(prefix: &str) -> Case {
 
 impl Case {
     pub fn start_controller(&mut self) {
-        let client = self.client.clone();
-        let opts = teal_controller::Options {
-            metrics_addr: SocketAddr::from(([127, 0, 0, 1], 0)),
+        self.start_controller_with(teal_controller::DEFAULT_CONCURRENCY);
+    }
+
+    /// [`Case::start_controller`] with `concurrency` reconciles at once.
+    pub fn start_controller_with(&mut self, concurrency: u16) {
+        self.start_controller_opts(|o| o.concurrency = concurrency);
+    }
+
+    /// [`Case::start_controller`] with the options `set` changes.
+    pub fn start_controller_opts(&mut self, set: impl FnOnce(&mut teal_controller::Options)) {
+        let mut opts = self.options(SocketAddr::from(([127, 0, 0, 1], 0)));
+        set(&mut opts);
+        self.spawn(self.client.clone(), opts);
+    }
+
+    /// The API server's URL, as the tests' kubeconfig names it.
+    pub async fn api_server_url() -> http::Uri {
+        Self::admin_config().await.cluster_url
+    }
+
+    fn options(&self, metrics_addr: SocketAddr) -> teal_controller::Options {
+        teal_controller::Options {
+            metrics_addr,
             namespace: Some(self.ns.clone()),
             lease: None,
             router_image: None,
             concurrency: teal_controller::DEFAULT_CONCURRENCY,
             stall_after: teal_controller::liveness::DEFAULT_STALL_AFTER,
-        };
+            egress: Default::default(),
+        }
+    }
+
+    fn spawn(&mut self, client: Client, opts: teal_controller::Options) {
         self.controller = Some(tokio::spawn(async move {
             if let Err(e) = teal_controller::run(client, opts).await {
                 panic!("controller stopped: {e}");
             }
         }));
+    }
+
+    async fn admin_config() -> kube::Config {
+        let env = TestEnv::shared();
+        let kubeconfig = kube::config::Kubeconfig::read_from(env.kubeconfig_path()).unwrap();
+        kube::Config::from_custom_kubeconfig(kubeconfig, &Default::default())
+            .await
+            .unwrap()
     }
 
     /// Starts the controller with a client whose requests are counted in
@@ -106,31 +138,65 @@ impl Case {
     /// its `/metrics`. The counter belongs to the process: tests that read
     /// it must not run another counted controller at the same time.
     pub async fn start_counted_controller(&mut self, router_image: Option<&str>) -> SocketAddr {
-        let env = TestEnv::shared();
-        let kubeconfig = kube::config::Kubeconfig::read_from(env.kubeconfig_path()).unwrap();
-        let config = kube::Config::from_custom_kubeconfig(kubeconfig, &Default::default())
-            .await
-            .unwrap();
-        let client = teal_controller::client(config).unwrap();
+        let client = teal_controller::client(Self::admin_config().await).unwrap();
         // A free port, taken back by the controller at once.
         let metrics_addr = std::net::TcpListener::bind(("127.0.0.1", 0))
             .unwrap()
             .local_addr()
             .unwrap();
-        let opts = teal_controller::Options {
-            metrics_addr,
-            namespace: Some(self.ns.clone()),
-            lease: None,
-            router_image: router_image.map(String::from),
-            concurrency: teal_controller::DEFAULT_CONCURRENCY,
-            stall_after: teal_controller::liveness::DEFAULT_STALL_AFTER,
-        };
-        self.controller = Some(tokio::spawn(async move {
-            if let Err(e) = teal_controller::run(client, opts).await {
-                panic!("controller stopped: {e}");
-            }
-        }));
+        let mut opts = self.options(metrics_addr);
+        opts.router_image = router_image.map(String::from);
+        self.spawn(client, opts);
         metrics_addr
+    }
+
+    /// A client acting as the ServiceAccount `name` of the case's
+    /// namespace (impersonated), so only that account's RBAC lets it act.
+    pub async fn client_as(&self, name: &str) -> Client {
+        let mut config = Self::admin_config().await;
+        config.auth_info.impersonate = Some(format!("system:serviceaccount:{}:{name}", self.ns));
+        config.auth_info.impersonate_groups = Some(vec![
+            "system:serviceaccounts".into(),
+            "system:authenticated".into(),
+        ]);
+        Client::try_from(config).unwrap()
+    }
+
+    /// Starts the controller acting as the ServiceAccount `name` (see
+    /// [`Case::client_as`]).
+    pub async fn start_controller_as(&mut self, name: &str) {
+        let client = self.client_as(name).await;
+        self.spawn(client, self.options(SocketAddr::from(([127, 0, 0, 1], 0))));
+    }
+
+    /// Binds the ServiceAccount `name` of the case's namespace to `role`
+    /// (`"Role"` or `"ClusterRole"`, and its name) in that namespace.
+    pub async fn bind(&self, name: &str, (kind, role): (&str, &str)) {
+        let bindings: Api<k8s_openapi::api::rbac::v1::RoleBinding> =
+            Api::namespaced(self.client.clone(), &self.ns);
+        let binding = serde_json::from_value(json!({
+            "metadata": {"name": name},
+            "roleRef": {"apiGroup": "rbac.authorization.k8s.io", "kind": kind, "name": role},
+            "subjects": [{"kind": "ServiceAccount", "name": name, "namespace": self.ns}]
+        }))
+        .unwrap();
+        bindings
+            .create(&PostParams::default(), &binding)
+            .await
+            .unwrap();
+    }
+
+    /// Workload `shop` (image `shop:1`, one replica) and BlueGreen `shop`
+    /// with `spec`, the controller started and the BlueGreen adopted.
+    pub async fn adopted(&mut self, spec: serde_json::Value) {
+        self.create_workload("shop", "shop:1", 1, BTreeMap::new())
+            .await;
+        self.create_bluegreen("shop", spec).await.unwrap();
+        self.start_controller();
+        self.wait_status("adoption", "shop", |s| {
+            s.phase.as_deref() == Some("Healthy")
+        })
+        .await;
     }
 
     pub fn stop_controller(&mut self) {

@@ -46,6 +46,13 @@ pub struct Args {
     /// terminationGracePeriodSeconds). A second signal exits at once.
     #[arg(long, default_value_t = 10, value_parser = clap::value_parser!(u64).range(0..=3600))]
     shutdown_timeout: u64,
+    /// Hosts that webhooks, notifications and Prometheus queries may reach,
+    /// comma-separated: host names, domains (`*.example.com`), IP addresses
+    /// and CIDR blocks. Empty: any host but link-local addresses (cloud
+    /// metadata services), which must be listed to be reached. The API
+    /// server's own address is never called.
+    #[arg(long, env = "TEAL_EGRESS_ALLOW", value_delimiter = ',')]
+    egress_allow: Vec<String>,
 }
 
 pub async fn run(args: Args) -> anyhow::Result<ExitCode> {
@@ -60,6 +67,15 @@ pub async fn run(args: Args) -> anyhow::Result<ExitCode> {
     let config = kube::Config::infer()
         .await
         .context("cannot reach the Kubernetes API (in-cluster config or KUBECONFIG)")?;
+    let egress = teal_controller::Egress {
+        allow: args
+            .egress_allow
+            .iter()
+            .map(|h| h.trim().to_string())
+            .filter(|h| !h.is_empty())
+            .collect(),
+        deny: teal_controller::api_server_addrs(&config.cluster_url).await,
+    };
     let client = teal_controller::client(config).context("cannot build a Kubernetes client")?;
     let identity = args.identity.unwrap_or_else(|| {
         let host = std::fs::read_to_string("/proc/sys/kernel/hostname").unwrap_or_default();
@@ -81,6 +97,7 @@ pub async fn run(args: Args) -> anyhow::Result<ExitCode> {
             router_image: None,
             concurrency: args.concurrency,
             stall_after: Duration::from_secs(args.stall_seconds),
+            egress,
         },
         async move {
             let _ = stop.await;

@@ -1,0 +1,259 @@
+//! Analysis checks in the background: a check's Prometheus queries and its
+//! rollout/rollback webhooks are network calls to endpoints the
+//! BlueGreen's author chose, which may answer slowly or never (a hook's
+//! timeout may be an hour). Run inside a reconcile, they would hold one of
+//! the `--concurrency` turns all that time, and a few such BlueGreens would
+//! stall every other one. So a reconcile only starts a check and records
+//! its result on a later reconcile (woken when it is done); at most one
+//! check per BlueGreen is under way at a time, and answers are read only
+//! as far as a cap.
+
+use std::collections::HashMap;
+use std::sync::{Mutex, OnceLock};
+use std::time::Duration;
+
+use kube::ResourceExt;
+use teal_api::BlueGreen;
+use teal_api::spec::{AnalysisStageSpec, MetricSpec, PrometheusMetric};
+use teal_core::analysis::Measurement;
+use teal_core::hooks::HookResult;
+use teal_core::release::{Machine, Millis, Stage};
+use teal_local::analysis::QueryVars;
+
+/// A check: which BlueGreen (`namespace/name`), and the stage, revision
+/// and start of the release it belongs to.
+type Key = (String, Stage, String, Millis);
+
+/// What one check measured and what its hooks answered.
+pub type Outcome = (Vec<Measurement>, Vec<HookResult>);
+
+#[derive(Default)]
+struct Checks {
+    /// A check under way (`None`) or done and not yet recorded, per
+    /// BlueGreen: at most one each.
+    by_bluegreen: HashMap<String, (Key, Option<Outcome>)>,
+}
+
+fn checks() -> &'static Mutex<Checks> {
+    static C: OnceLock<Mutex<Checks>> = OnceLock::new();
+    C.get_or_init(Default::default)
+}
+
+fn id(bg: &BlueGreen) -> String {
+    format!("{}/{}", bg.namespace().unwrap_or_default(), bg.name_any())
+}
+
+fn key(bg: &BlueGreen, m: &Machine, stage: Stage, revision: &str) -> Key {
+    (
+        id(bg),
+        stage,
+        revision.to_string(),
+        m.release.as_ref().map_or(0, |r| r.started_at),
+    )
+}
+
+/// The outcome of the check of this stage that finished since the last
+/// reconcile, if any. A finished check of an earlier stage or release is
+/// dropped.
+pub fn take(bg: &BlueGreen, m: &Machine, stage: Stage, revision: &str) -> Option<Outcome> {
+    let key = key(bg, m, stage, revision);
+    let mut g = checks().lock().expect("checks");
+    match g.by_bluegreen.get(&key.0) {
+        Some((k, Some(_))) if *k == key => g.by_bluegreen.remove(&key.0).and_then(|(_, o)| o),
+        Some((k, Some(_))) if *k != key => {
+            g.by_bluegreen.remove(&key.0);
+            None
+        }
+        _ => None,
+    }
+}
+
+/// Starts a check of `spec`'s metrics and of the rollout/rollback hooks in
+/// the background, unless one of `bg` is still under way (then `false`).
+/// When it is done the BlueGreen is reconciled again.
+pub fn start(
+    bg: &BlueGreen,
+    m: &Machine,
+    stage: Stage,
+    spec: &AnalysisStageSpec,
+    vars: QueryVars,
+) -> bool {
+    let key = key(bg, m, stage, &vars.revision);
+    {
+        let mut g = checks().lock().expect("checks");
+        if g.by_bluegreen.get(&key.0).is_some_and(|(_, o)| o.is_none()) {
+            return false;
+        }
+        g.by_bluegreen.insert(key.0.clone(), (key.clone(), None));
+    }
+    let (bg, m, spec) = (bg.clone(), m.clone(), spec.clone());
+    tokio::spawn(async move {
+        let mut ms = Vec::new();
+        for metric in &spec.metrics {
+            ms.push(measure(metric, &vars).await);
+        }
+        let hooks = crate::hooks::with_check(&bg, &m, &vars.revision, vars.color).await;
+        {
+            let mut g = checks().lock().expect("checks");
+            // Still wanted: not forgotten (the BlueGreen deleted) meanwhile.
+            if let Some((k, o)) = g.by_bluegreen.get_mut(&key.0)
+                && *k == key
+            {
+                *o = Some((ms, hooks));
+            }
+        }
+        crate::hooks::wake(&bg);
+    });
+    true
+}
+
+/// Forgets `bg`'s checks (it was deleted); one under way is not recorded.
+pub fn forget(bg: &BlueGreen) {
+    checks()
+        .lock()
+        .expect("checks")
+        .by_bluegreen
+        .remove(&id(bg));
+}
+
+/// BlueGreens with a check under way or not yet recorded.
+pub fn tracked() -> usize {
+    checks().lock().expect("checks").by_bluegreen.len()
+}
+
+fn measure_none(m: &MetricSpec, note: String) -> Measurement {
+    Measurement {
+        metric: m.name.clone(),
+        value: None,
+        min: m.min,
+        max: m.max,
+        note: Some(note),
+    }
+}
+
+async fn measure(m: &MetricSpec, vars: &QueryVars) -> Measurement {
+    let Some(p) = &m.prometheus else {
+        return measure_none(
+            m,
+            "built-in metrics are measured by teal's router; with router type service use a prometheus metric".into(),
+        );
+    };
+    match prometheus(p, vars).await {
+        Ok(Some(v)) => Measurement {
+            value: Some(v),
+            note: None,
+            ..measure_none(m, String::new())
+        },
+        Ok(None) => measure_none(m, "the query returned no samples".into()),
+        Err(e) => measure_none(m, format!("prometheus query failed: {e}")),
+    }
+}
+
+/// A Prometheus answer larger than this is refused: one number is asked for.
+pub const PROMETHEUS_BODY_CAP: usize = 1 << 20;
+const PROMETHEUS_TIMEOUT: Duration = Duration::from_secs(10);
+/// Characters of an unexpected answer shown in status.
+pub const EXCERPT_CHARS: usize = 200;
+
+#[derive(serde::Deserialize)]
+#[serde(rename_all = "camelCase")]
+struct QueryAnswer {
+    status: String,
+    #[serde(default)]
+    error: Option<String>,
+    #[serde(default)]
+    data: Option<QueryData>,
+}
+
+#[derive(serde::Deserialize)]
+#[serde(rename_all = "camelCase")]
+struct QueryData {
+    result_type: String,
+    result: serde_json::Value,
+}
+
+/// `GET /api/v1/query` with the BlueGreen's values in the query; the first
+/// sample of a vector, or the scalar.
+async fn prometheus(p: &PrometheusMetric, vars: &QueryVars) -> Result<Option<f64>, String> {
+    let mut query = p.query.clone();
+    for (field, value) in [
+        ("name", vars.name.as_str()),
+        ("namespace", &vars.namespace),
+        ("color", vars.color.as_str()),
+        ("revision", &vars.revision),
+        ("service", &vars.service),
+    ] {
+        query = query.replace(&format!("{{{{{field}}}}}"), value);
+    }
+    let encoded: String = query
+        .bytes()
+        .map(|b| match b {
+            b'a'..=b'z' | b'A'..=b'Z' | b'0'..=b'9' | b'-' | b'_' | b'.' | b'~' => {
+                (b as char).to_string()
+            }
+            _ => format!("%{b:02X}"),
+        })
+        .collect();
+    let url = format!(
+        "{}/api/v1/query?query={encoded}",
+        p.address.trim_end_matches('/')
+    );
+    let a = teal_notify::client::request(
+        http::Method::GET,
+        &url,
+        None,
+        &[],
+        PROMETHEUS_TIMEOUT,
+        PROMETHEUS_BODY_CAP,
+    )
+    .await
+    .map_err(|e| e.to_string())?;
+    if !(200..300).contains(&a.status) {
+        return Err(format!(
+            "answered HTTP {}: {}",
+            a.status,
+            teal_notify::client::excerpt(&a.body, EXCERPT_CHARS)
+        ));
+    }
+    if a.truncated {
+        return Err(format!(
+            "the answer is larger than {} KiB (the query must return one number)",
+            PROMETHEUS_BODY_CAP / 1024
+        ));
+    }
+    let answer: QueryAnswer = serde_json::from_slice(&a.body).map_err(|e| {
+        format!(
+            "the answer is not Prometheus JSON ({e}): {}",
+            teal_notify::client::excerpt(&a.body, EXCERPT_CHARS)
+        )
+    })?;
+    if answer.status != "success" {
+        let why = answer.error.unwrap_or_else(|| "an error".into());
+        return Err(format!(
+            "prometheus answered {}",
+            teal_notify::client::excerpt(why.as_bytes(), EXCERPT_CHARS)
+        ));
+    }
+    let data = answer.data.ok_or("the answer has no data")?;
+    let sample = match data.result_type.as_str() {
+        "vector" => data.result.get(0).map(|r| r["value"][1].clone()),
+        "scalar" => Some(data.result[1].clone()),
+        other => {
+            return Err(format!(
+                "unsupported result type {:?}: the query must return one number",
+                teal_notify::client::excerpt(other.as_bytes(), 40)
+            ));
+        }
+    };
+    sample
+        .map(|s| {
+            let s = s.as_str().ok_or("sample value is not a string")?;
+            s.parse::<f64>().map_err(|e| {
+                format!(
+                    "sample {:?}: {e}",
+                    teal_notify::client::excerpt(s.as_bytes(), 40)
+                )
+            })
+        })
+        .transpose()
+}
