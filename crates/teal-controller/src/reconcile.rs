@@ -901,6 +901,18 @@ async fn apply(bg: Arc<BlueGreen>, ctx: Arc<Context>) -> Result<Requeue, Error> 
         None if m.routing.is_none() => "waiting for the first color to be ready".into(),
         None => "live".into(),
     });
+    // Adopted, but the router has not taken the traffic yet (router type
+    // teal: no router pod ready, so no live Service): not Healthy until it has.
+    if !routed && m.routing.is_some() && m.release.is_none() && m.history.is_empty() {
+        let why = status
+            .conditions
+            .iter()
+            .find(|c| c.type_ == "Routed")
+            .map(|c| c.message.clone())
+            .unwrap_or_default();
+        status.phase = Some("Initializing".into());
+        status.message = Some(format!("waiting for the router to take the traffic: {why}"));
+    }
     status.history = m.history.iter().map(ReleaseRecord::from).collect();
     crate::hooks::record_status(&bg, &mut status.hooks);
     if let Some(a) = &state.analysis {

@@ -68,6 +68,7 @@ const OTHERS: &[(&str, How)] = &[
     ("kubectl -n shop patch deployment shop", How::Here("kubernetes_walkthrough_runs_verbatim_on_the_real_node")),
     ("kubectl -n shop get bluegreen shop", How::Here("kubernetes_walkthrough_runs_verbatim_on_the_real_node")),
     ("kubectl get deploy,pods,endpointslices", How::Here("dev_cluster_kubectl_examples")),
+    ("bench/mixing", How::NotRun("a benchmark, not a test: about 12 minutes on a real node of its own (root); its figures are in docs/benchmarks.md, and release_real_node.rs checks the same guarantee for router type teal under traffic")),
     ("bench/controller-scale", How::NotRun("a benchmark, not a test: it runs for 10-20 minutes on a control plane of its own; its figures are in docs/benchmarks.md")),
     ("bench/argo-rollouts-scale", How::NotRun("a benchmark, not a test: it builds Argo Rollouts from its Go module and runs it, then bench/controller-scale, on control planes of their own (8-11 minutes at 300, plus about 4 minutes for the first build); its figures are in docs/benchmarks.md")),
     ("bench/flagger-scale", How::NotRun("a benchmark, not a test: it builds Flagger from its Go module and runs it, then bench/controller-scale, on control planes of their own (about 5 minutes for the first build); its figures are in docs/benchmarks.md")),

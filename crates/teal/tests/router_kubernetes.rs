@@ -117,6 +117,17 @@ async fn teal_router_replicas_follow_a_release_and_acknowledge_the_switch() {
             .any(|a| a == "--kubernetes-bluegreen")
     );
 
+    // Ready router pods that do not acknowledge the routes (no process plays
+    // them yet): adopted, but not Healthy.
+    let st = wait_phase(&bgs, "Initializing").await;
+    assert!(
+        st.message
+            .as_deref()
+            .is_some_and(|m| m.contains("waiting for the router")),
+        "{:?}",
+        st.message
+    );
+
     let mut r1 = Some(router(env, &ns, &router_pods[0]));
     let r2 = router(env, &ns, &router_pods[1]);
     let pod2 = router_pods[1].metadata.name.clone().unwrap();
