@@ -136,6 +136,7 @@ async fn pods_refused_by_pod_security_fail_the_release_early() {
 
 #[tokio::test(flavor = "multi_thread")]
 async fn a_forbidden_watch_is_reported_in_a_condition_until_it_is_allowed() {
+    let log = support::log();
     let mut c = case("refused-watch").await;
     c.create_workload("shop", "shop:1", 1, BTreeMap::new())
         .await;
@@ -168,6 +169,14 @@ async fn a_forbidden_watch_is_reported_in_a_condition_until_it_is_allowed() {
         ready.message.contains("pods") && ready.message.contains("forbidden"),
         "{ready:?}"
     );
+    // And in the log, at warning.
+    let text = String::from_utf8_lossy(&log.lock().unwrap()).to_string();
+    let line = text
+        .lines()
+        .find(|l| l.contains("watching pods:") && l.contains(&c.ns))
+        .unwrap_or_default()
+        .to_string();
+    assert!(line.contains(" WARN "), "{line:?}");
 
     // Allowed now: the watch recovers and the BlueGreen is adopted.
     let mut rules = serde_json::to_value(role.rules.take().unwrap()).unwrap();
@@ -188,4 +197,34 @@ async fn a_forbidden_watch_is_reported_in_a_condition_until_it_is_allowed() {
             && condition(s, "Ready").is_some_and(|c| c.status == "True")
     })
     .await;
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn a_name_too_long_for_a_label_value_is_reported() {
+    let mut c = case("refused-name").await;
+    // 64 characters: a valid BlueGreen name, not a valid label value.
+    let name = format!("shop-{}", "x".repeat(59));
+    c.create_workload("shop", "shop:1", 1, BTreeMap::new())
+        .await;
+    c.create_bluegreen(&name, spec("120s")).await.unwrap();
+    c.start_controller();
+    let st = c
+        .wait_status("the refusal in a condition", &name, |s| {
+            condition(s, "Ready")
+                .is_some_and(|c| c.status == "False" && c.reason == "DeploymentRefused")
+        })
+        .await;
+    let ready = condition(&st, "Ready").unwrap();
+    println!("{}", ready.message);
+    assert!(
+        ready.message.contains("metadata.labels") && ready.message.contains("63"),
+        "{ready:?}"
+    );
+    let events = c.events(&name).await;
+    assert!(
+        events
+            .iter()
+            .any(|(t, r, _)| t == "Warning" && r == "DeploymentRefused"),
+        "{events:#?}"
+    );
 }

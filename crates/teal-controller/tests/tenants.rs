@@ -204,3 +204,70 @@ async fn a_hook_answering_a_huge_body_is_read_no_further_than_a_cap() {
         "the controller read {sent} bytes of the hook's answer"
     );
 }
+
+/// Answers every request 500 with `body`.
+async fn failing_server(body: Vec<u8>) -> String {
+    let listener = TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let url = format!("http://{}", listener.local_addr().unwrap());
+    let body = Arc::new(body);
+    tokio::spawn(async move {
+        while let Ok((mut stream, _)) = listener.accept().await {
+            let body = body.clone();
+            tokio::spawn(async move {
+                let mut buf = [0u8; 4096];
+                let _ = stream.read(&mut buf).await;
+                let head = format!(
+                    "HTTP/1.1 500 Internal Server Error\r\ncontent-length: {}\r\nconnection: close\r\n\r\n",
+                    body.len()
+                );
+                let _ = stream.write_all(head.as_bytes()).await;
+                let _ = stream.write_all(&body).await;
+            });
+        }
+    });
+    url
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn an_error_page_reaches_status_as_a_short_excerpt_on_one_line() {
+    // A 1 MiB error page of many lines, with terminal escapes.
+    let mut page = Vec::new();
+    while page.len() < 1 << 20 {
+        page.extend_from_slice(
+            b"\x1b[31mSECRET-LOOKING internal error\x1b[0m\r\n<p>stack frame</p>\n",
+        );
+    }
+    let prometheus = failing_server(page).await;
+    let mut c = case("tenants-excerpt").await;
+    c.create_workload("c", "c:1", 1, BTreeMap::new()).await;
+    let mut spec = plain();
+    spec["analysis"] = json!({"prePromotion": {
+        "interval": "1s", "checks": 600, "inconclusiveLimit": 600,
+        "metrics": [{"name": "errors", "max": 1,
+                     "prometheus": {"address": prometheus, "query": "up"}}]
+    }});
+    c.create_bluegreen("c", spec).await.unwrap();
+    c.start_controller();
+    c.wait_status("adoption", "c", |s| s.phase.as_deref() == Some("Healthy"))
+        .await;
+    c.set_image("c", "c:2", BTreeMap::new()).await;
+    let st = c
+        .wait_status("the failed query in status", "c", |s| {
+            s.analysis
+                .as_ref()
+                .is_some_and(|a| a.metrics.iter().any(|m| m.note.is_some()))
+        })
+        .await;
+    let note = st.analysis.unwrap().metrics[0].note.clone().unwrap();
+    println!(
+        "note in status ({} characters): {note}",
+        note.chars().count()
+    );
+    assert!(note.contains("500"), "{note}");
+    assert!(
+        note.chars().count() <= 400,
+        "{} characters",
+        note.chars().count()
+    );
+    assert!(!note.chars().any(char::is_control), "{note:?}");
+}

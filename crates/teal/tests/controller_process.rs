@@ -239,34 +239,68 @@ async fn setup_with_hanging_hook(env: &TestEnv, prefix: &str) -> (TcpListener, S
     (hang, ns)
 }
 
-/// With every reconcile turn held by a webhook that never answers, nothing
-/// finishes: `/healthz` fails (so the liveness probe restarts the
-/// controller), while an idle controller stays healthy however long it idles.
+/// Everything a controller needs in namespace `ns` but Pods: a
+/// ServiceAccount `no-pods` with such a Role; returns the path of a
+/// kubeconfig with its token.
+fn no_pods_account(env: &TestEnv, ns: &str) -> std::path::PathBuf {
+    let manifest = "apiVersion: v1\nkind: ServiceAccount\nmetadata: {name: no-pods}\n---\n\
+apiVersion: rbac.authorization.k8s.io/v1\nkind: Role\nmetadata: {name: no-pods}\nrules:\n\
+- {apiGroups: [teal.dev], resources: [bluegreens, bluegreens/status, bluegreens/finalizers], verbs: ['*']}\n\
+- {apiGroups: [apps], resources: [deployments, replicasets], verbs: ['*']}\n\
+- {apiGroups: [''], resources: [services, secrets], verbs: ['*']}\n\
+- {apiGroups: [events.k8s.io], resources: [events], verbs: ['*']}\n---\n\
+apiVersion: rbac.authorization.k8s.io/v1\nkind: RoleBinding\nmetadata: {name: no-pods}\n\
+roleRef: {apiGroup: rbac.authorization.k8s.io, kind: Role, name: no-pods}\n\
+subjects: [{kind: ServiceAccount, name: no-pods}]\n";
+    kubectl(env, &["apply", "-n", ns, "-f", "-"], Some(manifest));
+    k8s_support::service_account_kubeconfig(
+        env,
+        ns,
+        "no-pods",
+        &std::env::temp_dir().join(format!("teal-wedge-{ns}")),
+    )
+}
+
+/// A controller whose reconciles are due and none finishes fails
+/// `/healthz` (so the liveness probe restarts it), while an idle controller
+/// stays healthy however long it idles. Webhooks and analysis checks run
+/// in the background and wedge nothing any more: here reconciles wait for
+/// caches that never fill, as the controller may not list Pods.
 #[tokio::test]
 async fn healthz_fails_when_reconciles_are_due_and_none_finishes() {
     let env = TestEnv::shared();
-    let (hang, ns) = setup_with_hanging_hook(env, "wedge").await;
+    let ns = setup(env, "wedge", "").await;
     let client = env.client();
     let bgs: Api<BlueGreen> = Api::namespaced(client.clone(), &ns);
-    let deps: Api<Deployment> = Api::namespaced(client.clone(), &ns);
     let port = free_port();
+    let addr = format!("127.0.0.1:{port}");
     let args = [
         "--no-leader-election",
         "--metrics-addr",
-        &format!("127.0.0.1:{port}"),
+        &addr,
         "--concurrency",
         "1",
         "--stall-seconds",
         "6",
     ];
-    let _ctl = ControllerProcess::start(env, &ns, &args);
+    let ctl = ControllerProcess::start(env, &ns, &args);
     wait_healthy_at(&bgs, None).await;
     // Idle for longer than the stall limit: alive.
     tokio::time::sleep(Duration::from_secs(8)).await;
     assert_eq!(http_status(port, "/healthz").await.0, 200);
+    ctl.kill();
 
-    // A release whose rollout hook never answers holds the only turn.
-    set_image(&deps, "shop", "shop:2").await;
+    // The same BlueGreen, reconciled by a controller that cannot list Pods.
+    let kubeconfig = no_pods_account(env, &ns);
+    let _ctl = ControllerProcess::start_logging(
+        env,
+        &ns,
+        &args,
+        &[
+            ("TEAL_LOG", Some("info")),
+            ("KUBECONFIG", kubeconfig.to_str()),
+        ],
+    );
     let (code, body) = wait_for("/healthz to fail", Duration::from_secs(60), || async {
         let (code, body) = http_status(port, "/healthz").await;
         if code == 503 {
@@ -280,12 +314,11 @@ async fn healthz_fails_when_reconciles_are_due_and_none_finishes() {
         body.contains("wedged") && body.contains("6s"),
         "{code} {body}"
     );
-    drop(hang);
 }
 
-/// SIGTERM ends the controller within `--shutdown-timeout` even while a
-/// reconcile waits for a webhook that never answers; a standby waiting for
-/// the lease stops at once.
+/// SIGTERM ends the controller within `--shutdown-timeout` even while an
+/// analysis check waits for a webhook that never answers (in the
+/// background); a standby waiting for the lease stops at once.
 #[tokio::test]
 async fn sigterm_ends_the_controller_within_its_shutdown_timeout() {
     use nix::sys::signal::{Signal, kill};
@@ -317,7 +350,7 @@ async fn sigterm_ends_the_controller_within_its_shutdown_timeout() {
     let standby_args: Vec<&str> = standby_args.iter().map(String::as_str).collect();
     let mut standby = ControllerProcess::start(env, &ns, &standby_args);
 
-    // The leader's reconcile now waits for the hook (up to an hour).
+    // The leader's analysis check now waits for the hook (up to an hour).
     set_image(&deps, "shop", "shop:2").await;
     // Accepted and kept open, never answered.
     let _call = wait_for("the hook to be called", Duration::from_secs(60), || {

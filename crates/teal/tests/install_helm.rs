@@ -134,6 +134,8 @@ async fn the_rendered_cluster_install_is_accepted_and_matches_deploy_rbac() {
             "logLevel=debug",
             "--set",
             "leaderElection.leaseDuration=30",
+            "--set",
+            "egressAllow={hooks.example.com,*.corp.example}",
         ],
     )
     .unwrap();
@@ -182,6 +184,16 @@ async fn the_rendered_cluster_install_is_accepted_and_matches_deploy_rbac() {
                 .as_str()
         ),
         "debug"
+    );
+    assert_eq!(
+        jsonpath(
+            env,
+            &ns,
+            "deployment/teal",
+            c.replace("}", ".env[?(@.name==\"TEAL_EGRESS_ALLOW\")].value}")
+                .as_str()
+        ),
+        "hooks.example.com,*.corp.example"
     );
     assert_eq!(
         jsonpath(env, &ns, "deployment/teal", "{.status.readyReplicas}"),
