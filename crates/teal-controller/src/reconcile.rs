@@ -846,6 +846,12 @@ async fn apply(bg: Arc<BlueGreen>, ctx: Arc<Context>) -> Result<Requeue, Error> 
         None if m.routing.is_none() => "waiting for the first color to be ready".into(),
         None => "live".into(),
     });
+    if !m.in_progress()
+        && let Some(resizing) = crate::autoscaling::resizing_message(m)
+    {
+        status.message = Some(resizing);
+    }
+    crate::autoscaling::scale_status(&bg, m, &ctx.cache, &mut status);
     status.history = m.history.iter().map(ReleaseRecord::from).collect();
     crate::hooks::record_status(&bg, &mut status.hooks);
     if let Some(a) = &state.analysis {
@@ -899,6 +905,7 @@ async fn apply(bg: Arc<BlueGreen>, ctx: Arc<Context>) -> Result<Requeue, Error> 
     )?);
     write_status(&bgs, &name, &old_status, status).await?;
     ctx.written.record(&uid, state.seq);
+    crate::autoscaling::record_replicas(&bgs, &bg, state.machine.policy.replicas).await;
 
     // Watches wake a reconcile on every change of the BlueGreen, its
     // workload, color Deployments, Pods and Services; what they do not see
