@@ -70,3 +70,103 @@ pub async fn record_replicas(api: &Api<BlueGreen>, bg: &BlueGreen, replicas: u32
         );
     }
 }
+
+/// The condition type that tells how autoscalers relate to a BlueGreen.
+pub const CONDITION: &str = "Autoscaling";
+/// Its reason while a HorizontalPodAutoscaler targets the workload.
+pub const TARGETS_WORKLOAD: &str = "HPATargetsWorkload";
+/// Its reason while one targets the BlueGreen (and none the workload).
+pub const TARGETS_BLUEGREEN: &str = "HPATargetsBlueGreen";
+
+/// What a HorizontalPodAutoscaler scales (`spec.scaleTargetRef`).
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Target {
+    pub api_version: String,
+    pub kind: String,
+    pub name: String,
+}
+
+/// How an autoscaler relates to a BlueGreen.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Concern {
+    /// It targets the workload, which teal keeps at 0 replicas.
+    Workload,
+    /// It targets the BlueGreen's scale subresource.
+    BlueGreen,
+}
+
+/// The target of a HorizontalPodAutoscaler (any version: `scaleTargetRef`
+/// is the same in autoscaling/v1 and v2).
+pub fn target(hpa: &kube::core::DynamicObject) -> Option<Target> {
+    let r = hpa.data.get("spec")?.get("scaleTargetRef")?;
+    let field = |k: &str| {
+        r.get(k)
+            .and_then(|v| v.as_str())
+            .unwrap_or_default()
+            .to_string()
+    };
+    Some(Target {
+        api_version: field("apiVersion"),
+        kind: field("kind"),
+        name: field("name"),
+    })
+}
+
+/// Whether an autoscaler of `target` (in the BlueGreen's namespace) scales
+/// the BlueGreen or its workload.
+pub fn concerns(bg: &BlueGreen, target: Option<&Target>) -> Option<Concern> {
+    let t = target?;
+    let group = t.api_version.split_once('/').map_or("", |(g, _)| g);
+    if t.kind == "Deployment" && group == "apps" && t.name == bg.spec.workload_ref.name {
+        return Some(Concern::Workload);
+    }
+    if t.kind == "BlueGreen" && group == "teal.dev" && Some(&t.name) == bg.metadata.name.as_ref() {
+        return Some(Concern::BlueGreen);
+    }
+    None
+}
+
+/// The `Autoscaling` condition from the HorizontalPodAutoscalers in the
+/// BlueGreen's namespace (watched from the first call on): `False` while one
+/// targets the workload — it cannot act on a Deployment teal keeps at 0
+/// replicas, and the message says how to point it at the BlueGreen —,
+/// `True` while one targets the BlueGreen, none when no autoscaler concerns
+/// it. `None` while the autoscalers are not cached yet: keep what status
+/// says.
+pub fn autoscaler_condition(
+    bg: &BlueGreen,
+    cache: &Cache,
+) -> Option<Option<(bool, String, String)>> {
+    cache.watch(crate::cache::Extra::Autoscalers);
+    let ns = bg.namespace().unwrap_or_default();
+    let hpas = cache.extra_in(crate::cache::Extra::Autoscalers, &ns)?;
+    let mut on_workload = Vec::new();
+    let mut on_bluegreen = Vec::new();
+    for h in &hpas {
+        let name = h.name_any();
+        match concerns(bg, target(h).as_ref()) {
+            Some(Concern::Workload) => on_workload.push(name),
+            Some(Concern::BlueGreen) => on_bluegreen.push(name),
+            None => {}
+        }
+    }
+    on_workload.sort();
+    on_bluegreen.sort();
+    let bg_name = bg.name_any();
+    let workload = &bg.spec.workload_ref.name;
+    if !on_workload.is_empty() {
+        let message = format!(
+            "HorizontalPodAutoscaler {} targets Deployment {workload}, which teal keeps at 0 replicas: it scales nothing. Set its scaleTargetRef to {{apiVersion: teal.dev/v1alpha1, kind: BlueGreen, name: {bg_name}}} to autoscale the live color (see docs/kubernetes.md, Autoscaling)",
+            on_workload.join(", ")
+        );
+        return Some(Some((false, TARGETS_WORKLOAD.into(), message)));
+    }
+    if !on_bluegreen.is_empty() {
+        let message = format!(
+            "HorizontalPodAutoscaler {} sets spec.replicas through the scale subresource",
+            on_bluegreen.join(", ")
+        );
+        return Some(Some((true, TARGETS_BLUEGREEN.into(), message)));
+    }
+    Some(None)
+}

@@ -893,6 +893,26 @@ async fn apply(bg: Arc<BlueGreen>, ctx: Arc<Context>) -> Result<Requeue, Error> 
             generation,
         ),
     );
+    // An autoscaler of the workload scales nothing: say so, once.
+    match crate::autoscaling::autoscaler_condition(&bg, &ctx.cache) {
+        Some(Some((ok, reason, message))) => {
+            let c = condition(
+                crate::autoscaling::CONDITION,
+                ok,
+                &reason,
+                &message,
+                generation,
+            );
+            if !ok && routers::is_news(&old_status.conditions, &c) {
+                cluster.event(true, &reason, message).await;
+            }
+            set_condition(&mut status, c);
+        }
+        Some(None) => status
+            .conditions
+            .retain(|c| c.type_ != crate::autoscaling::CONDITION),
+        None => {}
+    }
     let next = state.machine.next_deadline();
     let next_check = state.analysis.as_ref().map(|a| a.next_check);
     let unchanged = old_status.engine.as_ref() == Some(&crate::checkpoint::stored_form(&state)?);

@@ -29,17 +29,72 @@ fn kubectl(ns: &str, args: &[&str]) -> String {
     String::from_utf8_lossy(&out.stdout).into_owned()
 }
 
+/// `kubectl apply` of `manifest` in `ns`.
+fn apply(ns: &str, manifest: &str) {
+    use std::io::Write;
+    let mut child = TestEnv::shared()
+        .kubectl()
+        .args(["apply", "-n", ns, "-f", "-"])
+        .stdin(std::process::Stdio::piped())
+        .stderr(std::process::Stdio::piped())
+        .spawn()
+        .expect("run kubectl");
+    child
+        .stdin
+        .take()
+        .unwrap()
+        .write_all(manifest.as_bytes())
+        .unwrap();
+    let out = child.wait_with_output().unwrap();
+    assert!(
+        out.status.success(),
+        "kubectl apply: {}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+}
+
+/// A HorizontalPodAutoscaler `name` of `kind`/`target` on CPU (no metrics
+/// API here: it acts only on a size outside `min..=max`).
+fn hpa(name: &str, api_version: &str, kind: &str, target: &str, min: i32, max: i32) -> String {
+    format!(
+        "apiVersion: autoscaling/v2
+kind: HorizontalPodAutoscaler
+metadata: {{name: {name}}}
+spec:
+  scaleTargetRef: {{apiVersion: {api_version}, kind: {kind}, name: {target}}}
+  minReplicas: {min}
+  maxReplicas: {max}
+  metrics:
+    - type: Resource
+      resource: {{name: cpu, target: {{type: Utilization, averageUtilization: 60}}}}
+"
+    )
+}
+
+/// The BlueGreen's condition `type_`, if any.
+fn condition<'a>(
+    st: &'a teal_api::BlueGreenStatus,
+    type_: &str,
+) -> Option<&'a k8s_openapi::apimachinery::pkg::apis::meta::v1::Condition> {
+    st.conditions.iter().find(|c| c.type_ == type_)
+}
+
+/// Creates the BlueGreen `web` of Deployment `web` with the fields of
+/// `extra` in its spec, and starts the controller.
+async fn start(c: &mut support::Case, extra: serde_json::Value) {
+    let mut spec = json!({"workloadRef": {"kind": "Deployment", "name": "web"}});
+    for (k, v) in extra.as_object().into_iter().flatten() {
+        spec[k] = v.clone();
+    }
+    c.create_bluegreen("web", spec).await.unwrap();
+    c.start_controller();
+}
+
 #[tokio::test]
 async fn kubectl_scale_and_a_changed_spec_replicas_resize_the_live_color() {
     let mut c = case("scale").await;
     c.create_workload("web", "web:1", 3, BTreeMap::new()).await;
-    c.create_bluegreen(
-        "web",
-        json!({"workloadRef": {"kind": "Deployment", "name": "web"}}),
-    )
-    .await
-    .unwrap();
-    c.start_controller();
+    start(&mut c, json!({})).await;
     let st = c
         .wait_status("adoption", "web", |s| {
             s.phase.as_deref() == Some("Healthy") && s.replicas == Some(3)
@@ -110,16 +165,13 @@ async fn kubectl_scale_and_a_changed_spec_replicas_resize_the_live_color() {
 async fn a_release_cuts_over_at_the_current_size() {
     let mut c = case("scale-release").await;
     c.create_workload("web", "web:1", 3, BTreeMap::new()).await;
-    c.create_bluegreen(
-        "web",
-        json!({"workloadRef": {"kind": "Deployment", "name": "web"},
-               "preview": {"replicas": 1},
+    start(
+        &mut c,
+        json!({"preview": {"replicas": 1},
                "promotion": {"mode": "manual"},
                "scaleDownDelay": "2s", "progressDeadline": "60s"}),
     )
-    .await
-    .unwrap();
-    c.start_controller();
+    .await;
     c.wait_status("adoption", "web", |s| s.phase.as_deref() == Some("Healthy"))
         .await;
 
@@ -181,4 +233,64 @@ async fn a_release_cuts_over_at_the_current_size() {
         c.bluegreens().get("web").await.unwrap().spec.replicas,
         Some(5)
     );
+}
+
+/// An HPA left on the workload Deployment scales nothing once teal keeps it
+/// at 0: the BlueGreen says so in a condition and a Warning Event, naming
+/// what to change; pointed at the BlueGreen, the condition says it scales
+/// the BlueGreen, and without an HPA there is no condition.
+#[tokio::test]
+async fn an_hpa_on_the_workload_is_reported_with_what_to_change() {
+    let mut c = case("hpa-workload").await;
+    c.create_workload("web", "web:1", 3, BTreeMap::new()).await;
+    apply(&c.ns, &hpa("web", "apps/v1", "Deployment", "web", 2, 6));
+    start(&mut c, json!({})).await;
+    let st = c
+        .wait_status("the Autoscaling condition", "web", |s| {
+            s.phase.as_deref() == Some("Healthy")
+                && condition(s, "Autoscaling").is_some_and(|c| c.reason == "HPATargetsWorkload")
+        })
+        .await;
+    let cond = condition(&st, "Autoscaling").unwrap();
+    assert_eq!(cond.status, "False");
+    assert!(
+        cond.message
+            .contains("HorizontalPodAutoscaler web targets Deployment web")
+            && cond
+                .message
+                .contains("{apiVersion: teal.dev/v1alpha1, kind: BlueGreen, name: web}"),
+        "{}",
+        cond.message
+    );
+    let events = c.events("web").await;
+    assert!(
+        events
+            .iter()
+            .any(|(t, r, n)| t == "Warning" && r == "HPATargetsWorkload" && n == &cond.message),
+        "{events:?}"
+    );
+
+    apply(
+        &c.ns,
+        &hpa("web", "teal.dev/v1alpha1", "BlueGreen", "web", 2, 6),
+    );
+    let st = c
+        .wait_status("the HPA targets the BlueGreen", "web", |s| {
+            condition(s, "Autoscaling").is_some_and(|c| c.reason == "HPATargetsBlueGreen")
+        })
+        .await;
+    assert_eq!(condition(&st, "Autoscaling").unwrap().status, "True");
+
+    kubectl(&c.ns, &["delete", "hpa", "web"]);
+    c.wait_status("no Autoscaling condition", "web", |s| {
+        condition(s, "Autoscaling").is_none()
+    })
+    .await;
+    let warnings = c
+        .events("web")
+        .await
+        .into_iter()
+        .filter(|(_, r, _)| r == "HPATargetsWorkload")
+        .count();
+    assert_eq!(warnings, 1, "the Warning is given once");
 }
