@@ -90,6 +90,54 @@ async fn start(c: &mut support::Case, extra: serde_json::Value) {
     c.start_controller();
 }
 
+/// What was seen when the live Service `web` first selected green:
+/// green's replicas asked for and ready, and the fewest replicas the
+/// BlueGreen's scale subresource (what an autoscaler reads: spec and status)
+/// showed until then.
+struct Switch {
+    replicas: i32,
+    ready: i32,
+    fewest_in_scale: i32,
+}
+
+/// Watches from now on until the live Service `web` selects green.
+fn watch_switch_to_green(c: &support::Case) -> tokio::task::JoinHandle<Switch> {
+    let services = c.services();
+    let deployments = c.deployments();
+    let bgs = c.bluegreens();
+    tokio::spawn(async move {
+        let mut fewest = i32::MAX;
+        loop {
+            let scale = bgs.get_scale("web").await.unwrap();
+            let spec = scale.spec.and_then(|s| s.replicas).unwrap_or(0);
+            let status = scale.status.map(|s| s.replicas).unwrap_or(0);
+            fewest = fewest.min(spec).min(status);
+            let svc = services.get("web").await.unwrap();
+            let color = svc
+                .spec
+                .and_then(|s| s.selector)
+                .and_then(|s| s.get("teal.dev/color").cloned());
+            if color.as_deref() == Some("green") {
+                let d = deployments.get("web-green").await.unwrap();
+                return Switch {
+                    replicas: d.spec.replicas.unwrap_or(0),
+                    ready: d.status.and_then(|s| s.ready_replicas).unwrap_or(0),
+                    fewest_in_scale: fewest,
+                };
+            }
+            tokio::time::sleep(Duration::from_millis(50)).await;
+        }
+    })
+}
+
+/// Waits for [`watch_switch_to_green`]'s answer.
+async fn switched(watch: tokio::task::JoinHandle<Switch>) -> Switch {
+    tokio::time::timeout(Duration::from_secs(120), watch)
+        .await
+        .expect("the live Service switched to green")
+        .unwrap()
+}
+
 #[tokio::test]
 async fn kubectl_scale_and_a_changed_spec_replicas_resize_the_live_color() {
     let mut c = case("scale").await;
@@ -190,34 +238,18 @@ async fn a_release_cuts_over_at_the_current_size() {
         "the preview keeps its size"
     );
 
-    // Watch the live Service from here on: when it selects green, green
-    // must already have 5 ready replicas.
-    let services = c.services();
-    let deployments = c.deployments();
-    let watcher = tokio::spawn(async move {
-        loop {
-            let svc = services.get("web").await.unwrap();
-            let color = svc
-                .spec
-                .and_then(|s| s.selector)
-                .and_then(|s| s.get("teal.dev/color").cloned());
-            if color.as_deref() == Some("green") {
-                let d = deployments.get("web-green").await.unwrap();
-                return (d.spec.replicas, d.status.and_then(|s| s.ready_replicas));
-            }
-            tokio::time::sleep(Duration::from_millis(50)).await;
-        }
-    });
+    // When the live Service selects green, green must already have 5
+    // ready replicas.
+    let watch = watch_switch_to_green(&c);
     c.command("web", "promote").await;
-    let (replicas, ready) = tokio::time::timeout(Duration::from_secs(90), watcher)
-        .await
-        .expect("the live Service switched to green")
-        .unwrap();
-    assert_eq!(replicas, Some(5), "green was scaled to the current size");
+    let sw = switched(watch).await;
+    assert_eq!(sw.replicas, 5, "green was scaled to the current size");
     assert!(
-        ready.unwrap_or(0) >= 5,
-        "green had {ready:?} ready replicas when it took production traffic"
+        sw.ready >= 5,
+        "green had {} ready replicas when it took production traffic",
+        sw.ready
     );
+    assert_eq!(sw.fewest_in_scale, 5);
     let st = c
         .wait_status("v2 promoted", "web", |s| {
             s.phase.as_deref() == Some("Healthy") && s.active_color == Some(Color::Green)
@@ -293,4 +325,125 @@ async fn an_hpa_on_the_workload_is_reported_with_what_to_change() {
         .filter(|(_, r, _)| r == "HPATargetsWorkload")
         .count();
     assert_eq!(warnings, 1, "the Warning is given once");
+}
+
+/// Waits until the HorizontalPodAutoscaler `web` reports `n` current and
+/// desired replicas (its status follows on its next sync, 15 s).
+async fn hpa_at(c: &support::Case, n: i32) {
+    let api: kube::Api<k8s_openapi::api::autoscaling::v2::HorizontalPodAutoscaler> =
+        kube::Api::namespaced(c.client.clone(), &c.ns);
+    wait_for(
+        &format!("the HPA to report {n} replicas"),
+        Duration::from_secs(60),
+        || async {
+            let st = api
+                .get("web")
+                .await
+                .map_err(|e| e.to_string())?
+                .status
+                .unwrap_or_default();
+            if st.current_replicas == Some(n) && st.desired_replicas == n {
+                Ok(())
+            } else {
+                Err(format!(
+                    "current {:?}, desired {}",
+                    st.current_replicas, st.desired_replicas
+                ))
+            }
+        },
+    )
+    .await;
+}
+
+/// Waits (the HPA controller syncs every 15 s and finds a new CRD's scale
+/// subresource on its next discovery) until `web`'s live Deployment
+/// `deployment` has `n` ready replicas and the BlueGreen reports them.
+async fn live_at(c: &support::Case, deployment: &str, n: i32) {
+    let api = c.bluegreens();
+    wait_for(
+        &format!("{deployment} at {n} ready replicas"),
+        Duration::from_secs(150),
+        || async {
+            let bg = api.get("web").await.map_err(|e| e.to_string())?;
+            let st = bg.status.clone().unwrap_or_default();
+            let ready = c.ready(deployment).await;
+            let ok = bg.spec.replicas == Some(n)
+                && st.replicas == Some(n)
+                && ready == n
+                && st.phase.as_deref() == Some("Healthy");
+            if ok {
+                Ok(())
+            } else {
+                Err(format!(
+                    "spec.replicas {:?}, status.replicas {:?}, {ready} ready, phase {:?}",
+                    bg.spec.replicas, st.replicas, st.phase
+                ))
+            }
+        },
+    )
+    .await;
+}
+
+/// kube-controller-manager's HorizontalPodAutoscaler controller acts on a
+/// BlueGreen through its scale subresource. There is no metrics API here,
+/// so it is driven by its bounds, which it enforces without reading
+/// metrics: raising minReplicas above the size scales the live color up,
+/// a release keeps that size across the cutover, and lowering maxReplicas
+/// below it scales the live color down.
+#[tokio::test]
+async fn the_hpa_controller_sizes_the_live_color_through_the_scale_subresource() {
+    let mut c = case("hpa").await;
+    c.create_workload("web", "web:1", 2, BTreeMap::new()).await;
+    start(
+        &mut c,
+        json!({"preview": {"replicas": 1},
+               "scaleDownDelay": "2s", "progressDeadline": "120s"}),
+    )
+    .await;
+    live_at(&c, "web-blue", 2).await;
+
+    apply(
+        &c.ns,
+        &hpa("web", "teal.dev/v1alpha1", "BlueGreen", "web", 4, 6),
+    );
+    live_at(&c, "web-blue", 4).await;
+    hpa_at(&c, 4).await;
+    let out = kubectl(&c.ns, &["get", "hpa", "web"]);
+    assert!(out.contains("BlueGreen/web"), "{out}");
+
+    // A release: green previews at 1, goes live at the 4 the HPA holds.
+    // What an autoscaler reads, the scale subresource, never shows fewer.
+    let watch = watch_switch_to_green(&c);
+    c.set_image("web", "web:2", BTreeMap::new()).await;
+    let sw = switched(watch).await;
+    assert!(
+        sw.ready >= 4,
+        "green had {} ready replicas when it took production traffic",
+        sw.ready
+    );
+    assert_eq!(
+        sw.fewest_in_scale, 4,
+        "the scale subresource read fewer than 4 replicas"
+    );
+    let scale = c.bluegreens().get_scale("web").await.unwrap();
+    assert_eq!(
+        scale.status.and_then(|s| s.selector).as_deref(),
+        Some("teal.dev/bluegreen=web,teal.dev/color=green")
+    );
+    c.wait_status("v2 promoted", "web", |s| {
+        s.phase.as_deref() == Some("Healthy")
+            && s.active_color == Some(Color::Green)
+            && s.history.iter().any(|h| h.outcome == "promoted")
+    })
+    .await;
+    live_at(&c, "web-green", 4).await;
+    // The HPA saw no change of size across the cutover.
+    hpa_at(&c, 4).await;
+
+    apply(
+        &c.ns,
+        &hpa("web", "teal.dev/v1alpha1", "BlueGreen", "web", 1, 3),
+    );
+    live_at(&c, "web-green", 3).await;
+    assert_eq!(c.replicas("web-blue").await, Some(0));
 }
