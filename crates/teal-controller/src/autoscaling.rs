@@ -170,3 +170,52 @@ pub fn autoscaler_condition(
     }
     Some(None)
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use serde_json::json;
+
+    fn bluegreen() -> BlueGreen {
+        serde_json::from_value(json!({
+            "apiVersion": "teal.dev/v1alpha1", "kind": "BlueGreen",
+            "metadata": {"name": "web", "namespace": "shop"},
+            "spec": {"workloadRef": {"kind": "Deployment", "name": "web-app"}}
+        }))
+        .unwrap()
+    }
+
+    fn hpa(api_version: &str, kind: &str, name: &str) -> kube::core::DynamicObject {
+        serde_json::from_value(json!({
+            "apiVersion": "autoscaling/v2", "kind": "HorizontalPodAutoscaler",
+            "metadata": {"name": "h", "namespace": "shop"},
+            "spec": {"scaleTargetRef": {"apiVersion": api_version, "kind": kind, "name": name},
+                     "maxReplicas": 3}
+        }))
+        .unwrap()
+    }
+
+    #[test]
+    fn an_autoscaler_concerns_a_bluegreen_through_its_workload_or_itself() {
+        let bg = bluegreen();
+        let of = |v, k, n| concerns(&bg, target(&hpa(v, k, n)).as_ref());
+        assert_eq!(
+            of("apps/v1", "Deployment", "web-app"),
+            Some(Concern::Workload)
+        );
+        assert_eq!(
+            of("teal.dev/v1alpha1", "BlueGreen", "web"),
+            Some(Concern::BlueGreen)
+        );
+        assert_eq!(of("apps/v1", "Deployment", "web"), None);
+        assert_eq!(of("apps/v1", "StatefulSet", "web-app"), None);
+        assert_eq!(of("argoproj.io/v1alpha1", "Rollout", "web"), None);
+        assert_eq!(of("teal.dev/v1alpha1", "BlueGreen", "other"), None);
+        let no_target: kube::core::DynamicObject = serde_json::from_value(json!({
+            "apiVersion": "autoscaling/v2", "kind": "HorizontalPodAutoscaler",
+            "metadata": {"name": "h"}, "spec": {}
+        }))
+        .unwrap();
+        assert_eq!(concerns(&bg, target(&no_target).as_ref()), None);
+    }
+}

@@ -447,3 +447,39 @@ async fn the_hpa_controller_sizes_the_live_color_through_the_scale_subresource()
     live_at(&c, "web-green", 3).await;
     assert_eq!(c.replicas("web-blue").await, Some(0));
 }
+
+/// The CRD's rules hold for the scale subresource too: an autoscaler
+/// cannot take `spec.replicas` below `spec.preview.replicas` (nor to 0).
+#[tokio::test]
+async fn a_scale_below_the_preview_size_is_refused() {
+    let c = case("scale-refused").await;
+    c.create_bluegreen(
+        "web",
+        json!({"workloadRef": {"kind": "Deployment", "name": "web"},
+               "replicas": 3, "preview": {"replicas": 2}}),
+    )
+    .await
+    .unwrap();
+    for (n, why) in [
+        ("1", "spec.preview.replicas must not exceed spec.replicas"),
+        (
+            "0",
+            "spec.replicas in body should be greater than or equal to 1",
+        ),
+    ] {
+        let out = TestEnv::shared()
+            .kubectl()
+            .args(["-n", &c.ns, "scale", "bluegreen/web", "--replicas", n])
+            .output()
+            .unwrap();
+        let err = String::from_utf8_lossy(&out.stderr);
+        assert!(
+            !out.status.success() && err.contains(why),
+            "--replicas {n}: {err}"
+        );
+    }
+    assert_eq!(
+        c.bluegreens().get("web").await.unwrap().spec.replicas,
+        Some(3)
+    );
+}
