@@ -21,6 +21,11 @@ use teal_core::Color;
     shortname = "bg",
     namespaced,
     status = "BlueGreenStatus",
+    scale(
+        spec_replicas_path = ".spec.replicas",
+        status_replicas_path = ".status.replicas",
+        label_selector_path = ".status.selector"
+    ),
     printcolumn = r#"{"name":"Phase","type":"string","jsonPath":".status.phase"}"#,
     printcolumn = r#"{"name":"Active","type":"string","jsonPath":".status.activeColor"}"#,
     printcolumn = r#"{"name":"Preview","type":"string","jsonPath":".status.previewColor"}"#,
@@ -35,8 +40,11 @@ pub struct BlueGreenSpec {
     /// it; teal scales it to zero and runs each color as its own Deployment.
     #[x_kube(validation = Rule::new("self == oldSelf").message("spec.workloadRef is immutable: create a new BlueGreen for another workload"))]
     pub workload_ref: WorkloadRef,
-    /// Replicas of the live color. Default: the workload's replicas when
-    /// first adopted.
+    /// Replicas of the live color, also served as the `scale` subresource
+    /// (`kubectl scale`, a HorizontalPodAutoscaler or KEDA set it). A
+    /// change resizes the live color at once; a release brings the new
+    /// color to this size before cutover. Default: the workload's replicas
+    /// when first adopted (teal then writes that number here).
     #[serde(default, skip_serializing_if = "Option::is_none")]
     #[schemars(range(min = 1, max = 10000))]
     pub replicas: Option<i32>,
@@ -285,6 +293,14 @@ pub struct BlueGreenStatus {
     pub preview_color: Option<Color>,
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub preview_revision: Option<String>,
+    /// Replicas of the live color's Deployment (the `scale` subresource's
+    /// status).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub replicas: Option<i32>,
+    /// A label selector of the live color's pods only, as the `scale`
+    /// subresource serves it to autoscalers.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub selector: Option<String>,
     /// The revision (pod-template hash) of the workload now.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub desired_revision: Option<String>,

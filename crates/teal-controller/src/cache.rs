@@ -159,6 +159,9 @@ pub enum Extra {
     RouterPods,
     /// The Leases router replicas report in.
     RouterLeases,
+    /// Every HorizontalPodAutoscaler: one may target a BlueGreen or its
+    /// workload (see [`crate::autoscaling`]).
+    Autoscalers,
 }
 
 impl Extra {
@@ -188,13 +191,16 @@ impl Extra {
             Extra::RouterLeases => {
                 ApiResource::erase::<k8s_openapi::api::coordination::v1::Lease>(&())
             }
+            Extra::Autoscalers => {
+                ApiResource::erase::<k8s_openapi::api::autoscaling::v2::HorizontalPodAutoscaler>(&())
+            }
         }
     }
 
     /// The label selecting what is cached; `None`: every object of the kind.
     fn labels(self) -> Option<&'static str> {
         match self {
-            Extra::VirtualServices | Extra::HttpRoutes => None,
+            Extra::VirtualServices | Extra::HttpRoutes | Extra::Autoscalers => None,
             Extra::RouterPods | Extra::RouterLeases => Some(routers::teal::ROUTER_LABEL),
             _ => Some(labels::BLUEGREEN),
         }
@@ -245,6 +251,18 @@ impl Extras {
                     .collect();
                 v.extend(Cache::owner_of(obj));
                 v
+            }
+            Extra::Autoscalers => {
+                let target = crate::autoscaling::target(obj);
+                self.bluegreens
+                    .state()
+                    .into_iter()
+                    .filter(|bg| {
+                        bg.metadata.namespace.as_deref() == Some(ns)
+                            && crate::autoscaling::concerns(bg, target.as_ref()).is_some()
+                    })
+                    .map(|bg| ObjectRef::from_obj(&*bg))
+                    .collect()
             }
             _ => Cache::owner_of(obj).into_iter().collect(),
         }
@@ -681,6 +699,19 @@ impl Cache {
                             .map(String::as_str)
                             == Some(value)
                 })
+                .into_iter()
+                .map(|o| (*o).clone())
+                .collect(),
+        )
+    }
+
+    /// The cached objects of kind `e` in `ns`; `None` if that kind is not
+    /// cached (yet).
+    pub fn extra_in(&self, e: Extra, ns: &str) -> Option<Vec<DynamicObject>> {
+        let store = self.extra_store(e)?;
+        Some(
+            store
+                .state_filter(|o| o.metadata.namespace.as_deref() == Some(ns))
                 .into_iter()
                 .map(|o| (*o).clone())
                 .collect(),

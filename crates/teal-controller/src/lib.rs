@@ -8,6 +8,7 @@
 
 #![forbid(unsafe_code)]
 
+pub mod autoscaling;
 pub mod cache;
 pub mod checkpoint;
 pub mod checks;

@@ -901,6 +901,12 @@ async fn apply(bg: Arc<BlueGreen>, ctx: Arc<Context>) -> Result<Requeue, Error> 
         None if m.routing.is_none() => "waiting for the first color to be ready".into(),
         None => "live".into(),
     });
+    if !m.in_progress()
+        && let Some(resizing) = crate::autoscaling::resizing_message(m)
+    {
+        status.message = Some(resizing);
+    }
+    crate::autoscaling::scale_status(&bg, m, &ctx.cache, &mut status);
     // Adopted, but the router has not taken the traffic yet (router type
     // teal: no router pod ready, so no live Service): not Healthy until it has.
     if !routed && m.routing.is_some() && m.release.is_none() && m.history.is_empty() {
@@ -965,6 +971,26 @@ async fn apply(bg: Arc<BlueGreen>, ctx: Arc<Context>) -> Result<Requeue, Error> 
             generation,
         ),
     );
+    // An autoscaler of the workload scales nothing: say so, once.
+    match crate::autoscaling::autoscaler_condition(&bg, &ctx.cache) {
+        Some(Some((ok, reason, message))) => {
+            let c = condition(
+                crate::autoscaling::CONDITION,
+                ok,
+                &reason,
+                &message,
+                generation,
+            );
+            if !ok && routers::is_news(&old_status.conditions, &c) {
+                cluster.event(true, &reason, message).await;
+            }
+            set_condition(&mut status, c);
+        }
+        Some(None) => status
+            .conditions
+            .retain(|c| c.type_ != crate::autoscaling::CONDITION),
+        None => {}
+    }
     let next = state.machine.next_deadline();
     let next_check = state.analysis.as_ref().map(|a| a.next_check);
     let unchanged = old_status.engine.as_ref() == Some(&crate::checkpoint::stored_form(&state)?);
@@ -977,6 +1003,7 @@ async fn apply(bg: Arc<BlueGreen>, ctx: Arc<Context>) -> Result<Requeue, Error> 
     )?);
     write_status(&bgs, &name, &old_status, status).await?;
     ctx.written.record(&uid, state.seq);
+    crate::autoscaling::record_replicas(&bgs, &bg, state.machine.policy.replicas).await;
 
     // Watches wake a reconcile on every change of the BlueGreen, its
     // workload, color Deployments, Pods and Services; what they do not see

@@ -3,7 +3,9 @@
 //! `tests/fixtures/engine/` were captured from a running controller (teal
 //! 0.1.0), one per phase; never edit them: when the stored form changes, add
 //! the new version's files beside them, so every form ever written stays
-//! under test.
+//! under test. `healthy-resizing.json`: the live color growing from 2 to 4
+//! replicas, 2 ready (`requested.*.resizedFrom`, added with the scale
+//! subresource).
 
 use std::path::Path;
 
@@ -31,6 +33,7 @@ fn every_stored_engine_state_ever_written_is_read_back_in_its_phase() {
         read,
         [
             "AwaitingPromotion",
+            "Healthy",
             "Healthy",
             "Previewing",
             "RolledBack",

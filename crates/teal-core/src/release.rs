@@ -12,6 +12,12 @@
 //!   the revision and replica count the machine asked for;
 //! - abort and rollback end with the previous revision live;
 //! - a release superseded before its cutover never goes live.
+//!
+//! The policy may be replaced between two inputs (the controller reads the
+//! spec on every reconcile): the next input brings every color to the size
+//! the new policy asks for (see [`Machine::handle`]), so a change of
+//! `replicas` resizes the live color at once and a release cuts over at the
+//! size asked for when it does.
 
 use std::collections::BTreeMap;
 use std::fmt;
@@ -433,6 +439,11 @@ pub struct Rejected(pub String);
 pub struct Requested {
     pub revision: Option<String>,
     pub replicas: u32,
+    /// The size asked for before a resize of this color that is not
+    /// observed done yet: while it grows, it is short only of fewer
+    /// replicas than it had.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub resized_from: Option<u32>,
 }
 
 /// The release state of one application.
@@ -472,6 +483,7 @@ impl Machine {
             Requested {
                 revision: Some(revision.clone()),
                 replicas,
+                resized_from: None,
             },
         );
         let machine = Machine {
@@ -504,18 +516,82 @@ impl Machine {
         }
         match &self.release {
             Some(r) if !r.phase.is_terminal() => r.phase.to_string(),
-            _ if !self.is_ready(
-                self.active.color,
-                &self.active.revision,
-                self.policy.replicas,
-            ) =>
-            {
-                "Degraded".into()
-            }
+            _ if self.live_short() => "Degraded".into(),
             Some(r) if r.phase != Phase::Succeeded && r.revision == self.desired => {
                 r.phase.to_string()
             }
             _ => "Healthy".into(),
+        }
+    }
+
+    /// The live color while it is being resized to a size it has not
+    /// reached yet: (color, ready replicas, replicas asked for).
+    pub fn resizing(&self) -> Option<(Color, u32, u32)> {
+        let a = &self.active;
+        let req = self.requested.get(&a.color)?;
+        req.resized_from?;
+        let ready = self.ready_replicas(a.color, &a.revision);
+        (ready < req.replicas).then_some((a.color, ready, req.replicas))
+    }
+
+    /// The live color is not ready at its size, and not merely growing
+    /// with every replica it had.
+    fn live_short(&self) -> bool {
+        let a = &self.active;
+        if self.is_ready(a.color, &a.revision, self.policy.replicas) {
+            return false;
+        }
+        let resizing = self.requested.get(&a.color).is_some_and(|r| {
+            r.resized_from.is_some() && r.revision.as_deref() == Some(a.revision.as_str())
+        });
+        !resizing || self.ready_replicas(a.color, &a.revision) < self.holding(a.color).max(1)
+    }
+
+    /// Replicas `color` must keep ready: the size asked for, or while it
+    /// is resized, the smaller of that and the size it had.
+    fn holding(&self, color: Color) -> u32 {
+        self.requested
+            .get(&color)
+            .map(|r| r.resized_from.map_or(r.replicas, |f| f.min(r.replicas)))
+            .unwrap_or(self.policy.replicas)
+    }
+
+    /// The size `color` is to have now: the preview size for a release
+    /// before its promotion, the policy's otherwise; `None` for a color
+    /// that runs nothing.
+    fn wanted_replicas(&self, color: Color) -> Option<u32> {
+        self.requested.get(&color)?.revision.as_ref()?;
+        let previewed = self.release.as_ref().is_some_and(|r| {
+            r.color == color
+                && !r.rollback
+                && matches!(
+                    r.phase,
+                    Phase::Deploying | Phase::Previewing | Phase::AwaitingPromotion
+                )
+        });
+        Some(if previewed {
+            self.policy.preview_size()
+        } else {
+            self.policy.replicas
+        })
+    }
+
+    /// Brings every running color to the size the policy asks for now.
+    fn resize(&mut self, out: &mut Vec<Action>) {
+        for color in Color::ALL {
+            let Some(want) = self.wanted_replicas(color) else {
+                continue;
+            };
+            let req = self.requested.get_mut(&color).expect("requested color");
+            if req.replicas == want {
+                continue;
+            }
+            req.resized_from = Some(req.resized_from.unwrap_or(req.replicas));
+            req.replicas = want;
+            out.push(Action::Scale {
+                color,
+                replicas: want,
+            });
         }
     }
 
@@ -568,6 +644,7 @@ impl Machine {
             Requested {
                 revision: revision.clone(),
                 replicas,
+                resized_from: None,
             },
         );
         if old.is_none_or(|o| o.revision != revision) || revision.is_none() {
@@ -596,6 +673,13 @@ impl Machine {
         match input {
             Input::Revision(rev) => self.on_revision(now, rev, &mut out),
             Input::Observed(status) => {
+                if let Some(req) = self.requested.get_mut(&status.color)
+                    && status.revision == req.revision
+                    && status.failure.is_none()
+                    && status.ready_replicas >= req.replicas
+                {
+                    req.resized_from = None;
+                }
                 self.observed.insert(status.color, status);
                 self.progress(now, &mut out);
             }
@@ -640,6 +724,7 @@ impl Machine {
                 results,
             } => self.on_hooks(now, kind, revision, results, &mut out),
         }
+        self.resize(&mut out);
         Ok(out)
     }
 
@@ -804,12 +889,13 @@ impl Machine {
                 // Back to the previous color when the new one is failing or
                 // has lost most of its replicas; losing one replica of many
                 // is capacity to restore, not a reason to switch back.
+                // While it grows, of the replicas it had.
                 let ready = self.ready_replicas(r.color, &r.revision);
-                let live_ok = failure.is_none() && ready * 2 >= self.policy.replicas;
+                let holding = self.holding(r.color);
+                let live_ok = failure.is_none() && ready * 2 >= holding;
                 if !live_ok {
-                    let why = failure.unwrap_or_else(|| {
-                        format!("{ready} of {} replicas ready", self.policy.replicas)
-                    });
+                    let why =
+                        failure.unwrap_or_else(|| format!("{ready} of {holding} replicas ready"));
                     out.push(Action::StopAnalysis);
                     self.revert(
                         now,

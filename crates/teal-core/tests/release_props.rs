@@ -24,6 +24,8 @@ enum Op {
     Rollback,
     Retry,
     Advance(u64),
+    /// The live color's size changes (spec.replicas, an autoscaler).
+    Resize(u32),
 }
 
 fn op() -> impl Strategy<Value = Op> {
@@ -39,6 +41,7 @@ fn op() -> impl Strategy<Value = Op> {
         1 => Just(Op::Rollback),
         1 => Just(Op::Retry),
         2 => (0u64..70_000).prop_map(Op::Advance),
+        1 => (1u32..7).prop_map(Op::Resize),
     ]
 }
 
@@ -139,6 +142,7 @@ impl Harness {
                         && cw.revision.is_some()
                         && rep.revision == cw.revision
                         && rep.ready >= cw.replicas
+                        && rep.ready >= self.w.machine.policy.replicas
                         && !rep.failed,
                     "switched production to {to} which is not ready: asked {cw:?}, last reported {:?}/{} failed={}",
                     rep.revision,
@@ -242,6 +246,10 @@ impl Harness {
                 }
             }
             Op::Retry => self.step(Input::Command(Command::Retry)),
+            Op::Resize(n) => {
+                self.w.machine.policy.replicas = n;
+                self.step(Input::Tick);
+            }
             Op::Advance(ms) => {
                 self.w.now += ms;
                 self.step(Input::Tick);
@@ -267,6 +275,13 @@ impl Harness {
                 self.run(Op::Promote(true));
             }
             if !self.w.machine.in_progress() && self.w.machine.routing.is_some() {
+                // At rest the live color runs at the size asked for last.
+                let live = self.w.machine.active.color;
+                assert_eq!(
+                    self.w.colors.get(&live).map(|c| c.replicas),
+                    Some(self.w.machine.policy.replicas),
+                    "the live color is not at the size asked for"
+                );
                 return;
             }
             self.run(Op::Advance(1_000));

@@ -87,6 +87,7 @@ const OTHERS: &[(&str, How)] = &[
     ("kubectl annotate bluegreen color-api", How::Here("kubectl_examples_run_verbatim")),
     ("kubectl patch service service-color-api", How::Here("kubectl_examples_run_verbatim")),
     ("kubectl patch bluegreen color-api --subresource=status", How::Here("kubectl_examples_run_verbatim")),
+    ("kubectl scale bluegreen/color-api --replicas 5", How::Run("crates/teal-controller/tests/autoscaling.rs", "&[\"scale\", \"bluegreen/web\", \"--replicas\", \"5\"]")),
     ("export", How::Plumbing),
     ("mkdir", How::Plumbing),
     ("cat", How::Plumbing),
@@ -118,6 +119,11 @@ const FOREIGN: &[(&str, &str, &str)] = &[
         "docs/install.md",
         "Application",
         "Argo CD's CRD; only the fields to add to an Application",
+    ),
+    (
+        "docs/kubernetes.md",
+        "ScaledObject",
+        "KEDA's CRD; KEDA acts through an HPA, which the autoscaling tests run",
     ),
     (
         "docs/install.md",

@@ -137,6 +137,13 @@ impl World {
         }
     }
 
+    /// The live color's size changes (spec.replicas edited, or an
+    /// autoscaler): a new policy, taken in with the next input.
+    pub fn resize(&mut self, replicas: u32) {
+        self.machine.policy.replicas = replicas;
+        self.send(Input::Tick).unwrap();
+    }
+
     pub fn advance(&mut self, ms: Millis) {
         self.now += ms;
         self.send(Input::Tick).unwrap();
