@@ -8,6 +8,7 @@
 
 #![forbid(unsafe_code)]
 
+pub mod builtin;
 pub mod cache;
 pub mod checkpoint;
 pub mod checks;
