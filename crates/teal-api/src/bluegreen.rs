@@ -35,6 +35,8 @@ use teal_core::Color;
     validation = Rule::new("!has(self.spec.promotion.autoPromoteAfter) || self.spec.promotion.mode == 'manual'").message("spec.promotion.autoPromoteAfter only applies with mode: manual").field_path(".spec.promotion.autoPromoteAfter")
 )]
 #[serde(rename_all = "camelCase")]
+#[x_kube(validation = Rule::new("(has(self.router) && has(self.router.type) && self.router.type == 'teal') || !has(self.analysis) || !has(self.analysis.prePromotion) || self.analysis.prePromotion.metrics.all(m, !has(m.builtin))").message("spec.analysis.prePromotion.metrics[].builtin: built-in metrics are measured by teal's router and need spec.router.type teal; with service, istio and gatewayAPI teal does not see the traffic (use a prometheus metric)").field_path(".analysis.prePromotion"))]
+#[x_kube(validation = Rule::new("(has(self.router) && has(self.router.type) && self.router.type == 'teal') || !has(self.analysis) || !has(self.analysis.postPromotion) || self.analysis.postPromotion.metrics.all(m, !has(m.builtin))").message("spec.analysis.postPromotion.metrics[].builtin: built-in metrics are measured by teal's router and need spec.router.type teal; with service, istio and gatewayAPI teal does not see the traffic (use a prometheus metric)").field_path(".analysis.postPromotion"))]
 pub struct BlueGreenSpec {
     /// The Deployment whose pod template teal releases. Users keep editing
     /// it; teal scales it to zero and runs each color as its own Deployment.

@@ -14,11 +14,16 @@ use std::time::Duration;
 
 use kube::ResourceExt;
 use teal_api::BlueGreen;
+use teal_api::bluegreen::RouterKind;
 use teal_api::spec::{AnalysisStageSpec, MetricSpec, PrometheusMetric};
 use teal_core::analysis::Measurement;
 use teal_core::hooks::HookResult;
 use teal_core::release::{Machine, Millis, Stage};
 use teal_local::analysis::QueryVars;
+
+use crate::builtin::{self, Readings, Traffic};
+
+type Baseline = (tokio::time::Instant, Readings);
 
 /// A check: which BlueGreen (`namespace/name`), and the stage, revision
 /// and start of the release it belongs to.
@@ -32,6 +37,11 @@ struct Checks {
     /// A check under way (`None`) or done and not yet recorded, per
     /// BlueGreen: at most one each.
     by_bluegreen: HashMap<String, (Key, Option<Outcome>)>,
+    /// The router replicas' counters read at the previous check (or when
+    /// the stage began), and when, per BlueGreen: where the next check's
+    /// window of built-in metrics starts. `None` while the first reading
+    /// of a stage is being taken.
+    baselines: HashMap<String, (Key, Option<Baseline>)>,
 }
 
 fn checks() -> &'static Mutex<Checks> {
@@ -72,6 +82,7 @@ pub fn take(bg: &BlueGreen, m: &Machine, stage: Stage, revision: &str) -> Option
 /// the background, unless one of `bg` is still under way (then `false`).
 /// When it is done the BlueGreen is reconciled again.
 pub fn start(
+    client: &kube::Client,
     bg: &BlueGreen,
     m: &Machine,
     stage: Stage,
@@ -79,6 +90,7 @@ pub fn start(
     vars: QueryVars,
 ) -> bool {
     let key = key(bg, m, stage, &vars.revision);
+    let client = client.clone();
     {
         let mut g = checks().lock().expect("checks");
         if g.by_bluegreen.get(&key.0).is_some_and(|(_, o)| o.is_none()) {
@@ -88,9 +100,13 @@ pub fn start(
     }
     let (bg, m, spec) = (bg.clone(), m.clone(), spec.clone());
     tokio::spawn(async move {
+        let window = match uses_builtin(&bg, &spec) {
+            true => Some(router_window(&client, &bg, &key, &spec, &vars).await),
+            false => None,
+        };
         let mut ms = Vec::new();
         for metric in &spec.metrics {
-            ms.push(measure(metric, &vars).await);
+            ms.push(measure(metric, &vars, window.as_ref()).await);
         }
         let hooks = crate::hooks::with_check(&bg, &m, &vars.revision, vars.color).await;
         {
@@ -107,13 +123,112 @@ pub fn start(
     true
 }
 
-/// Forgets `bg`'s checks (it was deleted); one under way is not recorded.
-pub fn forget(bg: &BlueGreen) {
+/// Takes the first reading of the router replicas' counters of a stage
+/// that begins (router type `teal` with built-in metrics), in the
+/// background, [`builtin::SETTLE`] after it began: by then every replica
+/// has published what it counted before, so the first window holds only
+/// traffic of this stage.
+pub fn begin(client: &kube::Client, bg: &BlueGreen, m: &Machine, stage: Stage, revision: &str) {
+    let spec = match stage {
+        Stage::PrePromotion => bg.spec.analysis.pre_promotion.as_ref(),
+        Stage::PostPromotion => bg.spec.analysis.post_promotion.as_ref(),
+    };
+    if !spec.is_some_and(|s| uses_builtin(bg, s)) {
+        return;
+    }
+    let key = key(bg, m, stage, revision);
     checks()
         .lock()
         .expect("checks")
-        .by_bluegreen
-        .remove(&id(bg));
+        .baselines
+        .insert(key.0.clone(), (key.clone(), None));
+    let (client, bg) = (client.clone(), bg.clone());
+    tokio::spawn(async move {
+        tokio::time::sleep(builtin::SETTLE).await;
+        let ns = bg.namespace().unwrap_or_default();
+        let read = builtin::read(&client, &ns, &bg.name_any()).await;
+        let mut g = checks().lock().expect("checks");
+        if !g
+            .baselines
+            .get(&key.0)
+            .is_some_and(|(k, b)| *k == key && b.is_none())
+        {
+            return;
+        }
+        match read {
+            Ok((now, _)) => {
+                let at = tokio::time::Instant::now();
+                g.baselines.insert(key.0.clone(), (key, Some((at, now))));
+            }
+            // The first check then starts its window itself.
+            Err(e) => {
+                tracing::debug!("reading the router Leases of {}: {e}", key.0);
+                g.baselines.remove(&key.0);
+            }
+        }
+    });
+}
+
+/// Whether `spec` has built-in metrics that `bg`'s router measures.
+fn uses_builtin(bg: &BlueGreen, spec: &AnalysisStageSpec) -> bool {
+    bg.spec.router.kind == RouterKind::Teal && spec.metrics.iter().any(|m| m.builtin.is_some())
+}
+
+/// The traffic `bg`'s router replicas counted for the analysed color since
+/// the previous reading of this stage, summed over the replicas; the
+/// window lasts at least an interval. Without a previous reading (the
+/// controller started during the stage) this one starts the window.
+async fn router_window(
+    client: &kube::Client,
+    bg: &BlueGreen,
+    key: &Key,
+    spec: &AnalysisStageSpec,
+    vars: &QueryVars,
+) -> Result<teal_core::ColorStats, String> {
+    let ns = bg.namespace().unwrap_or_default();
+    let read = || async {
+        builtin::read(client, &ns, &bg.name_any())
+            .await
+            .map_err(|e| format!("reading the router replicas' Leases: {e}"))
+    };
+    // The stage's first reading may still be under way.
+    let deadline = tokio::time::Instant::now() + builtin::SETTLE * 2;
+    let before = loop {
+        let found = {
+            let g = checks().lock().expect("checks");
+            g.baselines
+                .get(&key.0)
+                .filter(|(k, _)| k == key)
+                .map(|(_, b)| b.clone())
+        };
+        match found {
+            Some(Some(b)) => break b,
+            Some(None) if tokio::time::Instant::now() < deadline => {
+                tokio::time::sleep(std::time::Duration::from_millis(200)).await;
+            }
+            _ => break (tokio::time::Instant::now(), read().await?.0),
+        }
+    };
+    tokio::time::sleep_until(before.0 + spec.interval.std()).await;
+    let (now, notes) = read().await?;
+    for n in notes {
+        tracing::warn!("{n}");
+    }
+    let window = builtin::window(&before.1, &now, vars.color, Traffic::of(key.1));
+    let at = tokio::time::Instant::now();
+    checks()
+        .lock()
+        .expect("checks")
+        .baselines
+        .insert(key.0.clone(), (key.clone(), Some((at, now))));
+    Ok(window)
+}
+
+/// Forgets `bg`'s checks (it was deleted); one under way is not recorded.
+pub fn forget(bg: &BlueGreen) {
+    let mut g = checks().lock().expect("checks");
+    g.by_bluegreen.remove(&id(bg));
+    g.baselines.remove(&id(bg));
 }
 
 /// BlueGreens with a check under way or not yet recorded.
@@ -131,12 +246,22 @@ fn measure_none(m: &MetricSpec, note: String) -> Measurement {
     }
 }
 
-async fn measure(m: &MetricSpec, vars: &QueryVars) -> Measurement {
+/// Measures `m`; `window` is what the `teal` router counted since the
+/// previous check (`None` when the BlueGreen's router is another type).
+async fn measure(
+    m: &MetricSpec,
+    vars: &QueryVars,
+    window: Option<&Result<teal_core::ColorStats, String>>,
+) -> Measurement {
+    if let Some(b) = m.builtin {
+        return match window {
+            Some(Ok(w)) => teal_local::analysis::measure_builtin(m, b, w),
+            Some(Err(e)) => measure_none(m, e.clone()),
+            None => measure_none(m, BUILTIN_NEEDS_TEAL.into()),
+        };
+    }
     let Some(p) = &m.prometheus else {
-        return measure_none(
-            m,
-            "built-in metrics are measured by teal's router; with router type service use a prometheus metric".into(),
-        );
+        return measure_none(m, "no provider".into());
     };
     match prometheus(p, vars).await {
         Ok(Some(v)) => Measurement {
@@ -148,6 +273,11 @@ async fn measure(m: &MetricSpec, vars: &QueryVars) -> Measurement {
         Err(e) => measure_none(m, format!("prometheus query failed: {e}")),
     }
 }
+
+/// Why a built-in metric has no value with a router other than `teal`
+/// (the apiserver refuses such a spec; one stored before that rule may
+/// remain).
+pub const BUILTIN_NEEDS_TEAL: &str = "built-in metrics need spec.router.type teal: with service, istio and gatewayAPI teal does not see the traffic (use a prometheus metric)";
 
 /// A Prometheus answer larger than this is refused: one number is asked for.
 pub const PROMETHEUS_BODY_CAP: usize = 1 << 20;

@@ -9,6 +9,7 @@
 #![forbid(unsafe_code)]
 
 pub mod autoscaling;
+pub mod builtin;
 pub mod cache;
 pub mod checkpoint;
 pub mod checks;

@@ -635,7 +635,7 @@ async fn apply(bg: Arc<BlueGreen>, ctx: Arc<Context>) -> Result<Requeue, Error> 
                 };
                 // A check still under way (a slow endpoint) delays the
                 // next one by an interval; none runs twice at once.
-                crate::checks::start(&bg, &state.machine, a.stage, &spec, vars);
+                crate::checks::start(&ctx.client, &bg, &state.machine, a.stage, &spec, vars);
                 a.next_check = now + spec.interval.as_millis();
             }
         }
@@ -811,6 +811,7 @@ async fn apply(bg: Arc<BlueGreen>, ctx: Arc<Context>) -> Result<Requeue, Error> 
                     Stage::PostPromotion => bg.spec.analysis.post_promotion.clone(),
                 };
                 if let Some(spec) = spec {
+                    crate::checks::begin(&ctx.client, &bg, &state.machine, stage, &rev);
                     state.analysis = Some(RunningAnalysis {
                         stage,
                         color,

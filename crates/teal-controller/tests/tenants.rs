@@ -125,7 +125,7 @@ async fn hooks_that_never_answer_hold_no_reconcile_slot() {
                 "progressDeadline": "2h",
                 "analysis": {"prePromotion": {
                     "interval": "1s", "checks": 600, "inconclusiveLimit": 600,
-                    "metrics": [{"name": "success-rate", "builtin": "successRate", "min": 0}]
+                    "metrics": [{"name": "errors", "prometheus": {"address": "http://127.0.0.1:1", "query": "up"}, "min": 0}]
                 }},
                 "webhooks": [{"name": "load-test", "type": "rollout", "url": hang, "timeout": "1h", "retries": 0}]
             }),

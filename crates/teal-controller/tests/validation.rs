@@ -273,6 +273,29 @@ fn catalogue() -> Vec<(&'static str, serde_json::Value, Vec<&'static str>)> {
             ],
         ),
         (
+            "builtin metric with a router teal does not see",
+            metric(ok_metric()),
+            vec![
+                "spec.analysis.prePromotion",
+                "built-in metrics are measured by teal's router and need spec.router.type teal; with service, istio and gatewayAPI teal does not see the traffic",
+            ],
+        ),
+        (
+            "builtin metric after promotion with a router teal does not see",
+            {
+                let mut s = with(
+                    &["analysis", "postPromotion"],
+                    json!({"metrics": [ok_metric()]}),
+                );
+                s["router"] = json!({"type": "istio"});
+                s
+            },
+            vec![
+                "spec.analysis.postPromotion",
+                "spec.analysis.postPromotion.metrics[].builtin: built-in metrics are measured by teal's router and need spec.router.type teal",
+            ],
+        ),
+        (
             "negative minRequests",
             metric(json!({"name": "m", "builtin": "successRate", "min": 99, "minRequests": -5})),
             vec![
@@ -386,6 +409,7 @@ async fn invalid_specs_are_rejected_naming_the_field() {
         "service": {"name": "shop-live", "ports": [{"name": "http", "port": 80, "targetPort": "http"}, {"name": "admin", "port": 9000}]},
         "preview": {"replicas": 1, "header": {"name": "X-Teal-Preview", "value": "yes please"}, "cookie": {"name": "canary", "value": "1"}},
         "promotion": {"mode": "manual", "autoPromoteAfter": "1h30m"},
+        "router": {"type": "teal"},
         "analysis": {
             "prePromotion": {"interval": "100ms", "checks": 3, "failureLimit": 1, "metrics": [
                 ok_metric(),

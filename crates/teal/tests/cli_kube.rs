@@ -325,7 +325,7 @@ async fn promote_abort_rollback_retry_wait_for_the_controller_and_explain_refusa
     postPromotion:
       interval: 1h
       checks: 3
-      metrics: [{name: success-rate, builtin: successRate, min: 99}]"#;
+      metrics: [{name: errors, prometheus: {address: "http://127.0.0.1:1", query: up}, max: 1}]"#;
     let ns = setup(env, "cli-manual", extra, true).await;
     let out = teal(env, &ns, &["status", "shop", "--wait", "--timeout", "120s"]).await;
     assert_eq!(out.code, 0, "{out:?}");

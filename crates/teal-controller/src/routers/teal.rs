@@ -35,6 +35,18 @@ pub const GENERATION_ANNOTATION: &str = "teal.dev/route-generation";
 /// Annotation on a router replica's Lease: its responses since it started,
 /// by color and status class (JSON).
 pub const TRAFFIC_ANNOTATION: &str = "teal.dev/traffic";
+/// The value of annotation `key` of each of `leases` that has it, with the
+/// Lease's name (router replicas' reports).
+pub fn annotated<'a>(
+    leases: &'a [Lease],
+    key: &'a str,
+) -> impl Iterator<Item = (String, &'a String)> + 'a {
+    leases.iter().filter_map(move |l| {
+        let v = l.metadata.annotations.as_ref()?.get(key)?;
+        Some((l.metadata.name.clone().unwrap_or_default(), v))
+    })
+}
+
 /// Environment variable of the controller naming the router image (see
 /// `Options::router_image`).
 pub const IMAGE_ENV: &str = "TEAL_ROUTER_IMAGE";

@@ -6,7 +6,10 @@
 //! Lease named after its pod, which the controller reads to confirm a
 //! switch. The same Lease carries the replica's response totals by color
 //! (`teal.dev/traffic`, rewritten at most every few seconds when they
-//! changed), which `teal get` and `teal watch` sum over the replicas.
+//! changed), which `teal get` and `teal watch` sum over the replicas, and
+//! its counters for built-in analysis metrics (`teal.dev/stats`: preview
+//! and production apart, with latency histograms), which the controller
+//! reads at every analysis check.
 
 use std::collections::BTreeMap;
 use std::net::{IpAddr, SocketAddr};
@@ -21,6 +24,7 @@ use kube::runtime::{WatchStreamExt, watcher};
 use kube::{Api, Client};
 use serde_json::json;
 use teal_api::BlueGreen;
+use teal_controller::builtin::{ColorCounts, STATS_ANNOTATION, StatsReport};
 use teal_controller::objects;
 use teal_controller::routers::teal::{GENERATION_ANNOTATION, ROUTER_LABEL, TRAFFIC_ANNOTATION};
 use teal_core::Color;
@@ -151,7 +155,13 @@ pub async fn follow(router: Router, f: Follow) -> anyhow::Result<()> {
     )
     .default_backoff()
     .map(|e| e.map(|_| ()));
-    tokio::spawn(publish_traffic(router.clone(), f.clone(), leases.clone()));
+    let started = super::kube::now_ms();
+    tokio::spawn(publish_traffic(
+        router.clone(),
+        f.clone(),
+        leases.clone(),
+        started,
+    ));
     let mut events = std::pin::pin!(futures_util::stream::select(bg_events, slice_events));
     let mut reported: Option<i64> = None;
     let mut last_error = String::new();
@@ -318,29 +328,50 @@ fn counts(router: &Router) -> BTreeMap<Color, Classes> {
         .collect()
 }
 
-/// Publishes the response totals in the Lease every
+/// This replica's counters for built-in metrics: by color, preview and
+/// production apart, with latency histograms.
+fn stats(router: &Router, started: i64) -> StatsReport {
+    StatsReport {
+        started,
+        colors: Color::ALL
+            .iter()
+            .map(|c| {
+                let counts =
+                    ColorCounts::new(&router.preview_stats(*c), &router.production_stats(*c));
+                (*c, counts)
+            })
+            .filter(|(_, counts)| *counts != ColorCounts::default())
+            .collect(),
+    }
+}
+
+/// Publishes the response totals (`teal.dev/traffic`) and the counters of
+/// built-in metrics (`teal.dev/stats`) in the Lease every
 /// [`traffic::WRITE_INTERVAL`], when they changed since the last write
 /// (nothing before the first response).
 async fn publish_traffic(
     router: Router,
     f: Follow,
     leases: Api<k8s_openapi::api::coordination::v1::Lease>,
+    started: i64,
 ) {
-    let mut written: BTreeMap<Color, Classes> = Color::ALL
-        .iter()
-        .map(|c| (*c, Classes::default()))
-        .collect();
+    let mut written = StatsReport {
+        started,
+        colors: BTreeMap::new(),
+    };
     let mut tick = tokio::time::interval(traffic::WRITE_INTERVAL);
     tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
     let mut last_error = String::new();
     loop {
         tick.tick().await;
-        let now = counts(&router);
+        let now = stats(&router, started);
         if now == written {
             continue;
         }
-        let report = traffic::Report::new(super::kube::now_ms(), now.clone());
-        let value = match serde_json::to_string(&report) {
+        let report = traffic::Report::new(super::kube::now_ms(), counts(&router));
+        let encoded =
+            serde_json::to_string(&report).and_then(|t| Ok((t, serde_json::to_string(&now)?)));
+        let (value, stats_value) = match encoded {
             Ok(v) => v,
             Err(e) => {
                 tracing::warn!("encoding the traffic report: {e}");
@@ -351,7 +382,7 @@ async fn publish_traffic(
             &leases,
             &f,
             "teal-router-traffic",
-            json!({TRAFFIC_ANNOTATION: value}),
+            json!({TRAFFIC_ANNOTATION: value, STATS_ANNOTATION: stats_value}),
         )
         .await
         {

@@ -46,6 +46,12 @@ impl Pods {
 
     /// `teal sample-app` as the pod at `ip`, reporting `color` and `revision`.
     pub fn upstream(&mut self, ip: IpAddr, color: &str, revision: &str) {
+        self.upstream_with(ip, color, revision, &[]);
+    }
+
+    /// [`Pods::upstream`] with more `teal sample-app` arguments (e.g.
+    /// `--error-rate 0.3`).
+    pub fn upstream_with(&mut self, ip: IpAddr, color: &str, revision: &str, extra: &[&str]) {
         self.add(ip);
         let ip_s = ip.to_string();
         let port = APP_PORT.to_string();
@@ -61,7 +67,10 @@ impl Pods {
                 &ip_s,
                 "--port",
                 &port,
-            ],
+            ]
+            .into_iter()
+            .chain(extra.iter().copied())
+            .collect::<Vec<_>>(),
             &[],
         );
         self.procs.push((ip, p));

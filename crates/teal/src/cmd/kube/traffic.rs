@@ -180,16 +180,7 @@ impl Traffic {
     pub fn from_leases(leases: &[Lease]) -> (Traffic, Vec<Reading>) {
         let mut notes = Vec::new();
         let mut readings = Vec::new();
-        for l in leases {
-            let name = l.metadata.name.clone().unwrap_or_default();
-            let Some(value) = l
-                .metadata
-                .annotations
-                .as_ref()
-                .and_then(|a| a.get(TRAFFIC_ANNOTATION))
-            else {
-                continue;
-            };
+        for (name, value) in teal_controller::routers::teal::annotated(leases, TRAFFIC_ANNOTATION) {
             match Report::parse(value) {
                 Ok((at_ms, r)) => readings.push(Reading {
                     replica: name,
