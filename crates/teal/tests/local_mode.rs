@@ -347,8 +347,13 @@ fn table_warnings(log: &str) -> Vec<&str> {
 
 #[test]
 fn start_up_logs_no_route_table_warning_but_a_live_color_without_replicas_does() {
+    // `dir` is bound: dropping it would remove the directory the second
+    // daemon starts in.
     let Setup {
-        daemon: d, config, ..
+        daemon: d,
+        config,
+        dir: _dir,
+        ..
     } = healthy_daemon("startwarn", "");
     // Before the first replica is healthy there is no table to install:
     // that is how every start begins, not something to warn about; nor is
