@@ -83,7 +83,7 @@ impl Drop for Load {
 const SPEC: &str = "  preview: {header: {name: x-version, value: preview}}
   analysis:
     prePromotion:
-      interval: 2s
+      interval: 4s
       checks: 3
       metrics:
         - {name: success-rate, builtin: successRate, min: 90}
