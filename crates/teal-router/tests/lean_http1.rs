@@ -254,15 +254,22 @@ impl Client {
     }
 
     async fn send(&mut self, req: http::Request<Full<Bytes>>) -> Answer {
-        if self.sender.as_ref().is_none_or(|s| s.is_closed()) {
-            let stream = TcpStream::connect(self.addr).await.unwrap();
-            let (sender, conn) = http1::handshake(TokioIo::new(stream)).await.unwrap();
-            tokio::spawn(conn);
-            self.sender = Some(sender);
-            self.connections += 1;
+        // The router's close of a connection may be seen only once the
+        // sender is asked to be ready: reconnect then too.
+        loop {
+            if self.sender.as_ref().is_none_or(|s| s.is_closed()) {
+                let stream = TcpStream::connect(self.addr).await.unwrap();
+                let (sender, conn) = http1::handshake(TokioIo::new(stream)).await.unwrap();
+                tokio::spawn(conn);
+                self.sender = Some(sender);
+                self.connections += 1;
+            }
+            if self.sender.as_mut().unwrap().ready().await.is_ok() {
+                break;
+            }
+            self.sender = None;
         }
         let sender = self.sender.as_mut().unwrap();
-        sender.ready().await.unwrap();
         let resp = sender.send_request(req).await.unwrap();
         let status = resp.status().as_u16();
         let mut headers: Vec<(String, String)> = resp
