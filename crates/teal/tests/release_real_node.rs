@@ -260,7 +260,10 @@ async fn teal_router_releases_on_the_real_node_fail_no_request_and_never_mix() {
         }
     }
     let traffic = Traffic::start(addr);
+    // Where the traffic stood at each step, to place a failed request in the scenario.
+    let mut marks: Vec<(&str, usize)> = vec![("traffic started", 0)];
     let first = wait_healthy(&bgs, "shop", None).await;
+    marks.push(("adopted, Healthy", traffic.count()));
     let probe = get(
         env,
         &ns,
@@ -293,6 +296,7 @@ async fn teal_router_releases_on_the_real_node_fail_no_request_and_never_mix() {
 
     // 2. A release that waits for promotion: the preview header reaches v2 only.
     kubectl(env, &["apply", "-n", &ns, "-f", "-"], Some(&workload("v2")));
+    marks.push(("v2 applied", traffic.count()));
     wait_bluegreen(&bgs, "shop", "v2 awaiting promotion", 240, |st| {
         st.phase.as_deref() == Some("AwaitingPromotion")
     })
@@ -312,6 +316,7 @@ async fn teal_router_releases_on_the_real_node_fail_no_request_and_never_mix() {
     // v1 when the release is promoted.
     let old_leader = leader(env);
     assert!(!old_leader.is_empty(), "no leader");
+    marks.push(("leader deleted", traffic.count()));
     kubectl(
         env,
         &[
@@ -338,6 +343,7 @@ async fn teal_router_releases_on_the_real_node_fail_no_request_and_never_mix() {
         (r, Instant::now())
     });
     std::thread::sleep(Duration::from_secs(1));
+    marks.push(("promoted", traffic.count()));
     let out = std::process::Command::new(env!("CARGO_BIN_EXE_teal"))
         .env("KUBECONFIG", env.kubeconfig_path())
         .args(["promote", "shop", "-n", &ns])
@@ -357,6 +363,7 @@ async fn teal_router_releases_on_the_real_node_fail_no_request_and_never_mix() {
     .await;
     // Requests sent from here on were sent after every router replica reported the switch.
     let confirmed = Instant::now();
+    marks.push(("switch confirmed", traffic.count()));
     let (slow_answer, slow_done) = slow.join().unwrap();
     assert_eq!(
         slow_answer.as_deref(),
@@ -394,11 +401,26 @@ async fn teal_router_releases_on_the_real_node_fail_no_request_and_never_mix() {
     let routers = kubectl(env, &[&pick[..], &["-o", "name"]].concat(), None);
     let router_pod = routers.lines().next().expect("a router pod").to_owned();
     let before_delete = traffic.count();
+    marks.push(("router pod deleted", before_delete));
     kubectl(
         env,
         &["-n", &ns, "delete", &router_pod, "--wait=false"],
         None,
     );
+    // Gone (its shutdown delay over, its process ended), then its replacement Ready.
+    kubectl(
+        env,
+        &[
+            "-n",
+            &ns,
+            "wait",
+            "--for=delete",
+            &router_pod,
+            "--timeout=120s",
+        ],
+        None,
+    );
+    marks.push(("router pod gone", traffic.count()));
     kubectl(
         env,
         &[
@@ -411,9 +433,11 @@ async fn teal_router_releases_on_the_real_node_fail_no_request_and_never_mix() {
         ],
         None,
     );
+    marks.push(("router rollout done", traffic.count()));
     std::thread::sleep(Duration::from_secs(8));
 
     // 5. The controller uninstalled: the app keeps serving.
+    marks.push(("uninstall started", traffic.count()));
     helm(
         env,
         &[
@@ -427,6 +451,7 @@ async fn teal_router_releases_on_the_real_node_fail_no_request_and_never_mix() {
         ],
     );
     let after_uninstall = traffic.count();
+    marks.push(("uninstalled", after_uninstall));
     std::thread::sleep(Duration::from_secs(5));
     let seen = traffic.stop();
 
@@ -435,6 +460,17 @@ async fn teal_router_releases_on_the_real_node_fail_no_request_and_never_mix() {
         .enumerate()
         .filter_map(|(i, (_, r))| r.as_ref().err().map(|e| (i, e)))
         .collect();
+    let start = seen.first().map(|(t, _)| *t);
+    for (i, e) in &errors {
+        let step = marks
+            .iter()
+            .rev()
+            .find(|(_, at)| at <= i)
+            .map_or("", |(m, _)| m);
+        let at = start.map(|s| seen[*i].0 - s).unwrap_or_default();
+        eprintln!("failed request {i} at {at:.1?}, after step {step:?}: {e}");
+    }
+    eprintln!("steps (request count when reached): {marks:?}");
     let versions: Vec<(Instant, &str)> = seen
         .iter()
         .filter_map(|(t, r)| r.as_deref().ok().map(|v| (*t, v)))
