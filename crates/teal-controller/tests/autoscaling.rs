@@ -11,6 +11,7 @@ use kube::api::{Patch, PatchParams};
 use serde_json::json;
 use support::case;
 use teal_core::Color;
+use teal_testenv::metrics_api::ExternalMetrics;
 use teal_testenv::{TestEnv, wait_for};
 
 fn kubectl(ns: &str, args: &[&str]) -> String {
@@ -67,6 +68,29 @@ spec:
   metrics:
     - type: Resource
       resource: {{name: cpu, target: {{type: Utilization, averageUtilization: 60}}}}
+"
+    )
+}
+
+/// A HorizontalPodAutoscaler `web` of the BlueGreen `web` on the external
+/// metric `web_load`: one replica per 10 of it, between `min` and `max`,
+/// scaling down as soon as the metric falls (no stabilization window).
+fn hpa_on_load(min: i32, max: i32) -> String {
+    format!(
+        "apiVersion: autoscaling/v2
+kind: HorizontalPodAutoscaler
+metadata: {{name: web}}
+spec:
+  scaleTargetRef: {{apiVersion: teal.dev/v1alpha1, kind: BlueGreen, name: web}}
+  minReplicas: {min}
+  maxReplicas: {max}
+  metrics:
+    - type: External
+      external:
+        metric: {{name: web_load}}
+        target: {{type: AverageValue, averageValue: '10'}}
+  behavior:
+    scaleDown: {{stabilizationWindowSeconds: 0}}
 "
     )
 }
@@ -384,46 +408,22 @@ async fn live_at(c: &support::Case, deployment: &str, n: i32) {
     .await;
 }
 
-/// kube-controller-manager's HorizontalPodAutoscaler controller acts on a
-/// BlueGreen through its scale subresource. There is no metrics API here,
-/// so it is driven by its bounds, which it enforces without reading
-/// metrics: raising minReplicas above the size scales the live color up,
-/// a release keeps that size across the cutover, and lowering maxReplicas
-/// below it scales the live color down.
-#[tokio::test]
-async fn the_hpa_controller_sizes_the_live_color_through_the_scale_subresource() {
-    let mut c = case("hpa").await;
-    c.create_workload("web", "web:1", 2, BTreeMap::new()).await;
-    start(
-        &mut c,
-        json!({"preview": {"replicas": 1},
-               "scaleDownDelay": "2s", "progressDeadline": "120s"}),
-    )
-    .await;
-    live_at(&c, "web-blue", 2).await;
-
-    apply(
-        &c.ns,
-        &hpa("web", "teal.dev/v1alpha1", "BlueGreen", "web", 4, 6),
-    );
-    live_at(&c, "web-blue", 4).await;
-    hpa_at(&c, 4).await;
-    let out = kubectl(&c.ns, &["get", "hpa", "web"]);
-    assert!(out.contains("BlueGreen/web"), "{out}");
-
-    // A release: green previews at 1, goes live at the 4 the HPA holds.
-    // What an autoscaler reads, the scale subresource, never shows fewer.
-    let watch = watch_switch_to_green(&c);
+/// Releases `web:2` while the BlueGreen is at `n` replicas: green takes
+/// production traffic only once `n` of its replicas are ready, the scale
+/// subresource an autoscaler reads never shows fewer meanwhile and then
+/// selects green's pods, and green ends live at `n`.
+async fn release_at(c: &support::Case, n: i32) {
+    let watch = watch_switch_to_green(c);
     c.set_image("web", "web:2", BTreeMap::new()).await;
     let sw = switched(watch).await;
     assert!(
-        sw.ready >= 4,
+        sw.ready >= n,
         "green had {} ready replicas when it took production traffic",
         sw.ready
     );
     assert_eq!(
-        sw.fewest_in_scale, 4,
-        "the scale subresource read fewer than 4 replicas"
+        sw.fewest_in_scale, n,
+        "the scale subresource read fewer than {n} replicas"
     );
     let scale = c.bluegreens().get_scale("web").await.unwrap();
     assert_eq!(
@@ -436,7 +436,44 @@ async fn the_hpa_controller_sizes_the_live_color_through_the_scale_subresource()
             && s.history.iter().any(|h| h.outcome == "promoted")
     })
     .await;
-    live_at(&c, "web-green", 4).await;
+    live_at(c, "web-green", n).await;
+}
+
+/// The workload `web` at 2 replicas, adopted by the BlueGreen `web`
+/// (previews at 1), live on blue.
+async fn live_web_at_2(c: &mut support::Case) {
+    c.create_workload("web", "web:1", 2, BTreeMap::new()).await;
+    start(
+        c,
+        json!({"preview": {"replicas": 1},
+               "scaleDownDelay": "2s", "progressDeadline": "120s"}),
+    )
+    .await;
+    live_at(c, "web-blue", 2).await;
+}
+
+/// kube-controller-manager's HorizontalPodAutoscaler controller acts on a
+/// BlueGreen through its scale subresource. There is no metrics API here,
+/// so it is driven by its bounds, which it enforces without reading
+/// metrics: raising minReplicas above the size scales the live color up,
+/// a release keeps that size across the cutover, and lowering maxReplicas
+/// below it scales the live color down.
+#[tokio::test]
+async fn the_hpa_controller_sizes_the_live_color_through_the_scale_subresource() {
+    let mut c = case("hpa").await;
+    live_web_at_2(&mut c).await;
+
+    apply(
+        &c.ns,
+        &hpa("web", "teal.dev/v1alpha1", "BlueGreen", "web", 4, 6),
+    );
+    live_at(&c, "web-blue", 4).await;
+    hpa_at(&c, 4).await;
+    let out = kubectl(&c.ns, &["get", "hpa", "web"]);
+    assert!(out.contains("BlueGreen/web"), "{out}");
+
+    // A release: green previews at 1, goes live at the 4 the HPA holds.
+    release_at(&c, 4).await;
     // The HPA saw no change of size across the cutover.
     hpa_at(&c, 4).await;
 
@@ -446,6 +483,40 @@ async fn the_hpa_controller_sizes_the_live_color_through_the_scale_subresource()
     );
     live_at(&c, "web-green", 3).await;
     assert_eq!(c.replicas("web-blue").await, Some(0));
+}
+
+/// The HPA controller scales the live color on a metric that follows load
+/// (an external metric, as KEDA or a Prometheus adapter serve, here from the
+/// test's own metrics API): up when the load rises, across a release at the
+/// size it holds, and the new live color down when the load falls.
+#[tokio::test]
+async fn the_hpa_follows_load_on_an_external_metric_across_a_release() {
+    let mut c = case("hpa-load").await;
+    let metrics = ExternalMetrics::start(c.client.clone()).await.unwrap();
+    metrics.set("web_load", "20");
+    live_web_at_2(&mut c).await;
+    apply(&c.ns, &hpa_on_load(1, 6));
+    hpa_at(&c, 2).await;
+
+    // The load rises to 50: five replicas of 10.
+    metrics.set("web_load", "50");
+    live_at(&c, "web-blue", 5).await;
+    hpa_at(&c, 5).await;
+    let out = kubectl(&c.ns, &["get", "hpa", "web"]);
+    assert!(
+        out.contains("BlueGreen/web") && out.contains("10/10 (avg)"),
+        "{out}"
+    );
+
+    // A release while the HPA holds 5.
+    release_at(&c, 5).await;
+
+    // The load falls to 20: the HPA scales the new live color to 2.
+    metrics.set("web_load", "20");
+    live_at(&c, "web-green", 2).await;
+    hpa_at(&c, 2).await;
+    assert_eq!(c.replicas("web-blue").await, Some(0));
+    assert!(metrics.asked().iter().all(|m| m == "web_load"));
 }
 
 /// The CRD's rules hold for the scale subresource too: an autoscaler

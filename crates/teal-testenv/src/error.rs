@@ -60,6 +60,9 @@ pub enum Error {
     /// A request to Prometheus failed or its answer was not understood.
     #[error("prometheus: {0}")]
     Prometheus(String),
+    /// The external metrics API of the test's own could not be started.
+    #[error("external metrics API: {0}")]
+    MetricsApi(String),
     /// Building or loading an image for the real node, or reading its host state, failed.
     #[error("real node: {0}")]
     RealNode(String),

@@ -46,6 +46,7 @@ mod env;
 mod error;
 pub mod faults;
 mod http;
+pub mod metrics_api;
 pub mod netns;
 pub mod prometheus;
 pub mod real_node;
