@@ -1,7 +1,8 @@
 //! The `teal-operator` role of deploy/user-roles.yaml, held alone by a
 //! ServiceAccount: it promotes a release through the `teal.dev/command`
-//! annotation, and it cannot change the BlueGreen's spec (its webhooks,
-//! for one). An admin still can. Real control plane: RBAC and admission
+//! annotation and scales it through the scale subresource, and it cannot
+//! change the rest of the BlueGreen's spec (its webhooks, for one). An admin
+//! still can. Real control plane: RBAC and admission
 //! as deploy/user-roles.yaml sets them up, applied with kubectl.
 
 mod support;
@@ -90,6 +91,19 @@ async fn an_operator_promotes_but_cannot_rewrite_the_spec() {
         s.history.iter().any(|h| h.outcome == "promoted")
     })
     .await;
+
+    // The operator scales the live color, as `kubectl scale` does.
+    ops.patch_scale(
+        "shop",
+        &PatchParams::default(),
+        &Patch::Merge(json!({"spec": {"replicas": 3}})),
+    )
+    .await
+    .unwrap();
+    assert_eq!(
+        c.bluegreens().get("shop").await.unwrap().spec.replicas,
+        Some(3)
+    );
 
     // An admin still edits the spec.
     c.bluegreens()
