@@ -383,9 +383,27 @@ pub struct AnalysisStatus {
     pub checks: u32,
     pub failures: u32,
     pub inconclusive: u32,
+    /// Checks with a provider error (counted neither as failed nor as
+    /// inconclusive).
+    #[serde(default)]
+    pub errors: u32,
+    /// The latest check's metrics.
     pub metrics: Vec<MetricValue>,
+    /// The metrics of the checks before the latest, oldest first (at most
+    /// 10).
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub history: Vec<CheckValues>,
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub verdict: Option<String>,
+}
+
+/// The metrics of one earlier check.
+#[derive(Serialize, Deserialize, Clone, Debug, PartialEq, JsonSchema)]
+#[serde(rename_all = "camelCase")]
+pub struct CheckValues {
+    /// Which check of the stage (1 for the first).
+    pub check: u32,
+    pub metrics: Vec<MetricValue>,
 }
 
 #[derive(Serialize, Deserialize, Clone, Debug, PartialEq, JsonSchema)]
@@ -396,6 +414,24 @@ pub struct MetricValue {
     pub value: Option<f64>,
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub note: Option<String>,
+    /// No value because the provider failed (see note).
+    #[serde(default, skip_serializing_if = "std::ops::Not::not")]
+    pub error: bool,
+    /// A dry-run metric: reported, never decisive.
+    #[serde(default, skip_serializing_if = "std::ops::Not::not")]
+    pub dry_run: bool,
+}
+
+impl From<&teal_core::analysis::Measurement> for MetricValue {
+    fn from(m: &teal_core::analysis::Measurement) -> MetricValue {
+        MetricValue {
+            name: m.metric.clone(),
+            value: m.value,
+            note: m.note.clone(),
+            error: m.error,
+            dry_run: m.dry_run,
+        }
+    }
 }
 
 /// Annotations people (and `teal`) set on a BlueGreen.

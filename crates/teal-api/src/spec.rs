@@ -200,8 +200,19 @@ pub struct AnalysisStageSpec {
     /// (which waits for an operator; it never passes by itself).
     #[serde(default = "default_inconclusive_limit")]
     pub inconclusive_limit: u32,
+    /// Checks in a row with a provider error (the query could not be made
+    /// or answered) tolerated before the stage fails. Such checks count
+    /// neither as failed nor as without data. Default 4.
+    #[serde(default = "default_consecutive_error_limit")]
+    pub consecutive_error_limit: u32,
+    /// Time to wait before checks start: the first check runs
+    /// `initialDelay` + `interval` after the stage began (for metrics that
+    /// need the new color's traffic to build up). Default 0s.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub initial_delay: Option<Duration>,
     #[schemars(length(min = 1, max = 32))]
     #[x_kube(validation = Rule::new("self.all(m, self.exists_one(n, n.name == m.name))").message("metric names must be unique"))]
+    #[x_kube(validation = Rule::new("self.exists(m, !has(m.dryRun) || !m.dryRun)").message("needs at least one metric without dryRun: dry-run metrics decide nothing"))]
     pub metrics: Vec<MetricSpec>,
 }
 
@@ -213,6 +224,9 @@ fn default_checks() -> u32 {
 }
 fn default_inconclusive_limit() -> u32 {
     1
+}
+fn default_consecutive_error_limit() -> u32 {
+    teal_core::analysis::DEFAULT_CONSECUTIVE_ERROR_LIMIT
 }
 
 /// A metric and its allowed range. Exactly one provider is set.
@@ -242,6 +256,10 @@ pub struct MetricSpec {
     /// as no data. Default 10.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub min_requests: Option<u64>,
+    /// Measured and reported with every check, never decisive: to try a
+    /// new metric or range before trusting it. Default false.
+    #[serde(default, skip_serializing_if = "std::ops::Not::not")]
+    pub dry_run: bool,
 }
 
 /// Metrics teal's router measures for each color.
@@ -289,6 +307,23 @@ impl AnalysisStageSpec {
             checks: self.checks,
             failure_limit: self.failure_limit,
             inconclusive_limit: self.inconclusive_limit,
+            consecutive_error_limit: self.consecutive_error_limit,
+        }
+    }
+
+    /// When the first check is due, `now_ms` being when the stage began.
+    pub fn first_check_ms(&self, now_ms: u64) -> u64 {
+        now_ms + self.initial_delay.map_or(0, Duration::as_millis) + self.interval.as_millis()
+    }
+
+    /// Marks the measurements of dry-run metrics so (measured, reported,
+    /// never decisive); done where a check is recorded.
+    pub fn mark_dry_run(&self, ms: &mut [teal_core::analysis::Measurement]) {
+        for m in ms {
+            m.dry_run = self
+                .metrics
+                .iter()
+                .any(|spec| spec.name == m.metric && spec.dry_run);
         }
     }
 
@@ -309,6 +344,11 @@ impl AnalysisStageSpec {
             errors.push(FieldError::new(
                 format!("{path}.metrics"),
                 "needs at least one metric (a stage without metrics would pass without checking anything)",
+            ));
+        } else if self.metrics.iter().all(|m| m.dry_run) {
+            errors.push(FieldError::new(
+                format!("{path}.metrics"),
+                "needs at least one metric without dryRun: dry-run metrics decide nothing",
             ));
         }
         let mut names = std::collections::BTreeSet::new();

@@ -142,9 +142,14 @@ pub fn begin(client: &kube::Client, bg: &BlueGreen, m: &Machine, stage: Stage, r
         .expect("checks")
         .baselines
         .insert(key.0.clone(), (key.clone(), None));
+    // Traffic during the stage's initialDelay is not measured: the first
+    // window starts after it.
+    let delay = spec
+        .and_then(|s| s.initial_delay)
+        .map_or(Duration::ZERO, |d| d.std());
     let (client, bg) = (client.clone(), bg.clone());
     tokio::spawn(async move {
-        tokio::time::sleep(builtin::SETTLE).await;
+        tokio::time::sleep(builtin::SETTLE + delay).await;
         let ns = bg.namespace().unwrap_or_default();
         let read = builtin::read(&client, &ns, &bg.name_any()).await;
         let mut g = checks().lock().expect("checks");
@@ -236,14 +241,8 @@ pub fn tracked() -> usize {
     checks().lock().expect("checks").by_bluegreen.len()
 }
 
-fn measure_none(m: &MetricSpec, note: String) -> Measurement {
-    Measurement {
-        metric: m.name.clone(),
-        value: None,
-        min: m.min,
-        max: m.max,
-        note: Some(note),
-    }
+fn measure_none(m: &MetricSpec) -> Measurement {
+    Measurement::of(m.name.clone(), m.min, m.max)
 }
 
 /// Measures `m`; `window` is what the `teal` router counted since the
@@ -256,21 +255,17 @@ async fn measure(
     if let Some(b) = m.builtin {
         return match window {
             Some(Ok(w)) => teal_local::analysis::measure_builtin(m, b, w),
-            Some(Err(e)) => measure_none(m, e.clone()),
-            None => measure_none(m, BUILTIN_NEEDS_TEAL.into()),
+            Some(Err(e)) => measure_none(m).failed(e.clone()),
+            None => measure_none(m).no_data(BUILTIN_NEEDS_TEAL),
         };
     }
     let Some(p) = &m.prometheus else {
-        return measure_none(m, "no provider".into());
+        return measure_none(m).failed("no provider");
     };
     match prometheus(p, vars).await {
-        Ok(Some(v)) => Measurement {
-            value: Some(v),
-            note: None,
-            ..measure_none(m, String::new())
-        },
-        Ok(None) => measure_none(m, "the query returned no samples".into()),
-        Err(e) => measure_none(m, format!("prometheus query failed: {e}")),
+        Ok(Some(v)) => measure_none(m).value(v),
+        Ok(None) => measure_none(m).no_data("the query returned no samples"),
+        Err(e) => measure_none(m).failed(format!("prometheus query failed: {e}")),
     }
 }
 

@@ -14,7 +14,9 @@ use kube::runtime::events::{Event as KubeEvent, EventType};
 use kube::runtime::finalizer::{Event as Finalizer, finalizer};
 use kube::{Api, Client, Resource, ResourceExt};
 use serde::{Deserialize, Serialize};
-use teal_api::bluegreen::{AnalysisStatus, MetricValue, ReleaseRecord, annotations, labels};
+use teal_api::bluegreen::{
+    AnalysisStatus, CheckValues, MetricValue, ReleaseRecord, annotations, labels,
+};
 use teal_api::{BlueGreen, BlueGreenStatus};
 use teal_core::Color;
 use teal_core::analysis::Run;
@@ -611,9 +613,10 @@ async fn apply(bg: Arc<BlueGreen>, ctx: Arc<Context>) -> Result<Requeue, Error> 
             Stage::PostPromotion => bg.spec.analysis.post_promotion.clone(),
         };
         if let Some(spec) = spec {
-            if let Some((ms, hooks)) =
+            if let Some((mut ms, hooks)) =
                 crate::checks::take(&bg, &state.machine, a.stage, &a.revision)
             {
+                spec.mark_dry_run(&mut ms);
                 let verdict = a.run.record_checks(ms, hooks);
                 // Recorded now: a verdict ends the stage before status is written.
                 status.analysis = Some(analysis_status(a));
@@ -817,7 +820,7 @@ async fn apply(bg: Arc<BlueGreen>, ctx: Arc<Context>) -> Result<Requeue, Error> 
                         color,
                         revision: rev,
                         run: Run::new(spec.limits()),
-                        next_check: now + spec.interval.as_millis(),
+                        next_check: spec.first_check_ms(now),
                     });
                 }
             }
@@ -1104,14 +1107,15 @@ fn analysis_status(a: &RunningAnalysis) -> AnalysisStatus {
         checks: a.run.checks,
         failures: a.run.failures,
         inconclusive: a.run.inconclusive,
-        metrics: a
+        errors: a.run.errors,
+        metrics: a.run.last.iter().map(MetricValue::from).collect(),
+        history: a
             .run
-            .last
+            .history
             .iter()
-            .map(|m| MetricValue {
-                name: m.metric.clone(),
-                value: m.value,
-                note: m.note.clone(),
+            .map(|c| CheckValues {
+                check: c.check,
+                metrics: c.measurements.iter().map(MetricValue::from).collect(),
             })
             .collect(),
         verdict: a.run.verdict.as_ref().map(|v| match v {

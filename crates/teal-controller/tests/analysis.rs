@@ -74,6 +74,17 @@ impl Exposer {
     }
 }
 
+/// The BlueGreen `shop` of Deployment `shop` with `pre` as its
+/// pre-promotion analysis.
+fn shop_analysed(pre: serde_json::Value) -> serde_json::Value {
+    json!({
+        "workloadRef": {"kind": "Deployment", "name": "shop"},
+        "scaleDownDelay": "1s",
+        "progressDeadline": "120s",
+        "analysis": {"prePromotion": pre}
+    })
+}
+
 #[tokio::test(flavor = "multi_thread")]
 async fn prometheus_analysis_gates_the_cutover() {
     let (exposer, addr) = Exposer::start().await;
@@ -114,11 +125,7 @@ async fn prometheus_analysis_gates_the_cutover() {
         .await;
     c.create_bluegreen(
         "shop",
-        json!({
-            "workloadRef": {"kind": "Deployment", "name": "shop"},
-            "scaleDownDelay": "1s",
-            "progressDeadline": "120s",
-            "analysis": {"prePromotion": {
+        shop_analysed(json!({
                 "interval": "2s",
                 "checks": 2,
                 "inconclusiveLimit": 2,
@@ -126,9 +133,14 @@ async fn prometheus_analysis_gates_the_cutover() {
                     "name": "errors",
                     "prometheus": {"address": prom.url(), "query": query},
                     "max": 5
+                }, {
+                    // Out of its range from the start, but a dry run.
+                    "name": "errors-strict",
+                    "prometheus": {"address": prom.url(), "query": query},
+                    "max": 0.5,
+                    "dryRun": true
                 }]
-            }}
-        }),
+        })),
     )
     .await
     .unwrap();
@@ -158,13 +170,27 @@ async fn prometheus_analysis_gates_the_cutover() {
     assert_eq!(a.checks, 2, "{a:?}");
     assert_eq!(a.failures, 0, "{a:?}");
     assert_eq!(a.verdict.as_deref(), Some("pass"), "{a:?}");
-    assert_eq!(a.metrics.len(), 1);
+    assert_eq!(a.metrics.len(), 2);
     assert_eq!(a.metrics[0].name, "errors");
     assert_eq!(
         a.metrics[0].value,
         Some(1.5),
         "the query measured this BlueGreen's green, not the others: {a:?}"
     );
+    // The dry-run metric was measured and reported, and decided nothing.
+    assert_eq!(
+        (
+            a.metrics[1].name.as_str(),
+            a.metrics[1].value,
+            a.metrics[1].dry_run
+        ),
+        ("errors-strict", Some(1.5), true),
+        "{a:?}"
+    );
+    // The first check's measurements are kept.
+    assert_eq!(a.history.len(), 1, "{a:?}");
+    assert_eq!(a.history[0].check, 1);
+    assert_eq!(a.history[0].metrics[0].value, Some(1.5), "{a:?}");
 
     // A bad release on blue: 40% errors fails before cutover.
     exposer.set(&ns, "shop", "blue", 40.0);
@@ -173,7 +199,7 @@ async fn prometheus_analysis_gates_the_cutover() {
         .wait_status("v3 fails its analysis", "shop", |s| {
             s.history.len() >= 2
                 && s.history.last().is_some_and(|h| h.outcome != "promoted")
-                && s.phase.as_deref() != Some("Analyzing")
+                && s.phase.as_deref() != Some("Previewing")
         })
         .await;
     let msg = st.message.clone().unwrap_or_default();
@@ -203,4 +229,61 @@ async fn prometheus_analysis_gates_the_cutover() {
             .any(|(t, _, note)| t == "Warning" && note.contains("errors = 40")),
         "a Warning Event names the metric and value: {evs:#?}"
     );
+}
+
+/// A provider that cannot be reached (here a closed port) gives provider
+/// errors, counted apart from failures and from checks without data: the
+/// stage fails once more checks in a row than `consecutiveErrorLimit` had
+/// one, naming the metric and the error. No check runs during the stage's
+/// `initialDelay`.
+#[tokio::test]
+async fn provider_errors_fail_the_stage_past_the_consecutive_limit() {
+    let closed = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
+    let address = format!("http://{}", closed.local_addr().unwrap());
+    drop(closed);
+    let mut c = case("analysis-errors").await;
+    c.adopted(shop_analysed(json!({
+        "interval": "1s",
+        "initialDelay": "8s",
+        "checks": 20,
+        "inconclusiveLimit": 0,
+        "consecutiveErrorLimit": 2,
+        "metrics": [{"name": "errors", "prometheus": {"address": address, "query": "up"}, "max": 5}]
+    })))
+    .await;
+
+    c.set_image("shop", "shop:2", BTreeMap::new()).await;
+    c.wait_status("analysing v2", "shop", |s| {
+        s.phase.as_deref() == Some("Previewing")
+    })
+    .await;
+    // Well inside the initial delay (8 s, and a first check 1 s after it).
+    tokio::time::sleep(Duration::from_secs(4)).await;
+    let st = c.bluegreens().get("shop").await.unwrap().status.unwrap();
+    assert!(
+        st.analysis.as_ref().is_none_or(|a| a.checks == 0),
+        "a check ran during the initial delay: {:?}",
+        st.analysis
+    );
+
+    let st = c
+        .wait_status("v2 fails on provider errors", "shop", |s| {
+            s.history.last().is_some_and(|h| h.outcome != "promoted")
+                && s.phase.as_deref() != Some("Previewing")
+        })
+        .await;
+    let a = st.analysis.expect("analysis recorded in status");
+    assert_eq!(
+        (a.checks, a.errors, a.failures, a.inconclusive),
+        (3, 3, 0, 0),
+        "{a:?}"
+    );
+    assert!(a.metrics[0].error, "{a:?}");
+    let reason = st.history.last().unwrap().reason.clone();
+    assert!(
+        reason.contains("3 checks in a row with a provider error")
+            && reason.contains("errors: prometheus query failed"),
+        "{reason}"
+    );
+    assert_eq!(c.selector_color("shop").await.as_deref(), Some("blue"));
 }

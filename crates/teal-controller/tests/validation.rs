@@ -226,6 +226,25 @@ fn catalogue() -> Vec<(&'static str, serde_json::Value, Vec<&'static str>)> {
             ],
         ),
         (
+            "only dry-run metrics",
+            metric(json!({"name": "m", "builtin": "successRate", "min": 99, "dryRun": true})),
+            vec![
+                "spec.analysis.prePromotion.metrics",
+                "needs at least one metric without dryRun",
+            ],
+        ),
+        (
+            "negative consecutiveErrorLimit",
+            with(
+                &["analysis", "prePromotion"],
+                json!({"consecutiveErrorLimit": -1, "metrics": [ok_metric()]}),
+            ),
+            vec![
+                "spec.analysis.prePromotion.consecutiveErrorLimit",
+                "greater than or equal to 0",
+            ],
+        ),
+        (
             "empty metric name",
             metric(json!({"name": "", "builtin": "successRate", "min": 99})),
             vec!["spec.analysis.prePromotion.metrics[0].name"],
@@ -411,9 +430,9 @@ async fn invalid_specs_are_rejected_naming_the_field() {
         "promotion": {"mode": "manual", "autoPromoteAfter": "1h30m"},
         "router": {"type": "teal"},
         "analysis": {
-            "prePromotion": {"interval": "100ms", "checks": 3, "failureLimit": 1, "metrics": [
+            "prePromotion": {"interval": "100ms", "initialDelay": "30s", "checks": 3, "failureLimit": 1, "consecutiveErrorLimit": 2, "metrics": [
                 ok_metric(),
-                {"name": "p99", "builtin": "latencyP99", "max": 250},
+                {"name": "p99", "builtin": "latencyP99", "max": 250, "dryRun": true},
                 {"name": "errors", "prometheus": {"address": "https://prom.example:9090/base", "query": "sum(rate(x{color=\"{{color}}\"}[1m]))"}, "min": 0, "max": 0.01}
             ]},
             "postPromotion": {"metrics": [ok_metric()]}

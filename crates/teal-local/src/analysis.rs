@@ -101,29 +101,19 @@ pub struct Report {
 pub fn measure_builtin(m: &MetricSpec, which: BuiltinMetric, window: &ColorStats) -> Measurement {
     let min_requests = m.min_requests.unwrap_or(DEFAULT_MIN_REQUESTS);
     let requests = window.requests();
-    let (value, note) = if requests < min_requests {
-        (
-            None,
-            Some(format!(
-                "{requests} requests in the window, fewer than minRequests ({min_requests})"
-            )),
-        )
-    } else {
-        let v = match which {
-            BuiltinMetric::SuccessRate => window.success_rate_percent(),
-            BuiltinMetric::LatencyP50 => window.latency_quantile_ms(0.5),
-            BuiltinMetric::LatencyP90 => window.latency_quantile_ms(0.9),
-            BuiltinMetric::LatencyP99 => window.latency_quantile_ms(0.99),
-        };
-        (v, None)
-    };
-    Measurement {
-        metric: m.name.clone(),
-        value,
-        min: m.min,
-        max: m.max,
-        note,
+    let none = Measurement::of(m.name.clone(), m.min, m.max);
+    if requests < min_requests {
+        return none.no_data(format!(
+            "{requests} requests in the window, fewer than minRequests ({min_requests})"
+        ));
     }
+    let v = match which {
+        BuiltinMetric::SuccessRate => window.success_rate_percent(),
+        BuiltinMetric::LatencyP50 => window.latency_quantile_ms(0.5),
+        BuiltinMetric::LatencyP90 => window.latency_quantile_ms(0.9),
+        BuiltinMetric::LatencyP99 => window.latency_quantile_ms(0.99),
+    };
+    Measurement { value: v, ..none }
 }
 
 /// Runs a PromQL query and reads one number from its answer.
@@ -139,17 +129,11 @@ pub async fn measure_prometheus(
         .replace("{{color}}", vars.color.as_str())
         .replace("{{revision}}", &vars.revision)
         .replace("{{service}}", &vars.service);
-    let (value, note) = match prometheus_query(&p.address, &query).await {
-        Ok(Some(v)) => (Some(v), None),
-        Ok(None) => (None, Some("the query returned no samples".to_string())),
-        Err(e) => (None, Some(format!("prometheus query failed: {e}"))),
-    };
-    Measurement {
-        metric: m.name.clone(),
-        value,
-        min: m.min,
-        max: m.max,
-        note,
+    let none = Measurement::of(m.name.clone(), m.min, m.max);
+    match prometheus_query(&p.address, &query).await {
+        Ok(Some(v)) => none.value(v),
+        Ok(None) => none.no_data("the query returned no samples"),
+        Err(e) => none.failed(format!("prometheus query failed: {e}")),
     }
 }
 
@@ -219,6 +203,11 @@ pub async fn run_stage(
     let mut ticker = tokio::time::interval(spec.interval.std());
     ticker.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
     ticker.tick().await;
+    if let Some(delay) = spec.initial_delay {
+        tokio::time::sleep(delay.std()).await;
+        ticker.reset();
+        prev = router.stats(vars.color);
+    }
     loop {
         ticker.tick().await;
         let now = router.stats(vars.color);
@@ -232,15 +221,10 @@ pub async fn run_stage(
         for (m, p) in spec.metrics.iter().zip(&providers) {
             ms.push(match p {
                 Some(p) => p.measure(m, &cx).await,
-                None => Measurement {
-                    metric: m.name.clone(),
-                    value: None,
-                    min: m.min,
-                    max: m.max,
-                    note: Some("no provider".into()),
-                },
+                None => Measurement::of(m.name.clone(), m.min, m.max).failed("no provider"),
             });
         }
+        spec.mark_dry_run(&mut ms);
         let results = hooks.call().await;
         let verdict = run.record_checks(ms, results);
         let done = verdict.is_some();
@@ -268,6 +252,7 @@ mod tests {
             min,
             max,
             min_requests: Some(5),
+            dry_run: false,
         }
     }
 

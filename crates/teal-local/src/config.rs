@@ -384,6 +384,24 @@ mod tests {
         }
     }
 
+    /// The example of docs/analysis.md is a valid `analysis` section.
+    #[test]
+    fn the_analysis_docs_example_is_valid() {
+        let doc = include_str!("../../../docs/analysis.md");
+        let block = doc
+            .split("```yaml\n")
+            .nth(1)
+            .and_then(|b| b.split("```").next())
+            .expect("a yaml block in docs/analysis.md");
+        let yaml = format!("app:\n  command: [./server]\n{block}");
+        let c = Config::parse(&yaml, Path::new(".")).unwrap_or_else(|e| panic!("{e}"));
+        let pre = c.analysis.pre_promotion.expect("prePromotion");
+        assert_eq!(pre.consecutive_error_limit, 4);
+        assert_eq!(pre.initial_delay.map(|d| d.as_millis()), Some(30_000));
+        assert!(pre.metrics.iter().any(|m| m.dry_run));
+        assert!(c.analysis.post_promotion.is_some());
+    }
+
     #[test]
     fn minimal_config_gets_defaults() {
         let c = Config::parse("app:\n  command: [./server]\n", Path::new("/srv/app")).unwrap();

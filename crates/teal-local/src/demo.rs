@@ -159,6 +159,7 @@ fn config(opts: &Options, state_dir: PathBuf) -> Config {
         min,
         max,
         min_requests: Some(20),
+        dry_run: false,
     };
     Config {
         app: AppSpec {
@@ -197,6 +198,8 @@ fn config(opts: &Options, state_dir: PathBuf) -> Config {
                 checks: 3,
                 failure_limit: 0,
                 inconclusive_limit: 2,
+                consecutive_error_limit: 2,
+                initial_delay: None,
                 metrics: vec![
                     metric("success-rate", BuiltinMetric::SuccessRate, Some(99.0), None),
                     metric("latency-p99", BuiltinMetric::LatencyP99, None, Some(500.0)),
@@ -207,6 +210,8 @@ fn config(opts: &Options, state_dir: PathBuf) -> Config {
                 checks: 2,
                 failure_limit: 0,
                 inconclusive_limit: 2,
+                consecutive_error_limit: 2,
+                initial_delay: None,
                 metrics: vec![metric(
                     "success-rate",
                     BuiltinMetric::SuccessRate,

@@ -355,16 +355,17 @@ fn render_status(s: &Status) -> String {
     }
     if let Some(a) = &s.analysis {
         out.push_str(&format!(
-            "analysis: {} of {}: {} checks, {} failed, {} inconclusive\n",
-            a.stage, a.revision, a.run.checks, a.run.failures, a.run.inconclusive
+            "analysis: {} of {}: {} checks, {} failed, {} inconclusive, {} provider errors\n",
+            a.stage, a.revision, a.run.checks, a.run.failures, a.run.inconclusive, a.run.errors
         ));
         for m in &a.run.last {
             out.push_str(&format!(
-                "          {} = {}\n",
+                "          {} = {}{}\n",
                 m.metric,
                 m.value
                     .map(|v| format!("{v:.2}"))
-                    .unwrap_or_else(|| m.note.clone().unwrap_or("no data".into()))
+                    .unwrap_or_else(|| m.note.clone().unwrap_or("no data".into())),
+                if m.dry_run { "  [dry run]" } else { "" },
             ));
         }
     }

@@ -87,12 +87,13 @@ pub fn detail(
         Some(a) => {
             let _ = writeln!(
                 s,
-                "Analysis:  {} of {}: {} checks, {} failed, {} inconclusive{}",
+                "Analysis:  {} of {}: {} checks, {} failed, {} inconclusive, {} provider errors{}",
                 a.stage,
                 a.revision,
                 a.checks,
                 a.failures,
                 a.inconclusive,
+                a.errors,
                 a.verdict
                     .as_ref()
                     .map(|v| format!(" -> {v}"))
@@ -101,11 +102,12 @@ pub fn detail(
             for m in &a.metrics {
                 let _ = writeln!(
                     s,
-                    "  {:<20} {}{}",
+                    "  {:<20} {}{}{}",
                     m.name,
                     m.value
                         .map(|v| format!("{v:.3}"))
                         .unwrap_or_else(|| "no value".into()),
+                    if m.dry_run { "  [dry run]" } else { "" },
                     m.note
                         .as_ref()
                         .map(|n| format!("  ({n})"))
