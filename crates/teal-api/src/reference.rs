@@ -35,6 +35,25 @@ pub fn crd_reference_markdown() -> String {
             out.push_str(&format!("\n## `{path}`\n\n{body}"));
         }
     }
+    let template =
+        serde_json::to_value(crate::template::MetricTemplate::crd()).expect("the CRD serializes");
+    let schema = &template["spec"]["versions"][0]["schema"]["openAPIV3Schema"];
+    out.push_str(
+        "\n# MetricTemplate and ClusterMetricTemplate reference\n\n\
+         `apiVersion: teal.dev/v1alpha1`, `kind: MetricTemplate` (namespaced, short name `mt`) \
+         or `kind: ClusterMetricTemplate` (cluster-wide, short name `cmt`), with the same \
+         `spec`. A metric uses one with `templateRef` \
+         ([docs/analysis.md](analysis.md#metric-templates)).\n",
+    );
+    let mut sections = Vec::new();
+    section(
+        "MetricTemplate.spec",
+        &schema["properties"]["spec"],
+        &mut sections,
+    );
+    for (path, body) in sections {
+        out.push_str(&format!("\n## `{path}`\n\n{body}"));
+    }
     out
 }
 

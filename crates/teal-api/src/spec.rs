@@ -233,7 +233,7 @@ fn default_consecutive_error_limit() -> u32 {
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize, KubeSchema)]
 #[serde(rename_all = "camelCase", deny_unknown_fields)]
 #[x_kube(
-    validation = Rule::new("has(self.builtin) != has(self.prometheus)").message("set exactly one provider: builtin (successRate, latencyP50, latencyP90, latencyP99) or prometheus"),
+    validation = Rule::new("[has(self.builtin), has(self.prometheus), has(self.templateRef)].filter(p, p).size() == 1").message("set exactly one provider: builtin (successRate, latencyP50, latencyP90, latencyP99), prometheus or templateRef"),
     validation = Rule::new("has(self.min) || has(self.max)").message("set min, max or both: a metric without a range checks nothing"),
     validation = Rule::new("!has(self.min) || !has(self.max) || self.min <= self.max").message("min must not be greater than max").field_path(".min")
 )]
@@ -246,6 +246,10 @@ pub struct MetricSpec {
     /// A PromQL query returning one number.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub prometheus: Option<PrometheusMetric>,
+    /// The provider and query of a MetricTemplate (or ClusterMetricTemplate),
+    /// with this metric's argument values (Kubernetes only).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub template_ref: Option<crate::template::TemplateRef>,
     /// Lowest value that passes.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub min: Option<f64>,
@@ -362,12 +366,16 @@ impl AnalysisStageSpec {
                     format!("{:?} is used twice", m.name),
                 ));
             }
-            match (&m.builtin, &m.prometheus) {
-                (Some(_), Some(_)) | (None, None) => errors.push(FieldError::new(
+            let providers = [
+                m.builtin.is_some(),
+                m.prometheus.is_some(),
+                m.template_ref.is_some(),
+            ];
+            if providers.iter().filter(|p| **p).count() != 1 {
+                errors.push(FieldError::new(
                     p.clone(),
-                    "set exactly one provider: builtin (successRate, latencyP50, latencyP90, latencyP99) or prometheus",
-                )),
-                _ => {}
+                    "set exactly one provider: builtin (successRate, latencyP50, latencyP90, latencyP99), prometheus or templateRef",
+                ));
             }
             if m.min.is_none() && m.max.is_none() {
                 errors.push(FieldError::new(

@@ -104,9 +104,15 @@ pub fn start(
             true => Some(router_window(&client, &bg, &key, &spec, &vars).await),
             false => None,
         };
+        // Templates are read for every check: a changed one applies to the
+        // next check.
+        let resolved = crate::templates::resolve_stage(&client, &vars.namespace, &spec).await;
         let mut ms = Vec::new();
-        for metric in &spec.metrics {
-            ms.push(measure(metric, &vars, window.as_ref()).await);
+        for (metric, r) in spec.metrics.iter().zip(resolved) {
+            ms.push(match r {
+                Ok(metric) => measure(&metric, &vars, window.as_ref()).await,
+                Err(e) => measure_none(metric).failed(format!("templateRef: {e}")),
+            });
         }
         let hooks = crate::hooks::with_check(&bg, &m, &vars.revision, vars.color).await;
         {

@@ -23,6 +23,7 @@ pub mod objects;
 pub mod reconcile;
 pub mod retry;
 pub mod routers;
+pub mod templates;
 pub mod turns;
 
 use std::net::SocketAddr;

@@ -995,6 +995,33 @@ async fn apply(bg: Arc<BlueGreen>, ctx: Arc<Context>) -> Result<Requeue, Error> 
             .retain(|c| c.type_ != crate::autoscaling::CONDITION),
         None => {}
     }
+    // Metric templates that cannot be used: say which field, before a
+    // release needs them.
+    let templates = crate::templates::condition(&ctx.client, &bg).await;
+    let templates_missing = templates.as_ref().is_some_and(|(ok, _)| !ok);
+    match templates {
+        Some((ok, message)) => {
+            let reason = if ok {
+                crate::templates::RESOLVED
+            } else {
+                crate::templates::UNRESOLVED
+            };
+            let c = condition(
+                crate::templates::CONDITION,
+                ok,
+                reason,
+                &message,
+                generation,
+            );
+            if !ok && routers::is_news(&old_status.conditions, &c) {
+                cluster.event(true, reason, message).await;
+            }
+            set_condition(&mut status, c);
+        }
+        None => status
+            .conditions
+            .retain(|c| c.type_ != crate::templates::CONDITION),
+    }
     let next = state.machine.next_deadline();
     let next_check = state.analysis.as_ref().map(|a| a.next_check);
     let unchanged = old_status.engine.as_ref() == Some(&crate::checkpoint::stored_form(&state)?);
@@ -1037,6 +1064,9 @@ async fn apply(bg: Arc<BlueGreen>, ctx: Arc<Context>) -> Result<Requeue, Error> 
         wait.min(2_000)
     } else if refused.is_some() {
         wait.min(REFUSED_RETRY_MS)
+    } else if templates_missing {
+        // Templates are not watched: look again soon for one created.
+        wait.min(crate::templates::RETRY_MS)
     } else {
         wait
     };

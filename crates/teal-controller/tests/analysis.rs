@@ -74,6 +74,44 @@ impl Exposer {
     }
 }
 
+/// An [`Exposer`] with `values` (namespace, app, color, value) and a real
+/// Prometheus scraping it every second; returns once Prometheus has every
+/// series of `ns`.
+async fn scraped(
+    ns: &str,
+    values: &[(&str, &str, &str, f64)],
+) -> (Exposer, teal_testenv::prometheus::Prometheus) {
+    let (exposer, addr) = Exposer::start().await;
+    let scrape = format!(
+        "global: {{scrape_interval: 1s, evaluation_interval: 1s}}\nscrape_configs:\n  - job_name: shop\n    honor_labels: true\n    static_configs: [{{targets: ['{addr}']}}]\n"
+    );
+    let prom = teal_testenv::prometheus::start(&scrape)
+        .await
+        .expect("prometheus starts");
+    for (n, app, color, v) in values {
+        exposer.set(n, app, color, *v);
+    }
+    let want = values.iter().filter(|v| v.0 == ns).count();
+    teal_testenv::wait_for(
+        "prometheus to scrape the exposer",
+        Duration::from_secs(90),
+        || {
+            let prom = &prom;
+            let q = format!("shop_errors_percent{{namespace=\"{ns}\"}}");
+            async move {
+                let s = prom.query(&q).await.map_err(|e| e.to_string())?;
+                if s.len() >= want {
+                    Ok(())
+                } else {
+                    Err(format!("{} series so far", s.len()))
+                }
+            }
+        },
+    )
+    .await;
+    (exposer, prom)
+}
+
 /// The BlueGreen `shop` of Deployment `shop` with `pre` as its
 /// pre-promotion analysis.
 fn shop_analysed(pre: serde_json::Value) -> serde_json::Value {
@@ -87,35 +125,17 @@ fn shop_analysed(pre: serde_json::Value) -> serde_json::Value {
 
 #[tokio::test(flavor = "multi_thread")]
 async fn prometheus_analysis_gates_the_cutover() {
-    let (exposer, addr) = Exposer::start().await;
-    let scrape = format!(
-        "global: {{scrape_interval: 1s, evaluation_interval: 1s}}\nscrape_configs:\n  - job_name: shop\n    honor_labels: true\n    static_configs: [{{targets: ['{addr}']}}]\n"
-    );
-    let prom = teal_testenv::prometheus::start(&scrape)
-        .await
-        .expect("prometheus starts");
     let mut c = case("analysis").await;
     let ns = c.ns.clone();
-    exposer.set(&ns, "shop", "blue", 0.0);
-    exposer.set(&ns, "shop", "green", 1.5);
-    // Another BlueGreen's figures, which the template variables must exclude.
-    exposer.set(&ns, "other", "green", 90.0);
-    exposer.set("elsewhere", "shop", "green", 90.0);
-    teal_testenv::wait_for(
-        "prometheus to scrape the exposer",
-        Duration::from_secs(90),
-        || {
-            let prom = &prom;
-            let q = format!("shop_errors_percent{{namespace=\"{ns}\"}}");
-            async move {
-                let s = prom.query(&q).await.map_err(|e| e.to_string())?;
-                if s.len() >= 3 {
-                    Ok(())
-                } else {
-                    Err(format!("{} series so far", s.len()))
-                }
-            }
-        },
+    let (exposer, prom) = scraped(
+        &ns,
+        &[
+            (ns.as_str(), "shop", "blue", 0.0),
+            (ns.as_str(), "shop", "green", 1.5),
+            // Another BlueGreen's figures, which the template variables must exclude.
+            (ns.as_str(), "other", "green", 90.0),
+            ("elsewhere", "shop", "green", 90.0),
+        ],
     )
     .await;
 
@@ -286,4 +306,138 @@ async fn provider_errors_fail_the_stage_past_the_consecutive_limit() {
         "{reason}"
     );
     assert_eq!(c.selector_color("shop").await.as_deref(), Some("blue"));
+}
+
+/// A MetricTemplate serves two BlueGreens with their own arguments (each
+/// gets its own query: one passes, one fails naming metric and value); a
+/// change of the template applies to the next check; a missing
+/// ClusterMetricTemplate is a condition naming the field until it exists.
+#[tokio::test]
+async fn metric_templates_serve_many_bluegreens_with_their_own_arguments() {
+    let mut c = case("templates").await;
+    let ns = c.ns.clone();
+    let (_exposer, prom) = scraped(
+        &ns,
+        &[
+            (ns.as_str(), "shop", "green", 1.5),
+            (ns.as_str(), "cart", "green", 4.0),
+        ],
+    )
+    .await;
+    let query = r#"max(shop_errors_percent{namespace="{{namespace}}",app="{{args.app}}",color="{{color}}"})"#;
+    let template = |name: &str, kind: &str, query: &str| {
+        format!(
+            "apiVersion: teal.dev/v1alpha1\nkind: {kind}\nmetadata: {{name: {name}}}\nspec:\n  args: [{{name: app}}]\n  prometheus: {{address: '{}', query: '{query}'}}\n",
+            prom.url()
+        )
+    };
+    support::kubectl_apply(&ns, &template("error-rate", "MetricTemplate", query));
+    let uses = |app: &str, kind: &str, name: &str, checks: u32| {
+        shop_analysed(json!({
+            "interval": "1s", "checks": checks, "failureLimit": 0, "inconclusiveLimit": 5,
+            "metrics": [{"name": "errors", "max": 5,
+                         "templateRef": {"kind": kind, "name": name, "args": {"app": app}}}]
+        }))
+    };
+    let cluster_name = format!("errors-{ns}");
+    for (bg, spec) in [
+        ("web-a", uses("shop", "MetricTemplate", "error-rate", 2)),
+        ("web-b", uses("cart", "MetricTemplate", "error-rate", 600)),
+        (
+            "web-c",
+            uses("shop", "ClusterMetricTemplate", &cluster_name, 2),
+        ),
+    ] {
+        let mut spec = spec;
+        spec["workloadRef"]["name"] = bg.into();
+        c.create_workload(bg, &format!("{bg}:1"), 1, BTreeMap::new())
+            .await;
+        c.create_bluegreen(bg, spec).await.unwrap();
+    }
+    c.start_controller();
+    let message = templates_condition(&c, "web-c", "False").await;
+    assert_eq!(
+        message,
+        format!(
+            "spec.analysis.prePromotion.metrics[0].templateRef: ClusterMetricTemplate {cluster_name} not found"
+        )
+    );
+    let message = templates_condition(&c, "web-a", "True").await;
+    assert!(message.contains(r#"app="shop""#), "{message}");
+
+    // Each BlueGreen's release is checked with its own query.
+    for bg in ["web-a", "web-b"] {
+        c.set_image(bg, &format!("{bg}:2"), BTreeMap::new()).await;
+    }
+    c.wait_status("web-a promoted", "web-a", |s| {
+        s.history.iter().any(|h| h.outcome == "promoted") && s.phase.as_deref() == Some("Healthy")
+    })
+    .await;
+    let st = c
+        .wait_status("web-b's check of cart", "web-b", |s| {
+            s.analysis
+                .as_ref()
+                .is_some_and(|a| a.metrics.first().and_then(|m| m.value) == Some(4.0))
+        })
+        .await;
+    assert_eq!(st.phase.as_deref(), Some("Previewing"));
+    // The template changed while web-b's checks go on: the next check uses
+    // it, and fails.
+    support::kubectl_apply(
+        &ns,
+        &template(
+            "error-rate",
+            "MetricTemplate",
+            &query.replace("max(", "10 * max("),
+        ),
+    );
+    let st = c
+        .wait_status("web-b fails naming metric and value", "web-b", |s| {
+            s.history.last().is_some_and(|h| h.outcome != "promoted")
+                && s.phase.as_deref() != Some("Previewing")
+        })
+        .await;
+    assert!(
+        st.history
+            .last()
+            .unwrap()
+            .reason
+            .contains("errors = 40 is above the maximum 5"),
+        "{:?}",
+        st.history.last()
+    );
+
+    // The ClusterMetricTemplate created: web-c's condition clears and its
+    // release passes.
+    support::kubectl_apply(
+        &ns,
+        &template(&cluster_name, "ClusterMetricTemplate", query),
+    );
+    templates_condition(&c, "web-c", "True").await;
+    c.set_image("web-c", "web-c:2", BTreeMap::new()).await;
+    c.wait_status("web-c promoted", "web-c", |s| {
+        s.history.iter().any(|h| h.outcome == "promoted") && s.phase.as_deref() == Some("Healthy")
+    })
+    .await;
+    teal_testenv::TestEnv::shared()
+        .kubectl()
+        .args(["delete", "clustermetrictemplate", &cluster_name])
+        .output()
+        .unwrap();
+}
+
+/// Waits until `bg`'s `MetricTemplates` condition has `status`; its message.
+async fn templates_condition(c: &support::Case, bg: &str, status: &str) -> String {
+    let st = c
+        .wait_status(&format!("{bg}'s MetricTemplates={status}"), bg, |s| {
+            s.conditions
+                .iter()
+                .any(|c| c.type_ == "MetricTemplates" && c.status == status)
+        })
+        .await;
+    st.conditions
+        .into_iter()
+        .find(|c| c.type_ == "MetricTemplates")
+        .map(|c| c.message)
+        .unwrap_or_default()
 }

@@ -30,30 +30,6 @@ fn kubectl(ns: &str, args: &[&str]) -> String {
     String::from_utf8_lossy(&out.stdout).into_owned()
 }
 
-/// `kubectl apply` of `manifest` in `ns`.
-fn apply(ns: &str, manifest: &str) {
-    use std::io::Write;
-    let mut child = TestEnv::shared()
-        .kubectl()
-        .args(["apply", "-n", ns, "-f", "-"])
-        .stdin(std::process::Stdio::piped())
-        .stderr(std::process::Stdio::piped())
-        .spawn()
-        .expect("run kubectl");
-    child
-        .stdin
-        .take()
-        .unwrap()
-        .write_all(manifest.as_bytes())
-        .unwrap();
-    let out = child.wait_with_output().unwrap();
-    assert!(
-        out.status.success(),
-        "kubectl apply: {}",
-        String::from_utf8_lossy(&out.stderr)
-    );
-}
-
 /// A HorizontalPodAutoscaler `name` of `kind`/`target` on CPU (no metrics
 /// API here: it acts only on a size outside `min..=max`).
 fn hpa(name: &str, api_version: &str, kind: &str, target: &str, min: i32, max: i32) -> String {
@@ -299,7 +275,7 @@ async fn a_release_cuts_over_at_the_current_size() {
 async fn an_hpa_on_the_workload_is_reported_with_what_to_change() {
     let mut c = case("hpa-workload").await;
     c.create_workload("web", "web:1", 3, BTreeMap::new()).await;
-    apply(&c.ns, &hpa("web", "apps/v1", "Deployment", "web", 2, 6));
+    support::kubectl_apply(&c.ns, &hpa("web", "apps/v1", "Deployment", "web", 2, 6));
     start(&mut c, json!({})).await;
     let st = c
         .wait_status("the Autoscaling condition", "web", |s| {
@@ -326,7 +302,7 @@ async fn an_hpa_on_the_workload_is_reported_with_what_to_change() {
         "{events:?}"
     );
 
-    apply(
+    support::kubectl_apply(
         &c.ns,
         &hpa("web", "teal.dev/v1alpha1", "BlueGreen", "web", 2, 6),
     );
@@ -463,7 +439,7 @@ async fn the_hpa_controller_sizes_the_live_color_through_the_scale_subresource()
     let mut c = case("hpa").await;
     live_web_at_2(&mut c).await;
 
-    apply(
+    support::kubectl_apply(
         &c.ns,
         &hpa("web", "teal.dev/v1alpha1", "BlueGreen", "web", 4, 6),
     );
@@ -477,7 +453,7 @@ async fn the_hpa_controller_sizes_the_live_color_through_the_scale_subresource()
     // The HPA saw no change of size across the cutover.
     hpa_at(&c, 4).await;
 
-    apply(
+    support::kubectl_apply(
         &c.ns,
         &hpa("web", "teal.dev/v1alpha1", "BlueGreen", "web", 1, 3),
     );
@@ -495,7 +471,7 @@ async fn the_hpa_follows_load_on_an_external_metric_across_a_release() {
     let metrics = ExternalMetrics::start(c.client.clone()).await.unwrap();
     metrics.set("web_load", "20");
     live_web_at_2(&mut c).await;
-    apply(&c.ns, &hpa_on_load(1, 6));
+    support::kubectl_apply(&c.ns, &hpa_on_load(1, 6));
     hpa_at(&c, 2).await;
 
     // The load rises to 50: five replicas of 10.

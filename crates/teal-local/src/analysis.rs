@@ -249,6 +249,7 @@ mod tests {
             name: "m".into(),
             builtin: Some(b),
             prometheus: None,
+            template_ref: None,
             min,
             max,
             min_requests: Some(5),

@@ -340,6 +340,19 @@ impl Config {
         }
         self.promotion.validate("promotion", &mut e);
         self.analysis.validate("analysis", &mut e);
+        for (stage, spec) in [
+            ("prePromotion", &self.analysis.pre_promotion),
+            ("postPromotion", &self.analysis.post_promotion),
+        ] {
+            for (i, m) in spec.iter().flat_map(|s| s.metrics.iter()).enumerate() {
+                if m.template_ref.is_some() {
+                    e.push(FieldError::new(
+                        format!("analysis.{stage}.metrics[{i}].templateRef"),
+                        "metric templates are Kubernetes objects; in teal.yaml give the provider inline (builtin or prometheus)",
+                    ));
+                }
+            }
+        }
         teal_api::hooks::validate(
             &self.webhooks,
             &self.notifications,
@@ -400,6 +413,17 @@ mod tests {
         assert_eq!(pre.initial_delay.map(|d| d.as_millis()), Some(30_000));
         assert!(pre.metrics.iter().any(|m| m.dry_run));
         assert!(c.analysis.post_promotion.is_some());
+    }
+
+    #[test]
+    fn a_metric_template_is_refused_naming_the_field() {
+        let e = errors_of(
+            "app:\n  command: [./server]\nanalysis:\n  prePromotion:\n    metrics:\n      - {name: errors, max: 1, templateRef: {name: error-rate}}\n",
+        );
+        assert!(
+            e.contains("analysis.prePromotion.metrics[0].templateRef: metric templates are Kubernetes objects"),
+            "{e}"
+        );
     }
 
     #[test]

@@ -572,3 +572,54 @@ impl Drop for TmuxServer {
             .status();
     }
 }
+
+/// The `yaml` block of docs/analysis.md that follows `after`.
+fn docs_yaml_after(after: &str) -> String {
+    let doc = include_str!("../../../docs/analysis.md");
+    let rest = &doc[doc.find(after).expect("the text before the example")..];
+    rest.split("```yaml\n")
+        .nth(1)
+        .and_then(|b| b.split("```").next())
+        .expect("a yaml block")
+        .to_owned()
+}
+
+/// docs/analysis.md's metric template examples, applied as written: `teal
+/// status` shows the query each metric resolves to, and names the field
+/// of one whose template is missing.
+#[tokio::test]
+async fn status_shows_resolved_metric_templates() {
+    let env = TestEnv::shared();
+    let metrics = docs_yaml_after("A metric names it in `templateRef`");
+    let indented: Vec<String> = metrics.lines().map(|l| format!("  {l}")).collect();
+    let extra = format!(
+        "  promotion: {{mode: manual}}\n  analysis:\n    prePromotion:\n{}",
+        indented.join("\n")
+    );
+    let ns = setup(env, "cli-templates", &extra, true).await;
+    let template = docs_yaml_after("## Metric templates");
+    kubectl(env, &["apply", "-n", &ns, "-f", "-"], Some(&template));
+    let out = wait_for(
+        "the templates in teal status",
+        Duration::from_secs(60),
+        || async {
+            let out = teal(env, &ns, &["status", "shop"]).await;
+            if out.stdout.contains("Template:  prePromotion errors:") {
+                Ok(out)
+            } else {
+                Err(format!("{out:?}"))
+            }
+        },
+    )
+    .await;
+    assert!(
+        out.stdout.contains(
+            "spec.analysis.prePromotion.metrics[1].templateRef: ClusterMetricTemplate error-rate not found"
+        ),
+        "{out:?}"
+    );
+    assert!(
+        out.stdout.contains(r#"app="shop""#) && out.stdout.contains("[1m]"),
+        "{out:?}"
+    );
+}

@@ -58,12 +58,11 @@ fn the_chart_lints_and_ships_the_generated_crd() {
         String::from_utf8_lossy(&out.stdout),
         String::from_utf8_lossy(&out.stderr)
     );
-    let shipped =
-        std::fs::read_to_string(deploy_path("helm/teal/crds/bluegreens.teal.dev.yaml")).unwrap();
+    let shipped = std::fs::read_to_string(deploy_path("helm/teal/crds/crds.yaml")).unwrap();
     assert_eq!(
         shipped,
         teal_api::crd_yaml(),
-        "deploy/helm/teal/crds/ is stale: cargo run -p teal-api --bin crdgen > deploy/helm/teal/crds/bluegreens.teal.dev.yaml"
+        "deploy/helm/teal/crds/ is stale: cargo run -p teal-api --bin crdgen > deploy/helm/teal/crds/crds.yaml"
     );
 }
 

@@ -11,7 +11,7 @@ use k8s_openapi::api::core::v1::Service;
 use k8s_openapi::apiextensions_apiserver::pkg::apis::apiextensions::v1::CustomResourceDefinition;
 use kube::api::{Patch, PatchParams, PostParams};
 use kube::core::{ApiResource, DynamicObject};
-use kube::{Api, Client, CustomResourceExt};
+use kube::{Api, Client};
 use serde_json::json;
 use teal_api::BlueGreen;
 use teal_testenv::{TestEnv, wait_for};
@@ -31,45 +31,44 @@ impl Drop for Case {
     }
 }
 
+/// Installs teal's CRDs (BlueGreen and the metric templates) and waits
+/// until the apiserver serves them.
 pub async fn install_crd(client: &Client) {
     let crds: Api<CustomResourceDefinition> = Api::all(client.clone());
-    let crd = BlueGreen::crd();
-    crds.patch(
-        "bluegreens.teal.dev",
-        &PatchParams::apply("teal-tests").force(),
-        &Patch::Apply(&crd),
-    )
-    .await
-    .expect("install the CRD");
-    wait_for(
-        "the BlueGreen CRD to be established",
-        Duration::from_secs(30),
-        || {
-            let crds = crds.clone();
-            async move {
-                let c = crds
-                    .get("bluegreens.teal.dev")
-                    .await
-                    .map_err(|e| e.to_string())?;
-                let ok = c
-                    .status
-                    .and_then(|s| s.conditions)
-                    .unwrap_or_default()
-                    .iter()
-                    .any(|c| c.type_ == "Established" && c.status == "True");
-                if ok {
-                    Ok(())
-                } else {
-                    Err("not established yet".to_string())
+    for crd in teal_api::crds() {
+        let name = crd.metadata.name.clone().unwrap_or_default();
+        crds.patch(
+            &name,
+            &PatchParams::apply("teal-tests").force(),
+            &Patch::Apply(&crd),
+        )
+        .await
+        .expect("install the CRD");
+        wait_for(
+            &format!("the CRD {name} to be established"),
+            Duration::from_secs(30),
+            || {
+                let (crds, name) = (crds.clone(), name.clone());
+                async move {
+                    let c = crds.get(&name).await.map_err(|e| e.to_string())?;
+                    let ok = c
+                        .status
+                        .and_then(|s| s.conditions)
+                        .unwrap_or_default()
+                        .iter()
+                        .any(|c| c.type_ == "Established" && c.status == "True");
+                    if ok {
+                        Ok(())
+                    } else {
+                        Err("not established yet".to_string())
+                    }
                 }
-            }
-        },
-    )
-    .await;
+            },
+        )
+        .await;
+    }
 }
 
-/// A fresh namespace with the CRD installed; the controller is started by
-/// [`Case::start_controller`].
 pub async fn case(prefix: &str) -> Case {
     let env = TestEnv::shared();
     let client = env.client();
@@ -575,4 +574,28 @@ impl std::io::Write for Capture {
     fn flush(&mut self) -> std::io::Result<()> {
         Ok(())
     }
+}
+
+/// `kubectl apply` of `manifest` in `ns`.
+pub fn kubectl_apply(ns: &str, manifest: &str) {
+    use std::io::Write;
+    let mut child = TestEnv::shared()
+        .kubectl()
+        .args(["apply", "-n", ns, "-f", "-"])
+        .stdin(std::process::Stdio::piped())
+        .stderr(std::process::Stdio::piped())
+        .spawn()
+        .expect("run kubectl");
+    child
+        .stdin
+        .take()
+        .unwrap()
+        .write_all(manifest.as_bytes())
+        .unwrap();
+    let out = child.wait_with_output().unwrap();
+    assert!(
+        out.status.success(),
+        "kubectl apply: {}",
+        String::from_utf8_lossy(&out.stderr)
+    );
 }

@@ -139,6 +139,16 @@ pub fn detail(
             .collect();
         let _ = writeln!(s, "Conditions: {}", conds.join("  "));
     }
+    // Metric templates: the query each metric resolves to, or what is missing.
+    if let Some(c) = st
+        .conditions
+        .iter()
+        .find(|c| c.type_ == teal_controller::templates::CONDITION)
+    {
+        for line in c.message.split("; ") {
+            let _ = writeln!(s, "Template:  {line}");
+        }
+    }
     if let Some(c) = &st.last_command {
         let _ = writeln!(s, "Last command: {c}");
     }
