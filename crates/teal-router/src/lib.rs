@@ -81,6 +81,9 @@ pub(crate) struct Shared {
     /// Set when the process is told to stop: the probe port then reports
     /// not ready while traffic is still served.
     stopping: std::sync::atomic::AtomicBool,
+    /// When the last client connection was accepted (milliseconds since
+    /// `started`, plus one; 0: none yet).
+    pub(crate) last_accept: AtomicU64,
 }
 
 pub(crate) struct ColorState {
@@ -169,6 +172,7 @@ impl Router {
                 colors,
                 rng: AtomicU64::new(seed),
                 stopping: std::sync::atomic::AtomicBool::new(false),
+                last_accept: AtomicU64::new(0),
                 started: Instant::now(),
             }),
         }
@@ -199,6 +203,17 @@ impl Router {
     /// stopping); traffic is served as before.
     pub fn stop_ready(&self) {
         self.shared.stopping.store(true, Ordering::Relaxed);
+    }
+
+    /// How long ago the last client connection was accepted (`None`: none
+    /// yet). While a Service still sends new connections to a replica that
+    /// is stopping, this stays short.
+    pub fn since_last_accept(&self) -> Option<std::time::Duration> {
+        let at = self.shared.last_accept.load(Ordering::Relaxed);
+        (at > 0).then(|| {
+            let now = self.shared.started.elapsed().as_millis() as u64;
+            std::time::Duration::from_millis(now.saturating_sub(at - 1))
+        })
     }
 
     /// Whether [`Router::stop_ready`] was called.

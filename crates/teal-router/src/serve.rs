@@ -73,6 +73,8 @@ impl Router {
                 r = listener.accept() => match r {
                     Ok(pair) => {
                         backoff.accepted();
+                        let at = self.shared.started.elapsed().as_millis() as u64 + 1;
+                        self.shared.last_accept.store(at, std::sync::atomic::Ordering::Relaxed);
                         pair
                     }
                     Err(e) => {

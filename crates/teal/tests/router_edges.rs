@@ -658,23 +658,36 @@ async fn the_probe_port_is_ready_only_once_a_route_table_is_installed() {
     assert_eq!(post.status(), StatusCode::METHOD_NOT_ALLOWED);
 }
 
-#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn on_sigterm_with_a_shutdown_delay_the_router_reports_not_ready_and_keeps_serving() {
+/// A router with a probe port and `--shutdown-delay delay`, routing to two
+/// apps (returned too: they live as long as the test holds them).
+fn router_with_shutdown_delay(delay: &str) -> (RouterProc, [App; 2]) {
     let blue = app("blue", "v1");
     let green = app("green", "v2");
     let r = router(
         Some(&table("blue", blue.addr, green.addr)),
-        &["--probe", "127.0.0.1:0", "--shutdown-delay", "3s"],
+        &["--probe", "127.0.0.1:0", "--shutdown-delay", delay],
     );
-    let probe: SocketAddr = field(&r.proc.line, "probe=").parse().expect("probe addr");
-    assert_eq!(get(probe, "/readyz").await.status(), StatusCode::OK);
+    (r, [blue, green])
+}
 
+/// Sends SIGTERM to `r`; when.
+fn sigterm(r: &RouterProc) -> Instant {
     let term = Instant::now();
     let status = std::process::Command::new("kill")
         .args(["-TERM", &r.proc.pid().to_string()])
         .status()
         .unwrap();
     assert!(status.success());
+    term
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn on_sigterm_with_a_shutdown_delay_the_router_reports_not_ready_and_keeps_serving() {
+    let (r, _apps) = router_with_shutdown_delay("3s");
+    let probe: SocketAddr = field(&r.proc.line, "probe=").parse().expect("probe addr");
+    assert_eq!(get(probe, "/readyz").await.status(), StatusCode::OK);
+
+    let term = sigterm(&r);
     // During the delay: not ready, and new connections are still served.
     eventually("/readyz reports the shutdown", || async {
         let ready = get(probe, "/readyz").await;
@@ -700,5 +713,37 @@ async fn on_sigterm_with_a_shutdown_delay_the_router_reports_not_ready_and_keeps
     assert!(
         TcpStream::connect(r.proxy).await.is_err(),
         "still accepting"
+    );
+}
+
+/// A Service may go on sending new connections after the shutdown delay
+/// (its endpoint update lagging behind under load): the router keeps
+/// accepting until a second passes without one, so none is refused, and
+/// then stops.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn connections_still_arriving_after_the_shutdown_delay_are_served_until_quiet() {
+    let (r, _apps) = router_with_shutdown_delay("2s");
+    let term = sigterm(&r);
+    // New connections until 2.8 s, past the 2 s delay.
+    let mut served = 0;
+    while term.elapsed() < Duration::from_millis(2800) {
+        let resp = get(r.proxy, "/").await;
+        assert_eq!(
+            resp.status(),
+            StatusCode::OK,
+            "{:?} after SIGTERM: {}",
+            term.elapsed(),
+            resp.body()
+        );
+        served += 1;
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+    assert!(served >= 20, "{served}");
+    let mut r = r;
+    assert!(r.proc.wait().success(), "router did not exit cleanly");
+    let took = term.elapsed();
+    assert!(
+        took >= Duration::from_millis(3500) && took < Duration::from_secs(6),
+        "exited {took:?} after SIGTERM: expected about a second after the last connection"
     );
 }

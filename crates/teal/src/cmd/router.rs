@@ -27,7 +27,9 @@ pub struct Args {
     probe: Option<SocketAddr>,
     /// On SIGTERM, keep serving this long with /readyz reporting not ready
     /// before closing the listener, so that load balancers (kube-proxy)
-    /// stop sending new connections first.
+    /// stop sending new connections first; then, while new connections
+    /// still arrive, until a second passes without one (at most this long
+    /// again).
     #[arg(long, default_value = "0s", value_parser = parse_duration)]
     shutdown_delay: Duration,
     /// File holding the bearer token for the admin API on a TCP address.
@@ -191,6 +193,9 @@ pub async fn run(args: Args) -> anyhow::Result<ExitCode> {
     let listener = teal_router::listen(args.listen)
         .with_context(|| format!("--listen: cannot listen on {}", args.listen))?;
     let local = listener.local_addr()?;
+    // Watched before the listening line: from then on a SIGTERM is a
+    // graceful stop, never the default action that ends the process at once.
+    let stop_signal = shutdown_signal();
     {
         let mut out = std::io::stdout().lock();
         match &probe {
@@ -243,19 +248,22 @@ pub async fn run(args: Args) -> anyhow::Result<ExitCode> {
     };
     match follow_task {
         Some(t) => tokio::select! {
-            _ = shutdown_signal() => {}
+            _ = stop_signal => {}
             r = t => {
                 let r = r.context("following the BlueGreen")?;
                 r?;
             }
         },
-        None => shutdown_signal().await,
+        None => stop_signal.await,
     }
     if !args.shutdown_delay.is_zero() {
         router.stop_ready();
         tracing::info!(delay = ?args.shutdown_delay, "stopping: not ready, still serving until the delay ends");
         tokio::select! {
-            _ = tokio::time::sleep(args.shutdown_delay) => {}
+            _ = async {
+                tokio::time::sleep(args.shutdown_delay).await;
+                until_quiet(&router, args.shutdown_delay).await;
+            } => {}
             _ = shutdown_signal() => {}
         }
     }
@@ -271,6 +279,29 @@ pub async fn run(args: Args) -> anyhow::Result<ExitCode> {
     }
     Ok(ExitCode::SUCCESS)
 }
+
+/// After the shutdown delay: new connections still arriving mean the
+/// Service has not let go of this replica yet (the endpoint update that
+/// removes it can lag behind under load). Keep accepting until no new
+/// connection came for [`QUIET`], for at most `longest` more.
+async fn until_quiet(router: &Router, longest: Duration) {
+    let end = tokio::time::Instant::now() + longest;
+    loop {
+        let since = router.since_last_accept().unwrap_or(QUIET);
+        if since >= QUIET {
+            return;
+        }
+        let now = tokio::time::Instant::now();
+        if now >= end {
+            tracing::info!("stopping although connections still arrive");
+            return;
+        }
+        tokio::time::sleep((QUIET - since).min(end - now)).await;
+    }
+}
+
+/// How long without a new connection counts as no longer being sent any.
+const QUIET: Duration = Duration::from_secs(1);
 
 /// Reloads the certificate and key on every SIGHUP; a failed reload keeps
 /// serving the current certificate.
@@ -291,18 +322,23 @@ fn reload_tls_on_sighup(tls: Tls) -> anyhow::Result<()> {
 }
 
 /// Completes on SIGTERM or SIGINT (Ctrl-C).
-pub(crate) async fn shutdown_signal() {
+/// SIGTERM is watched from the call on (not from the first poll), so one
+/// sent before the future is awaited is not missed.
+pub(crate) fn shutdown_signal() -> impl std::future::Future<Output = ()> {
     use tokio::signal::unix::{SignalKind, signal};
-    match signal(SignalKind::terminate()) {
-        Ok(mut term) => {
-            tokio::select! {
-                _ = term.recv() => {}
-                _ = tokio::signal::ctrl_c() => {}
+    let term = signal(SignalKind::terminate());
+    async move {
+        match term {
+            Ok(mut term) => {
+                tokio::select! {
+                    _ = term.recv() => {}
+                    _ = tokio::signal::ctrl_c() => {}
+                }
             }
-        }
-        Err(e) => {
-            tracing::warn!(error = %e, "cannot watch SIGTERM; stopping on Ctrl-C only");
-            let _ = tokio::signal::ctrl_c().await;
+            Err(e) => {
+                tracing::warn!(error = %e, "cannot watch SIGTERM; stopping on Ctrl-C only");
+                let _ = tokio::signal::ctrl_c().await;
+            }
         }
     }
 }
