@@ -10,16 +10,15 @@
 
 use std::collections::HashMap;
 use std::sync::{Mutex, OnceLock};
-use std::time::Duration;
 
 use kube::ResourceExt;
+use teal_analysis::{CheckContext, QueryVars};
 use teal_api::BlueGreen;
 use teal_api::bluegreen::RouterKind;
-use teal_api::spec::{AnalysisStageSpec, MetricSpec, PrometheusMetric};
+use teal_api::spec::{AnalysisStageSpec, MetricSpec};
 use teal_core::analysis::Measurement;
 use teal_core::hooks::HookResult;
 use teal_core::release::{Machine, Millis, Stage};
-use teal_local::analysis::QueryVars;
 
 use crate::builtin::{self, Readings, Traffic};
 
@@ -236,154 +235,23 @@ pub fn tracked() -> usize {
     checks().lock().expect("checks").by_bluegreen.len()
 }
 
-fn measure_none(m: &MetricSpec, note: String) -> Measurement {
-    Measurement {
-        metric: m.name.clone(),
-        value: None,
-        min: m.min,
-        max: m.max,
-        note: Some(note),
-    }
-}
-
-/// Measures `m`; `window` is what the `teal` router counted since the
-/// previous check (`None` when the BlueGreen's router is another type).
+/// Measures `m` through its provider; `window` is what the `teal` router
+/// counted since the previous check (`None` when the BlueGreen's router is
+/// another type).
 async fn measure(
     m: &MetricSpec,
     vars: &QueryVars,
     window: Option<&Result<teal_core::ColorStats, String>>,
 ) -> Measurement {
-    if let Some(b) = m.builtin {
-        return match window {
-            Some(Ok(w)) => teal_local::analysis::measure_builtin(m, b, w),
-            Some(Err(e)) => measure_none(m, e.clone()),
-            None => measure_none(m, BUILTIN_NEEDS_TEAL.into()),
-        };
-    }
-    let Some(p) = &m.prometheus else {
-        return measure_none(m, "no provider".into());
+    let window = match window {
+        Some(Ok(w)) => Ok(w),
+        Some(Err(e)) => Err(e.as_str()),
+        None => Err(BUILTIN_NEEDS_TEAL),
     };
-    match prometheus(p, vars).await {
-        Ok(Some(v)) => Measurement {
-            value: Some(v),
-            note: None,
-            ..measure_none(m, String::new())
-        },
-        Ok(None) => measure_none(m, "the query returned no samples".into()),
-        Err(e) => measure_none(m, format!("prometheus query failed: {e}")),
-    }
+    teal_analysis::measure(m, &CheckContext { vars, window }).await
 }
 
 /// Why a built-in metric has no value with a router other than `teal`
 /// (the apiserver refuses such a spec; one stored before that rule may
 /// remain).
 pub const BUILTIN_NEEDS_TEAL: &str = "built-in metrics need spec.router.type teal: with service, istio and gatewayAPI teal does not see the traffic (use a prometheus metric)";
-
-/// A Prometheus answer larger than this is refused: one number is asked for.
-pub const PROMETHEUS_BODY_CAP: usize = 1 << 20;
-const PROMETHEUS_TIMEOUT: Duration = Duration::from_secs(10);
-/// Characters of an unexpected answer shown in status.
-pub const EXCERPT_CHARS: usize = 200;
-
-#[derive(serde::Deserialize)]
-#[serde(rename_all = "camelCase")]
-struct QueryAnswer {
-    status: String,
-    #[serde(default)]
-    error: Option<String>,
-    #[serde(default)]
-    data: Option<QueryData>,
-}
-
-#[derive(serde::Deserialize)]
-#[serde(rename_all = "camelCase")]
-struct QueryData {
-    result_type: String,
-    result: serde_json::Value,
-}
-
-/// `GET /api/v1/query` with the BlueGreen's values in the query; the first
-/// sample of a vector, or the scalar.
-async fn prometheus(p: &PrometheusMetric, vars: &QueryVars) -> Result<Option<f64>, String> {
-    let mut query = p.query.clone();
-    for (field, value) in [
-        ("name", vars.name.as_str()),
-        ("namespace", &vars.namespace),
-        ("color", vars.color.as_str()),
-        ("revision", &vars.revision),
-        ("service", &vars.service),
-    ] {
-        query = query.replace(&format!("{{{{{field}}}}}"), value);
-    }
-    let encoded: String = query
-        .bytes()
-        .map(|b| match b {
-            b'a'..=b'z' | b'A'..=b'Z' | b'0'..=b'9' | b'-' | b'_' | b'.' | b'~' => {
-                (b as char).to_string()
-            }
-            _ => format!("%{b:02X}"),
-        })
-        .collect();
-    let url = format!(
-        "{}/api/v1/query?query={encoded}",
-        p.address.trim_end_matches('/')
-    );
-    let a = teal_notify::client::request(
-        http::Method::GET,
-        &url,
-        None,
-        &[],
-        PROMETHEUS_TIMEOUT,
-        PROMETHEUS_BODY_CAP,
-    )
-    .await
-    .map_err(|e| e.to_string())?;
-    if !(200..300).contains(&a.status) {
-        return Err(format!(
-            "answered HTTP {}: {}",
-            a.status,
-            teal_notify::client::excerpt(&a.body, EXCERPT_CHARS)
-        ));
-    }
-    if a.truncated {
-        return Err(format!(
-            "the answer is larger than {} KiB (the query must return one number)",
-            PROMETHEUS_BODY_CAP / 1024
-        ));
-    }
-    let answer: QueryAnswer = serde_json::from_slice(&a.body).map_err(|e| {
-        format!(
-            "the answer is not Prometheus JSON ({e}): {}",
-            teal_notify::client::excerpt(&a.body, EXCERPT_CHARS)
-        )
-    })?;
-    if answer.status != "success" {
-        let why = answer.error.unwrap_or_else(|| "an error".into());
-        return Err(format!(
-            "prometheus answered {}",
-            teal_notify::client::excerpt(why.as_bytes(), EXCERPT_CHARS)
-        ));
-    }
-    let data = answer.data.ok_or("the answer has no data")?;
-    let sample = match data.result_type.as_str() {
-        "vector" => data.result.get(0).map(|r| r["value"][1].clone()),
-        "scalar" => Some(data.result[1].clone()),
-        other => {
-            return Err(format!(
-                "unsupported result type {:?}: the query must return one number",
-                teal_notify::client::excerpt(other.as_bytes(), 40)
-            ));
-        }
-    };
-    sample
-        .map(|s| {
-            let s = s.as_str().ok_or("sample value is not a string")?;
-            s.parse::<f64>().map_err(|e| {
-                format!(
-                    "sample {:?}: {e}",
-                    teal_notify::client::excerpt(s.as_bytes(), 40)
-                )
-            })
-        })
-        .transpose()
-}
