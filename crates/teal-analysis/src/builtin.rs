@@ -81,6 +81,18 @@ mod tests {
         assert_eq!(m.value, Some(70.0));
     }
 
+    struct NoSecrets;
+
+    impl crate::Secrets for NoSecrets {
+        fn get<'a>(
+            &'a self,
+            _: &'a teal_api::hooks::SecretRef,
+            field: &'a str,
+        ) -> crate::Reading<'a> {
+            Box::pin(async move { Err(format!("{field}: no secrets here")) })
+        }
+    }
+
     fn vars() -> QueryVars {
         QueryVars {
             name: "shop".into(),
@@ -101,11 +113,13 @@ mod tests {
         let vars = vars();
         let cx = CheckContext {
             vars: &vars,
+            secrets: &NoSecrets,
             window: Ok(&w),
         };
         assert_eq!(crate::measure(&m, &cx).await.value, Some(100.0));
         let cx = CheckContext {
             vars: &vars,
+            secrets: &NoSecrets,
             window: Err("no counters"),
         };
         let got = crate::measure(&m, &cx).await;

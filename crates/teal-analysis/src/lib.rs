@@ -20,12 +20,13 @@ mod prometheus;
 use std::future::Future;
 use std::pin::Pin;
 
+use teal_api::hooks::SecretRef;
 use teal_api::{BuiltinMetric, MetricSpec, PrometheusMetric};
 use teal_core::analysis::Measurement;
 use teal_core::{Color, ColorStats};
 
 pub use builtin::{DEFAULT_MIN_REQUESTS, measure_builtin};
-pub use prometheus::{EXCERPT_CHARS, PROMETHEUS_BODY_CAP, PROMETHEUS_TIMEOUT, prometheus_query};
+pub use prometheus::{EXCERPT_CHARS, PROMETHEUS_BODY_CAP, PROMETHEUS_TIMEOUT};
 
 /// Values substituted into Prometheus queries (`{{name}}`, `{{namespace}}`,
 /// `{{color}}`, `{{revision}}`, `{{service}}`).
@@ -38,9 +39,22 @@ pub struct QueryVars {
     pub service: String,
 }
 
+/// Where a provider reads the secrets a metric names (credentials, CA
+/// certificates, header values): Kubernetes Secrets in the BlueGreen's
+/// namespace, or in local mode environment variables and files.
+pub trait Secrets: Send + Sync {
+    /// The value `r` names; errors name `field` (never the value).
+    fn get<'a>(&'a self, r: &'a SecretRef, field: &'a str) -> Reading<'a>;
+}
+
+/// A boxed future of a secret's value, so [`Secrets`] can be a trait object.
+pub type Reading<'a> = Pin<Box<dyn Future<Output = Result<String, String>> + Send + 'a>>;
+
 /// What a provider has at hand for one check.
 pub struct CheckContext<'a> {
     pub vars: &'a QueryVars,
+    /// Where the metric's secrets are read.
+    pub secrets: &'a dyn Secrets,
     /// What the router counted for the analysed color since the previous
     /// check, or why that is not known (the router does not see the
     /// traffic, its counters could not be read).
@@ -74,7 +88,7 @@ pub struct Prometheus(pub PrometheusMetric);
 
 impl MetricProvider for Prometheus {
     fn measure<'a>(&'a self, m: &'a MetricSpec, cx: &'a CheckContext<'a>) -> Measuring<'a> {
-        Box::pin(prometheus::measure(m, &self.0, cx.vars))
+        Box::pin(prometheus::measure(m, &self.0, cx))
     }
 }
 

@@ -3,15 +3,16 @@
 
 use std::time::Duration;
 
+use base64::Engine as _;
 use teal_api::{MetricSpec, PrometheusMetric};
 use teal_core::analysis::Measurement;
-use teal_notify::client::excerpt;
+use teal_notify::client::{Trust, excerpt};
 
-use crate::{QueryVars, no_value, value};
+use crate::{CheckContext, QueryVars, Secrets, no_value, value};
 
 /// A Prometheus answer larger than this is refused: one number is asked for.
 pub const PROMETHEUS_BODY_CAP: usize = 1 << 20;
-/// How long a query may take, answer included.
+/// How long a query may take, answer included, unless the metric says.
 pub const PROMETHEUS_TIMEOUT: Duration = Duration::from_secs(10);
 /// Characters of an unexpected answer shown in status.
 pub const EXCERPT_CHARS: usize = 200;
@@ -33,12 +34,112 @@ struct QueryData {
     result: serde_json::Value,
 }
 
-/// Runs `p`'s query with `vars` put in and measures `m` by its answer.
-pub(crate) async fn measure(m: &MetricSpec, p: &PrometheusMetric, vars: &QueryVars) -> Measurement {
-    match prometheus_query(&p.address, &query_text(&p.query, vars)).await {
+/// Runs `p`'s query with the check's values put in and measures `m` by
+/// its answer.
+pub(crate) async fn measure(
+    m: &MetricSpec,
+    p: &PrometheusMetric,
+    cx: &CheckContext<'_>,
+) -> Measurement {
+    let query = query_text(&p.query, cx.vars);
+    let answer = match Request::of(p, cx.secrets).await {
+        Ok(req) => req.run(&p.address, &query).await,
+        Err(e) => Err(e),
+    };
+    match answer {
         Ok(Some(v)) => value(m, v),
         Ok(None) => no_value(m, "the query returned no samples"),
         Err(e) => no_value(m, format!("prometheus query failed: {e}")),
+    }
+}
+
+/// How a query is sent: headers (credentials included), the certificates
+/// an https server is checked against, the time allowed.
+#[derive(Debug, Default)]
+pub(crate) struct Request {
+    headers: Vec<(String, String)>,
+    trust: Option<Trust>,
+    timeout: Option<Duration>,
+}
+
+impl Request {
+    /// The request `p` asks for, its secrets read from `secrets`.
+    pub(crate) async fn of(p: &PrometheusMetric, secrets: &dyn Secrets) -> Result<Request, String> {
+        let mut out = Request {
+            timeout: p.timeout.map(|t| t.std()),
+            ..Request::default()
+        };
+        if let Some(t) = &p.tls {
+            let ca_pem = match &t.ca_secret_ref {
+                Some(r) => Some(
+                    secrets
+                        .get(r, "prometheus.tls.caSecretRef")
+                        .await?
+                        .into_bytes(),
+                ),
+                None => None,
+            };
+            out.trust = Some(Trust {
+                ca_pem,
+                insecure_skip_verify: t.insecure_skip_verify,
+            });
+        }
+        if let Some(a) = &p.auth {
+            let value = match (&a.bearer_token_secret_ref, &a.basic) {
+                (Some(r), _) => {
+                    let token = secrets
+                        .get(r, "prometheus.auth.bearerTokenSecretRef")
+                        .await?;
+                    format!("Bearer {token}")
+                }
+                (None, Some(b)) => {
+                    let password = secrets
+                        .get(
+                            &b.password_secret_ref,
+                            "prometheus.auth.basic.passwordSecretRef",
+                        )
+                        .await?;
+                    let pair = format!("{}:{password}", b.username);
+                    format!(
+                        "Basic {}",
+                        base64::engine::general_purpose::STANDARD.encode(pair)
+                    )
+                }
+                (None, None) => return Err("prometheus.auth: no credentials set".into()),
+            };
+            out.headers
+                .push((http::header::AUTHORIZATION.to_string(), value));
+        }
+        for (i, h) in p.headers.iter().enumerate() {
+            let value = match (&h.value, &h.secret_ref) {
+                (Some(v), _) => v.clone(),
+                (None, Some(r)) => {
+                    secrets
+                        .get(r, &format!("prometheus.headers[{i}].secretRef"))
+                        .await?
+                }
+                (None, None) => return Err(format!("prometheus.headers[{i}]: no value set")),
+            };
+            out.headers.push((h.name.clone(), value));
+        }
+        Ok(out)
+    }
+
+    /// Runs `query` on the Prometheus at `address`.
+    pub(crate) async fn run(&self, address: &str, query: &str) -> Result<Option<f64>, String> {
+        let headers: Vec<(&str, String)> = self
+            .headers
+            .iter()
+            .map(|(k, v)| (k.as_str(), v.clone()))
+            .collect();
+        query_with(
+            address,
+            query,
+            &headers,
+            self.trust.as_ref(),
+            self.timeout.unwrap_or(PROMETHEUS_TIMEOUT),
+        )
+        .await
     }
 }
 
@@ -69,22 +170,30 @@ fn percent_encode(s: &str) -> String {
     out
 }
 
-/// `GET /api/v1/query` on the Prometheus at `address`; the first sample
-/// of a vector, or the scalar. Through teal-notify's client: the egress
-/// policy of the process applies, an answer is read only as far as
-/// [`PROMETHEUS_BODY_CAP`] and within [`PROMETHEUS_TIMEOUT`].
-pub async fn prometheus_query(address: &str, query: &str) -> Result<Option<f64>, String> {
+/// `GET /api/v1/query` on the Prometheus at `address` with extra
+/// `headers`, an https server's certificate checked as `trust` says; the
+/// first sample of a vector, or the scalar. Through teal-notify's client:
+/// the egress policy of the process applies, an answer is read only as far
+/// as [`PROMETHEUS_BODY_CAP`] and within `timeout`.
+async fn query_with(
+    address: &str,
+    query: &str,
+    headers: &[(&str, String)],
+    trust: Option<&Trust>,
+    timeout: Duration,
+) -> Result<Option<f64>, String> {
     let url = format!(
         "{}/api/v1/query?query={}",
         address.trim_end_matches('/'),
         percent_encode(query)
     );
-    let a = teal_notify::client::request(
+    let a = teal_notify::client::request_trusting(
+        trust,
         http::Method::GET,
         &url,
         None,
-        &[],
-        PROMETHEUS_TIMEOUT,
+        headers,
+        timeout,
         PROMETHEUS_BODY_CAP,
     )
     .await
@@ -139,6 +248,63 @@ pub async fn prometheus_query(address: &str, query: &str) -> Result<Option<f64>,
 mod tests {
     use super::*;
     use teal_core::Color;
+
+    /// Secrets named by their environment variable: the value is `<env>-value`.
+    struct Named;
+
+    impl Secrets for Named {
+        fn get<'a>(
+            &'a self,
+            r: &'a teal_api::hooks::SecretRef,
+            _field: &'a str,
+        ) -> crate::Reading<'a> {
+            Box::pin(async move { Ok(format!("{}-value", r.env.as_deref().unwrap_or("?"))) })
+        }
+    }
+
+    fn prometheus(yaml: &str) -> PrometheusMetric {
+        serde_saphyr::from_str(yaml).unwrap()
+    }
+
+    #[tokio::test]
+    async fn credentials_and_headers_come_from_the_secrets() {
+        let p = prometheus(
+            "address: https://prom\nquery: up\ntimeout: 3s\nauth: {bearerTokenSecretRef: {env: TOKEN}}\nheaders: [{name: X-Scope-OrgID, secretRef: {env: TENANT}}, {name: X-A, value: b}]\n",
+        );
+        let r = Request::of(&p, &Named).await.unwrap();
+        assert_eq!(
+            r.headers,
+            [
+                (
+                    "authorization".to_string(),
+                    "Bearer TOKEN-value".to_string()
+                ),
+                ("X-Scope-OrgID".to_string(), "TENANT-value".to_string()),
+                ("X-A".to_string(), "b".to_string()),
+            ]
+        );
+        assert_eq!(r.timeout, Some(Duration::from_secs(3)));
+        assert!(r.trust.is_none());
+        let p = prometheus(
+            "address: https://prom\nquery: up\ntls: {caSecretRef: {env: CA}}\nauth: {basic: {username: reader, passwordSecretRef: {env: PW}}}\n",
+        );
+        let r = Request::of(&p, &Named).await.unwrap();
+        // base64 of "reader:PW-value"
+        assert_eq!(
+            r.headers,
+            [(
+                "authorization".to_string(),
+                "Basic cmVhZGVyOlBXLXZhbHVl".to_string()
+            )]
+        );
+        assert_eq!(
+            r.trust,
+            Some(Trust {
+                ca_pem: Some(b"CA-value".to_vec()),
+                insecure_skip_verify: false
+            })
+        );
+    }
 
     #[test]
     fn query_is_encoded() {

@@ -11,10 +11,12 @@
 use std::collections::HashMap;
 use std::sync::{Mutex, OnceLock};
 
+use k8s_openapi::api::core::v1::Secret as KubeSecret;
 use kube::ResourceExt;
-use teal_analysis::{CheckContext, QueryVars};
+use teal_analysis::{CheckContext, QueryVars, Reading, Secrets};
 use teal_api::BlueGreen;
 use teal_api::bluegreen::RouterKind;
+use teal_api::hooks::SecretRef;
 use teal_api::spec::{AnalysisStageSpec, MetricSpec};
 use teal_core::analysis::Measurement;
 use teal_core::hooks::HookResult;
@@ -103,9 +105,13 @@ pub fn start(
             true => Some(router_window(&client, &bg, &key, &spec, &vars).await),
             false => None,
         };
+        let secrets = NamespaceSecrets {
+            client: client.clone(),
+            namespace: bg.namespace().unwrap_or_default(),
+        };
         let mut ms = Vec::new();
         for metric in &spec.metrics {
-            ms.push(measure(metric, &vars, window.as_ref()).await);
+            ms.push(measure(metric, &vars, &secrets, window.as_ref()).await);
         }
         let hooks = crate::hooks::with_check(&bg, &m, &vars.revision, vars.color).await;
         {
@@ -241,6 +247,7 @@ pub fn tracked() -> usize {
 async fn measure(
     m: &MetricSpec,
     vars: &QueryVars,
+    secrets: &dyn Secrets,
     window: Option<&Result<teal_core::ColorStats, String>>,
 ) -> Measurement {
     let window = match window {
@@ -248,7 +255,38 @@ async fn measure(
         Some(Err(e)) => Err(e.as_str()),
         None => Err(BUILTIN_NEEDS_TEAL),
     };
-    teal_analysis::measure(m, &CheckContext { vars, window }).await
+    let cx = CheckContext {
+        vars,
+        secrets,
+        window,
+    };
+    teal_analysis::measure(m, &cx).await
+}
+
+/// The Secrets of one namespace, read when a metric needs them (a rotated
+/// credential is used from the next check on).
+struct NamespaceSecrets {
+    client: kube::Client,
+    namespace: String,
+}
+
+impl Secrets for NamespaceSecrets {
+    fn get<'a>(&'a self, r: &'a SecretRef, field: &'a str) -> Reading<'a> {
+        Box::pin(async move {
+            let Some(name) = r.name.as_deref() else {
+                return Err(format!("{field}: needs name and key of a Secret"));
+            };
+            let api: kube::Api<KubeSecret> =
+                kube::Api::namespaced(self.client.clone(), &self.namespace);
+            let found = api
+                .get_opt(name)
+                .await
+                .map_err(|e| format!("{field}: reading Secret {name}: {e}"))?;
+            let secrets: std::collections::BTreeMap<String, KubeSecret> =
+                found.map(|s| (name.to_string(), s)).into_iter().collect();
+            crate::hooks::secret_value(&secrets, r, field).map(|s| s.expose().to_string())
+        })
+    }
 }
 
 /// Why a built-in metric has no value with a router other than `teal`

@@ -3,13 +3,26 @@
 //! router's counters since the previous check, the rollout and rollback
 //! webhooks called, a report sent to the engine.
 
-use teal_analysis::{CheckContext, QueryVars};
+use teal_analysis::{CheckContext, QueryVars, Reading, Secrets};
 use teal_api::AnalysisStageSpec;
-use teal_api::hooks::{WebhookSpec, WebhookType};
+use teal_api::hooks::{SecretRef, WebhookSpec, WebhookType};
 use teal_core::analysis::Run;
 use teal_core::release::{Stage, Verdict};
 use teal_router::Router;
 use tokio::sync::mpsc;
+
+/// Local mode's secrets: environment variables and files (relative paths
+/// were anchored at `teal.yaml`'s folder when it was loaded).
+struct LocalSecrets;
+
+impl Secrets for LocalSecrets {
+    fn get<'a>(&'a self, r: &'a SecretRef, field: &'a str) -> Reading<'a> {
+        Box::pin(async move {
+            crate::hooks::resolve(r, field, std::path::Path::new("."))
+                .map(|s| s.expose().to_string())
+        })
+    }
+}
 
 /// Rollout and rollback webhooks called with every check.
 #[derive(Debug, Clone, Default)]
@@ -60,6 +73,7 @@ pub async fn run_stage(
         prev = now;
         let cx = CheckContext {
             vars: &vars,
+            secrets: &LocalSecrets,
             window: Ok(&window),
         };
         let mut ms = Vec::with_capacity(spec.metrics.len());
