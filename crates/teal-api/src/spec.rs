@@ -6,6 +6,7 @@ use schemars::JsonSchema;
 use serde::{Deserialize, Serialize};
 
 use crate::Duration;
+use crate::hooks::{SecretRef, SecretSource};
 
 /// A spec field that is wrong, and what is allowed.
 #[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
@@ -280,8 +281,12 @@ pub enum BuiltinMetric {
     LatencyP99,
 }
 
-#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize, JsonSchema)]
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize, KubeSchema)]
 #[serde(rename_all = "camelCase", deny_unknown_fields)]
+#[x_kube(
+    validation = Rule::new("!has(self.tls) || self.address.startsWith('https://')").message("tls only applies to an https:// address").field_path(".tls"),
+    validation = Rule::new("!has(self.timeout) || (duration(self.timeout) >= duration('100ms') && duration(self.timeout) <= duration('60s'))").message("timeout must be between 100ms and 60s").field_path(".timeout")
+)]
 pub struct PrometheusMetric {
     /// Base URL of the Prometheus server, e.g. http://prometheus:9090.
     #[schemars(length(max = 2048), pattern(r"^https?://[^\s/?#]+"))]
@@ -290,16 +295,247 @@ pub struct PrometheusMetric {
     /// `{{service}}` are replaced before the query runs.
     #[schemars(length(max = 16384), pattern(r"\S"))]
     pub query: String,
+    /// How an https:// address is verified. Default: against the system's
+    /// CA certificates.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub tls: Option<PrometheusTls>,
+    /// Credentials sent with every query: a bearer token or basic auth.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub auth: Option<PrometheusAuth>,
+    /// Further request headers, e.g. `X-Scope-OrgID` for a Mimir, Cortex or
+    /// Thanos tenant.
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    #[schemars(length(max = 16))]
+    pub headers: Vec<MetricHeader>,
+    /// Time allowed for one query, answer included: 100ms to 60s. Default 10s.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub timeout: Option<Duration>,
+}
+
+/// How teal checks the certificate of an https:// Prometheus.
+#[derive(Debug, Clone, PartialEq, Eq, Default, Serialize, Deserialize, KubeSchema)]
+#[serde(rename_all = "camelCase", deny_unknown_fields)]
+#[x_kube(
+    validation = Rule::new("!(has(self.caSecretRef) && has(self.insecureSkipVerify) && self.insecureSkipVerify)").message("set caSecretRef or insecureSkipVerify, not both"),
+    validation = Rule::new("!has(self.caSecretRef) || (has(self.caSecretRef.name) && has(self.caSecretRef.key))").message("caSecretRef needs name and key of a Secret in the BlueGreen's namespace").field_path(".caSecretRef")
+)]
+pub struct PrometheusTls {
+    /// PEM CA certificates the server's certificate must chain to, in place
+    /// of the system's.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub ca_secret_ref: Option<SecretRef>,
+    /// Accept any certificate. Only for a test setup: anyone on the path
+    /// can then read and answer the queries.
+    #[serde(default, skip_serializing_if = "std::ops::Not::not")]
+    pub insecure_skip_verify: bool,
+}
+
+/// Credentials for Prometheus (or a proxy in front of it). Exactly one of
+/// `bearerTokenSecretRef` and `basic`.
+#[derive(Debug, Clone, PartialEq, Eq, Default, Serialize, Deserialize, KubeSchema)]
+#[serde(rename_all = "camelCase", deny_unknown_fields)]
+#[x_kube(
+    validation = Rule::new("has(self.bearerTokenSecretRef) != has(self.basic)").message("set exactly one of bearerTokenSecretRef and basic"),
+    validation = Rule::new("!has(self.bearerTokenSecretRef) || (has(self.bearerTokenSecretRef.name) && has(self.bearerTokenSecretRef.key))").message("bearerTokenSecretRef needs name and key of a Secret in the BlueGreen's namespace").field_path(".bearerTokenSecretRef")
+)]
+pub struct PrometheusAuth {
+    /// Sent as `Authorization: Bearer <token>`.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub bearer_token_secret_ref: Option<SecretRef>,
+    /// Sent as `Authorization: Basic ...`.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub basic: Option<BasicAuth>,
+}
+
+/// HTTP basic auth: a user name and a password from a secret.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize, KubeSchema)]
+#[serde(rename_all = "camelCase", deny_unknown_fields)]
+#[x_kube(
+    validation = Rule::new("has(self.passwordSecretRef.name) && has(self.passwordSecretRef.key)").message("passwordSecretRef needs name and key of a Secret in the BlueGreen's namespace").field_path(".passwordSecretRef")
+)]
+pub struct BasicAuth {
+    #[schemars(length(min = 1, max = 256), pattern(r"^[^:]*$"))]
+    pub username: String,
+    pub password_secret_ref: SecretRef,
+}
+
+/// A request header: a literal `value` or one from a secret (`secretRef`).
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize, KubeSchema)]
+#[serde(rename_all = "camelCase", deny_unknown_fields)]
+#[x_kube(
+    validation = Rule::new("has(self.value) != has(self.secretRef)").message("set exactly one of value and secretRef"),
+    validation = Rule::new("!has(self.secretRef) || (has(self.secretRef.name) && has(self.secretRef.key))").message("secretRef needs name and key of a Secret in the BlueGreen's namespace").field_path(".secretRef"),
+    validation = Rule::new("!(self.name.lowerAscii() in ['authorization', 'host', 'content-length', 'transfer-encoding', 'connection'])").message("this header is set by teal (use auth for credentials)").field_path(".name")
+)]
+pub struct MetricHeader {
+    /// A header name (letters, digits and ``!#$%&'*+-.^_`|~``).
+    #[schemars(length(min = 1, max = 256), pattern(r"^[!#$%&'*+\-.^_`|~0-9A-Za-z]+$"))]
+    pub name: String,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    #[schemars(length(max = 4096))]
+    pub value: Option<String>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub secret_ref: Option<SecretRef>,
+}
+
+/// Headers teal sets itself, refused in `headers`.
+const RESERVED_HEADERS: [&str; 5] = [
+    "authorization",
+    "host",
+    "content-length",
+    "transfer-encoding",
+    "connection",
+];
+
+/// Longest and shortest query timeout.
+pub const PROMETHEUS_TIMEOUT_RANGE: (std::time::Duration, std::time::Duration) = (
+    std::time::Duration::from_millis(100),
+    std::time::Duration::from_secs(60),
+);
+
+impl AnalysisSpec {
+    /// Every secret the stages' metrics name (to anchor local mode's
+    /// relative file paths).
+    pub fn secret_refs_mut(&mut self) -> impl Iterator<Item = &mut SecretRef> {
+        [self.pre_promotion.as_mut(), self.post_promotion.as_mut()]
+            .into_iter()
+            .flatten()
+            .flat_map(|s| s.metrics.iter_mut())
+            .filter_map(|m| m.prometheus.as_mut())
+            .flat_map(PrometheusMetric::secret_refs_mut)
+    }
+}
+
+impl PrometheusMetric {
+    /// Every secret this metric names.
+    pub fn secret_refs_mut(&mut self) -> Vec<&mut SecretRef> {
+        let mut out: Vec<&mut SecretRef> = Vec::new();
+        if let Some(r) = self.tls.as_mut().and_then(|t| t.ca_secret_ref.as_mut()) {
+            out.push(r);
+        }
+        if let Some(a) = self.auth.as_mut() {
+            out.extend(a.bearer_token_secret_ref.as_mut());
+            out.extend(a.basic.as_mut().map(|b| &mut b.password_secret_ref));
+        }
+        out.extend(
+            self.headers
+                .iter_mut()
+                .filter_map(|h| h.secret_ref.as_mut()),
+        );
+        out
+    }
+
+    /// Checks what the schema cannot say; `path` is the metric's
+    /// `prometheus` field.
+    pub fn validate(&self, path: &str, source: SecretSource, errors: &mut Vec<FieldError>) {
+        if !(self.address.starts_with("http://") || self.address.starts_with("https://")) {
+            errors.push(FieldError::new(
+                format!("{path}.address"),
+                format!("{:?} must be an http:// or https:// URL", self.address),
+            ));
+        }
+        if self.query.trim().is_empty() {
+            errors.push(FieldError::new(
+                format!("{path}.query"),
+                "must not be empty",
+            ));
+        }
+        if let Some(t) = &self.tls {
+            if !self.address.starts_with("https://") {
+                errors.push(FieldError::new(
+                    format!("{path}.tls"),
+                    "only applies to an https:// address",
+                ));
+            }
+            if let Some(ca) = &t.ca_secret_ref {
+                if t.insecure_skip_verify {
+                    errors.push(FieldError::new(
+                        format!("{path}.tls"),
+                        "set caSecretRef or insecureSkipVerify, not both",
+                    ));
+                }
+                ca.validate(&format!("{path}.tls.caSecretRef"), source, errors);
+            }
+        }
+        if let Some(a) = &self.auth {
+            match (&a.bearer_token_secret_ref, &a.basic) {
+                (Some(t), None) => {
+                    t.validate(&format!("{path}.auth.bearerTokenSecretRef"), source, errors)
+                }
+                (None, Some(b)) => {
+                    if b.username.is_empty() || b.username.contains(':') {
+                        errors.push(FieldError::new(
+                            format!("{path}.auth.basic.username"),
+                            "must not be empty nor contain ':'",
+                        ));
+                    }
+                    b.password_secret_ref.validate(
+                        &format!("{path}.auth.basic.passwordSecretRef"),
+                        source,
+                        errors,
+                    );
+                }
+                _ => errors.push(FieldError::new(
+                    format!("{path}.auth"),
+                    "set exactly one of bearerTokenSecretRef and basic",
+                )),
+            }
+        }
+        for (i, h) in self.headers.iter().enumerate() {
+            let p = format!("{path}.headers[{i}]");
+            if http_token(&h.name).is_none() {
+                errors.push(FieldError::new(
+                    format!("{p}.name"),
+                    format!(
+                        "{:?} is not a header name (letters, digits and !#$%&'*+-.^_`|~)",
+                        h.name
+                    ),
+                ));
+            } else if RESERVED_HEADERS.contains(&h.name.to_ascii_lowercase().as_str()) {
+                errors.push(FieldError::new(
+                    format!("{p}.name"),
+                    format!("{} is set by teal (use auth for credentials)", h.name),
+                ));
+            }
+            match (&h.value, &h.secret_ref) {
+                (Some(_), None) => {}
+                (None, Some(r)) => r.validate(&format!("{p}.secretRef"), source, errors),
+                _ => errors.push(FieldError::new(
+                    p.clone(),
+                    "set exactly one of value and secretRef",
+                )),
+            }
+        }
+        if let Some(t) = self.timeout {
+            let (lo, hi) = PROMETHEUS_TIMEOUT_RANGE;
+            if t.std() < lo || t.std() > hi {
+                errors.push(FieldError::new(
+                    format!("{path}.timeout"),
+                    "must be between 100ms and 60s",
+                ));
+            }
+        }
+    }
+}
+
+/// `name` when it is a valid HTTP header name.
+fn http_token(name: &str) -> Option<&str> {
+    let ok = !name.is_empty()
+        && name
+            .bytes()
+            .all(|b| b.is_ascii_alphanumeric() || b"!#$%&'*+-.^_`|~".contains(&b));
+    ok.then_some(name)
 }
 
 impl AnalysisSpec {
-    pub fn validate(&self, path: &str, errors: &mut Vec<FieldError>) {
+    /// `source` says where secrets may come from (Kubernetes or local mode).
+    pub fn validate(&self, path: &str, source: SecretSource, errors: &mut Vec<FieldError>) {
         for (stage, spec) in [
             ("prePromotion", &self.pre_promotion),
             ("postPromotion", &self.post_promotion),
         ] {
             if let Some(s) = spec {
-                s.validate(&format!("{path}.{stage}"), errors);
+                s.validate(&format!("{path}.{stage}"), source, errors);
             }
         }
     }
@@ -331,7 +567,7 @@ impl AnalysisStageSpec {
         }
     }
 
-    pub fn validate(&self, path: &str, errors: &mut Vec<FieldError>) {
+    pub fn validate(&self, path: &str, source: SecretSource, errors: &mut Vec<FieldError>) {
         if self.interval.as_millis() < 100 {
             errors.push(FieldError::new(
                 format!("{path}.interval"),
@@ -404,18 +640,7 @@ impl AnalysisStageSpec {
                 ));
             }
             if let Some(pm) = &m.prometheus {
-                if !(pm.address.starts_with("http://") || pm.address.starts_with("https://")) {
-                    errors.push(FieldError::new(
-                        format!("{p}.prometheus.address"),
-                        format!("{:?} must be an http:// or https:// URL", pm.address),
-                    ));
-                }
-                if pm.query.trim().is_empty() {
-                    errors.push(FieldError::new(
-                        format!("{p}.prometheus.query"),
-                        "must not be empty",
-                    ));
-                }
+                pm.validate(&format!("{p}.prometheus"), source, errors);
             }
         }
     }
@@ -431,7 +656,7 @@ mod tests {
 
     fn errors(s: &AnalysisStageSpec) -> Vec<String> {
         let mut e = Vec::new();
-        s.validate("analysis.prePromotion", &mut e);
+        s.validate("analysis.prePromotion", SecretSource::Local, &mut e);
         e.iter().map(ToString::to_string).collect()
     }
 
@@ -441,6 +666,36 @@ mod tests {
         assert_eq!(s.interval.as_millis(), 10_000);
         assert_eq!(s.checks, 5);
         assert!(errors(&s).is_empty(), "{:?}", errors(&s));
+    }
+
+    #[test]
+    fn prometheus_access_errors_name_the_field() {
+        let s = stage(
+            "metrics:\n  - name: p\n    max: 1\n    prometheus:\n      address: http://prom:9090\n      query: up\n      timeout: 2m\n      tls: {insecureSkipVerify: true, caSecretRef: {name: ca, key: ca.crt}}\n      auth: {bearerTokenSecretRef: {env: TOKEN}, basic: {username: 'a:b', passwordSecretRef: {file: pw}}}\n      headers:\n        - {name: Authorization, value: x}\n        - {name: 'bad name', value: x}\n        - {name: X-Scope-OrgID}\n",
+        );
+        let e = errors(&s);
+        let p = "analysis.prePromotion.metrics[0].prometheus";
+        let want = [
+            format!("{p}.tls: only applies to an https:// address"),
+            format!("{p}.tls: set caSecretRef or insecureSkipVerify, not both"),
+            format!("{p}.tls.caSecretRef: Kubernetes Secrets are not available in local mode"),
+            format!("{p}.auth: set exactly one of bearerTokenSecretRef and basic"),
+            format!("{p}.headers[0].name: Authorization is set by teal (use auth for credentials)"),
+            format!("{p}.headers[1].name: \"bad name\" is not a header name"),
+            format!("{p}.headers[2]: set exactly one of value and secretRef"),
+            format!("{p}.timeout: must be between 100ms and 60s"),
+        ];
+        for w in &want {
+            assert!(
+                e.iter().any(|x| x.starts_with(w.as_str())),
+                "missing {w:?} in {e:#?}"
+            );
+        }
+        assert_eq!(e.len(), want.len(), "{e:#?}");
+        let good = stage(
+            "metrics:\n  - name: p\n    max: 1\n    prometheus:\n      address: https://prom:9090\n      query: up\n      timeout: 30s\n      tls: {caSecretRef: {file: ca.pem}}\n      auth: {basic: {username: reader, passwordSecretRef: {env: PW}}}\n      headers: [{name: X-Scope-OrgID, value: tenant-a}]\n",
+        );
+        assert!(errors(&good).is_empty(), "{:?}", errors(&good));
     }
 
     #[test]

@@ -10,16 +10,17 @@
 
 use std::collections::HashMap;
 use std::sync::{Mutex, OnceLock};
-use std::time::Duration;
 
+use k8s_openapi::api::core::v1::Secret as KubeSecret;
 use kube::ResourceExt;
+use teal_analysis::{CheckContext, QueryVars, Reading, Secrets};
 use teal_api::BlueGreen;
 use teal_api::bluegreen::RouterKind;
-use teal_api::spec::{AnalysisStageSpec, MetricSpec, PrometheusMetric};
+use teal_api::hooks::SecretRef;
+use teal_api::spec::{AnalysisStageSpec, MetricSpec};
 use teal_core::analysis::Measurement;
 use teal_core::hooks::HookResult;
 use teal_core::release::{Machine, Millis, Stage};
-use teal_local::analysis::QueryVars;
 
 use crate::builtin::{self, Readings, Traffic};
 
@@ -104,14 +105,19 @@ pub fn start(
             true => Some(router_window(&client, &bg, &key, &spec, &vars).await),
             false => None,
         };
+        let secrets = NamespaceSecrets {
+            client: client.clone(),
+            namespace: bg.namespace().unwrap_or_default(),
+        };
         // Templates are read for every check: a changed one applies to the
         // next check.
         let resolved = crate::templates::resolve_stage(&client, &vars.namespace, &spec).await;
         let mut ms = Vec::new();
         for (metric, r) in spec.metrics.iter().zip(resolved) {
             ms.push(match r {
-                Ok(metric) => measure(&metric, &vars, window.as_ref()).await,
-                Err(e) => measure_none(metric).failed(format!("templateRef: {e}")),
+                Ok(metric) => measure(&metric, &vars, &secrets, window.as_ref()).await,
+                Err(e) => Measurement::of(metric.name.clone(), metric.min, metric.max)
+                    .failed(format!("templateRef: {e}")),
             });
         }
         let hooks = crate::hooks::with_check(&bg, &m, &vars.revision, vars.color).await;
@@ -152,7 +158,7 @@ pub fn begin(client: &kube::Client, bg: &BlueGreen, m: &Machine, stage: Stage, r
     // window starts after it.
     let delay = spec
         .and_then(|s| s.initial_delay)
-        .map_or(Duration::ZERO, |d| d.std());
+        .map_or(std::time::Duration::ZERO, |d| d.std());
     let (client, bg) = (client.clone(), bg.clone());
     tokio::spawn(async move {
         tokio::time::sleep(builtin::SETTLE + delay).await;
@@ -247,31 +253,56 @@ pub fn tracked() -> usize {
     checks().lock().expect("checks").by_bluegreen.len()
 }
 
-fn measure_none(m: &MetricSpec) -> Measurement {
-    Measurement::of(m.name.clone(), m.min, m.max)
-}
-
-/// Measures `m`; `window` is what the `teal` router counted since the
-/// previous check (`None` when the BlueGreen's router is another type).
+/// Measures `m` through its provider; `window` is what the `teal` router
+/// counted since the previous check (`None` when the BlueGreen's router is
+/// another type).
 async fn measure(
     m: &MetricSpec,
     vars: &QueryVars,
+    secrets: &dyn Secrets,
     window: Option<&Result<teal_core::ColorStats, String>>,
 ) -> Measurement {
-    if let Some(b) = m.builtin {
-        return match window {
-            Some(Ok(w)) => teal_local::analysis::measure_builtin(m, b, w),
-            Some(Err(e)) => measure_none(m).failed(e.clone()),
-            None => measure_none(m).no_data(BUILTIN_NEEDS_TEAL),
-        };
-    }
-    let Some(p) = &m.prometheus else {
-        return measure_none(m).failed("no provider");
+    let window = match window {
+        Some(Ok(w)) => Ok(w),
+        // The router replicas' Leases could not be read: a provider error,
+        // not a window without traffic.
+        Some(Err(e)) if m.builtin.is_some() => {
+            return teal_analysis::provider_error(m, e.clone());
+        }
+        Some(Err(e)) => Err(e.as_str()),
+        None => Err(BUILTIN_NEEDS_TEAL),
     };
-    match prometheus(p, vars).await {
-        Ok(Some(v)) => measure_none(m).value(v),
-        Ok(None) => measure_none(m).no_data("the query returned no samples"),
-        Err(e) => measure_none(m).failed(format!("prometheus query failed: {e}")),
+    let cx = CheckContext {
+        vars,
+        secrets,
+        window,
+    };
+    teal_analysis::measure(m, &cx).await
+}
+
+/// The Secrets of one namespace, read when a metric needs them (a rotated
+/// credential is used from the next check on).
+struct NamespaceSecrets {
+    client: kube::Client,
+    namespace: String,
+}
+
+impl Secrets for NamespaceSecrets {
+    fn get<'a>(&'a self, r: &'a SecretRef, field: &'a str) -> Reading<'a> {
+        Box::pin(async move {
+            let Some(name) = r.name.as_deref() else {
+                return Err(format!("{field}: needs name and key of a Secret"));
+            };
+            let api: kube::Api<KubeSecret> =
+                kube::Api::namespaced(self.client.clone(), &self.namespace);
+            let found = api
+                .get_opt(name)
+                .await
+                .map_err(|e| format!("{field}: reading Secret {name}: {e}"))?;
+            let secrets: std::collections::BTreeMap<String, KubeSecret> =
+                found.map(|s| (name.to_string(), s)).into_iter().collect();
+            crate::hooks::secret_value(&secrets, r, field).map(|s| s.expose().to_string())
+        })
     }
 }
 
@@ -279,112 +310,3 @@ async fn measure(
 /// (the apiserver refuses such a spec; one stored before that rule may
 /// remain).
 pub const BUILTIN_NEEDS_TEAL: &str = "built-in metrics need spec.router.type teal: with service, istio and gatewayAPI teal does not see the traffic (use a prometheus metric)";
-
-/// A Prometheus answer larger than this is refused: one number is asked for.
-pub const PROMETHEUS_BODY_CAP: usize = 1 << 20;
-const PROMETHEUS_TIMEOUT: Duration = Duration::from_secs(10);
-/// Characters of an unexpected answer shown in status.
-pub const EXCERPT_CHARS: usize = 200;
-
-#[derive(serde::Deserialize)]
-#[serde(rename_all = "camelCase")]
-struct QueryAnswer {
-    status: String,
-    #[serde(default)]
-    error: Option<String>,
-    #[serde(default)]
-    data: Option<QueryData>,
-}
-
-#[derive(serde::Deserialize)]
-#[serde(rename_all = "camelCase")]
-struct QueryData {
-    result_type: String,
-    result: serde_json::Value,
-}
-
-/// `GET /api/v1/query` with the BlueGreen's values in the query; the first
-/// sample of a vector, or the scalar.
-async fn prometheus(p: &PrometheusMetric, vars: &QueryVars) -> Result<Option<f64>, String> {
-    let mut query = p.query.clone();
-    for (field, value) in [
-        ("name", vars.name.as_str()),
-        ("namespace", &vars.namespace),
-        ("color", vars.color.as_str()),
-        ("revision", &vars.revision),
-        ("service", &vars.service),
-    ] {
-        query = query.replace(&format!("{{{{{field}}}}}"), value);
-    }
-    let encoded: String = query
-        .bytes()
-        .map(|b| match b {
-            b'a'..=b'z' | b'A'..=b'Z' | b'0'..=b'9' | b'-' | b'_' | b'.' | b'~' => {
-                (b as char).to_string()
-            }
-            _ => format!("%{b:02X}"),
-        })
-        .collect();
-    let url = format!(
-        "{}/api/v1/query?query={encoded}",
-        p.address.trim_end_matches('/')
-    );
-    let a = teal_notify::client::request(
-        http::Method::GET,
-        &url,
-        None,
-        &[],
-        PROMETHEUS_TIMEOUT,
-        PROMETHEUS_BODY_CAP,
-    )
-    .await
-    .map_err(|e| e.to_string())?;
-    if !(200..300).contains(&a.status) {
-        return Err(format!(
-            "answered HTTP {}: {}",
-            a.status,
-            teal_notify::client::excerpt(&a.body, EXCERPT_CHARS)
-        ));
-    }
-    if a.truncated {
-        return Err(format!(
-            "the answer is larger than {} KiB (the query must return one number)",
-            PROMETHEUS_BODY_CAP / 1024
-        ));
-    }
-    let answer: QueryAnswer = serde_json::from_slice(&a.body).map_err(|e| {
-        format!(
-            "the answer is not Prometheus JSON ({e}): {}",
-            teal_notify::client::excerpt(&a.body, EXCERPT_CHARS)
-        )
-    })?;
-    if answer.status != "success" {
-        let why = answer.error.unwrap_or_else(|| "an error".into());
-        return Err(format!(
-            "prometheus answered {}",
-            teal_notify::client::excerpt(why.as_bytes(), EXCERPT_CHARS)
-        ));
-    }
-    let data = answer.data.ok_or("the answer has no data")?;
-    let sample = match data.result_type.as_str() {
-        "vector" => data.result.get(0).map(|r| r["value"][1].clone()),
-        "scalar" => Some(data.result[1].clone()),
-        other => {
-            return Err(format!(
-                "unsupported result type {:?}: the query must return one number",
-                teal_notify::client::excerpt(other.as_bytes(), 40)
-            ));
-        }
-    };
-    sample
-        .map(|s| {
-            let s = s.as_str().ok_or("sample value is not a string")?;
-            s.parse::<f64>().map_err(|e| {
-                format!(
-                    "sample {:?}: {e}",
-                    teal_notify::client::excerpt(s.as_bytes(), 40)
-                )
-            })
-        })
-        .transpose()
-}

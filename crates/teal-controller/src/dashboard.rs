@@ -13,7 +13,7 @@ use http_body_util::Full;
 use kube::{Api, Client, ResourceExt};
 use serde::Serialize;
 use teal_api::{BlueGreen, BlueGreenStatus};
-use teal_local::dashboard::{page, respond};
+use teal_serve::page::{page, respond};
 
 use crate::cache::BlueGreens;
 

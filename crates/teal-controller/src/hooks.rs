@@ -358,7 +358,7 @@ async fn read_secrets(
     Ok(out)
 }
 
-fn secret_value(
+pub(crate) fn secret_value(
     secrets: &BTreeMap<String, KubeSecret>,
     s: &SecretRef,
     field: &str,

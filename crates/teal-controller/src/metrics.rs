@@ -232,7 +232,7 @@ impl Metrics {
         addr: SocketAddr,
         limits: ServeLimits,
     ) -> std::io::Result<SocketAddr> {
-        let listener = teal_router::listen(addr)?;
+        let listener = teal_serve::listen(addr)?;
         let local = listener.local_addr()?;
         let mut builder = hyper_util::server::conn::auto::Builder::new(TokioExecutor::new());
         builder
@@ -247,7 +247,7 @@ impl Metrics {
         let builder = Arc::new(builder);
         let slots = Arc::new(tokio::sync::Semaphore::new(limits.max_connections.max(1)));
         tokio::spawn(async move {
-            let mut backoff = teal_router::AcceptBackoff::new("metrics");
+            let mut backoff = teal_serve::AcceptBackoff::new("metrics");
             loop {
                 let Ok(permit) = slots.clone().acquire_owned().await else {
                     return;

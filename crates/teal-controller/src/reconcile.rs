@@ -629,7 +629,7 @@ async fn apply(bg: Arc<BlueGreen>, ctx: Arc<Context>) -> Result<Requeue, Error> 
                 }
             }
             if now >= a.next_check {
-                let vars = teal_local::analysis::QueryVars {
+                let vars = teal_analysis::QueryVars {
                     name: name.clone(),
                     namespace: ns.clone(),
                     color: a.color,

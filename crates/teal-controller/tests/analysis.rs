@@ -112,6 +112,24 @@ async fn scraped(
     (exposer, prom)
 }
 
+/// Waits until BlueGreen `shop` promoted a release and is healthy.
+async fn promoted(c: &support::Case, what: &str) -> teal_api::BlueGreenStatus {
+    c.wait_status(what, "shop", |s| {
+        s.history.iter().any(|h| h.outcome == "promoted") && s.phase.as_deref() == Some("Healthy")
+    })
+    .await
+}
+
+/// Waits until BlueGreen `shop`'s second release ended without promotion.
+async fn failed_second(c: &support::Case, what: &str) -> teal_api::BlueGreenStatus {
+    c.wait_status(what, "shop", |s| {
+        s.history.len() >= 2
+            && s.history.last().is_some_and(|h| h.outcome != "promoted")
+            && s.phase.as_deref() != Some("Previewing")
+    })
+    .await
+}
+
 /// The BlueGreen `shop` of Deployment `shop` with `pre` as its
 /// pre-promotion analysis.
 fn shop_analysed(pre: serde_json::Value) -> serde_json::Value {
@@ -175,12 +193,7 @@ async fn prometheus_analysis_gates_the_cutover() {
 
     // A healthy release: green at 1.5% passes both checks and goes live.
     c.set_image("shop", "shop:2", BTreeMap::new()).await;
-    let st = c
-        .wait_status("v2 promoted after analysis", "shop", |s| {
-            s.history.iter().any(|h| h.outcome == "promoted")
-                && s.phase.as_deref() == Some("Healthy")
-        })
-        .await;
+    let st = promoted(&c, "v2 promoted after analysis").await;
     assert_eq!(c.selector_color("shop").await.as_deref(), Some("green"));
     let v2 = st.active_revision.clone().unwrap();
     assert_ne!(v1, v2);
@@ -215,13 +228,7 @@ async fn prometheus_analysis_gates_the_cutover() {
     // A bad release on blue: 40% errors fails before cutover.
     exposer.set(&ns, "shop", "blue", 40.0);
     c.set_image("shop", "shop:3", BTreeMap::new()).await;
-    let st = c
-        .wait_status("v3 fails its analysis", "shop", |s| {
-            s.history.len() >= 2
-                && s.history.last().is_some_and(|h| h.outcome != "promoted")
-                && s.phase.as_deref() != Some("Previewing")
-        })
-        .await;
+    let st = failed_second(&c, "v3 fails its analysis").await;
     let msg = st.message.clone().unwrap_or_default();
     let last = st.history.last().unwrap().clone();
     let reason = format!("{msg} | {}", last.reason);
@@ -440,4 +447,90 @@ async fn templates_condition(c: &support::Case, bg: &str, status: &str) -> Strin
         .find(|c| c.type_ == "MetricTemplates")
         .map(|c| c.message)
         .unwrap_or_default()
+}
+
+/// A Prometheus over TLS with basic auth (Prometheus' own
+/// `--web.config.file`): the CA bundle, the password and a header value
+/// come from Secrets in the BlueGreen's namespace. A good release passes,
+/// a bad one fails before cutover naming the metric and its value.
+#[tokio::test(flavor = "multi_thread")]
+async fn prometheus_behind_tls_and_basic_auth_with_secrets() {
+    let (prom, ca_pem) =
+        teal_testenv::prometheus::start_secured("global: {scrape_interval: 15s}\n")
+            .await
+            .expect("prometheus starts behind TLS and basic auth");
+    let mut c = case("analysis-tls").await;
+    let secrets: kube::Api<k8s_openapi::api::core::v1::Secret> =
+        kube::Api::namespaced(c.client.clone(), &c.ns);
+    let secret = serde_json::from_value(json!({
+        "metadata": {"name": "prometheus"},
+        "stringData": {
+            "ca.crt": ca_pem,
+            "password": teal_testenv::prometheus::PASSWORD,
+            "tenant": "tenant-a"
+        }
+    }))
+    .unwrap();
+    secrets
+        .create(&kube::api::PostParams::default(), &secret)
+        .await
+        .unwrap();
+    // 0 on green, 100 on blue: the first release (to green) is good, the
+    // next (to blue) bad, without anything to scrape.
+    let query = r#"min((label_replace(vector(0), "c", "{{color}}", "", "") and on(c) label_replace(vector(0), "c", "green", "", "")) or vector(100))"#;
+    c.create_workload("shop", "shop:1", 1, BTreeMap::new())
+        .await;
+    let secret_ref = |key: &str| json!({"name": "prometheus", "key": key});
+    c.create_bluegreen(
+        "shop",
+        json!({
+            "workloadRef": {"kind": "Deployment", "name": "shop"},
+            "scaleDownDelay": "1s",
+            "progressDeadline": "120s",
+            "analysis": {"prePromotion": {
+                "interval": "1s",
+                "checks": 2,
+                "inconclusiveLimit": 2,
+                "metrics": [{
+                    "name": "gate",
+                    "prometheus": {
+                        "address": prom.url(),
+                        "query": query,
+                        "timeout": "5s",
+                        "tls": {"caSecretRef": secret_ref("ca.crt")},
+                        "auth": {"basic": {
+                            "username": teal_testenv::prometheus::USER,
+                            "passwordSecretRef": secret_ref("password")
+                        }},
+                        "headers": [{"name": "X-Scope-OrgID", "secretRef": secret_ref("tenant")}]
+                    },
+                    "max": 5
+                }]
+            }}
+        }),
+    )
+    .await
+    .unwrap();
+    c.start_controller();
+    c.wait_status("adoption", "shop", |s| {
+        s.phase.as_deref() == Some("Healthy")
+    })
+    .await;
+
+    c.set_image("shop", "shop:2", BTreeMap::new()).await;
+    let st = promoted(&c, "the release to green promoted after analysis").await;
+    assert_eq!(c.selector_color("shop").await.as_deref(), Some("green"));
+    let a = st.analysis.expect("analysis recorded in status");
+    assert_eq!(a.metrics[0].value, Some(0.0), "{a:?}");
+
+    c.set_image("shop", "shop:3", BTreeMap::new()).await;
+    let st = failed_second(&c, "the release to blue fails its analysis").await;
+    let reason = format!(
+        "{} | {}",
+        st.message.clone().unwrap_or_default(),
+        st.history.last().unwrap().reason
+    );
+    assert!(reason.contains("gate = 100"), "{reason}");
+    assert!(reason.contains("above the maximum 5"), "{reason}");
+    assert_eq!(c.selector_color("shop").await.as_deref(), Some("green"));
 }

@@ -351,6 +351,76 @@ fn catalogue() -> Vec<(&'static str, serde_json::Value, Vec<&'static str>)> {
             ],
         ),
         (
+            "prometheus tls on an http address",
+            metric(
+                json!({"name": "m", "prometheus": {"address": "http://p:9090", "query": "up", "tls": {"insecureSkipVerify": true}}, "min": 1}),
+            ),
+            vec![
+                "spec.analysis.prePromotion.metrics[0].prometheus.tls",
+                "tls only applies to an https:// address",
+            ],
+        ),
+        (
+            "prometheus CA bundle and insecureSkipVerify together",
+            metric(
+                json!({"name": "m", "prometheus": {"address": "https://p:9090", "query": "up", "tls": {"insecureSkipVerify": true, "caSecretRef": {"name": "ca", "key": "ca.crt"}}}, "min": 1}),
+            ),
+            vec![
+                "spec.analysis.prePromotion.metrics[0].prometheus.tls",
+                "set caSecretRef or insecureSkipVerify, not both",
+            ],
+        ),
+        (
+            "prometheus auth with bearer token and basic",
+            metric(
+                json!({"name": "m", "prometheus": {"address": "https://p:9090", "query": "up", "auth": {"bearerTokenSecretRef": {"name": "a", "key": "t"}, "basic": {"username": "u", "passwordSecretRef": {"name": "a", "key": "p"}}}}, "min": 1}),
+            ),
+            vec![
+                "spec.analysis.prePromotion.metrics[0].prometheus.auth",
+                "set exactly one of bearerTokenSecretRef and basic",
+            ],
+        ),
+        (
+            "prometheus secret without a key",
+            metric(
+                json!({"name": "m", "prometheus": {"address": "https://p:9090", "query": "up", "auth": {"bearerTokenSecretRef": {"name": "a"}}}, "min": 1}),
+            ),
+            vec![
+                "spec.analysis.prePromotion.metrics[0].prometheus.auth.bearerTokenSecretRef",
+                "needs name and key of a Secret",
+            ],
+        ),
+        (
+            "prometheus header teal sets",
+            metric(
+                json!({"name": "m", "prometheus": {"address": "https://p:9090", "query": "up", "headers": [{"name": "Authorization", "value": "x"}]}, "min": 1}),
+            ),
+            vec![
+                "spec.analysis.prePromotion.metrics[0].prometheus.headers[0].name",
+                "this header is set by teal",
+            ],
+        ),
+        (
+            "prometheus header without a value",
+            metric(
+                json!({"name": "m", "prometheus": {"address": "https://p:9090", "query": "up", "headers": [{"name": "X-Scope-OrgID"}]}, "min": 1}),
+            ),
+            vec![
+                "spec.analysis.prePromotion.metrics[0].prometheus.headers[0]",
+                "set exactly one of value and secretRef",
+            ],
+        ),
+        (
+            "prometheus timeout above 60s",
+            metric(
+                json!({"name": "m", "prometheus": {"address": "https://p:9090", "query": "up", "timeout": "2m"}, "min": 1}),
+            ),
+            vec![
+                "spec.analysis.prePromotion.metrics[0].prometheus.timeout",
+                "timeout must be between 100ms and 60s",
+            ],
+        ),
+        (
             "service name too long",
             with(&["service", "name"], json!("x".repeat(60))),
             vec!["spec.service.name", "more than 55"],

@@ -228,16 +228,17 @@ impl Config {
         {
             config.app.workdir = Some(base.join(w));
         }
-        for n in &mut config.notifications {
-            for s in [n.secret_ref.as_mut(), n.hmac_secret_ref.as_mut()]
-                .into_iter()
-                .flatten()
+        // Secret files of notifiers and of Prometheus metrics.
+        let notifier_secrets = config
+            .notifications
+            .iter_mut()
+            .flat_map(|n| [n.secret_ref.as_mut(), n.hmac_secret_ref.as_mut()])
+            .flatten();
+        for s in notifier_secrets.chain(config.analysis.secret_refs_mut()) {
+            if let Some(f) = &s.file
+                && f.is_relative()
             {
-                if let Some(f) = &s.file
-                    && f.is_relative()
-                {
-                    s.file = Some(base.join(f));
-                }
+                s.file = Some(base.join(f));
             }
         }
         Ok(config)
@@ -339,7 +340,8 @@ impl Config {
             }
         }
         self.promotion.validate("promotion", &mut e);
-        self.analysis.validate("analysis", &mut e);
+        self.analysis
+            .validate("analysis", teal_api::hooks::SecretSource::Local, &mut e);
         for (stage, spec) in [
             ("prePromotion", &self.analysis.pre_promotion),
             ("postPromotion", &self.analysis.post_promotion),
@@ -437,6 +439,28 @@ mod tests {
             DEFAULT_PREVIEW_HEADER
         );
         assert_eq!(c.policy().progress_deadline_ms, 60_000);
+    }
+
+    #[test]
+    fn prometheus_secret_files_are_relative_to_the_config() {
+        let c = Config::parse(
+            "app:\n  command: [./server]\nanalysis:\n  prePromotion:\n    metrics:\n      - name: m\n        max: 1\n        prometheus:\n          address: https://prom\n          query: up\n          tls: {caSecretRef: {file: ca.pem}}\n          auth: {basic: {username: u, passwordSecretRef: {file: /etc/pw}}}\n          headers: [{name: X-Org, secretRef: {file: org}}]\n",
+            Path::new("/srv/app"),
+        )
+        .unwrap();
+        let mut analysis = c.analysis.clone();
+        let files: Vec<_> = analysis
+            .secret_refs_mut()
+            .map(|r| r.file.clone().unwrap())
+            .collect();
+        assert_eq!(
+            files,
+            [
+                Path::new("/srv/app/ca.pem"),
+                Path::new("/etc/pw"),
+                Path::new("/srv/app/org")
+            ]
+        );
     }
 
     #[test]

@@ -18,11 +18,12 @@ use teal_router::{CookieMatch, HeaderMatch, PreviewRoute, RouteTable, Router, Ro
 use tokio::sync::{broadcast, mpsc, oneshot, watch};
 use tokio::task::JoinHandle;
 
-use crate::analysis::{self, QueryVars, Report};
+use crate::analysis::{self, Report};
 use crate::config::Config;
 use crate::hooks::HookContext;
 use crate::state::{self, SavedState};
 use crate::supervisor::{GroupRecord, ReplicaView, RevisionSpec, Supervisor};
+use teal_analysis::QueryVars;
 
 /// How many recent events `status` shows.
 const EVENT_LOG: usize = 50;

@@ -1,4 +1,4 @@
-//! A small HTTP/1.1 client for the CLI, analysis queries and webhooks.
+//! A small HTTP/1.1 client for the CLI's calls to the daemon's control API.
 
 use std::time::Duration;
 

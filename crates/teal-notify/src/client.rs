@@ -1,5 +1,6 @@
-//! One HTTP client for hooks and notifiers: HTTP/1.1 over plain TCP or
-//! TLS (rustls, the system's CA roots).
+//! One HTTP client for hooks, notifiers and analysis queries: HTTP/1.1
+//! over plain TCP or TLS (rustls, the system's CA roots, or for one call
+//! the CA bundle it brings or no verification: [`Trust`]).
 
 use std::net::{IpAddr, SocketAddr};
 use std::sync::{Arc, OnceLock, RwLock};
@@ -33,6 +34,116 @@ fn client() -> &'static Https {
             .pool_idle_timeout(Duration::from_secs(30))
             .build(connector)
     })
+}
+
+/// How the certificate of an https server is checked, when not against
+/// the system's CA certificates.
+#[derive(Clone, Default, PartialEq, Eq)]
+pub struct Trust {
+    /// PEM CA certificates the server's certificate must chain to, in place
+    /// of the system's.
+    pub ca_pem: Option<Vec<u8>>,
+    /// Accept any certificate (signatures are still checked).
+    pub insecure_skip_verify: bool,
+}
+
+impl std::fmt::Debug for Trust {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Trust")
+            .field("ca_pem", &self.ca_pem.as_ref().map(|p| p.len()))
+            .field("insecure_skip_verify", &self.insecure_skip_verify)
+            .finish()
+    }
+}
+
+/// A client for one call that checks certificates as `trust` says.
+fn client_trusting(trust: &Trust) -> Result<Https, CallError> {
+    let config = if trust.insecure_skip_verify {
+        rustls::ClientConfig::builder()
+            .dangerous()
+            .with_custom_certificate_verifier(Arc::new(AnyCertificate(
+                rustls::crypto::ring::default_provider(),
+            )))
+            .with_no_client_auth()
+    } else {
+        let mut roots = rustls::RootCertStore::empty();
+        if let Some(pem) = &trust.ca_pem {
+            use rustls::pki_types::CertificateDer;
+            use rustls::pki_types::pem::PemObject;
+            for cert in CertificateDer::pem_slice_iter(pem) {
+                let cert = cert.map_err(|e| {
+                    CallError::Transport(format!("the CA certificates are not PEM: {e}"))
+                })?;
+                roots.add(cert).map_err(|e| {
+                    CallError::Transport(format!("a CA certificate is not usable: {e}"))
+                })?;
+            }
+        }
+        if roots.is_empty() {
+            return Err(CallError::Transport(
+                "the CA bundle holds no certificate".into(),
+            ));
+        }
+        rustls::ClientConfig::builder()
+            .with_root_certificates(roots)
+            .with_no_client_auth()
+    };
+    let connector = hyper_rustls::HttpsConnectorBuilder::new()
+        .with_tls_config(config)
+        .https_or_http()
+        .enable_http1()
+        .build();
+    Ok(Client::builder(TokioExecutor::new()).build(connector))
+}
+
+/// Accepts any server certificate; signatures of the handshake are still
+/// verified, so the connection is encrypted, but not authenticated.
+#[derive(Debug)]
+struct AnyCertificate(rustls::crypto::CryptoProvider);
+
+impl rustls::client::danger::ServerCertVerifier for AnyCertificate {
+    fn verify_server_cert(
+        &self,
+        _end_entity: &rustls::pki_types::CertificateDer<'_>,
+        _intermediates: &[rustls::pki_types::CertificateDer<'_>],
+        _server_name: &rustls::pki_types::ServerName<'_>,
+        _ocsp_response: &[u8],
+        _now: rustls::pki_types::UnixTime,
+    ) -> Result<rustls::client::danger::ServerCertVerified, rustls::Error> {
+        Ok(rustls::client::danger::ServerCertVerified::assertion())
+    }
+
+    fn verify_tls12_signature(
+        &self,
+        message: &[u8],
+        cert: &rustls::pki_types::CertificateDer<'_>,
+        dss: &rustls::DigitallySignedStruct,
+    ) -> Result<rustls::client::danger::HandshakeSignatureValid, rustls::Error> {
+        rustls::crypto::verify_tls12_signature(
+            message,
+            cert,
+            dss,
+            &self.0.signature_verification_algorithms,
+        )
+    }
+
+    fn verify_tls13_signature(
+        &self,
+        message: &[u8],
+        cert: &rustls::pki_types::CertificateDer<'_>,
+        dss: &rustls::DigitallySignedStruct,
+    ) -> Result<rustls::client::danger::HandshakeSignatureValid, rustls::Error> {
+        rustls::crypto::verify_tls13_signature(
+            message,
+            cert,
+            dss,
+            &self.0.signature_verification_algorithms,
+        )
+    }
+
+    fn supported_verify_schemes(&self) -> Vec<rustls::SignatureScheme> {
+        self.0.signature_verification_algorithms.supported_schemes()
+    }
 }
 
 fn empty_roots() -> rustls::ClientConfig {
@@ -238,6 +349,20 @@ pub async fn request(
     timeout: Duration,
     cap: usize,
 ) -> Result<Answer, CallError> {
+    request_trusting(None, method, url, body, headers, timeout, cap).await
+}
+
+/// [`request`], checking an https server's certificate as `trust` says
+/// (`None`: against the system's CA certificates).
+pub async fn request_trusting(
+    trust: Option<&Trust>,
+    method: http::Method,
+    url: &str,
+    body: Option<Bytes>,
+    headers: &[(&str, String)],
+    timeout: Duration,
+    cap: usize,
+) -> Result<Answer, CallError> {
     let uri: http::Uri = url.parse().map_err(|_| CallError::BadUrl)?;
     if !matches!(uri.scheme_str(), Some("http" | "https")) {
         return Err(CallError::BadUrl);
@@ -258,8 +383,16 @@ pub async fn request(
     let req = req
         .body(Full::new(body.unwrap_or_default()))
         .map_err(|_| CallError::BadUrl)?;
+    let own;
+    let client = match trust {
+        Some(t) => {
+            own = client_trusting(t)?;
+            &own
+        }
+        None => client(),
+    };
     let call = async {
-        let resp = client().request(req).await.map_err(|e| {
+        let resp = client.request(req).await.map_err(|e| {
             // The error's chain names the cause (refused, reset, TLS…).
             let mut msg = e.to_string();
             let mut src = std::error::Error::source(&e);

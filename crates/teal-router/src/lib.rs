@@ -14,7 +14,6 @@ mod duration;
 mod h1;
 mod headers;
 mod health;
-mod listen;
 mod metrics;
 mod probe;
 mod proxy;
@@ -36,13 +35,13 @@ use tokio::sync::{Notify, oneshot};
 pub use admin::AdminListener;
 pub use config::{RouterConfig, UpgradePolicy, UpstreamProtocol};
 pub use duration::{format_duration, parse_duration};
-pub use listen::{
+pub use table::{CookieMatch, HeaderMatch, PreviewRoute, RouteTable, TableError};
+pub use teal_core::{Color, ColorStats};
+pub use teal_serve::listen::{
     AcceptBackoff, DEFAULT_BACKLOG, MAX_ACCEPT_BACKOFF, OpenFiles, RESERVED_FILES,
     connections_for_open_files, is_resource_error, listen, listen_backlog, raise_open_file_limit,
     size_max_connections,
 };
-pub use table::{CookieMatch, HeaderMatch, PreviewRoute, RouteTable, TableError};
-pub use teal_core::{Color, ColorStats};
 pub use tls::{Tls, TlsError};
 
 use counters::Counters;

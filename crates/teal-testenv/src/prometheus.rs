@@ -31,15 +31,78 @@ pub struct Sample {
 /// Starts Prometheus with `config_yaml` as its configuration file and returns once it is
 /// ready to answer queries. Scrape targets must be on loopback.
 pub async fn start(config_yaml: &str) -> Result<Prometheus, Error> {
+    start_with(config_yaml, None).await
+}
+
+/// The user [`start_secured`]'s Prometheus lets in.
+pub const USER: &str = "reader";
+/// Its password.
+pub const PASSWORD: &str = "analysis-reader-pw";
+/// bcrypt of [`PASSWORD`] (cost 10), as Prometheus' web configuration wants it.
+const PASSWORD_BCRYPT: &str = "$2b$10$/sPT0EEHPHBLe44NNPGM4.DQiwCLB8/exNOYgc8k1I/CemssWO91a";
+
+/// [`start`], served the way Prometheus is often run in production: over
+/// TLS, with a certificate for 127.0.0.1 signed by a CA of its own
+/// (returned as PEM), and basic auth ([`USER`], [`PASSWORD`]), set up by
+/// Prometheus' own `--web.config.file`. Its URL is `https://`;
+/// [`Prometheus::query`] does not reach it.
+pub async fn start_secured(config_yaml: &str) -> Result<(Prometheus, String), Error> {
+    use rcgen::{BasicConstraints, CertificateParams, CertifiedIssuer, IsCa, KeyPair};
+    let rcgen = |e: rcgen::Error| Error::Prometheus(format!("making its certificate: {e}"));
+    let mut ca = CertificateParams::new(Vec::<String>::new()).map_err(rcgen)?;
+    ca.is_ca = IsCa::Ca(BasicConstraints::Unconstrained);
+    let ca =
+        CertifiedIssuer::self_signed(ca, KeyPair::generate().map_err(rcgen)?).map_err(rcgen)?;
+    let key = KeyPair::generate().map_err(rcgen)?;
+    let cert = CertificateParams::new(vec!["127.0.0.1".to_string()])
+        .map_err(rcgen)?
+        .signed_by(&key, &ca)
+        .map_err(rcgen)?;
+    let web = Web {
+        config: format!(
+            "tls_server_config:\n  cert_file: cert.pem\n  key_file: key.pem\nbasic_auth_users:\n  {USER}: '{PASSWORD_BCRYPT}'\n"
+        ),
+        files: vec![("cert.pem", cert.pem()), ("key.pem", key.serialize_pem())],
+        ready_auth: format!("{USER}:{PASSWORD}"),
+    };
+    let p = start_with(config_yaml, Some(web)).await?;
+    Ok((p, ca.pem()))
+}
+
+/// Prometheus' web configuration, the files it names (beside it) and the
+/// credentials of the readiness probe.
+struct Web {
+    config: String,
+    files: Vec<(&'static str, String)>,
+    ready_auth: String,
+}
+
+async fn start_with(config_yaml: &str, web: Option<Web>) -> Result<Prometheus, Error> {
     let dir = supervisor::state_dir("prometheus")?;
     let config = dir.join("prometheus.yml");
-    std::fs::write(&config, config_yaml)
-        .map_err(|e| Error::io(format!("writing {}", config.display()), e))?;
+    let write = |path: std::path::PathBuf, text: &str| {
+        std::fs::write(&path, text).map_err(|e| Error::io(format!("writing {}", path.display()), e))
+    };
+    write(config.clone(), config_yaml)?;
+    let mut options = Vec::new();
+    if let Some(web) = web {
+        for (name, text) in &web.files {
+            write(dir.join(name), text)?;
+        }
+        let path = dir.join("web.yml");
+        write(path.clone(), &web.config)?;
+        options.extend([
+            "--web-config".to_string(),
+            path.display().to_string(),
+            "--ready-auth".to_string(),
+            web.ready_auth,
+        ]);
+    }
     let supervised = tokio::task::spawn_blocking(move || {
         supervisor::start(
             "prometheus",
             "prometheus",
-            &[],
+            &options,
             dir,
             &[config.as_path()],
             START_TIMEOUT,

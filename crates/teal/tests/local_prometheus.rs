@@ -88,3 +88,57 @@ async fn prometheus_metric_gates_the_release() {
     assert!(out.contains("above the maximum 5"), "{}", text(&o));
     assert_eq!(live_version(port).as_deref(), Some("v2"));
 }
+
+/// A Prometheus served over TLS with basic auth, as its own
+/// `--web.config.file` sets it up: the query runs with the CA bundle, the
+/// password from a file and an extra header (and once more without
+/// checking the certificate, as `insecureSkipVerify` asks); a good release
+/// passes, a bad one rolls back naming the metric and its value.
+#[tokio::test(flavor = "multi_thread")]
+async fn prometheus_behind_tls_and_basic_auth_gates_the_release() {
+    let (prom, ca_pem) =
+        teal_testenv::prometheus::start_secured("global: {scrape_interval: 15s}\n")
+            .await
+            .expect("prometheus starts behind TLS and basic auth");
+    let files = Scratch::new("prom-tls");
+    std::fs::write(files.0.join("ca.pem"), ca_pem).unwrap();
+    let password = format!("{}\n", teal_testenv::prometheus::PASSWORD);
+    std::fs::write(files.0.join("password"), password).unwrap();
+    assert!(prom.url().starts_with("https://"), "{}", prom.url());
+    // 0 for revision v2, 100 for any other: a good and a bad release
+    // without any traffic to scrape.
+    let query = r#"min((label_replace(vector(0), "r", "{{revision}}", "", "") and on(r) label_replace(vector(0), "r", "v2", "", "")) or vector(100))"#;
+    let extra = format!(
+        "analysis:\n  prePromotion:\n    interval: 1s\n    checks: 2\n    inconclusiveLimit: 2\n    metrics:\n      - name: gate\n        max: 5\n        prometheus:\n          address: \"{url}\"\n          query: '{query}'\n          timeout: 5s\n          tls: {{caSecretRef: {{file: \"{dir}/ca.pem\"}}}}\n          auth: {{basic: {{username: {user}, passwordSecretRef: {{file: \"{dir}/password\"}}}}}}\n          headers: [{{name: X-Scope-OrgID, value: tenant-a}}]\n      - name: unverified\n        max: 5\n        prometheus:\n          address: \"{url}\"\n          query: '{query}'\n          tls: {{insecureSkipVerify: true}}\n          auth: {{basic: {{username: {user}, passwordSecretRef: {{file: \"{dir}/password\"}}}}}}\n",
+        url = prom.url(),
+        dir = files.0.display(),
+        user = teal_testenv::prometheus::USER,
+    );
+    let setup = tokio::task::spawn_blocking(move || healthy_daemon("prom-tls", &extra))
+        .await
+        .unwrap();
+    let config = setup.config.clone();
+    let deploy = |revision: &'static str| {
+        let config = config.clone();
+        // Bounded: a query that gets no answer leaves the stage
+        // inconclusive, waiting for an operator.
+        tokio::task::spawn_blocking(move || {
+            cli(
+                &config,
+                &["deploy", "--revision", revision, "--timeout", "60"],
+            )
+        })
+    };
+    let o = deploy("v2").await.unwrap();
+    assert!(o.status.success(), "{}\n{}", text(&o), setup.daemon.log());
+    assert_eq!(live_version(setup.port).as_deref(), Some("v2"));
+
+    let o = deploy("v3").await.unwrap();
+    assert_eq!(o.status.code(), Some(1), "{}", text(&o));
+    let out = String::from_utf8_lossy(&o.stdout);
+    assert!(out.contains("v3: RolledBack"), "{}", text(&o));
+    assert!(out.contains("gate = 100"), "{}", text(&o));
+    assert!(out.contains("unverified = 100"), "{}", text(&o));
+    assert!(out.contains("above the maximum 5"), "{}", text(&o));
+    assert_eq!(live_version(setup.port).as_deref(), Some("v2"));
+}

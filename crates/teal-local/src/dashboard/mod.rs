@@ -20,13 +20,10 @@ use http::{Method, Request, Response, StatusCode};
 use http_body_util::Full;
 use serde::Serialize;
 use teal_core::Color;
+use teal_serve::page::{page, respond};
 
 use crate::engine::Engine;
 
-/// The page's stylesheet; the controller's dashboard uses it too.
-pub const STYLE: &str = include_str!("style.css");
-/// Helpers and the polling loop both dashboards share.
-pub const SCRIPT: &str = include_str!("common.js");
 const PAGE: &str = include_str!("local.html");
 /// Samples kept: five minutes at one per second.
 const SAMPLES: usize = 300;
@@ -62,12 +59,6 @@ pub struct Dashboard {
     samples: Arc<Mutex<VecDeque<Sample>>>,
 }
 
-/// The page with the shared stylesheet and script put in.
-pub fn page(html: &str) -> String {
-    html.replacen("/*STYLE*/", STYLE, 1)
-        .replacen("/*SCRIPT*/", SCRIPT, 1)
-}
-
 /// Whether the Host header names a loopback address (or none is given).
 pub fn loopback_host<B>(req: &Request<B>) -> bool {
     let Some(host) = req.headers().get(http::header::HOST) else {
@@ -85,21 +76,6 @@ pub fn loopback_host<B>(req: &Request<B>) -> bool {
         || name
             .parse::<std::net::IpAddr>()
             .is_ok_and(|ip| ip.is_loopback())
-}
-
-/// A response with `content_type` and no caching.
-pub fn respond(
-    status: StatusCode,
-    content_type: &str,
-    body: impl Into<Bytes>,
-) -> Response<Full<Bytes>> {
-    Response::builder()
-        .status(status)
-        .header(http::header::CONTENT_TYPE, content_type)
-        .header(http::header::CACHE_CONTROL, "no-store")
-        .header("x-content-type-options", "nosniff")
-        .body(Full::new(body.into()))
-        .expect("static response")
 }
 
 fn now_ms() -> u64 {

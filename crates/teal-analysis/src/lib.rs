@@ -1,0 +1,126 @@
+//! teal-analysis: measuring a release's analysis metrics, the same way in
+//! local mode and in the Kubernetes controller.
+//!
+//! Every metric is measured by a [`MetricProvider`]: [`Builtin`] reads the
+//! router's per-color counters of the check's window, [`Prometheus`] runs a
+//! PromQL query. A new provider (Datadog, CloudWatch…) is a new field of
+//! `teal_api::MetricSpec`, an implementation of the trait and one arm in
+//! [`provider_for`]; the callers (local mode's stage loop, the controller's
+//! background checks) and the verdict logic (`teal_core::analysis`) stay
+//! as they are.
+//!
+//! Nothing here knows a router or a cluster: the callers hand in the
+//! window of counters they read ([`CheckContext`]).
+
+#![forbid(unsafe_code)]
+
+mod builtin;
+mod prometheus;
+
+use std::future::Future;
+use std::pin::Pin;
+
+use teal_api::hooks::SecretRef;
+use teal_api::{BuiltinMetric, MetricSpec, PrometheusMetric};
+use teal_core::analysis::Measurement;
+use teal_core::{Color, ColorStats};
+
+pub use builtin::{DEFAULT_MIN_REQUESTS, measure_builtin};
+pub use prometheus::{EXCERPT_CHARS, PROMETHEUS_BODY_CAP, PROMETHEUS_TIMEOUT};
+
+/// Values substituted into Prometheus queries (`{{name}}`, `{{namespace}}`,
+/// `{{color}}`, `{{revision}}`, `{{service}}`).
+#[derive(Debug, Clone)]
+pub struct QueryVars {
+    pub name: String,
+    pub namespace: String,
+    pub color: Color,
+    pub revision: String,
+    pub service: String,
+}
+
+/// Where a provider reads the secrets a metric names (credentials, CA
+/// certificates, header values): Kubernetes Secrets in the BlueGreen's
+/// namespace, or in local mode environment variables and files.
+pub trait Secrets: Send + Sync {
+    /// The value `r` names; errors name `field` (never the value).
+    fn get<'a>(&'a self, r: &'a SecretRef, field: &'a str) -> Reading<'a>;
+}
+
+/// A boxed future of a secret's value, so [`Secrets`] can be a trait object.
+pub type Reading<'a> = Pin<Box<dyn Future<Output = Result<String, String>> + Send + 'a>>;
+
+/// What a provider has at hand for one check.
+pub struct CheckContext<'a> {
+    pub vars: &'a QueryVars,
+    /// Where the metric's secrets are read.
+    pub secrets: &'a dyn Secrets,
+    /// What the router counted for the analysed color since the previous
+    /// check, or why that is not known (the router does not see the
+    /// traffic, its counters could not be read).
+    pub window: Result<&'a ColorStats, &'a str>,
+}
+
+/// A boxed future, so providers can be trait objects.
+pub type Measuring<'a> = Pin<Box<dyn Future<Output = Measurement> + Send + 'a>>;
+
+/// A source of metric values.
+pub trait MetricProvider: Send + Sync {
+    fn measure<'a>(&'a self, m: &'a MetricSpec, cx: &'a CheckContext<'a>) -> Measuring<'a>;
+}
+
+/// The router's per-color counters.
+pub struct Builtin(pub BuiltinMetric);
+
+impl MetricProvider for Builtin {
+    fn measure<'a>(&'a self, m: &'a MetricSpec, cx: &'a CheckContext<'a>) -> Measuring<'a> {
+        Box::pin(async move {
+            match cx.window {
+                Ok(w) => measure_builtin(m, self.0, w),
+                Err(why) => no_value(m, why),
+            }
+        })
+    }
+}
+
+/// A PromQL query through the Prometheus HTTP API.
+pub struct Prometheus(pub PrometheusMetric);
+
+impl MetricProvider for Prometheus {
+    fn measure<'a>(&'a self, m: &'a MetricSpec, cx: &'a CheckContext<'a>) -> Measuring<'a> {
+        Box::pin(prometheus::measure(m, &self.0, cx))
+    }
+}
+
+/// The provider a metric names (validation makes sure there is exactly one).
+pub fn provider_for(m: &MetricSpec) -> Option<Box<dyn MetricProvider>> {
+    match (&m.builtin, &m.prometheus) {
+        (Some(b), _) => Some(Box::new(Builtin(*b))),
+        (None, Some(p)) => Some(Box::new(Prometheus(p.clone()))),
+        (None, None) => None,
+    }
+}
+
+/// Measures `m` with the provider it names.
+pub async fn measure(m: &MetricSpec, cx: &CheckContext<'_>) -> Measurement {
+    match provider_for(m) {
+        Some(p) => p.measure(m, cx).await,
+        None => provider_error(m, "no provider"),
+    }
+}
+
+/// A measurement of `m` without a value for lack of data, and why.
+pub fn no_value(m: &MetricSpec, note: impl Into<String>) -> Measurement {
+    Measurement::of(m.name.clone(), m.min, m.max).no_data(note)
+}
+
+/// A measurement of `m` without a value because its provider failed, and
+/// how (counted apart from failures: `consecutiveErrorLimit`).
+pub fn provider_error(m: &MetricSpec, note: impl Into<String>) -> Measurement {
+    Measurement::of(m.name.clone(), m.min, m.max).failed(note)
+}
+
+/// A measurement of `m` with a value.
+fn value(m: &MetricSpec, v: f64) -> Measurement {
+    Measurement::of(m.name.clone(), m.min, m.max).value(v)
+}
