@@ -245,8 +245,10 @@ impl<'b> RequestHead<'_, 'b> {
                 | Name::XForwardedFor
                 | Name::XForwardedProto => false,
                 // Host survives the Connection header (the general path puts
-                // it back), the others do not.
-                Name::Host => true,
+                // it back), and so does the body's length (the body is sent
+                // as it came; the general path frames it anew); the others
+                // do not.
+                Name::Host | Name::ContentLength => true,
                 _ => !self.is_listed(h.name),
             };
             if keep {
@@ -435,7 +437,9 @@ fn write_response(
     for h in headers {
         let keep = match name_of(h.name) {
             Name::Connection | Name::Te | Name::HopByHop | Name::Upgrade => false,
-            Name::TransferEncoding => true,
+            // The body is relayed as it came: its framing stays, whatever
+            // the Connection header lists.
+            Name::TransferEncoding | Name::ContentLength => true,
             _ => !listed
                 .iter()
                 .any(|l| l.eq_ignore_ascii_case(h.name.as_bytes())),
@@ -497,6 +501,40 @@ mod tests {
         assert_eq!(parse_length(b" 12 "), Some(12));
         assert_eq!(parse_length(b"+12"), None);
         assert_eq!(parse_length(b"1,2"), None);
+    }
+
+    #[test]
+    fn a_body_keeps_its_length_whatever_the_connection_header_lists() {
+        let buf = b"POST / HTTP/1.1\r\nHost: x\r\nConnection: content-length\r\nContent-Length: 2\r\n\r\nok";
+        let mut headers = [httparse::EMPTY_HEADER; MAX_HEADERS];
+        let RequestParse::Complete(head) = request_head(&mut headers, buf) else {
+            panic!("not taken");
+        };
+        assert_eq!(head.body_len, 2);
+        let mut out = Vec::new();
+        head.write_upstream(IpAddr::from([127, 0, 0, 1]), &mut out);
+        assert_eq!(
+            String::from_utf8(out).unwrap(),
+            "POST / HTTP/1.1\r\nHost: x\r\nContent-Length: 2\r\nx-forwarded-for: 127.0.0.1\r\nx-forwarded-proto: http\r\nx-forwarded-host: x\r\n\r\n"
+        );
+
+        let req = ReqInfo {
+            head: false,
+            close: false,
+            color: Color::Blue,
+            color_header: None,
+        };
+        let raw = b"HTTP/1.1 200 OK\r\nContent-Length: 2\r\nConnection: content-length, x-hop\r\nX-Hop: 1\r\n\r\nok";
+        let mut out = Vec::new();
+        let Ok(ParsedResponse::Final(head)) = response_head(raw, req, &mut out) else {
+            panic!("not parsed");
+        };
+        assert_eq!(head.framing, Framing::Length(2));
+        assert!(head.reusable && !head.close_client);
+        assert_eq!(
+            String::from_utf8(out).unwrap(),
+            "HTTP/1.1 200 OK\r\nContent-Length: 2\r\n\r\n"
+        );
     }
 
     #[test]

@@ -309,6 +309,7 @@ mod tests {
                 "close",
                 "keep-alive, x-secret",
                 "x-app, X-Forwarded-For",
+                "content-length",
                 "trailers, gzip",
                 "chunked",
                 "gzip, chunked",
