@@ -46,7 +46,11 @@ pub(crate) fn name_of(name: &str) -> Name {
         16 if is("x-forwarded-host") => Name::XForwardedHost,
         17 if is("transfer-encoding") => Name::TransferEncoding,
         17 if is("x-forwarded-proto") => Name::XForwardedProto,
-        _ if name.len() >= 6 && name[..6].eq_ignore_ascii_case("proxy-") => Name::HopByHop,
+        // Bytes, not characters: a name read from a header value (a token
+        // of `Connection`) may have non-ASCII characters.
+        _ if name.len() >= 6 && name.as_bytes()[..6].eq_ignore_ascii_case(b"proxy-") => {
+            Name::HopByHop
+        }
         _ => Name::Other,
     }
 }
@@ -501,6 +505,23 @@ mod tests {
         assert_eq!(parse_length(b" 12 "), Some(12));
         assert_eq!(parse_length(b"+12"), None);
         assert_eq!(parse_length(b"1,2"), None);
+    }
+
+    #[test]
+    fn connection_tokens_with_non_ascii_characters_are_names_like_any_other() {
+        assert_eq!(name_of("proxyܟ"), Name::Other);
+        assert_eq!(name_of("Proxy-ܟ"), Name::HopByHop);
+        let buf = "GET / HTTP/1.1\r\nHost: x\r\nConnection: :+keeܟ-alive, x-a\r\nX-A: 1\r\nX-B: 2\r\n\r\n";
+        let mut headers = [httparse::EMPTY_HEADER; MAX_HEADERS];
+        let RequestParse::Complete(head) = request_head(&mut headers, buf.as_bytes()) else {
+            panic!("not taken");
+        };
+        let mut out = Vec::new();
+        head.write_upstream(IpAddr::from([127, 0, 0, 1]), &mut out);
+        assert_eq!(
+            String::from_utf8(out).unwrap(),
+            "GET / HTTP/1.1\r\nHost: x\r\nX-B: 2\r\nx-forwarded-for: 127.0.0.1\r\nx-forwarded-proto: http\r\nx-forwarded-host: x\r\n\r\n"
+        );
     }
 
     #[test]
