@@ -82,6 +82,11 @@ pub fn request_head(bytes: &[u8]) {
         }
     }
 
+    // A head at the header limit has more than the limit once the router's
+    // headers are added: the lean path would hand it to the general one.
+    if req.headers.len() > MAX_HEADERS {
+        return;
+    }
     let mut h = [httparse::EMPTY_HEADER; MAX_HEADERS];
     let RequestParse::Complete(again) = parse::request_head(&mut h, &out) else {
         panic!(
@@ -168,7 +173,11 @@ pub fn response_head(bytes: &[u8], head_request: bool, close: bool) {
             .any(|x| x.name == COLOR_HEADER.as_str() && x.value == b"green")
     );
 
-    // Read back as the client reads it: the same status and body framing.
+    // Read back as the client reads it: the same status and body framing
+    // (unless the router's headers took the head over the header limit).
+    if resp.headers.len() > MAX_HEADERS {
+        return;
+    }
     let back = ReqInfo {
         close: false,
         color_header: None,
