@@ -11,7 +11,8 @@ use teal_core::Color;
 
 use super::framing::{Chunk, Framing, MAX_BODY, no_body};
 use super::parse::{
-    self, MAX_HEADERS, Name, ParsedResponse, ReqInfo, RequestParse, name_of, tokens,
+    self, MAX_HEADERS, Name, ParsedResponse, ReqInfo, RequestHead, RequestParse, ResponseHead,
+    name_of, tokens,
 };
 
 /// The client address the rewritten request heads name.
@@ -53,38 +54,11 @@ pub fn request_head(bytes: &[u8]) {
         .collect();
     let mut out = Vec::new();
     head.write_upstream(PEER, &mut out);
-
-    let mut h = [httparse::EMPTY_HEADER; MAX_HEADERS + 4];
-    let mut req = httparse::Request::new(&mut h);
-    assert_eq!(req.parse(&out), Ok(httparse::Status::Complete(out.len())));
-    assert_eq!((req.method, req.path), (Some(head.method), Some(head.path)));
-    assert_eq!(req.version, Some(1));
-    assert_eq!(count(req.headers, "host"), 1);
-    assert_eq!(count(req.headers, "x-forwarded-for"), 1);
-    assert_eq!(count(req.headers, "x-forwarded-proto"), 1);
-    assert!(count(req.headers, "x-forwarded-host") >= 1);
-    for x in req.headers.iter() {
-        match name_of(x.name) {
-            Name::Connection | Name::HopByHop | Name::TransferEncoding | Name::Upgrade => {
-                panic!("hop-by-hop header {:?} forwarded", x.name)
-            }
-            Name::Te => assert_eq!(x.value, b"trailers"),
-            Name::XForwardedFor => assert!(x.value.ends_with(PEER.to_string().as_bytes())),
-            Name::XForwardedProto => assert_eq!(x.value, b"http"),
-            Name::Host | Name::XForwardedHost => {}
-            _ => assert!(
-                !listed
-                    .iter()
-                    .any(|l| l.eq_ignore_ascii_case(x.name.as_bytes())),
-                "{:?} is listed in Connection but forwarded",
-                x.name
-            ),
-        }
-    }
+    let headers = check_upstream_head(&out, &head, &listed);
 
     // A head at the header limit has more than the limit once the router's
     // headers are added: the lean path would hand it to the general one.
-    if req.headers.len() > MAX_HEADERS {
+    if headers > MAX_HEADERS {
         return;
     }
     let mut h = [httparse::EMPTY_HEADER; MAX_HEADERS];
@@ -100,6 +74,42 @@ pub fn request_head(bytes: &[u8]) {
         (head.method, head.path, head.body_len)
     );
     assert!(!again.close);
+}
+
+/// The head written for the upstream is well formed, with the request
+/// line of `head`, one `Host`, the `x-forwarded-*` headers, no hop-by-hop
+/// header and nothing `listed` in the client's `Connection` header.
+/// Returns how many headers it has.
+fn check_upstream_head(out: &[u8], head: &RequestHead<'_, '_>, listed: &[&[u8]]) -> usize {
+    let mut h = [httparse::EMPTY_HEADER; MAX_HEADERS + 4];
+    let mut req = httparse::Request::new(&mut h);
+    assert_eq!(req.parse(out), Ok(httparse::Status::Complete(out.len())));
+    assert_eq!((req.method, req.path), (Some(head.method), Some(head.path)));
+    assert_eq!(req.version, Some(1));
+    assert_eq!(count(req.headers, "host"), 1);
+    assert_eq!(count(req.headers, "x-forwarded-for"), 1);
+    assert_eq!(count(req.headers, "x-forwarded-proto"), 1);
+    assert!(count(req.headers, "x-forwarded-host") >= 1);
+    for x in req.headers.iter() {
+        match name_of(x.name) {
+            Name::Connection | Name::HopByHop | Name::TransferEncoding | Name::Upgrade => {
+                panic!("hop-by-hop header {:?} forwarded", x.name)
+            }
+            Name::Te => assert_eq!(x.value, b"trailers"),
+            Name::XForwardedFor => assert!(x.value.ends_with(PEER.to_string().as_bytes())),
+            Name::XForwardedProto => assert_eq!(x.value, b"http"),
+            // The body's length stays whatever Connection lists.
+            Name::Host | Name::XForwardedHost | Name::ContentLength => {}
+            _ => assert!(
+                !listed
+                    .iter()
+                    .any(|l| l.eq_ignore_ascii_case(x.name.as_bytes())),
+                "{:?} is listed in Connection but forwarded",
+                x.name
+            ),
+        }
+    }
+    req.headers.len()
 }
 
 static COLOR_HEADER: http::HeaderName = http::HeaderName::from_static("x-teal-color");
@@ -143,39 +153,11 @@ pub fn response_head(bytes: &[u8], head_request: bool, close: bool) {
         assert_eq!(head.framing, Framing::Done);
     }
 
-    let mut h = [httparse::EMPTY_HEADER; MAX_HEADERS + 4];
-    let mut resp = httparse::Response::new(&mut h);
-    assert_eq!(
-        resp.parse(&out),
-        Ok(httparse::Status::Complete(out.len())),
-        "{:?}",
-        String::from_utf8_lossy(&out)
-    );
-    assert_eq!(resp.version, Some(1));
-    assert_eq!(resp.code, Some(head.status.as_u16()));
-    let mut connection = 0;
-    for x in resp.headers.iter() {
-        match name_of(x.name) {
-            Name::Connection => {
-                assert_eq!(x.value, b"close");
-                connection += 1;
-            }
-            Name::HopByHop | Name::Te | Name::Upgrade => {
-                panic!("hop-by-hop header {:?} relayed", x.name)
-            }
-            _ => {}
-        }
-    }
-    assert_eq!(connection, usize::from(head.close_client));
-    assert!(
-        resp.headers
-            .iter()
-            .any(|x| x.name == COLOR_HEADER.as_str() && x.value == b"green")
-    );
+    let headers = check_client_head(&out, &head);
 
     // Read back as the client reads it: the same status and body framing
     // (unless the router's headers took the head over the header limit).
-    if resp.headers.len() > MAX_HEADERS {
+    if headers > MAX_HEADERS {
         return;
     }
     let back = ReqInfo {
@@ -204,6 +186,43 @@ pub fn response_head(bytes: &[u8], head_request: bool, close: bool) {
         String::from_utf8_lossy(&bytes[..head.head_len]),
         String::from_utf8_lossy(&out)
     );
+}
+
+/// The head written for the client is a well-formed HTTP/1.1 head with
+/// the status of `head`, no hop-by-hop header, the color header, and
+/// `connection: close` exactly when the client connection closes after it.
+/// Returns how many headers it has.
+fn check_client_head(out: &[u8], head: &ResponseHead) -> usize {
+    let mut h = [httparse::EMPTY_HEADER; MAX_HEADERS + 4];
+    let mut resp = httparse::Response::new(&mut h);
+    assert_eq!(
+        resp.parse(out),
+        Ok(httparse::Status::Complete(out.len())),
+        "{:?}",
+        String::from_utf8_lossy(out)
+    );
+    assert_eq!(resp.version, Some(1));
+    assert_eq!(resp.code, Some(head.status.as_u16()));
+    let mut connection = 0;
+    for x in resp.headers.iter() {
+        match name_of(x.name) {
+            Name::Connection => {
+                assert_eq!(x.value, b"close");
+                connection += 1;
+            }
+            Name::HopByHop | Name::Te | Name::Upgrade => {
+                panic!("hop-by-hop header {:?} relayed", x.name)
+            }
+            _ => {}
+        }
+    }
+    assert_eq!(connection, usize::from(head.close_client));
+    assert!(
+        resp.headers
+            .iter()
+            .any(|x| x.name == COLOR_HEADER.as_str() && x.value == b"green")
+    );
+    resp.headers.len()
 }
 
 /// Feeds `bytes` to a chunked-body parser whole and in pieces of `step`
@@ -368,6 +387,26 @@ mod tests {
             head.extend_from_slice(b"\r\nbody");
             head
         })
+    }
+
+    #[test]
+    fn the_properties_hold_for_heads_found_by_fuzzing() {
+        request_head(
+            b"POST / HTTP/1.1\r\nHost: x\r\nConnection: content-length\r\nContent-Length: 2\r\n\r\nok",
+        );
+        request_head("GET / HTTP/1.1\r\nHost: x\r\nConnection: :+keeܟ-alive\r\n\r\n".as_bytes());
+        response_head(
+            b"HTTP/1.1 200 OK\r\nContent-Length: 2\r\nConnection: content-length\r\n\r\nok",
+            false,
+            false,
+        );
+        let many = "X-H: 1\r\n".repeat(MAX_HEADERS - 1);
+        response_head(
+            format!("HTTP/1.1 200 OK\r\n{many}Content-Length: 2\r\n\r\nok").as_bytes(),
+            false,
+            false,
+        );
+        request_head(format!("GET / HTTP/1.1\r\nHost: x\r\n{many}\r\n").as_bytes());
     }
 
     proptest! {
