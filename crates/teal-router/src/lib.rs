@@ -44,6 +44,14 @@ pub use teal_serve::listen::{
 };
 pub use tls::{Tls, TlsError};
 
+/// Property checks of the HTTP/1.1 head parsers and body framing, run on
+/// arbitrary input by the fuzz targets.
+#[cfg(feature = "fuzzing")]
+#[doc(hidden)]
+pub mod fuzzing {
+    pub use crate::h1::props::{chunked, chunked_encoding, request_head, response_head};
+}
+
 use counters::Counters;
 use proxy::{Compiled, Endpoint};
 use upstream::Pool;

@@ -193,6 +193,9 @@ async fn answer(
             tokio::time::sleep(Duration::from_secs(60)).await;
             return false;
         }
+        "/listed-length" => {
+            w(stream, b"HTTP/1.1 200 OK\r\nConnection: content-length\r\nContent-Length: 2\r\n\r\nok".to_vec()).await
+        }
         "/status" => {
             w(stream, b"HTTP/1.1 503 Service Unavailable\r\nContent-Length: 4\r\nRetry-After: 1\r\n\r\nbusy".to_vec()).await
         }
@@ -535,5 +538,44 @@ async fn a_stalled_response_body_is_cut_off_on_both_paths() {
         // Nothing is left in flight: a drain of the color completes.
         let report = router.drain(Color::Blue, Duration::from_secs(5)).await;
         assert!(report.completed, "lean {lean}: {report:?}");
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_body_keeps_its_length_when_the_connection_header_lists_it() {
+    let (upstream, _) = scripted_upstream(false).await;
+    for lean in [true, false] {
+        let (_, proxy) = start(upstream, lean).await;
+        // The upstream gets the body as a body, not as the start of the
+        // next request.
+        let resp = raw_exchange(
+            proxy,
+            b"POST /echo HTTP/1.1\r\nHost: x\r\nConnection: content-length\r\nContent-Length: 4\r\n\r\nabcd\
+              GET /cl HTTP/1.1\r\nHost: x\r\nConnection: close\r\n\r\n",
+        )
+        .await;
+        assert_eq!(
+            resp.matches("HTTP/1.1 200 OK").count(),
+            2,
+            "lean {lean}: {resp}"
+        );
+        assert!(resp.contains("content-length: 4\n"), "lean {lean}: {resp}");
+        assert!(
+            resp.contains("\n\nabcdHTTP/1.1 200 OK"),
+            "lean {lean}: {resp}"
+        );
+        assert!(resp.ends_with("hello"), "lean {lean}: {resp}");
+        // The client gets the response body's length.
+        let resp = raw_exchange(
+            proxy,
+            b"GET /listed-length HTTP/1.1\r\nHost: x\r\nConnection: close\r\n\r\n",
+        )
+        .await;
+        let head = resp.split("\r\n\r\n").next().unwrap_or_default();
+        assert!(
+            head.to_ascii_lowercase().contains("\r\ncontent-length: 2"),
+            "lean {lean}: {resp}"
+        );
+        assert!(resp.ends_with("\r\n\r\nok"), "lean {lean}: {resp}");
     }
 }
