@@ -11,7 +11,11 @@ fn check(spec: &BlueGreenSpec) {
     let replicas = spec.replicas.unwrap_or(1).max(1) as u32;
     spec.preview.validate("spec.preview", replicas, &mut errors);
     spec.promotion.validate("spec.promotion", &mut errors);
-    spec.analysis.validate("spec.analysis", &mut errors);
+    spec.analysis.validate(
+        "spec.analysis",
+        teal_api::hooks::SecretSource::Kubernetes,
+        &mut errors,
+    );
     for e in &errors {
         assert!(e.field.starts_with("spec."), "{e}");
     }
