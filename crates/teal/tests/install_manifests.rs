@@ -290,3 +290,35 @@ fn the_namespaced_role_grants_what_the_cluster_role_grants() {
         "granted by deploy/rbac.yaml but not by deploy/namespaced/rbac.yaml"
     );
 }
+
+/// `teal crd` prints deploy/crd.yaml (the three CRDs); a reader that stops
+/// early (`teal crd | head`, `grep -q`) ends the output quietly: exit 0,
+/// nothing on stderr.
+#[test]
+fn teal_crd_prints_the_crds_and_stops_quietly_when_the_reader_does() {
+    use std::io::Read;
+    let out = std::process::Command::new(env!("CARGO_BIN_EXE_teal"))
+        .arg("crd")
+        .output()
+        .unwrap();
+    assert!(out.status.success(), "{out:?}");
+    let shipped = std::fs::read_to_string(deploy_path("crd.yaml")).unwrap();
+    assert_eq!(String::from_utf8_lossy(&out.stdout), shipped);
+    assert!(shipped.len() > 64 * 1024, "more than a pipe holds");
+
+    let mut child = std::process::Command::new(env!("CARGO_BIN_EXE_teal"))
+        .arg("crd")
+        .stdout(std::process::Stdio::piped())
+        .stderr(std::process::Stdio::piped())
+        .spawn()
+        .unwrap();
+    let mut first = [0u8; 100];
+    child.stdout.take().unwrap().read_exact(&mut first).unwrap();
+    let out = child.wait_with_output().unwrap();
+    assert!(
+        out.status.success() && out.stderr.is_empty(),
+        "{}: {}",
+        out.status,
+        String::from_utf8_lossy(&out.stderr)
+    );
+}

@@ -1,5 +1,7 @@
-//! `teal crd`: print the BlueGreen CustomResourceDefinition, or its reference.
+//! `teal crd`: print teal's CustomResourceDefinitions (BlueGreen and the
+//! metric templates), or their reference.
 
+use std::io::Write;
 use std::process::ExitCode;
 
 #[derive(clap::Args)]
@@ -10,10 +12,16 @@ pub struct Args {
 }
 
 pub async fn run(args: Args) -> anyhow::Result<ExitCode> {
-    if args.reference {
-        print!("{}", teal_api::crd_reference_markdown());
-        return Ok(ExitCode::SUCCESS);
+    let text = if args.reference {
+        teal_api::crd_reference_markdown()
+    } else {
+        teal_api::crd_yaml()
+    };
+    // A reader that has seen enough (`teal crd | head`) closes the pipe:
+    // that ends the output, it is no error.
+    let mut out = std::io::stdout().lock();
+    match out.write_all(text.as_bytes()).and_then(|()| out.flush()) {
+        Err(e) if e.kind() != std::io::ErrorKind::BrokenPipe => Err(e.into()),
+        _ => Ok(ExitCode::SUCCESS),
     }
-    print!("{}", teal_api::crd_yaml());
-    Ok(ExitCode::SUCCESS)
 }
