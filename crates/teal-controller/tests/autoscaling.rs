@@ -386,8 +386,9 @@ async fn live_at(c: &support::Case, deployment: &str, n: i32) {
 
 /// Releases `web:2` while the BlueGreen is at `n` replicas: green takes
 /// production traffic only once `n` of its replicas are ready, the scale
-/// subresource an autoscaler reads never shows fewer meanwhile and then
-/// selects green's pods, and green ends live at `n`.
+/// subresource an autoscaler reads never shows fewer meanwhile and, once
+/// the release is recorded, selects green's pods, and green ends live at
+/// `n`.
 async fn release_at(c: &support::Case, n: i32) {
     let watch = watch_switch_to_green(c);
     c.set_image("web", "web:2", BTreeMap::new()).await;
@@ -401,17 +402,19 @@ async fn release_at(c: &support::Case, n: i32) {
         sw.fewest_in_scale, n,
         "the scale subresource read fewer than {n} replicas"
     );
-    let scale = c.bluegreens().get_scale("web").await.unwrap();
-    assert_eq!(
-        scale.status.and_then(|s| s.selector).as_deref(),
-        Some("teal.dev/bluegreen=web,teal.dev/color=green")
-    );
     c.wait_status("v2 promoted", "web", |s| {
         s.phase.as_deref() == Some("Healthy")
             && s.active_color == Some(Color::Green)
             && s.history.iter().any(|h| h.outcome == "promoted")
     })
     .await;
+    // Status (which the scale subresource serves) follows the switch on
+    // the controller's next status write.
+    let scale = c.bluegreens().get_scale("web").await.unwrap();
+    assert_eq!(
+        scale.status.and_then(|s| s.selector).as_deref(),
+        Some("teal.dev/bluegreen=web,teal.dev/color=green")
+    );
     live_at(c, "web-green", n).await;
 }
 
