@@ -64,7 +64,7 @@ pub fn engine_value(
 /// they are left out here too. Compared with the stored state, this tells
 /// whether writing `state` would change anything.
 pub fn stored_form(state: &EngineState) -> Result<serde_json::Value, Error> {
-    let mut value = serde_json::to_value(state).map_err(|e| Error::State(e.to_string()))?;
+    let mut value = serde_json::to_value(state).map_err(Error::serialize("the engine state"))?;
     drop_null_fields(&mut value);
     Ok(value)
 }

@@ -194,6 +194,85 @@ pub async fn run(client: Client, opts: Options) -> Result<(), RunError> {
     run_until(client, opts, std::future::pending()).await
 }
 
+/// Waits until this replica holds the lease (`None`: asked to stop first);
+/// returns until when it leads unless renewed.
+async fn acquire_lease(
+    client: &Client,
+    cfg: &leader::LeaseConfig,
+    shutdown: impl std::future::Future<Output = ()> + Clone,
+) -> Option<tokio::time::Instant> {
+    let leases: Api<Lease> = Api::namespaced(client.clone(), &cfg.namespace);
+    let mut observed = leader::Observed::default();
+    tracing::info!(identity = %cfg.identity, "waiting to lead (lease {}/{})", cfg.namespace, cfg.name);
+    loop {
+        if futures_util::FutureExt::now_or_never(shutdown.clone()).is_some() {
+            tracing::info!("stopping before leading");
+            return None;
+        }
+        let attempt = tokio::time::Instant::now();
+        match leader::try_acquire(&leases, cfg, &mut observed).await {
+            Ok(true) => {
+                tracing::info!(identity = %cfg.identity, "leading");
+                return Some(attempt + leader::renew_deadline(cfg.duration));
+            }
+            Ok(false) => {}
+            Err(e) => tracing::warn!("acquiring the lease: {e}"),
+        }
+        tokio::select! {
+            _ = tokio::time::sleep(Duration::from_secs(1)) => {}
+            _ = shutdown.clone() => {}
+        }
+    }
+}
+
+/// Renews the lease for as long as it can; returns why it stopped leading.
+async fn keep_leading(
+    client: &Client,
+    cfg: &leader::LeaseConfig,
+    mut valid_until: tokio::time::Instant,
+) -> Result<(), RunError> {
+    let leases: Api<Lease> = Api::namespaced(client.clone(), &cfg.namespace);
+    let mut observed = leader::Observed::default();
+    loop {
+        let renewal = async {
+            tokio::time::sleep(leader::renew_interval(cfg.duration)).await;
+            let attempt = tokio::time::Instant::now();
+            (
+                attempt,
+                leader::try_acquire(&leases, cfg, &mut observed).await,
+            )
+        };
+        tokio::select! {
+            // Unrenewed, the lease may be another replica's soon: stop
+            // acting before it can be (an apiserver or etcd outage).
+            _ = tokio::time::sleep_until(valid_until) => {
+                return Err(RunError::LeaseNotRenewed(cfg.name.clone()));
+            }
+            (attempt, renewed) = renewal => match renewed {
+                Ok(true) => valid_until = attempt + leader::renew_deadline(cfg.duration),
+                Ok(false) => return Err(RunError::LostLease(cfg.name.clone())),
+                Err(e) => tracing::warn!("renewing the lease: {e}"),
+            },
+        }
+    }
+}
+
+/// Exports the sizes of what the controller keeps per BlueGreen
+/// (`teal_controller_bluegreen_state_entries`).
+fn export_state_sizes(metrics: &Metrics, ctx: &Arc<reconcile::Context>) {
+    // Weak: the context holds the metrics.
+    let weak = Arc::downgrade(ctx);
+    let _ = metrics.state_sizes.set(Box::new(move || {
+        let mut sizes = crate::hooks::sizes().to_vec();
+        sizes.push(("analysis_checks", crate::checks::tracked()));
+        if let Some(ctx) = weak.upgrade() {
+            sizes.push(("write_sequences", ctx.written.entries()));
+            sizes.push(("recent_events", ctx.recorder.entries()));
+        }
+        sizes
+    }));
+}
+
 /// Runs until `shutdown` completes or leadership is lost. On `shutdown` a
 /// standby stops at once; a leader starts no new reconcile, lets the
 /// running ones finish and hands the lease over. Bounding how long that may
@@ -213,60 +292,18 @@ pub async fn run_until(
     let addr = metrics.clone().serve(opts.metrics_addr).await?;
     tracing::info!("metrics, health and dashboard on http://{addr}");
 
-    // Leading lasts until `lease_valid_until`, moved on by every renewal.
-    let mut lease_valid_until = None;
+    // Leading lasts until `valid_until`, moved on by every renewal.
+    let mut valid_until = None;
     if let Some(cfg) = &opts.lease {
-        let leases: Api<Lease> = Api::namespaced(client.clone(), &cfg.namespace);
-        let mut observed = leader::Observed::default();
-        tracing::info!(identity = %cfg.identity, "waiting to lead (lease {}/{})", cfg.namespace, cfg.name);
-        loop {
-            if futures_util::FutureExt::now_or_never(shutdown.clone()).is_some() {
-                tracing::info!("stopping before leading");
-                return Ok(());
-            }
-            let attempt = tokio::time::Instant::now();
-            match leader::try_acquire(&leases, cfg, &mut observed).await {
-                Ok(true) => {
-                    lease_valid_until = Some(attempt + leader::renew_deadline(cfg.duration));
-                    break;
-                }
-                Ok(false) => {}
-                Err(e) => tracing::warn!("acquiring the lease: {e}"),
-            }
-            tokio::select! {
-                _ = tokio::time::sleep(Duration::from_secs(1)) => {}
-                _ = shutdown.clone() => {}
-            }
+        match acquire_lease(&client, cfg, shutdown.clone()).await {
+            Some(until) => valid_until = Some(until),
+            None => return Ok(()),
         }
-        tracing::info!(identity = %cfg.identity, "leading");
     }
     let leading = async {
-        let (Some(cfg), Some(mut valid_until)) = (opts.lease.clone(), lease_valid_until) else {
-            return std::future::pending::<Result<(), RunError>>().await;
-        };
-        let leases: Api<Lease> = Api::namespaced(client.clone(), &cfg.namespace);
-        let mut observed = leader::Observed::default();
-        loop {
-            let renewal = async {
-                tokio::time::sleep(leader::renew_interval(cfg.duration)).await;
-                let attempt = tokio::time::Instant::now();
-                (
-                    attempt,
-                    leader::try_acquire(&leases, &cfg, &mut observed).await,
-                )
-            };
-            tokio::select! {
-                // Unrenewed, the lease may be another replica's soon: stop
-                // acting before it can be (an apiserver or etcd outage).
-                _ = tokio::time::sleep_until(valid_until) => {
-                    return Err(RunError::LeaseNotRenewed(cfg.name.clone()));
-                }
-                (attempt, renewed) = renewal => match renewed {
-                    Ok(true) => valid_until = attempt + leader::renew_deadline(cfg.duration),
-                    Ok(false) => return Err(RunError::LostLease(cfg.name.clone())),
-                    Err(e) => tracing::warn!("renewing the lease: {e}"),
-                },
-            }
+        match (opts.lease.clone(), valid_until) {
+            (Some(cfg), Some(until)) => keep_leading(&client, &cfg, until).await,
+            _ => std::future::pending::<Result<(), RunError>>().await,
         }
     };
     metrics.ready.store(true, Ordering::SeqCst);
@@ -295,28 +332,19 @@ pub async fn run_until(
     // Router objects of types istio, gatewayAPI and teal: watched once a
     // router uses their kind, waking the BlueGreens they concern.
     let router_wakes = cache.routers(client.clone(), opts.namespace.clone(), store.clone());
+    let router_image = opts
+        .router_image
+        .clone()
+        .or_else(|| std::env::var(routers::teal::IMAGE_ENV).ok());
     let ctx = Arc::new(reconcile::Context {
         client: client.clone(),
         recorder: events::Recorder::new(client.clone(), reporter),
         metrics: metrics.clone(),
         cache,
         written: Default::default(),
-        router_image: opts
-            .router_image
-            .clone()
-            .or_else(|| std::env::var(routers::teal::IMAGE_ENV).ok()),
+        router_image,
     });
-    // Weak: the context holds the metrics.
-    let weak = Arc::downgrade(&ctx);
-    let _ = metrics.state_sizes.set(Box::new(move || {
-        let mut sizes = crate::hooks::sizes().to_vec();
-        sizes.push(("analysis_checks", crate::checks::tracked()));
-        if let Some(ctx) = weak.upgrade() {
-            sizes.push(("write_sequences", ctx.written.entries()));
-            sizes.push(("recent_events", ctx.recorder.entries()));
-        }
-        sizes
-    }));
+    export_state_sizes(&metrics, &ctx);
     let controller = controller
         .trigger_backoff(retry::WatchBackoff::default())
         // Color Deployments, their ReplicaSets, Services, Pods and

@@ -70,7 +70,7 @@ pub fn count_request<B>(req: &http::Request<B>) {
 
 /// The kinds of `teal_controller_reconcile_errors_total` (see
 /// `reconcile::Error::metric_label`).
-pub const ERROR_KINDS: [&str; 4] = ["kube", "finalizer", "state", "conflict"];
+pub use crate::reconcile::ERROR_KINDS;
 
 /// The controller's metrics. Cheap to clone.
 #[derive(Clone)]

@@ -230,6 +230,56 @@ pub(crate) async fn handle(
     let upgrade = req.version() == Version::HTTP_11 && wants_upgrade(req.headers());
     let client_upgrade = upgrade.then(|| hyper::upgrade::on(&mut req));
     let websocket = upgrade && crate::websocket::is_websocket(req.headers());
+    let req = upstream_request(req, client, tls, upgrade);
+    let sent = send_with_retries(&router, &outcome, req, upgrade, endpoint, flight).await;
+    let (mut resp, upstream_conn, endpoint, flight) = match sent {
+        Ok(sent) => sent,
+        Err(failed) => return Ok(failed),
+    };
+    let status = resp.status();
+    outcome.record(status, false);
+
+    if status == StatusCode::SWITCHING_PROTOCOLS {
+        let Some(client_upgrade) = client_upgrade else {
+            let message = switched_unasked(color, endpoint.addr);
+            return Ok(outcome.fail(StatusCode::BAD_GATEWAY, message));
+        };
+        let upstream_upgrade = hyper::upgrade::on(&mut resp);
+        let tunnel = Tunnel {
+            client: client_upgrade,
+            upstream: upstream_upgrade,
+            websocket,
+            flight,
+        };
+        return Ok(switch_protocols(&router, color, resp, tunnel, conn_guard));
+    }
+
+    let (mut parts, body) = resp.into_parts();
+    strip_hop_by_hop(&mut parts.headers, false);
+    let mut out = Response::from_parts(
+        parts,
+        ProxyBody::upstream(
+            body,
+            upstream_conn,
+            Guards {
+                _flight: Some(flight),
+                _conn: Some(conn_guard),
+            },
+            shared.config.upstream_body_timeout,
+        ),
+    );
+    add_color_header(shared, &mut out, color);
+    Ok(out)
+}
+
+/// The request as sent upstream: hop-by-hop headers dropped, forwarding
+/// headers added, the Host kept, an origin-form target, HTTP/1.1.
+fn upstream_request(
+    req: Request<Incoming>,
+    client: SocketAddr,
+    tls: bool,
+    upgrade: bool,
+) -> Request<Incoming> {
     let (mut parts, body) = req.into_parts();
     let host = parts.headers.get(header::HOST).cloned().or_else(|| {
         parts
@@ -251,16 +301,36 @@ pub(crate) async fn handle(
             .unwrap_or_else(|| PathAndQuery::from_static("/")),
     );
     parts.version = Version::HTTP_11;
-    let upstream_req = Request::from_parts(parts, body);
+    Request::from_parts(parts, body)
+}
 
-    let config = &shared.config;
-    let timeout = config.upstream_timeout;
-    let (mut endpoint, mut flight) = (endpoint, flight);
-    let mut req = upstream_req;
-    // Connects that failed, in order; the request was not sent on any of
-    // them, so it may go to another endpoint whatever its method.
+/// What an upstream answered, on which connection, from which endpoint
+/// (and the request counted in flight there).
+type Answered = (
+    Response<Incoming>,
+    Option<Pooled>,
+    Arc<Endpoint>,
+    InFlightGuard,
+);
+
+/// Sends `req` to `endpoint`, or to the color's next endpoints while
+/// connecting fails (the request was not sent on a failed connect, so it
+/// may go elsewhere whatever its method). `Err` is the answer to give the
+/// client.
+async fn send_with_retries(
+    router: &Router,
+    outcome: &Outcome<'_>,
+    mut req: Request<Incoming>,
+    upgrade: bool,
+    mut endpoint: Arc<Endpoint>,
+    mut flight: InFlightGuard,
+) -> Result<Answered, Response<ProxyBody>> {
+    let shared = &router.shared;
+    let color = outcome.color;
+    let timeout = shared.config.upstream_timeout;
+    // Connects that failed, in order.
     let mut failed: Vec<(SocketAddr, std::io::Error)> = Vec::new();
-    let (mut resp, upstream_conn) = loop {
+    loop {
         let addr = endpoint.addr;
         let pool = shared.colors[idx(color)].pool.load_full();
         let sent = tokio::time::timeout(timeout, send(&pool, addr, req, upgrade)).await;
@@ -268,11 +338,11 @@ pub(crate) async fn handle(
         match sent {
             Err(_) => {
                 let message = upstream_timed_out(shared, color, addr);
-                return Ok(outcome.fail(StatusCode::GATEWAY_TIMEOUT, message));
+                return Err(outcome.fail(StatusCode::GATEWAY_TIMEOUT, message));
             }
             Ok(Err(SendError::Connect(e, unsent))) => {
                 failed.push((addr, e));
-                if let Some(next) = after_connect_failure(&router, color, &endpoint, &failed) {
+                if let Some(next) = after_connect_failure(router, color, &endpoint, &failed) {
                     endpoint = next;
                     // Counted on the next endpoint before the failed one is
                     // released, so the color never looks idle to a drain.
@@ -281,10 +351,8 @@ pub(crate) async fn handle(
                     req = *unsent;
                     continue;
                 }
-                return Ok(outcome.fail(
-                    StatusCode::BAD_GATEWAY,
-                    connect_failed_message(color, &failed),
-                ));
+                let message = connect_failed_message(color, &failed);
+                return Err(outcome.fail(StatusCode::BAD_GATEWAY, message));
             }
             Ok(Err(SendError::Http(e))) if is_client_body_error(&e) => {
                 tracing::debug!(error = %e, "client request body failed");
@@ -292,79 +360,68 @@ pub(crate) async fn handle(
                     outcome.fail(StatusCode::BAD_REQUEST, bad_request_body(&root_cause(&e)));
                 resp.headers_mut()
                     .insert(header::CONNECTION, HeaderValue::from_static("close"));
-                return Ok(resp);
+                return Err(resp);
             }
             Ok(Err(SendError::Http(e))) => {
-                return Ok(outcome.fail(
-                    StatusCode::BAD_GATEWAY,
-                    failed_before_answering(color, addr, &root_cause(&e)),
-                ));
+                let message = failed_before_answering(color, addr, &root_cause(&e));
+                return Err(outcome.fail(StatusCode::BAD_GATEWAY, message));
             }
             Ok(Err(SendError::Closed)) => {
-                return Ok(outcome.fail(
-                    StatusCode::BAD_GATEWAY,
-                    closed_before_answering(color, addr),
-                ));
+                let message = closed_before_answering(color, addr);
+                return Err(outcome.fail(StatusCode::BAD_GATEWAY, message));
             }
-            Ok(Ok(pair)) => {
+            Ok(Ok((resp, conn))) => {
                 endpoint.health.succeeded();
-                break pair;
+                return Ok((resp, conn, endpoint, flight));
             }
         }
-    };
-    let addr = endpoint.addr;
-    let status = resp.status();
-    outcome.record(status, false);
+    }
+}
 
-    if status == StatusCode::SWITCHING_PROTOCOLS {
-        let Some(client_upgrade) = client_upgrade else {
-            return Ok(outcome.fail(StatusCode::BAD_GATEWAY, switched_unasked(color, addr)));
-        };
-        let upstream_upgrade = hyper::upgrade::on(&mut resp);
-        let (parts, _) = resp.into_parts();
-        let mut out = Response::from_parts(
-            parts,
-            ProxyBody::empty_with(Guards {
-                _flight: None,
-                _conn: Some(conn_guard),
-            }),
-        );
-        strip_hop_by_hop(out.headers_mut(), true);
-        add_color_header(shared, &mut out, color);
-        let (id, close) = shared.colors[idx(color)]
+/// Both halves of a switched connection, and the request in flight it
+/// keeps counted until the tunnel ends.
+struct Tunnel {
+    client: hyper::upgrade::OnUpgrade,
+    upstream: hyper::upgrade::OnUpgrade,
+    websocket: bool,
+    flight: InFlightGuard,
+}
+
+/// Answers a 101 to the client and joins the two upgraded connections in
+/// the background, registered with the color so a drain can close it.
+fn switch_protocols(
+    router: &Router,
+    color: Color,
+    resp: Response<Incoming>,
+    t: Tunnel,
+    conn_guard: ConnGuard,
+) -> Response<ProxyBody> {
+    let (parts, _) = resp.into_parts();
+    let mut out = Response::from_parts(
+        parts,
+        ProxyBody::empty_with(Guards {
+            _flight: None,
+            _conn: Some(conn_guard),
+        }),
+    );
+    strip_hop_by_hop(out.headers_mut(), true);
+    add_color_header(&router.shared, &mut out, color);
+    let (id, close) = router.shared.colors[idx(color)]
+        .upgrades
+        .lock()
+        .unwrap_or_else(|e| e.into_inner())
+        .register();
+    let shared = router.shared.clone();
+    tokio::spawn(async move {
+        tunnel(t.client, t.upstream, close, t.websocket).await;
+        shared.colors[idx(color)]
             .upgrades
             .lock()
             .unwrap_or_else(|e| e.into_inner())
-            .register();
-        let shared = router.shared.clone();
-        tokio::spawn(async move {
-            tunnel(client_upgrade, upstream_upgrade, close, websocket).await;
-            shared.colors[idx(color)]
-                .upgrades
-                .lock()
-                .unwrap_or_else(|e| e.into_inner())
-                .remove(id);
-            drop(flight);
-        });
-        return Ok(out);
-    }
-
-    let (mut parts, body) = resp.into_parts();
-    strip_hop_by_hop(&mut parts.headers, false);
-    let mut out = Response::from_parts(
-        parts,
-        ProxyBody::upstream(
-            body,
-            upstream_conn,
-            Guards {
-                _flight: Some(flight),
-                _conn: Some(conn_guard),
-            },
-            shared.config.upstream_body_timeout,
-        ),
-    );
-    add_color_header(shared, &mut out, color);
-    Ok(out)
+            .remove(id);
+        drop(t.flight);
+    });
+    out
 }
 
 /// Sends `req` to `addr`: an upgrade on a connection of its own, anything

@@ -26,7 +26,7 @@ use teal_core::Color;
 use teal_core::release::Routing;
 
 use crate::objects;
-use crate::reconcile::{Error, MANAGER};
+use crate::reconcile::{Error, MANAGER, Misconfigured};
 
 /// The name of teal's preview route (Istio) or rule (Gateway API).
 pub const PREVIEW_ROUTE: &str = "teal-preview";
@@ -237,7 +237,7 @@ impl Target<'_> {
         {
             return Ok(());
         }
-        let body = serde_json::to_value(svc).map_err(|e| Error::State(e.to_string()))?;
+        let body = serde_json::to_value(svc).map_err(Error::serialize("a Service"))?;
         self.apply(Kind::Service, body).await
     }
 
@@ -285,11 +285,12 @@ impl Target<'_> {
         let obj = match api.get_opt(name).await {
             Ok(Some(o)) => o,
             Ok(None) => {
-                return Err(Error::State(format!(
-                    "{} {}/{name} (spec.router) does not exist: create it, or leave the field out to let teal own one",
-                    kind.resource().kind,
-                    self.ns
-                )));
+                return Err(Misconfigured::RouterObjectMissing {
+                    kind: kind.resource().kind,
+                    namespace: self.ns.to_string(),
+                    name: name.to_string(),
+                }
+                .into());
             }
             Err(e) => return Err(not_installed(kind, e)),
         };
@@ -335,10 +336,14 @@ fn not_installed(kind: Kind, e: kube::Error) -> Error {
                 Kind::HttpRoute => "install the Gateway API CRDs",
                 _ => "install Istio",
             };
-            Error::State(format!(
-                "{} ({}) is not served by this cluster (no CRD {}.{}): {fix} or choose another spec.router.type",
-                ar.kind, ar.api_version, ar.plural, ar.group
-            ))
+            Misconfigured::RouterApiMissing {
+                kind: ar.kind,
+                api_version: ar.api_version,
+                plural: ar.plural,
+                group: ar.group,
+                fix,
+            }
+            .into()
         }
         e => e.into(),
     }
@@ -613,7 +618,7 @@ pub async fn release(client: &Client, bg: &BlueGreen, ports: &ColorPorts) -> Res
         match hand_back(&t, st.kind, name, live).await {
             Ok(()) => {}
             // The user deleted it first: nothing to hand back.
-            Err(Error::State(m)) if m.contains("does not exist") => {}
+            Err(Error::Config(Misconfigured::RouterObjectMissing { .. })) => {}
             Err(e) => return Err(e),
         }
     }

@@ -8,7 +8,7 @@ use kube::Api;
 use teal_api::BlueGreen;
 
 use super::Target;
-use crate::reconcile::Error;
+use crate::reconcile::{Error, Misconfigured};
 
 /// The preview header: exact name and value.
 #[derive(Clone, PartialEq, Eq)]
@@ -35,6 +35,10 @@ pub fn literal(bg: &BlueGreen) -> Option<Header> {
     })
 }
 
+fn secret_problem(problem: String) -> Error {
+    Misconfigured::PreviewSecret { problem }.into()
+}
+
 /// The preview header with its value, reading the Secret if the spec names one.
 pub async fn resolve(t: &Target<'_>) -> Result<Option<Header>, Error> {
     let p = &t.bg.spec.preview;
@@ -47,8 +51,8 @@ pub async fn resolve(t: &Target<'_>) -> Result<Option<Header>, Error> {
     let r = &from.secret_key_ref;
     let secrets: Api<Secret> = Api::namespaced(t.client.clone(), t.ns);
     let Some(secret) = secrets.get_opt(&r.name).await? else {
-        return Err(Error::State(format!(
-            "spec.preview.headerValueFrom.secretKeyRef: Secret {}/{} does not exist: create it with the key {:?}",
+        return Err(secret_problem(format!(
+            "Secret {}/{} does not exist: create it with the key {:?}",
             t.ns, r.name, r.key
         )));
     };
@@ -64,15 +68,15 @@ pub async fn resolve(t: &Target<'_>) -> Result<Option<Header>, Error> {
                 .and_then(|d| d.get(&r.key).cloned())
         });
     let Some(value) = value else {
-        return Err(Error::State(format!(
-            "spec.preview.headerValueFrom.secretKeyRef: Secret {}/{} has no key {:?}",
+        return Err(secret_problem(format!(
+            "Secret {}/{} has no key {:?}",
             t.ns, r.name, r.key
         )));
     };
     let value = value.trim_end_matches(['\n', '\r']).to_string();
     if value.is_empty() || value.chars().any(|c| c.is_control()) {
-        return Err(Error::State(format!(
-            "spec.preview.headerValueFrom.secretKeyRef: key {:?} of Secret {}/{} must be a non-empty value without control characters",
+        return Err(secret_problem(format!(
+            "key {:?} of Secret {}/{} must be a non-empty value without control characters",
             r.key, t.ns, r.name
         )));
     }

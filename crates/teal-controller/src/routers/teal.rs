@@ -26,7 +26,7 @@ use teal_core::release::Routing;
 use super::{Ack, Kind, Target};
 use crate::cache::Extra;
 use crate::objects;
-use crate::reconcile::Error;
+use crate::reconcile::{Error, Misconfigured};
 
 /// Label on router pods: the BlueGreen they route for.
 pub const ROUTER_LABEL: &str = "teal.dev/router";
@@ -199,9 +199,7 @@ pub fn ready(p: &Pod) -> bool {
 
 pub async fn route(t: &Target<'_>, routing: Routing, generation: i64) -> Result<Ack, Error> {
     let Some(image) = t.router_image else {
-        return Err(Error::State(format!(
-            "spec.router.type teal needs the router image: set {IMAGE_ENV} on the controller (its own image)"
-        )));
+        return Err(Misconfigured::NoRouterImage { env: IMAGE_ENV }.into());
     };
     let bg = t.bg;
     for c in Color::ALL {
