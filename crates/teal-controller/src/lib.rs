@@ -16,6 +16,7 @@ pub mod checks;
 pub mod dashboard;
 pub mod events;
 pub mod hooks;
+pub mod index;
 pub mod leader;
 pub mod liveness;
 pub mod metrics;
@@ -268,6 +269,7 @@ fn export_state_sizes(metrics: &Metrics, ctx: &Arc<reconcile::Context>) {
         if let Some(ctx) = weak.upgrade() {
             sizes.push(("write_sequences", ctx.written.entries()));
             sizes.push(("recent_events", ctx.recorder.entries()));
+            sizes.push(("workload_index", ctx.workloads.len()));
         }
         sizes
     }));
@@ -331,7 +333,7 @@ pub async fn run_until(
     );
     // Router objects of types istio, gatewayAPI and teal: watched once a
     // router uses their kind, waking the BlueGreens they concern.
-    let router_wakes = cache.routers(client.clone(), opts.namespace.clone(), store.clone());
+    let router_wakes = cache.routers(client.clone(), opts.namespace.clone(), store);
     let router_image = opts
         .router_image
         .clone()
@@ -342,9 +344,11 @@ pub async fn run_until(
         metrics: metrics.clone(),
         cache,
         written: Default::default(),
+        workloads: Default::default(),
         router_image,
     });
     export_state_sizes(&metrics, &ctx);
+    let workloads = ctx.workloads.clone();
     let controller = controller
         .trigger_backoff(retry::WatchBackoff::default())
         // Color Deployments, their ReplicaSets, Services, Pods and
@@ -359,16 +363,8 @@ pub async fn run_until(
         })
         .watches_stream(feeds.workloads, move |d: Deployment| {
             // A workload changed: wake the BlueGreens that release it.
-            let (ns, name) = (d.metadata.namespace, d.metadata.name);
-            store
-                .state()
-                .into_iter()
-                .filter(|bg| {
-                    bg.spec.workload_ref.name.as_str() == name.as_deref().unwrap_or_default()
-                        && bg.metadata.namespace == ns
-                })
-                .map(|bg| ObjectRef::from_obj(&*bg))
-                .collect::<Vec<_>>()
+            let ns = d.metadata.namespace.unwrap_or_default();
+            workloads.releasing(&ns, d.metadata.name.as_deref().unwrap_or_default())
         })
         .reconcile_on(hooks::finished())
         .reconcile_on(router_wakes)

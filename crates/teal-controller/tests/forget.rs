@@ -39,6 +39,7 @@ async fn state(addr: SocketAddr) -> BTreeMap<String, f64> {
         "analysis_checks",
         "write_sequences",
         "recent_events",
+        "workload_index",
     ] {
         let label = format!("map=\"{map}\"");
         out.insert(
@@ -172,6 +173,7 @@ async fn per_bluegreen_state_goes_with_the_bluegreen() {
     )
     .await;
     let rss_full = rss_kib();
+    assert_eq!(full["workload_index"], BLUEGREENS as f64, "{full:?}");
 
     // The workloads first: each BlueGreen's clean-up then has nothing to
     // hand back and ends at once.

@@ -585,6 +585,7 @@ async fn an_idle_reconcile_sends_no_request_and_a_changed_service_is_written_bac
         metrics: teal_controller::Metrics::default(),
         cache,
         written: Default::default(),
+        workloads: Default::default(),
         router_image: None,
     });
     tokio::time::timeout(Duration::from_secs(60), ctx.cache.ready())

@@ -88,6 +88,8 @@ pub struct Context {
     pub cache: crate::cache::Cache,
     /// What this process last wrote per BlueGreen (stale-read guard).
     pub written: crate::checkpoint::Written,
+    /// Which BlueGreens release each workload.
+    pub workloads: crate::index::Workloads,
     /// The image of router type `teal`'s router pods.
     pub router_image: Option<String>,
 }
@@ -157,6 +159,7 @@ pub fn forget(bg: &BlueGreen, ctx: &Context) {
     crate::checks::forget(bg);
     ctx.recorder.forget(&uid);
     ctx.written.forget(&uid);
+    ctx.workloads.forget(bg);
 }
 
 pub fn error_policy(_bg: Arc<BlueGreen>, error: &Error, ctx: Arc<Context>) -> Requeue {
@@ -173,6 +176,7 @@ pub fn error_policy(_bg: Arc<BlueGreen>, error: &Error, ctx: Arc<Context>) -> Re
 /// decide, act, then write the status.
 async fn apply(bg: Arc<BlueGreen>, ctx: Arc<Context>) -> Result<Requeue, Error> {
     crate::hooks::track(&bg);
+    ctx.workloads.note(&bg);
     let c = cluster::Cluster::new(&bg, &ctx);
     let old = bg.status.clone().unwrap_or_default();
     let seen = match observe::observe(&c, &old).await? {

@@ -564,6 +564,7 @@ fn context(client: kube::Client) -> Arc<super::Context> {
         metrics: Default::default(),
         cache,
         written: Default::default(),
+        workloads: Default::default(),
         router_image: None,
     })
 }
