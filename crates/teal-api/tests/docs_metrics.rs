@@ -1,12 +1,13 @@
 //! The metric examples of docs/analysis.md and the migration guides pass
 //! teal's own validation, beyond what the apiserver checks (the docs
 //! objects test applies them with `kubectl apply --dry-run=server`): a web
-//! metric's whole JSONPath is parsed, its URL and secrets are checked.
+//! metric's whole JSONPath is parsed, its URL and secrets are checked, its
+//! body is JSON.
 
 use teal_api::hooks::SecretSource;
 use teal_api::spec::FieldError;
 use teal_api::template::MetricTemplateSpec;
-use teal_api::{AnalysisSpec, BlueGreenSpec};
+use teal_api::{AnalysisSpec, BlueGreenSpec, WebMetric};
 
 const DOCS: [(&str, &str); 3] = [
     (
@@ -40,8 +41,27 @@ fn template_errors(t: &MetricTemplateSpec) -> Vec<FieldError> {
     }
     if let Some(w) = &t.web {
         w.validate("spec.web", SecretSource::Kubernetes, &mut e);
+        e.extend(body_errors(w, "spec.web"));
     }
     e
+}
+
+/// A web metric's body is sent as JSON: with every `{{…}}` put in as `1`,
+/// it must be JSON.
+fn body_errors(w: &WebMetric, path: &str) -> Option<FieldError> {
+    let body = w.body.as_deref()?;
+    let mut filled = String::new();
+    let mut rest = body;
+    while let Some(at) = rest.find("{{") {
+        filled.push_str(&rest[..at]);
+        let end = rest[at..].find("}}").map_or(rest.len(), |e| at + e + 2);
+        filled.push('1');
+        rest = &rest[end..];
+    }
+    filled.push_str(rest);
+    serde_json::from_str::<serde_json::Value>(&filled)
+        .err()
+        .map(|e| FieldError::new(format!("{path}.body"), format!("not JSON: {e}")))
 }
 
 #[test]
@@ -67,6 +87,7 @@ fn metric_examples_in_the_docs_are_valid() {
                     let mut e = Vec::new();
                     spec.analysis
                         .validate("spec.analysis", SecretSource::Kubernetes, &mut e);
+                    e.extend(web_of(&spec.analysis).filter_map(|w| body_errors(w, "web")));
                     e
                 }
                 _ => continue,
@@ -81,11 +102,14 @@ fn metric_examples_in_the_docs_are_valid() {
     assert!(web_metrics >= 4, "only {web_metrics} web metrics found");
 }
 
-fn count_web(a: &AnalysisSpec) -> usize {
+fn web_of(a: &AnalysisSpec) -> impl Iterator<Item = &WebMetric> {
     [&a.pre_promotion, &a.post_promotion]
         .into_iter()
         .flatten()
         .flat_map(|s| &s.metrics)
-        .filter(|m| m.web.is_some())
-        .count()
+        .filter_map(|m| m.web.as_ref())
+}
+
+fn count_web(a: &AnalysisSpec) -> usize {
+    web_of(a).count()
 }
