@@ -30,8 +30,9 @@ pub(crate) async fn measure(m: &MetricSpec, w: &WebMetric, cx: &CheckContext<'_>
 }
 
 async fn request(w: &WebMetric, cx: &CheckContext<'_>) -> Result<Found, String> {
-    // Validation refuses a bad path (the apiserver only checks its start):
-    // said before anything is sent.
+    // Local mode refuses a bad path up front; the apiserver checks only how
+    // it starts, so on Kubernetes this is where it is reported, before any
+    // request is sent.
     let text = fill(&w.json_path, cx.vars);
     let path = teal_api::parse_json_path(&text)
         .map_err(|e| format!("web.jsonPath {text:?} is not an RFC 9535 JSONPath: {e}"))?;
@@ -75,7 +76,8 @@ fn select(path: &serde_json_path::JsonPath, text: &str, json: &Value) -> Result<
                 "jsonPath {text} selects {} values, not one: {}",
                 many.len(),
                 excerpt(
-                    Value::Array(many.iter().map(|v| (*v).clone()).collect())
+                    // The first few are enough for an excerpt.
+                    Value::Array(many.iter().take(20).map(|v| (*v).clone()).collect())
                         .to_string()
                         .as_bytes(),
                     EXCERPT_CHARS
