@@ -3,7 +3,8 @@
 //!
 //! Every metric is measured by a [`MetricProvider`]: [`Builtin`] reads the
 //! router's per-color counters of the check's window, [`Prometheus`] runs a
-//! PromQL query. A new provider (Datadog, CloudWatch…) is a new field of
+//! PromQL query, [`Web`] asks any JSON API and reads one number from the
+//! answer by a JSONPath. A new provider (Datadog, CloudWatch…) is a new field of
 //! `teal_api::MetricSpec`, an implementation of the trait and one arm in
 //! [`provider_for`]; the callers (local mode's stage loop, the controller's
 //! background checks) and the verdict logic (`teal_core::analysis`) stay
@@ -15,21 +16,24 @@
 #![forbid(unsafe_code)]
 
 mod builtin;
+mod http;
 mod prometheus;
+mod web;
 
 use std::future::Future;
 use std::pin::Pin;
 
 use teal_api::hooks::SecretRef;
-use teal_api::{BuiltinMetric, MetricSpec, PrometheusMetric};
+use teal_api::{BuiltinMetric, MetricSpec, PrometheusMetric, WebMetric};
 use teal_core::analysis::Measurement;
 use teal_core::{Color, ColorStats};
 
 pub use builtin::{DEFAULT_MIN_REQUESTS, measure_builtin};
-pub use prometheus::{EXCERPT_CHARS, PROMETHEUS_BODY_CAP, PROMETHEUS_TIMEOUT};
+pub use http::{BODY_CAP, EXCERPT_CHARS, TIMEOUT};
 
-/// Values substituted into Prometheus queries (`{{name}}`, `{{namespace}}`,
-/// `{{color}}`, `{{revision}}`, `{{service}}`).
+/// Values substituted into Prometheus queries and web metrics' URLs and
+/// bodies (`{{name}}`, `{{namespace}}`, `{{color}}`, `{{revision}}`,
+/// `{{service}}`; `{{now}}` is the time of the check).
 #[derive(Debug, Clone)]
 pub struct QueryVars {
     pub name: String,
@@ -92,13 +96,26 @@ impl MetricProvider for Prometheus {
     }
 }
 
+/// An HTTP request to a JSON API, one number read by a JSONPath.
+pub struct Web(pub WebMetric);
+
+impl MetricProvider for Web {
+    fn measure<'a>(&'a self, m: &'a MetricSpec, cx: &'a CheckContext<'a>) -> Measuring<'a> {
+        Box::pin(web::measure(m, &self.0, cx))
+    }
+}
+
 /// The provider a metric names (validation makes sure there is exactly one).
 pub fn provider_for(m: &MetricSpec) -> Option<Box<dyn MetricProvider>> {
-    match (&m.builtin, &m.prometheus) {
-        (Some(b), _) => Some(Box::new(Builtin(*b))),
-        (None, Some(p)) => Some(Box::new(Prometheus(p.clone()))),
-        (None, None) => None,
+    if let Some(b) = m.builtin {
+        return Some(Box::new(Builtin(b)));
     }
+    if let Some(p) = &m.prometheus {
+        return Some(Box::new(Prometheus(p.clone())));
+    }
+    m.web
+        .clone()
+        .map(|w| Box::new(Web(w)) as Box<dyn MetricProvider>)
 }
 
 /// Measures `m` with the provider it names.

@@ -234,7 +234,7 @@ fn default_consecutive_error_limit() -> u32 {
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize, KubeSchema)]
 #[serde(rename_all = "camelCase", deny_unknown_fields)]
 #[x_kube(
-    validation = Rule::new("[has(self.builtin), has(self.prometheus), has(self.templateRef)].filter(p, p).size() == 1").message("set exactly one provider: builtin (successRate, latencyP50, latencyP90, latencyP99), prometheus or templateRef"),
+    validation = Rule::new("[has(self.builtin), has(self.prometheus), has(self.web), has(self.templateRef)].filter(p, p).size() == 1").message("set exactly one provider: builtin (successRate, latencyP50, latencyP90, latencyP99), prometheus, web or templateRef"),
     validation = Rule::new("has(self.min) || has(self.max)").message("set min, max or both: a metric without a range checks nothing"),
     validation = Rule::new("!has(self.min) || !has(self.max) || self.min <= self.max").message("min must not be greater than max").field_path(".min")
 )]
@@ -247,6 +247,10 @@ pub struct MetricSpec {
     /// A PromQL query returning one number.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub prometheus: Option<PrometheusMetric>,
+    /// An HTTP GET or POST to a JSON API (Datadog, New Relic, an in-house
+    /// service…), the number read from its answer by a JSONPath.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub web: Option<WebMetric>,
     /// The provider and query of a MetricTemplate (or ClusterMetricTemplate),
     /// with this metric's argument values (Kubernetes only).
     #[serde(default, skip_serializing_if = "Option::is_none")]
@@ -298,10 +302,10 @@ pub struct PrometheusMetric {
     /// How an https:// address is verified. Default: against the system's
     /// CA certificates.
     #[serde(default, skip_serializing_if = "Option::is_none")]
-    pub tls: Option<PrometheusTls>,
+    pub tls: Option<MetricTls>,
     /// Credentials sent with every query: a bearer token or basic auth.
     #[serde(default, skip_serializing_if = "Option::is_none")]
-    pub auth: Option<PrometheusAuth>,
+    pub auth: Option<MetricAuth>,
     /// Further request headers, e.g. `X-Scope-OrgID` for a Mimir, Cortex or
     /// Thanos tenant.
     #[serde(default, skip_serializing_if = "Vec::is_empty")]
@@ -312,14 +316,108 @@ pub struct PrometheusMetric {
     pub timeout: Option<Duration>,
 }
 
-/// How teal checks the certificate of an https:// Prometheus.
+/// An HTTP request to a JSON API and where in its answer the number is.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize, KubeSchema)]
+#[serde(rename_all = "camelCase", deny_unknown_fields)]
+#[x_kube(
+    validation = Rule::new("!has(self.tls) || self.url.startsWith('https://')").message("tls only applies to an https:// url").field_path(".tls"),
+    validation = Rule::new("!has(self.body) || (has(self.method) && self.method == 'POST')").message("body is sent with method POST only").field_path(".body"),
+    validation = Rule::new("!has(self.timeout) || (duration(self.timeout) >= duration('100ms') && duration(self.timeout) <= duration('60s'))").message("timeout must be between 100ms and 60s").field_path(".timeout")
+)]
+pub struct WebMetric {
+    /// The URL, e.g. `https://api.datadoghq.com/api/v1/query?query=...`.
+    /// `{{name}}`, `{{namespace}}`, `{{color}}`, `{{revision}}`,
+    /// `{{service}}`, `{{now}}` and `{{now-DURATION}}` (Unix seconds) are
+    /// replaced; characters a URL cannot hold (spaces, quotes, braces…) are
+    /// percent-encoded when sent.
+    #[schemars(length(max = 8192), pattern(r"^https?://[^\s/?#]+"))]
+    pub url: String,
+    /// `GET` (default) or `POST`.
+    #[serde(default, skip_serializing_if = "WebMethod::is_get")]
+    pub method: WebMethod,
+    /// Request headers, e.g. `DD-API-KEY` or `API-Key`, each a literal
+    /// `value` or one from a Secret.
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    #[schemars(length(max = 16))]
+    pub headers: Vec<MetricHeader>,
+    /// The request body of a POST, with the same variables replaced as in
+    /// `url`. Sent as `Content-Type: application/json` unless `headers`
+    /// says otherwise.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    #[schemars(length(max = 65536))]
+    pub body: Option<String>,
+    /// An RFC 9535 JSONPath selecting the one number in the answer, e.g.
+    /// `$.series[0].pointlist[-1][1]` (Argo Rollouts' `{$.…}` form is
+    /// accepted too), with the same variables replaced as in `url`. A
+    /// number, a numeric string, or true/false (1/0); nothing selected, or
+    /// `null`, is a check without data; several values are an error.
+    #[schemars(length(min = 1, max = 1024), pattern(r"^\s*[{$]"))]
+    pub json_path: String,
+    /// How an https:// url is verified. Default: against the system's CA
+    /// certificates.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub tls: Option<MetricTls>,
+    /// Credentials: a bearer token or basic auth (`Authorization`).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub auth: Option<MetricAuth>,
+    /// Time allowed for one request, answer included: 100ms to 60s.
+    /// Default 10s.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub timeout: Option<Duration>,
+}
+
+/// The HTTP method of a web metric.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default, Serialize, Deserialize, JsonSchema)]
+pub enum WebMethod {
+    #[default]
+    #[serde(rename = "GET")]
+    Get,
+    #[serde(rename = "POST")]
+    Post,
+}
+
+impl WebMethod {
+    pub fn is_get(&self) -> bool {
+        *self == WebMethod::Get
+    }
+
+    pub fn as_str(self) -> &'static str {
+        match self {
+            WebMethod::Get => "GET",
+            WebMethod::Post => "POST",
+        }
+    }
+}
+
+/// A web metric's `jsonPath` as RFC 9535 text: Argo Rollouts' form
+/// `{$.data.value}` (or `{.data.value}`) loses its braces.
+pub fn json_path_text(path: &str) -> std::borrow::Cow<'_, str> {
+    let t = path.trim();
+    let inner = match t.strip_prefix('{').and_then(|r| r.strip_suffix('}')) {
+        Some(i) => i.trim(),
+        None => return std::borrow::Cow::Borrowed(t),
+    };
+    if inner.starts_with('.') || inner.starts_with('[') {
+        std::borrow::Cow::Owned(format!("${inner}"))
+    } else {
+        std::borrow::Cow::Borrowed(inner)
+    }
+}
+
+/// A web metric's `jsonPath`, parsed; the error says why it is not one.
+pub fn parse_json_path(path: &str) -> Result<serde_json_path::JsonPath, String> {
+    serde_json_path::JsonPath::parse(&json_path_text(path)).map_err(|e| e.to_string())
+}
+
+/// How teal checks the certificate of an https:// server (Prometheus, or a
+/// web metric's API).
 #[derive(Debug, Clone, PartialEq, Eq, Default, Serialize, Deserialize, KubeSchema)]
 #[serde(rename_all = "camelCase", deny_unknown_fields)]
 #[x_kube(
     validation = Rule::new("!(has(self.caSecretRef) && has(self.insecureSkipVerify) && self.insecureSkipVerify)").message("set caSecretRef or insecureSkipVerify, not both"),
     validation = Rule::new("!has(self.caSecretRef) || (has(self.caSecretRef.name) && has(self.caSecretRef.key))").message("caSecretRef needs name and key of a Secret in the BlueGreen's namespace").field_path(".caSecretRef")
 )]
-pub struct PrometheusTls {
+pub struct MetricTls {
     /// PEM CA certificates the server's certificate must chain to, in place
     /// of the system's.
     #[serde(default, skip_serializing_if = "Option::is_none")]
@@ -330,15 +428,15 @@ pub struct PrometheusTls {
     pub insecure_skip_verify: bool,
 }
 
-/// Credentials for Prometheus (or a proxy in front of it). Exactly one of
-/// `bearerTokenSecretRef` and `basic`.
+/// Credentials sent to the server (Prometheus, a proxy in front of it, or a
+/// web metric's API). Exactly one of `bearerTokenSecretRef` and `basic`.
 #[derive(Debug, Clone, PartialEq, Eq, Default, Serialize, Deserialize, KubeSchema)]
 #[serde(rename_all = "camelCase", deny_unknown_fields)]
 #[x_kube(
     validation = Rule::new("has(self.bearerTokenSecretRef) != has(self.basic)").message("set exactly one of bearerTokenSecretRef and basic"),
     validation = Rule::new("!has(self.bearerTokenSecretRef) || (has(self.bearerTokenSecretRef.name) && has(self.bearerTokenSecretRef.key))").message("bearerTokenSecretRef needs name and key of a Secret in the BlueGreen's namespace").field_path(".bearerTokenSecretRef")
 )]
-pub struct PrometheusAuth {
+pub struct MetricAuth {
     /// Sent as `Authorization: Bearer <token>`.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub bearer_token_secret_ref: Option<SecretRef>,
@@ -387,7 +485,7 @@ const RESERVED_HEADERS: [&str; 5] = [
     "connection",
 ];
 
-/// Longest and shortest query timeout.
+/// Shortest and longest query timeout (Prometheus and web metrics).
 pub const PROMETHEUS_TIMEOUT_RANGE: (std::time::Duration, std::time::Duration) = (
     std::time::Duration::from_millis(100),
     std::time::Duration::from_secs(60),
@@ -401,28 +499,46 @@ impl AnalysisSpec {
             .into_iter()
             .flatten()
             .flat_map(|s| s.metrics.iter_mut())
-            .filter_map(|m| m.prometheus.as_mut())
-            .flat_map(PrometheusMetric::secret_refs_mut)
+            .flat_map(|m| {
+                let mut refs = Vec::new();
+                if let Some(p) = m.prometheus.as_mut() {
+                    refs.extend(p.secret_refs_mut());
+                }
+                if let Some(w) = m.web.as_mut() {
+                    refs.extend(w.secret_refs_mut());
+                }
+                refs
+            })
     }
+}
+
+/// How a prometheus or web metric reaches its server: the parts they
+/// share, checked and read the same way.
+#[derive(Debug, Clone, Copy)]
+pub struct HttpAccess<'a> {
+    /// The server's URL (`address` or `url`).
+    pub url: &'a str,
+    pub tls: Option<&'a MetricTls>,
+    pub auth: Option<&'a MetricAuth>,
+    pub headers: &'a [MetricHeader],
+    pub timeout: Option<Duration>,
 }
 
 impl PrometheusMetric {
     /// Every secret this metric names.
     pub fn secret_refs_mut(&mut self) -> Vec<&mut SecretRef> {
-        let mut out: Vec<&mut SecretRef> = Vec::new();
-        if let Some(r) = self.tls.as_mut().and_then(|t| t.ca_secret_ref.as_mut()) {
-            out.push(r);
+        access_secret_refs_mut(self.tls.as_mut(), self.auth.as_mut(), &mut self.headers)
+    }
+
+    /// Where and how the query is sent.
+    pub fn access(&self) -> HttpAccess<'_> {
+        HttpAccess {
+            url: &self.address,
+            tls: self.tls.as_ref(),
+            auth: self.auth.as_ref(),
+            headers: &self.headers,
+            timeout: self.timeout,
         }
-        if let Some(a) = self.auth.as_mut() {
-            out.extend(a.bearer_token_secret_ref.as_mut());
-            out.extend(a.basic.as_mut().map(|b| &mut b.password_secret_ref));
-        }
-        out.extend(
-            self.headers
-                .iter_mut()
-                .filter_map(|h| h.secret_ref.as_mut()),
-        );
-        out
     }
 
     /// Checks what the schema cannot say; `path` is the metric's
@@ -440,8 +556,86 @@ impl PrometheusMetric {
                 "must not be empty",
             ));
         }
-        if let Some(t) = &self.tls {
-            if !self.address.starts_with("https://") {
+        self.access().validate(path, source, errors);
+    }
+}
+
+impl WebMetric {
+    /// Every secret this metric names.
+    pub fn secret_refs_mut(&mut self) -> Vec<&mut SecretRef> {
+        access_secret_refs_mut(self.tls.as_mut(), self.auth.as_mut(), &mut self.headers)
+    }
+
+    /// Where and how the request is sent.
+    pub fn access(&self) -> HttpAccess<'_> {
+        HttpAccess {
+            url: &self.url,
+            tls: self.tls.as_ref(),
+            auth: self.auth.as_ref(),
+            headers: &self.headers,
+            timeout: self.timeout,
+        }
+    }
+
+    /// Checks what the schema cannot say; `path` is the metric's `web`
+    /// field.
+    pub fn validate(&self, path: &str, source: SecretSource, errors: &mut Vec<FieldError>) {
+        let host = self
+            .url
+            .strip_prefix("http://")
+            .or_else(|| self.url.strip_prefix("https://"));
+        let host = host.map(|h| h.split(['/', '?', '#']).next().unwrap_or_default());
+        if host.is_none_or(|h| h.is_empty() || h.contains(char::is_whitespace)) {
+            errors.push(FieldError::new(
+                format!("{path}.url"),
+                format!(
+                    "{:?} must be an http:// or https:// URL with a host",
+                    self.url
+                ),
+            ));
+        }
+        if self.body.is_some() && self.method != WebMethod::Post {
+            errors.push(FieldError::new(
+                format!("{path}.body"),
+                "is sent with method POST only (the method is GET)",
+            ));
+        }
+        if let Err(e) = parse_json_path(&self.json_path) {
+            errors.push(FieldError::new(
+                format!("{path}.jsonPath"),
+                format!(
+                    "{:?} is not an RFC 9535 JSONPath (e.g. $.data.value): {e}",
+                    self.json_path
+                ),
+            ));
+        }
+        self.access().validate(path, source, errors);
+    }
+}
+
+fn access_secret_refs_mut<'a>(
+    tls: Option<&'a mut MetricTls>,
+    auth: Option<&'a mut MetricAuth>,
+    headers: &'a mut [MetricHeader],
+) -> Vec<&'a mut SecretRef> {
+    let mut out: Vec<&mut SecretRef> = Vec::new();
+    if let Some(r) = tls.and_then(|t| t.ca_secret_ref.as_mut()) {
+        out.push(r);
+    }
+    if let Some(a) = auth {
+        out.extend(a.bearer_token_secret_ref.as_mut());
+        out.extend(a.basic.as_mut().map(|b| &mut b.password_secret_ref));
+    }
+    out.extend(headers.iter_mut().filter_map(|h| h.secret_ref.as_mut()));
+    out
+}
+
+impl HttpAccess<'_> {
+    /// Checks `tls`, `auth`, `headers` and `timeout`; `path` is the
+    /// metric's provider field (`prometheus` or `web`).
+    pub fn validate(&self, path: &str, source: SecretSource, errors: &mut Vec<FieldError>) {
+        if let Some(t) = self.tls {
+            if !self.url.starts_with("https://") {
                 errors.push(FieldError::new(
                     format!("{path}.tls"),
                     "only applies to an https:// address",
@@ -457,7 +651,7 @@ impl PrometheusMetric {
                 ca.validate(&format!("{path}.tls.caSecretRef"), source, errors);
             }
         }
-        if let Some(a) = &self.auth {
+        if let Some(a) = self.auth {
             match (&a.bearer_token_secret_ref, &a.basic) {
                 (Some(t), None) => {
                     t.validate(&format!("{path}.auth.bearerTokenSecretRef"), source, errors)
@@ -605,12 +799,13 @@ impl AnalysisStageSpec {
             let providers = [
                 m.builtin.is_some(),
                 m.prometheus.is_some(),
+                m.web.is_some(),
                 m.template_ref.is_some(),
             ];
             if providers.iter().filter(|p| **p).count() != 1 {
                 errors.push(FieldError::new(
                     p.clone(),
-                    "set exactly one provider: builtin (successRate, latencyP50, latencyP90, latencyP99), prometheus or templateRef",
+                    "set exactly one provider: builtin (successRate, latencyP50, latencyP90, latencyP99), prometheus, web or templateRef",
                 ));
             }
             if m.min.is_none() && m.max.is_none() {
@@ -641,6 +836,9 @@ impl AnalysisStageSpec {
             }
             if let Some(pm) = &m.prometheus {
                 pm.validate(&format!("{p}.prometheus"), source, errors);
+            }
+            if let Some(w) = &m.web {
+                w.validate(&format!("{p}.web"), source, errors);
             }
         }
     }
@@ -696,6 +894,115 @@ mod tests {
             "metrics:\n  - name: p\n    max: 1\n    prometheus:\n      address: https://prom:9090\n      query: up\n      timeout: 30s\n      tls: {caSecretRef: {file: ca.pem}}\n      auth: {basic: {username: reader, passwordSecretRef: {env: PW}}}\n      headers: [{name: X-Scope-OrgID, value: tenant-a}]\n",
         );
         assert!(errors(&good).is_empty(), "{:?}", errors(&good));
+    }
+
+    /// The errors of a stage with one web metric, `web` being its fields
+    /// (YAML flow mapping entries).
+    fn web_errors(web: &str) -> Vec<String> {
+        errors(&stage(&format!(
+            "metrics:\n  - name: w\n    max: 1\n    web: {{{web}}}\n"
+        )))
+    }
+
+    fn refused(web: &str, want: &str) {
+        let e = web_errors(web);
+        let want = format!("analysis.prePromotion.metrics[0].web.{want}");
+        assert!(
+            e.iter().any(|x| x.starts_with(&want)),
+            "{web}: missing {want:?} in {e:#?}"
+        );
+        assert_eq!(e.len(), 1, "{web}: {e:#?}");
+    }
+
+    #[test]
+    fn a_valid_web_metric() {
+        for web in [
+            "url: 'https://api.example.com/q?query=a{b:c} by {x}&from={{now-5m}}', jsonPath: '$.series[0].pointlist[-1][1]', headers: [{name: DD-API-KEY, secretRef: {env: DD}}]",
+            "url: 'http://svc:8080/api', method: POST, body: '{\"q\": \"{{color}}\"}', jsonPath: '$.data.actor.account.nrql.results[0].rate', auth: {basic: {username: u, passwordSecretRef: {file: pw}}}, timeout: 20s",
+            "url: 'https://x', jsonPath: '{$.data.ok}', tls: {insecureSkipVerify: true}",
+            "url: 'https://x', jsonPath: '$.items[?@.color == \"green\"].value'",
+        ] {
+            assert!(web_errors(web).is_empty(), "{web}: {:#?}", web_errors(web));
+        }
+    }
+
+    #[test]
+    fn a_web_url_that_is_not_http_is_refused() {
+        refused(
+            "url: 'ftp://x', jsonPath: '$.v'",
+            "url: \"ftp://x\" must be an http:// or https:// URL",
+        );
+        refused("url: 'https:///path', jsonPath: '$.v'", "url: ");
+        refused("url: 'https://a b/', jsonPath: '$.v'", "url: ");
+    }
+
+    #[test]
+    fn a_bad_json_path_is_refused() {
+        refused(
+            "url: 'https://x', jsonPath: '$.a[?'",
+            "jsonPath: \"$.a[?\" is not an RFC 9535 JSONPath",
+        );
+        refused(
+            "url: 'https://x', jsonPath: 'data.value'",
+            "jsonPath: \"data.value\" is not an RFC 9535 JSONPath",
+        );
+    }
+
+    #[test]
+    fn a_body_on_get_is_refused() {
+        refused(
+            "url: 'https://x', body: '{}', jsonPath: '$.v'",
+            "body: is sent with method POST only",
+        );
+    }
+
+    #[test]
+    fn web_access_errors_name_the_field() {
+        refused(
+            "url: 'http://x', jsonPath: '$.v', tls: {insecureSkipVerify: true}",
+            "tls: only applies to an https:// address",
+        );
+        refused(
+            "url: 'https://x', jsonPath: '$.v', timeout: 61s",
+            "timeout: must be between 100ms and 60s",
+        );
+        refused(
+            "url: 'https://x', jsonPath: '$.v', headers: [{name: Authorization, value: k}]",
+            "headers[0].name: Authorization is set by teal",
+        );
+        refused(
+            "url: 'https://x', jsonPath: '$.v', headers: [{name: DD-API-KEY}]",
+            "headers[0]: set exactly one of value and secretRef",
+        );
+        refused(
+            "url: 'https://x', jsonPath: '$.v', auth: {bearerTokenSecretRef: {name: s, key: k}}",
+            "auth.bearerTokenSecretRef: Kubernetes Secrets are not available in local mode",
+        );
+        let e = errors(&stage(
+            "metrics:\n  - name: w\n    max: 1\n    builtin: successRate\n    web: {url: 'https://x', jsonPath: '$.v'}\n",
+        ));
+        assert!(e.iter().any(|x| x.starts_with("analysis.prePromotion.metrics[0]: set exactly one provider: builtin (successRate, latencyP50, latencyP90, latencyP99), prometheus, web or templateRef")), "{e:#?}");
+    }
+
+    #[test]
+    fn argo_rollouts_json_paths_are_read_as_rfc_9535() {
+        assert_eq!(json_path_text(" {$.data.ok} "), "$.data.ok");
+        assert_eq!(json_path_text("{.data.ok}"), "$.data.ok");
+        assert_eq!(json_path_text("{[0]}"), "$[0]");
+        assert_eq!(json_path_text("$.a"), "$.a");
+    }
+
+    #[test]
+    fn web_secrets_are_anchored_with_the_others() {
+        let mut a: AnalysisSpec = serde_saphyr::from_str(
+            "prePromotion:\n  metrics:\n    - name: w\n      max: 1\n      web: {url: 'https://x', jsonPath: '$.v', headers: [{name: K, secretRef: {file: k}}], auth: {bearerTokenSecretRef: {file: t}}}\n",
+        )
+        .unwrap();
+        let files: Vec<String> = a
+            .secret_refs_mut()
+            .filter_map(|r| r.file.as_ref().map(|f| f.display().to_string()))
+            .collect();
+        assert_eq!(files, ["t", "k"]);
     }
 
     #[test]

@@ -5,21 +5,22 @@
 //! A template holds what is the same for every user of it (where to ask and
 //! what); the BlueGreen keeps what is its own (the metric's name, its range,
 //! `dryRun`) and the argument values. `{{args.NAME}}` in the template's
-//! address or query is replaced by the value the BlueGreen gives, or else by
+//! provider (a prometheus address or query; a web url, body or jsonPath;
+//! a literal header value) is replaced by the value the BlueGreen gives, or else by
 //! the argument's default; the variables every query gets (`{{name}}`,
 //! `{{color}}`, …) are replaced afterwards, as in an inline query.
 
 use std::collections::{BTreeMap, BTreeSet};
 
-use kube::CustomResource;
+use kube::{CustomResource, KubeSchema};
 use schemars::JsonSchema;
 use serde::{Deserialize, Serialize};
 
-use crate::{MetricSpec, PrometheusMetric};
+use crate::{MetricHeader, MetricSpec, PrometheusMetric, WebMetric};
 
 /// A metric's provider and query with arguments, for the BlueGreens of its
 /// namespace (`spec.analysis.*.metrics[].templateRef`).
-#[derive(CustomResource, Serialize, Deserialize, Clone, Debug, PartialEq, JsonSchema)]
+#[derive(CustomResource, KubeSchema, Serialize, Deserialize, Clone, Debug, PartialEq)]
 #[kube(
     group = "teal.dev",
     version = "v1alpha1",
@@ -29,18 +30,25 @@ use crate::{MetricSpec, PrometheusMetric};
     namespaced
 )]
 #[serde(rename_all = "camelCase", deny_unknown_fields)]
+#[x_kube(validation = Rule::new("has(self.prometheus) != has(self.web)").message("set exactly one provider: prometheus or web"))]
 pub struct MetricTemplateSpec {
-    /// The arguments that `{{args.NAME}}` in the query (and address) stand for.
+    /// The arguments that `{{args.NAME}}` stands for: in a prometheus
+    /// query and address, in a web url, body and jsonPath, and in literal
+    /// header values.
     #[serde(default, skip_serializing_if = "Vec::is_empty")]
     #[schemars(length(max = 32))]
     pub args: Vec<TemplateArg>,
     /// A PromQL query returning one number.
-    pub prometheus: PrometheusMetric,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub prometheus: Option<PrometheusMetric>,
+    /// An HTTP GET or POST to a JSON API, the number read by a JSONPath.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub web: Option<WebMetric>,
 }
 
 /// A metric's provider and query with arguments, for BlueGreens of every
 /// namespace (`templateRef.kind: ClusterMetricTemplate`).
-#[derive(CustomResource, Serialize, Deserialize, Clone, Debug, PartialEq, JsonSchema)]
+#[derive(CustomResource, KubeSchema, Serialize, Deserialize, Clone, Debug, PartialEq)]
 #[kube(
     group = "teal.dev",
     version = "v1alpha1",
@@ -49,13 +57,20 @@ pub struct MetricTemplateSpec {
     shortname = "cmt"
 )]
 #[serde(rename_all = "camelCase", deny_unknown_fields)]
+#[x_kube(validation = Rule::new("has(self.prometheus) != has(self.web)").message("set exactly one provider: prometheus or web"))]
 pub struct ClusterMetricTemplateSpec {
-    /// The arguments that `{{args.NAME}}` in the query (and address) stand for.
+    /// The arguments that `{{args.NAME}}` stands for: in a prometheus
+    /// query and address, in a web url, body and jsonPath, and in literal
+    /// header values.
     #[serde(default, skip_serializing_if = "Vec::is_empty")]
     #[schemars(length(max = 32))]
     pub args: Vec<TemplateArg>,
     /// A PromQL query returning one number.
-    pub prometheus: PrometheusMetric,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub prometheus: Option<PrometheusMetric>,
+    /// An HTTP GET or POST to a JSON API, the number read by a JSONPath.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub web: Option<WebMetric>,
 }
 
 impl From<ClusterMetricTemplateSpec> for MetricTemplateSpec {
@@ -63,6 +78,7 @@ impl From<ClusterMetricTemplateSpec> for MetricTemplateSpec {
         MetricTemplateSpec {
             args: c.args,
             prometheus: c.prometheus,
+            web: c.web,
         }
     }
 }
@@ -180,11 +196,29 @@ pub fn resolve(
             .iter()
             .fold(s.to_owned(), |s, (from, to)| s.replace(from, to))
     };
-    let mut prometheus: PrometheusMetric = template.prometheus.clone();
-    prometheus.address = fill(&prometheus.address);
-    prometheus.query = fill(&prometheus.query);
+    let fill_headers = |headers: &mut [MetricHeader]| {
+        for h in headers {
+            if let Some(v) = &mut h.value {
+                *v = fill(v);
+            }
+        }
+    };
+    let prometheus = template.prometheus.clone().map(|mut p| {
+        p.address = fill(&p.address);
+        p.query = fill(&p.query);
+        fill_headers(&mut p.headers);
+        p
+    });
+    let web = template.web.clone().map(|mut w| {
+        w.url = fill(&w.url);
+        w.body = w.body.as_deref().map(fill);
+        w.json_path = fill(&w.json_path);
+        fill_headers(&mut w.headers);
+        w
+    });
     Ok(MetricSpec {
-        prometheus: Some(prometheus),
+        prometheus,
+        web,
         template_ref: None,
         ..metric.clone()
     })
@@ -234,6 +268,33 @@ mod tests {
             .unwrap()
             .query;
         assert_eq!(q, "rate(errors{app=\"cart\",color=\"{{color}}\"}[5m])");
+    }
+
+    #[test]
+    fn web_arguments_are_replaced_in_url_body_json_path_and_header_values() {
+        let t: MetricTemplateSpec = serde_json::from_value(json!({
+            "args": [{"name": "app"}, {"name": "account", "value": "42"}],
+            "web": {
+                "url": "https://api.example.com/{{args.account}}/q?app={{args.app}}&c={{color}}",
+                "method": "POST",
+                "body": "{\"app\": \"{{args.app}}\"}",
+                "jsonPath": "$.results[?@.app == '{{args.app}}'].value",
+                "headers": [{"name": "X-Account", "value": "{{args.account}}"},
+                            {"name": "Api-Key", "secretRef": {"name": "k", "key": "{{args.app}}"}}]
+            }
+        }))
+        .unwrap();
+        let (m, r) = metric(json!({"app": "shop"}));
+        let w = resolve(&m, &r, &t).unwrap().web.unwrap();
+        assert_eq!(w.url, "https://api.example.com/42/q?app=shop&c={{color}}");
+        assert_eq!(w.body.as_deref(), Some("{\"app\": \"shop\"}"));
+        assert_eq!(w.json_path, "$.results[?@.app == 'shop'].value");
+        assert_eq!(w.headers[0].value.as_deref(), Some("42"));
+        assert_eq!(
+            w.headers[1].secret_ref.as_ref().unwrap().key.as_deref(),
+            Some("{{args.app}}"),
+            "secret references are not templated"
+        );
     }
 
     #[test]

@@ -116,7 +116,7 @@ pub struct Options {
     /// `/healthz` fails once reconciles are due and none has finished for
     /// this long (see [`liveness`]).
     pub stall_after: Duration,
-    /// Which hosts webhooks, notifications and Prometheus queries may
+    /// Which hosts webhooks, notifications, Prometheus queries and web metrics may
     /// reach (link-local addresses only when allowed explicitly; see
     /// [`api_server_addrs`] for what to deny).
     pub egress: Egress,

@@ -88,6 +88,16 @@ pub async fn resolve_stage(
     out
 }
 
+/// What a resolved metric asks: a PromQL query, or a web metric's
+/// method, URL and JSONPath.
+fn resolved_query(m: &MetricSpec) -> String {
+    match (&m.prometheus, &m.web) {
+        (Some(p), _) => p.query.clone(),
+        (None, Some(w)) => format!("{} {} {}", w.method.as_str(), w.url, w.json_path),
+        (None, None) => String::new(),
+    }
+}
+
 /// The `MetricTemplates` condition of `bg`: `None` when no metric uses a
 /// template; otherwise whether all resolve, and a message naming each
 /// field that does not, then each resolved query.
@@ -109,7 +119,7 @@ pub async fn condition(client: &Client, bg: &BlueGreen) -> Option<(bool, String)
                     m.name,
                     r.kind.as_str(),
                     r.name,
-                    got.prometheus.map(|p| p.query).unwrap_or_default()
+                    resolved_query(&got)
                 )),
                 Err(e) => problems.push(format!(
                     "spec.analysis.{stage}.metrics[{i}].templateRef: {e}"

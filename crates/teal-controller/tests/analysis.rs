@@ -1,7 +1,8 @@
 //! Pre-promotion analysis in the controller against a real control plane and
 //! a real Prometheus, which scrapes a loopback HTTP server whose figures the
-//! test sets: a healthy release passes and goes live, a bad one fails before
-//! cutover with the metric's name and value in status and in a Warning Event.
+//! test sets, or a JSON API the test serves itself (web metrics): a healthy
+//! release passes and goes live, a bad one fails before cutover with the
+//! metric's name and value in status and in a Warning Event.
 
 mod support;
 
@@ -16,6 +17,57 @@ use hyper_util::rt::{TokioExecutor, TokioIo};
 use serde_json::json;
 use support::case;
 
+/// What a test server answers: status, content type, body.
+type Answer = (u16, &'static str, String);
+
+/// Serves HTTP on a free loopback port until the test ends, each request
+/// answered by `answer` from its head and body.
+async fn serve(
+    answer: impl Fn(&http::request::Parts, &[u8]) -> Answer + Clone + Send + Sync + 'static,
+) -> std::net::SocketAddr {
+    use http_body_util::BodyExt as _;
+    let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let addr = listener.local_addr().unwrap();
+    tokio::spawn(async move {
+        while let Ok((stream, _)) = listener.accept().await {
+            let answer = answer.clone();
+            tokio::spawn(async move {
+                let svc = service_fn(move |req: http::Request<hyper::body::Incoming>| {
+                    let answer = answer.clone();
+                    async move {
+                        let (head, body) = req.into_parts();
+                        let body = body.collect().await?.to_bytes();
+                        let (status, content_type, body) = answer(&head, &body);
+                        Ok::<_, hyper::Error>(
+                            http::Response::builder()
+                                .status(status)
+                                .header("content-type", content_type)
+                                .body(Full::new(Bytes::from(body)))
+                                .unwrap(),
+                        )
+                    }
+                });
+                let _ = hyper_util::server::conn::auto::Builder::new(TokioExecutor::new())
+                    .serve_connection(TokioIo::new(stream), svc)
+                    .await;
+            });
+        }
+    });
+    addr
+}
+
+/// Creates Secret `name` with `data` (key → value) in the case's namespace.
+async fn create_secret(c: &support::Case, name: &str, data: serde_json::Value) {
+    let secrets: kube::Api<k8s_openapi::api::core::v1::Secret> =
+        kube::Api::namespaced(c.client.clone(), &c.ns);
+    let secret =
+        serde_json::from_value(json!({"metadata": {"name": name}, "stringData": data})).unwrap();
+    secrets
+        .create(&kube::api::PostParams::default(), &secret)
+        .await
+        .unwrap();
+}
+
 /// Serves `/metrics` in the Prometheus text format: one gauge
 /// `shop_errors_percent{namespace,app,color}` per entry the test sets.
 /// (namespace, app, color) → value.
@@ -29,30 +81,8 @@ struct Exposer {
 impl Exposer {
     async fn start() -> (Exposer, std::net::SocketAddr) {
         let e = Exposer::default();
-        let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
-        let addr = listener.local_addr().unwrap();
         let shared = e.clone();
-        tokio::spawn(async move {
-            while let Ok((stream, _)) = listener.accept().await {
-                let shared = shared.clone();
-                tokio::spawn(async move {
-                    let svc = service_fn(move |_req: http::Request<hyper::body::Incoming>| {
-                        let body = shared.render();
-                        async move {
-                            Ok::<_, hyper::Error>(
-                                http::Response::builder()
-                                    .header("content-type", "text/plain; version=0.0.4")
-                                    .body(Full::new(Bytes::from(body)))
-                                    .unwrap(),
-                            )
-                        }
-                    });
-                    let _ = hyper_util::server::conn::auto::Builder::new(TokioExecutor::new())
-                        .serve_connection(TokioIo::new(stream), svc)
-                        .await;
-                });
-            }
-        });
+        let addr = serve(move |_, _| (200, "text/plain; version=0.0.4", shared.render())).await;
         (e, addr)
     }
 
@@ -128,6 +158,36 @@ async fn failed_second(c: &support::Case, what: &str) -> teal_api::BlueGreenStat
             && s.phase.as_deref() != Some("Previewing")
     })
     .await
+}
+
+/// Releases `shop:2` (to green) and waits until it passed its analysis
+/// and went live.
+async fn good_release_to_green(c: &support::Case) -> teal_api::BlueGreenStatus {
+    c.set_image("shop", "shop:2", BTreeMap::new()).await;
+    let st = promoted(c, "the release to green promoted after analysis").await;
+    assert_eq!(c.selector_color("shop").await.as_deref(), Some("green"));
+    st
+}
+
+/// Releases `shop:3` (to blue) and waits until it failed its analysis
+/// before cutover, the reason naming `named` (`metric = value`) above the
+/// maximum 5; green stays live.
+async fn bad_release_to_blue(c: &support::Case, named: &str) -> teal_api::BlueGreenStatus {
+    c.set_image("shop", "shop:3", BTreeMap::new()).await;
+    let st = failed_second(c, "the release to blue fails its analysis").await;
+    let reason = format!(
+        "{} | {}",
+        st.message.clone().unwrap_or_default(),
+        st.history.last().unwrap().reason
+    );
+    assert!(reason.contains(named), "metric and value named: {reason}");
+    assert!(reason.contains("above the maximum 5"), "{reason}");
+    assert_eq!(
+        c.selector_color("shop").await.as_deref(),
+        Some("green"),
+        "traffic never left the good release"
+    );
+    st
 }
 
 /// The BlueGreen `shop` of Deployment `shop` with `pre` as its
@@ -250,12 +310,7 @@ async fn prometheus_analysis_gates_the_cutover() {
         a.verdict.as_deref().is_some_and(|v| v.starts_with("fail")),
         "{a:?}"
     );
-    let evs = c.events("shop").await;
-    assert!(
-        evs.iter()
-            .any(|(t, _, note)| t == "Warning" && note.contains("errors = 40")),
-        "a Warning Event names the metric and value: {evs:#?}"
-    );
+    warned(&c, "errors = 40").await;
 }
 
 /// A provider that cannot be reached (here a closed port) gives provider
@@ -460,21 +515,16 @@ async fn prometheus_behind_tls_and_basic_auth_with_secrets() {
             .await
             .expect("prometheus starts behind TLS and basic auth");
     let mut c = case("analysis-tls").await;
-    let secrets: kube::Api<k8s_openapi::api::core::v1::Secret> =
-        kube::Api::namespaced(c.client.clone(), &c.ns);
-    let secret = serde_json::from_value(json!({
-        "metadata": {"name": "prometheus"},
-        "stringData": {
+    create_secret(
+        &c,
+        "prometheus",
+        json!({
             "ca.crt": ca_pem,
             "password": teal_testenv::prometheus::PASSWORD,
             "tenant": "tenant-a"
-        }
-    }))
-    .unwrap();
-    secrets
-        .create(&kube::api::PostParams::default(), &secret)
-        .await
-        .unwrap();
+        }),
+    )
+    .await;
     // 0 on green, 100 on blue: the first release (to green) is good, the
     // next (to blue) bad, without anything to scrape.
     let query = r#"min((label_replace(vector(0), "c", "{{color}}", "", "") and on(c) label_replace(vector(0), "c", "green", "", "")) or vector(100))"#;
@@ -517,20 +567,175 @@ async fn prometheus_behind_tls_and_basic_auth_with_secrets() {
     })
     .await;
 
-    c.set_image("shop", "shop:2", BTreeMap::new()).await;
-    let st = promoted(&c, "the release to green promoted after analysis").await;
-    assert_eq!(c.selector_color("shop").await.as_deref(), Some("green"));
+    let st = good_release_to_green(&c).await;
     let a = st.analysis.expect("analysis recorded in status");
     assert_eq!(a.metrics[0].value, Some(0.0), "{a:?}");
 
-    c.set_image("shop", "shop:3", BTreeMap::new()).await;
-    let st = failed_second(&c, "the release to blue fails its analysis").await;
-    let reason = format!(
-        "{} | {}",
-        st.message.clone().unwrap_or_default(),
-        st.history.last().unwrap().reason
+    bad_release_to_blue(&c, "gate = 100").await;
+}
+
+/// Asserts that a Warning Event of `shop` names `named` (metric and value).
+async fn warned(c: &support::Case, named: &str) {
+    let evs = c.events("shop").await;
+    assert!(
+        evs.iter()
+            .any(|(t, _, note)| t == "Warning" && note.contains(named)),
+        "a Warning Event names the metric and value: {evs:#?}"
     );
-    assert!(reason.contains("gate = 100"), "{reason}");
-    assert!(reason.contains("above the maximum 5"), "{reason}");
-    assert_eq!(c.selector_color("shop").await.as_deref(), Some("green"));
+}
+
+/// Each metric's name and last value.
+fn values(a: &teal_api::bluegreen::AnalysisStatus) -> Vec<(&str, Option<f64>)> {
+    a.metrics
+        .iter()
+        .map(|m| (m.name.as_str(), m.value))
+        .collect()
+}
+
+/// A JSON API of the test's own, as a web metric reads it: the error rate
+/// of each color (set by the test), behind an API key.
+#[derive(Clone, Default)]
+struct JsonApi {
+    /// color → errors percent.
+    errors: Arc<Mutex<HashMap<String, f64>>>,
+    /// Requests answered with a value, and refused for a wrong key.
+    seen: Arc<Mutex<Vec<String>>>,
+}
+
+/// The key [`JsonApi`] wants in `X-Api-Key` (given to teal in a Secret).
+const API_KEY: &str = "k3y-from-a-secret";
+
+impl JsonApi {
+    async fn start() -> (JsonApi, std::net::SocketAddr) {
+        let api = JsonApi::default();
+        let shared = api.clone();
+        let addr = serve(move |head, body| {
+            let (status, answer) = shared.answer(head, body);
+            (status, "application/json", answer.to_string())
+        })
+        .await;
+        (api, addr)
+    }
+
+    fn set(&self, color: &str, v: f64) {
+        self.errors.lock().unwrap().insert(color.into(), v);
+    }
+
+    /// `POST /api/<namespace>/query` with `{"color": …}`: a Datadog-like
+    /// series of the color. `GET /api/colors?app=shop`: every color's value.
+    fn answer(&self, head: &http::request::Parts, body: &[u8]) -> (u16, serde_json::Value) {
+        let key = head.headers.get("x-api-key").and_then(|v| v.to_str().ok());
+        let line = format!("{} {}", head.method, head.uri);
+        if key != Some(API_KEY) {
+            self.seen.lock().unwrap().push(format!("refused {line}"));
+            return (401, json!({"errors": ["Forbidden"]}));
+        }
+        self.seen.lock().unwrap().push(line);
+        let errors = self.errors.lock().unwrap().clone();
+        match (head.method.as_str(), head.uri.path()) {
+            ("POST", p) if p.starts_with("/api/") && p.ends_with("/query") => {
+                let q: serde_json::Value = serde_json::from_slice(body).unwrap_or_default();
+                let color = q["color"].as_str().unwrap_or_default();
+                let v = errors.get(color).copied();
+                (
+                    200,
+                    json!({"status": "ok", "series": [{
+                        "metric": "shop.errors",
+                        "pointlist": [[1_700_000_000_000_u64, 0.0], [1_700_000_060_000_u64, v]]
+                    }]}),
+                )
+            }
+            ("GET", "/api/colors") if head.uri.query() == Some("app=shop") => {
+                let colors: Vec<_> = errors
+                    .iter()
+                    .map(|(c, v)| json!({"color": c, "value": v.to_string()}))
+                    .collect();
+                (200, json!({"data": {"colors": colors}}))
+            }
+            ("GET", "/api/colors") => (200, json!({"data": {"colors": []}})),
+            _ => (404, json!({"error": "no such endpoint"})),
+        }
+    }
+}
+
+/// `web` metrics against a JSON API of the test's own, its key from a
+/// Secret: an inline POST (the color in the body, the namespace in the
+/// URL, a Datadog-like series read by `$.series[0].pointlist[-1][1]`) and
+/// a MetricTemplate's GET (an argument in the URL, the color in a JSONPath
+/// filter, a numeric string). A good release passes and goes live; a bad
+/// one fails before cutover naming the metric and its value.
+#[tokio::test(flavor = "multi_thread")]
+async fn web_metrics_read_a_json_api_with_a_key_from_a_secret() {
+    let (api, addr) = JsonApi::start().await;
+    api.set("blue", 0.0);
+    api.set("green", 1.5);
+    let mut c = case("analysis-web").await;
+    let ns = c.ns.clone();
+    create_secret(&c, "metrics-api", json!({"key": API_KEY})).await;
+    let key = json!([{"name": "X-Api-Key", "secretRef": {"name": "metrics-api", "key": "key"}}]);
+    support::kubectl_apply(
+        &ns,
+        &format!(
+            "apiVersion: teal.dev/v1alpha1\nkind: MetricTemplate\nmetadata: {{name: color-errors}}\nspec:\n  args: [{{name: app}}]\n  web:\n    url: 'http://{addr}/api/colors?app={{{{args.app}}}}'\n    jsonPath: \"$.data.colors[?@.color == '{{{{color}}}}'].value\"\n    headers: [{{name: X-Api-Key, secretRef: {{name: metrics-api, key: key}}}}]\n"
+        ),
+    );
+    c.adopted(shop_analysed(json!({
+        "interval": "1s",
+        "checks": 2,
+        "inconclusiveLimit": 0,
+        "metrics": [{
+            "name": "errors",
+            "web": {
+                "url": format!("http://{addr}/api/{{{{namespace}}}}/query"),
+                "method": "POST",
+                "body": r#"{"query": "sum:shop.errors{*}", "color": "{{color}}"}"#,
+                "jsonPath": "$.series[0].pointlist[-1][1]",
+                "headers": key,
+                "timeout": "5s"
+            },
+            "max": 5
+        }, {
+            "name": "errors-by-template",
+            "templateRef": {"name": "color-errors", "args": {"app": "shop"}},
+            "max": 5
+        }]
+    })))
+    .await;
+    let message = templates_condition(&c, "shop", "True").await;
+    assert!(
+        message.contains(&format!(
+            "GET http://{addr}/api/colors?app=shop $.data.colors[?@.color == '{{{{color}}}}'].value"
+        )),
+        "{message}"
+    );
+
+    // A good release: green at 1.5% passes both metrics and goes live.
+    let st = good_release_to_green(&c).await;
+    let a = st.analysis.expect("analysis recorded in status");
+    assert_eq!(a.verdict.as_deref(), Some("pass"), "{a:?}");
+    assert_eq!(
+        values(&a),
+        [("errors", Some(1.5)), ("errors-by-template", Some(1.5))],
+        "each read green's value: {a:?}"
+    );
+    let seen = api.seen.lock().unwrap().clone();
+    assert!(
+        seen.iter().any(|l| l == &format!("POST /api/{ns}/query")),
+        "{seen:?}"
+    );
+    assert!(
+        seen.iter().all(|l| !l.starts_with("refused")),
+        "the key from the Secret was sent: {seen:?}"
+    );
+
+    // A bad release on blue: 40% errors fails before cutover.
+    api.set("blue", 40.0);
+    let st = bad_release_to_blue(&c, "errors = 40").await;
+    let a = st.analysis.expect("analysis recorded in status");
+    assert_eq!(
+        values(&a),
+        [("errors", Some(40.0)), ("errors-by-template", Some(40.0))],
+        "{a:?}"
+    );
+    warned(&c, "errors = 40").await;
 }

@@ -421,6 +421,76 @@ fn catalogue() -> Vec<(&'static str, serde_json::Value, Vec<&'static str>)> {
             ],
         ),
         (
+            "web url not a URL",
+            metric(
+                json!({"name": "m", "web": {"url": "api.example.com/q", "jsonPath": "$.v"}, "max": 1}),
+            ),
+            vec![
+                "spec.analysis.prePromotion.metrics[0].web.url",
+                "should match",
+            ],
+        ),
+        (
+            "web jsonPath not a JSONPath",
+            metric(
+                json!({"name": "m", "web": {"url": "https://api.example.com/q", "jsonPath": "data.value"}, "max": 1}),
+            ),
+            vec![
+                "spec.analysis.prePromotion.metrics[0].web.jsonPath",
+                "should match",
+            ],
+        ),
+        (
+            "web body with GET",
+            metric(
+                json!({"name": "m", "web": {"url": "https://api.example.com/q", "body": "{}", "jsonPath": "$.v"}, "max": 1}),
+            ),
+            vec![
+                "spec.analysis.prePromotion.metrics[0].web.body",
+                "body is sent with method POST only",
+            ],
+        ),
+        (
+            "web method other than GET and POST",
+            metric(
+                json!({"name": "m", "web": {"url": "https://api.example.com/q", "method": "PUT", "jsonPath": "$.v"}, "max": 1}),
+            ),
+            vec![
+                "spec.analysis.prePromotion.metrics[0].web.method",
+                "Unsupported value",
+            ],
+        ),
+        (
+            "web tls on an http url",
+            metric(
+                json!({"name": "m", "web": {"url": "http://api.example.com/q", "jsonPath": "$.v", "tls": {"insecureSkipVerify": true}}, "max": 1}),
+            ),
+            vec![
+                "spec.analysis.prePromotion.metrics[0].web.tls",
+                "tls only applies to an https:// url",
+            ],
+        ),
+        (
+            "web header without a value",
+            metric(
+                json!({"name": "m", "web": {"url": "https://api.example.com/q", "jsonPath": "$.v", "headers": [{"name": "DD-API-KEY"}]}, "max": 1}),
+            ),
+            vec![
+                "spec.analysis.prePromotion.metrics[0].web.headers[0]",
+                "set exactly one of value and secretRef",
+            ],
+        ),
+        (
+            "web timeout above 60s",
+            metric(
+                json!({"name": "m", "web": {"url": "https://api.example.com/q", "jsonPath": "$.v", "timeout": "90s"}, "max": 1}),
+            ),
+            vec![
+                "spec.analysis.prePromotion.metrics[0].web.timeout",
+                "timeout must be between 100ms and 60s",
+            ],
+        ),
+        (
             "service name too long",
             with(&["service", "name"], json!("x".repeat(60))),
             vec!["spec.service.name", "more than 55"],
@@ -503,7 +573,8 @@ async fn invalid_specs_are_rejected_naming_the_field() {
             "prePromotion": {"interval": "100ms", "initialDelay": "30s", "checks": 3, "failureLimit": 1, "consecutiveErrorLimit": 2, "metrics": [
                 ok_metric(),
                 {"name": "p99", "builtin": "latencyP99", "max": 250, "dryRun": true},
-                {"name": "errors", "prometheus": {"address": "https://prom.example:9090/base", "query": "sum(rate(x{color=\"{{color}}\"}[1m]))"}, "min": 0, "max": 0.01}
+                {"name": "errors", "prometheus": {"address": "https://prom.example:9090/base", "query": "sum(rate(x{color=\"{{color}}\"}[1m]))"}, "min": 0, "max": 0.01},
+                {"name": "web", "web": {"url": "https://api.example.com/v1/{{namespace}}?from={{now-5m}}", "method": "POST", "body": "{\"color\": \"{{color}}\"}", "jsonPath": "$.data.result[0].value", "headers": [{"name": "X-Api-Key", "secretRef": {"name": "api", "key": "key"}}, {"name": "Accept", "value": "application/json"}], "tls": {"caSecretRef": {"name": "ca", "key": "ca.crt"}}, "auth": {"basic": {"username": "u", "passwordSecretRef": {"name": "api", "key": "pw"}}}, "timeout": "30s"}, "max": 1}
             ]},
             "postPromotion": {"metrics": [ok_metric()]}
         },

@@ -350,7 +350,7 @@ impl Config {
                 if m.template_ref.is_some() {
                     e.push(FieldError::new(
                         format!("analysis.{stage}.metrics[{i}].templateRef"),
-                        "metric templates are Kubernetes objects; in teal.yaml give the provider inline (builtin or prometheus)",
+                        "metric templates are Kubernetes objects; in teal.yaml give the provider inline (builtin, prometheus or web)",
                     ));
                 }
             }

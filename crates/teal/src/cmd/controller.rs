@@ -46,7 +46,7 @@ pub struct Args {
     /// terminationGracePeriodSeconds). A second signal exits at once.
     #[arg(long, default_value_t = 10, value_parser = clap::value_parser!(u64).range(0..=3600))]
     shutdown_timeout: u64,
-    /// Hosts that webhooks, notifications and Prometheus queries may reach,
+    /// Hosts that webhooks, notifications, Prometheus queries and web metrics may reach,
     /// comma-separated: host names, domains (`*.example.com`), IP addresses
     /// and CIDR blocks. Empty: any host but link-local addresses (cloud
     /// metadata services), which must be listed to be reached. The API

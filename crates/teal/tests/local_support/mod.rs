@@ -79,6 +79,39 @@ pub fn cli(config: &Path, args: &[&str]) -> Output {
     Command::new(teal()).args(&all).output().unwrap()
 }
 
+/// `teal local deploy --revision <revision> --timeout 60` with `config`,
+/// off the async runtime. Bounded: a stage whose queries get no answer is
+/// inconclusive and waits for an operator.
+pub async fn deploy_within_a_minute(config: &Path, revision: &'static str) -> Output {
+    let config = config.to_path_buf();
+    tokio::task::spawn_blocking(move || {
+        cli(
+            &config,
+            &["deploy", "--revision", revision, "--timeout", "60"],
+        )
+    })
+    .await
+    .unwrap()
+}
+
+/// Asserts that deploy `o` of `revision` rolled back before cutover, its
+/// output naming each of `named` (`metric = value`) above the maximum, and
+/// that the router on `port` still serves `live`.
+pub fn assert_rolled_back(o: &Output, revision: &str, named: &[&str], port: u16, live: &str) {
+    assert_eq!(o.status.code(), Some(1), "{}", text(o));
+    let out = String::from_utf8_lossy(&o.stdout);
+    assert!(
+        out.contains(&format!("{revision}: RolledBack")),
+        "{}",
+        text(o)
+    );
+    for n in named {
+        assert!(out.contains(n), "{n} named: {}", text(o));
+    }
+    assert!(out.contains("above the maximum"), "{}", text(o));
+    assert_eq!(live_version(port).as_deref(), Some(live));
+}
+
 pub fn text(o: &Output) -> String {
     format!(
         "exit {:?}\nstdout:\n{}\nstderr:\n{}",
