@@ -38,6 +38,7 @@ mod tests {
             name: "m".into(),
             builtin: Some(b),
             prometheus: None,
+            job: None,
             template_ref: None,
             min,
             max,

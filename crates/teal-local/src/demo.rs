@@ -156,6 +156,7 @@ fn config(opts: &Options, state_dir: PathBuf) -> Config {
         name: name.into(),
         builtin: Some(b),
         prometheus: None,
+        job: None,
         template_ref: None,
         min,
         max,
