@@ -16,6 +16,7 @@ pub mod checks;
 pub mod dashboard;
 pub mod events;
 pub mod hooks;
+pub mod jobs;
 pub mod leader;
 pub mod liveness;
 pub mod metrics;
