@@ -192,7 +192,9 @@ async fn the_job_is_built_found_again_after_a_restart_and_deleted_on_abort_and_d
     let log = ControllerProcess::log_path(&ns);
     wait_for("the Job found again", Duration::from_secs(60), || async {
         let text = std::fs::read_to_string(&log).unwrap_or_default();
-        if text.contains(&format!("found Job {ns}/{name} for metric Smoke_Test again")) {
+        if text.contains(&format!(
+            "found Job {ns}/{name} for metric Smoke_Test again"
+        )) {
             Ok(())
         } else {
             Err("not yet".to_owned())
