@@ -429,6 +429,17 @@ mod tests {
     }
 
     #[test]
+    fn a_job_metric_is_refused_naming_the_field() {
+        let e = errors_of(
+            "app:\n  command: [./server]\nanalysis:\n  prePromotion:\n    metrics:\n      - name: smoke\n        job: {template: {spec: {containers: [{name: t, image: t}]}}}\n",
+        );
+        assert!(
+            e.contains("analysis.prePromotion.metrics[0].job: runs only on Kubernetes"),
+            "{e}"
+        );
+    }
+
+    #[test]
     fn minimal_config_gets_defaults() {
         let c = Config::parse("app:\n  command: [./server]\n", Path::new("/srv/app")).unwrap();
         assert_eq!(c.app.replicas, 1);
