@@ -39,6 +39,7 @@ mod tests {
             builtin: Some(b),
             prometheus: None,
             web: None,
+            job: None,
             template_ref: None,
             min,
             max,

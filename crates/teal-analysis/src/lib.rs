@@ -118,13 +118,19 @@ pub fn provider_for(m: &MetricSpec) -> Option<Box<dyn MetricProvider>> {
         .map(|w| Box::new(Web(w)) as Box<dyn MetricProvider>)
 }
 
-/// Measures `m` with the provider it names.
+/// Measures `m` with the provider it names. A `job` metric runs a
+/// Kubernetes Job: the controller measures it with a provider of its own
+/// (this crate knows no cluster), and here it is a provider error.
 pub async fn measure(m: &MetricSpec, cx: &CheckContext<'_>) -> Measurement {
     match provider_for(m) {
         Some(p) => p.measure(m, cx).await,
+        None if m.job.is_some() => provider_error(m, JOB_NEEDS_KUBERNETES),
         None => provider_error(m, "no provider"),
     }
 }
+
+/// Why a `job` metric has no value outside Kubernetes.
+pub const JOB_NEEDS_KUBERNETES: &str = "job: runs only on Kubernetes (a Job needs a cluster)";
 
 /// A measurement of `m` without a value for lack of data, and why.
 pub fn no_value(m: &MetricSpec, note: impl Into<String>) -> Measurement {

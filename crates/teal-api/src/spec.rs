@@ -234,8 +234,9 @@ fn default_consecutive_error_limit() -> u32 {
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize, KubeSchema)]
 #[serde(rename_all = "camelCase", deny_unknown_fields)]
 #[x_kube(
-    validation = Rule::new("[has(self.builtin), has(self.prometheus), has(self.web), has(self.templateRef)].filter(p, p).size() == 1").message("set exactly one provider: builtin (successRate, latencyP50, latencyP90, latencyP99), prometheus, web or templateRef"),
-    validation = Rule::new("has(self.min) || has(self.max)").message("set min, max or both: a metric without a range checks nothing"),
+    validation = Rule::new("[has(self.builtin), has(self.prometheus), has(self.web), has(self.job), has(self.templateRef)].filter(p, p).size() == 1").message("set exactly one provider: builtin (successRate, latencyP50, latencyP90, latencyP99), prometheus, web, job or templateRef"),
+    validation = Rule::new("has(self.job) || has(self.min) || has(self.max)").message("set min, max or both: a metric without a range checks nothing"),
+    validation = Rule::new("!has(self.job) || !(has(self.min) || has(self.max))").message("a job metric is 1 when the Job succeeded and 0 when it failed (it passes at 1): leave out min and max").field_path(".job"),
     validation = Rule::new("!has(self.min) || !has(self.max) || self.min <= self.max").message("min must not be greater than max").field_path(".min")
 )]
 pub struct MetricSpec {
@@ -251,6 +252,11 @@ pub struct MetricSpec {
     /// service…), the number read from its answer by a JSONPath.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub web: Option<WebMetric>,
+    /// A Kubernetes Job run against the analysed color: 1 when it
+    /// succeeded, 0 when it failed; passes at 1 (no min or max). Kubernetes
+    /// only.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub job: Option<JobMetric>,
     /// The provider and query of a MetricTemplate (or ClusterMetricTemplate),
     /// with this metric's argument values (Kubernetes only).
     #[serde(default, skip_serializing_if = "Option::is_none")]
@@ -269,6 +275,120 @@ pub struct MetricSpec {
     /// new metric or range before trusting it. Default false.
     #[serde(default, skip_serializing_if = "std::ops::Not::not")]
     pub dry_run: bool,
+}
+
+/// A test run as a Kubernetes Job in the BlueGreen's namespace, once per
+/// check. Every container gets the environment that reaches the analysed
+/// color (`TEAL_PREVIEW_URL`, `TEAL_PREVIEW_HEADER`…, see docs/analysis.md).
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize, KubeSchema)]
+#[serde(rename_all = "camelCase", deny_unknown_fields)]
+#[x_kube(
+    validation = Rule::new("!has(self.activeDeadlineSeconds) || (self.activeDeadlineSeconds >= 1 && self.activeDeadlineSeconds <= 86400)").message("activeDeadlineSeconds must be between 1 and 86400").field_path(".activeDeadlineSeconds"),
+    validation = Rule::new("!has(self.backoffLimit) || (self.backoffLimit >= 0 && self.backoffLimit <= 10)").message("backoffLimit must be between 0 and 10").field_path(".backoffLimit")
+)]
+pub struct JobMetric {
+    /// The Job's pod template (a core/v1 PodTemplateSpec, as in a Job's
+    /// `spec.template`). `restartPolicy` defaults to `Never`.
+    #[schemars(schema_with = "pod_template_schema")]
+    pub template: serde_json::Value,
+    /// Seconds the Job may run, retries included, before it fails (and the
+    /// check with it). Default 600.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub active_deadline_seconds: Option<i64>,
+    /// Retries of a failed pod before the Job fails. Default 0: a test that
+    /// fails once fails the check.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub backoff_limit: Option<i32>,
+}
+
+/// A job metric's default `activeDeadlineSeconds`.
+pub const JOB_DEADLINE_SECONDS: i64 = 600;
+
+/// The schema of a pod template: the fields teal reads are typed, the rest
+/// is kept as given (the full PodTemplateSpec schema would make the CRD
+/// several times larger; the apiserver checks the Job when it is created).
+fn pod_template_schema(_: &mut schemars::SchemaGenerator) -> schemars::Schema {
+    schemars::json_schema!({
+        "type": "object",
+        "x-kubernetes-preserve-unknown-fields": true,
+        "required": ["spec"],
+        "properties": {
+            "metadata": {
+                "type": "object",
+                "x-kubernetes-preserve-unknown-fields": true
+            },
+            "spec": {
+                "type": "object",
+                "x-kubernetes-preserve-unknown-fields": true,
+                "required": ["containers"],
+                "properties": {
+                    "restartPolicy": {
+                        "type": "string",
+                        "enum": ["Never", "OnFailure"]
+                    },
+                    "containers": {
+                        "type": "array",
+                        "minItems": 1,
+                        "items": {
+                            "type": "object",
+                            "x-kubernetes-preserve-unknown-fields": true,
+                            "required": ["name"]
+                        }
+                    }
+                }
+            }
+        }
+    })
+}
+
+impl JobMetric {
+    /// Checks what the schema cannot say; `path` is the metric's `job` field.
+    pub fn validate(&self, path: &str, errors: &mut Vec<FieldError>) {
+        if let Err(e) = self.pod_template() {
+            errors.push(FieldError::new(format!("{path}.template"), e));
+        }
+        if let Some(d) = self.active_deadline_seconds
+            && !(1..=86_400).contains(&d)
+        {
+            errors.push(FieldError::new(
+                format!("{path}.activeDeadlineSeconds"),
+                format!("must be between 1 and 86400, got {d}"),
+            ));
+        }
+        if let Some(b) = self.backoff_limit
+            && !(0..=10).contains(&b)
+        {
+            errors.push(FieldError::new(
+                format!("{path}.backoffLimit"),
+                format!("must be between 0 and 10, got {b}"),
+            ));
+        }
+    }
+
+    /// The pod template, typed; the error says what is wrong with it.
+    pub fn pod_template(&self) -> Result<k8s_openapi::api::core::v1::PodTemplateSpec, String> {
+        let t: k8s_openapi::api::core::v1::PodTemplateSpec =
+            serde_json::from_value(self.template.clone())
+                .map_err(|e| format!("not a pod template: {e}"))?;
+        let spec = t.spec.as_ref().ok_or("needs spec.containers")?;
+        if spec.containers.is_empty() {
+            return Err("needs at least one container in spec.containers".into());
+        }
+        if let Some(p) = spec.restart_policy.as_deref()
+            && p != "Never"
+            && p != "OnFailure"
+        {
+            return Err(format!(
+                "spec.restartPolicy must be Never or OnFailure (a Job's pods end), got {p}"
+            ));
+        }
+        Ok(t)
+    }
+
+    /// Seconds the Job may run.
+    pub fn deadline_seconds(&self) -> i64 {
+        self.active_deadline_seconds.unwrap_or(JOB_DEADLINE_SECONDS)
+    }
 }
 
 /// Metrics teal's router measures for each color.
@@ -800,15 +920,32 @@ impl AnalysisStageSpec {
                 m.builtin.is_some(),
                 m.prometheus.is_some(),
                 m.web.is_some(),
+                m.job.is_some(),
                 m.template_ref.is_some(),
             ];
             if providers.iter().filter(|p| **p).count() != 1 {
                 errors.push(FieldError::new(
                     p.clone(),
-                    "set exactly one provider: builtin (successRate, latencyP50, latencyP90, latencyP99), prometheus, web or templateRef",
+                    "set exactly one provider: builtin (successRate, latencyP50, latencyP90, latencyP99), prometheus, web, job or templateRef",
                 ));
             }
-            if m.min.is_none() && m.max.is_none() {
+            if let Some(job) = &m.job {
+                if source == SecretSource::Local {
+                    errors.push(FieldError::new(
+                        format!("{p}.job"),
+                        "runs only on Kubernetes (a Job needs a cluster); in local mode use builtin, prometheus or web",
+                    ));
+                }
+                for (bound, v) in [("min", m.min), ("max", m.max)] {
+                    if v.is_some() {
+                        errors.push(FieldError::new(
+                            format!("{p}.{bound}"),
+                            "a job metric is 1 when the Job succeeded and 0 when it failed (it passes at 1): leave out min and max",
+                        ));
+                    }
+                }
+                job.validate(&format!("{p}.job"), errors);
+            } else if m.min.is_none() && m.max.is_none() {
                 errors.push(FieldError::new(
                     p.clone(),
                     "set min, max or both: a metric without a range checks nothing",
@@ -1025,6 +1162,53 @@ mod tests {
                 "missing {w:?} in {e:#?}"
             );
         }
+    }
+
+    #[test]
+    fn job_metrics_have_an_implied_range_and_run_only_on_kubernetes() {
+        let s = stage(
+            "metrics:\n  - name: smoke\n    job:\n      template:\n        spec:\n          containers: [{name: t, image: busybox}]\n",
+        );
+        let mut e = Vec::new();
+        s.validate("analysis.prePromotion", SecretSource::Kubernetes, &mut e);
+        assert!(e.is_empty(), "{e:?}");
+        assert_eq!(s.metrics[0].job.as_ref().unwrap().deadline_seconds(), 600);
+        // Local mode has no cluster to run it in.
+        assert_eq!(
+            errors(&s),
+            [
+                "analysis.prePromotion.metrics[0].job: runs only on Kubernetes (a Job needs a cluster); in local mode use builtin, prometheus or web"
+            ]
+        );
+        let bad = stage(
+            "metrics:\n  - name: smoke\n    min: 1\n    job:\n      backoffLimit: 11\n      activeDeadlineSeconds: 0\n      template:\n        spec:\n          restartPolicy: Always\n          containers: [{name: t, image: busybox}]\n",
+        );
+        let mut e = Vec::new();
+        bad.validate("analysis.prePromotion", SecretSource::Kubernetes, &mut e);
+        let e: Vec<String> = e.iter().map(ToString::to_string).collect();
+        let p = "analysis.prePromotion.metrics[0]";
+        assert_eq!(
+            e,
+            [
+                format!(
+                    "{p}.min: a job metric is 1 when the Job succeeded and 0 when it failed (it passes at 1): leave out min and max"
+                ),
+                format!(
+                    "{p}.job.template: spec.restartPolicy must be Never or OnFailure (a Job's pods end), got Always"
+                ),
+                format!("{p}.job.activeDeadlineSeconds: must be between 1 and 86400, got 0"),
+                format!("{p}.job.backoffLimit: must be between 0 and 10, got 11"),
+            ]
+        );
+        let none = stage(
+            "metrics:\n  - name: smoke\n    job:\n      template: {spec: {containers: []}}\n",
+        );
+        let mut e = Vec::new();
+        none.validate("analysis.prePromotion", SecretSource::Kubernetes, &mut e);
+        assert_eq!(
+            e[0].to_string(),
+            "analysis.prePromotion.metrics[0].job.template: needs at least one container in spec.containers"
+        );
     }
 
     #[test]

@@ -1,7 +1,8 @@
 //! Analysis checks in the background: a check's Prometheus queries and its
 //! rollout/rollback webhooks are network calls to endpoints the
 //! BlueGreen's author chose, which may answer slowly or never (a hook's
-//! timeout may be an hour). Run inside a reconcile, they would hold one of
+//! timeout may be an hour), and a `job` metric waits for a Job that may
+//! run for minutes. Run inside a reconcile, they would hold one of
 //! the `--concurrency` turns all that time, and a few such BlueGreens would
 //! stall every other one. So a reconcile only starts a check and records
 //! its result on a later reconcile (woken when it is done); at most one
@@ -43,6 +44,9 @@ struct Checks {
     /// window of built-in metrics starts. `None` while the first reading
     /// of a stage is being taken.
     baselines: HashMap<String, (Key, Option<Baseline>)>,
+    /// Checks started of the current stage, per BlueGreen: the number of
+    /// the next one (it names a `job` metric's Job).
+    started: HashMap<String, (Key, u32)>,
 }
 
 fn checks() -> &'static Mutex<Checks> {
@@ -98,7 +102,14 @@ pub fn start(
             return false;
         }
         g.by_bluegreen.insert(key.0.clone(), (key.clone(), None));
+        match g.started.get_mut(&key.0) {
+            Some((k, n)) if *k == key => *n += 1,
+            _ => {
+                g.started.insert(key.0.clone(), (key.clone(), 0));
+            }
+        }
     }
+    let check = checks().lock().expect("checks").started[&key.0].1;
     let (bg, m, spec) = (bg.clone(), m.clone(), spec.clone());
     tokio::spawn(async move {
         let window = match uses_builtin(&bg, &spec) {
@@ -112,10 +123,19 @@ pub fn start(
         // Templates are read for every check: a changed one applies to the
         // next check.
         let resolved = crate::templates::resolve_stage(&client, &vars.namespace, &spec).await;
+        let jobs = crate::jobs::JobProvider {
+            client: client.clone(),
+            bg: bg.clone(),
+            id: crate::jobs::CheckId {
+                stage,
+                started_at: key.3,
+                check,
+            },
+        };
         let mut ms = Vec::new();
         for (metric, r) in spec.metrics.iter().zip(resolved) {
             ms.push(match r {
-                Ok(metric) => measure(&metric, &vars, &secrets, window.as_ref()).await,
+                Ok(metric) => measure(&metric, &vars, &secrets, window.as_ref(), &jobs).await,
                 Err(e) => Measurement::of(metric.name.clone(), metric.min, metric.max)
                     .failed(format!("templateRef: {e}")),
             });
@@ -246,6 +266,7 @@ pub fn forget(bg: &BlueGreen) {
     let mut g = checks().lock().expect("checks");
     g.by_bluegreen.remove(&id(bg));
     g.baselines.remove(&id(bg));
+    g.started.remove(&id(bg));
 }
 
 /// BlueGreens with a check under way or not yet recorded.
@@ -255,12 +276,13 @@ pub fn tracked() -> usize {
 
 /// Measures `m` through its provider; `window` is what the `teal` router
 /// counted since the previous check (`None` when the BlueGreen's router is
-/// another type).
+/// another type); `jobs` runs `job` metrics, which need the cluster.
 async fn measure(
     m: &MetricSpec,
     vars: &QueryVars,
     secrets: &dyn Secrets,
     window: Option<&Result<teal_core::ColorStats, String>>,
+    jobs: &crate::jobs::JobProvider,
 ) -> Measurement {
     let window = match window {
         Some(Ok(w)) => Ok(w),
@@ -277,7 +299,10 @@ async fn measure(
         secrets,
         window,
     };
-    teal_analysis::measure(m, &cx).await
+    match m.job {
+        Some(_) => teal_analysis::MetricProvider::measure(jobs, m, &cx).await,
+        None => teal_analysis::measure(m, &cx).await,
+    }
 }
 
 /// The Secrets of one namespace, read when a metric needs them (a rotated

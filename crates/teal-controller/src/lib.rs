@@ -17,6 +17,7 @@ pub mod dashboard;
 pub mod events;
 pub mod hooks;
 pub mod index;
+pub mod jobs;
 pub mod leader;
 pub mod liveness;
 pub mod metrics;

@@ -22,12 +22,17 @@ pub fn revision_of(template: &PodTemplateSpec) -> String {
     // FNV-1a over the canonical JSON (struct fields in declaration order,
     // maps sorted), so equal templates give equal revisions everywhere.
     let bytes = serde_json::to_vec(template).unwrap_or_default();
+    format!("{:010x}", fnv1a(&bytes) & 0xff_ffff_ffff)
+}
+
+/// The 64-bit FNV-1a hash of `bytes`: stable across processes and versions.
+pub fn fnv1a(bytes: &[u8]) -> u64 {
     let mut h: u64 = 0xcbf2_9ce4_8422_2325;
     for b in bytes {
-        h ^= u64::from(b);
+        h ^= u64::from(*b);
         h = h.wrapping_mul(0x0100_0000_01b3);
     }
-    format!("{:010x}", h & 0xff_ffff_ffff)
+    h
 }
 
 pub fn color_deployment_name(bg: &str, color: Color) -> String {

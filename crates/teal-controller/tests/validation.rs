@@ -284,6 +284,46 @@ fn catalogue() -> Vec<(&'static str, serde_json::Value, Vec<&'static str>)> {
             ],
         ),
         (
+            "job metric with min or max",
+            metric(
+                json!({"name": "m", "min": 1, "job": {"template": {"spec": {"containers": [{"name": "t", "image": "t"}]}}}}),
+            ),
+            vec![
+                "spec.analysis.prePromotion.metrics[0].job",
+                "a job metric is 1 when the Job succeeded and 0 when it failed (it passes at 1): leave out min and max",
+            ],
+        ),
+        (
+            "job metric without containers",
+            metric(json!({"name": "m", "job": {"template": {"spec": {"containers": []}}}})),
+            vec![
+                "spec.analysis.prePromotion.metrics[0].job.template.spec.containers",
+                "should have at least 1 items",
+            ],
+        ),
+        (
+            "job metric with restartPolicy Always",
+            metric(
+                json!({"name": "m", "job": {"template": {"spec": {"restartPolicy": "Always", "containers": [{"name": "t", "image": "t"}]}}}}),
+            ),
+            vec![
+                "spec.analysis.prePromotion.metrics[0].job.template.spec.restartPolicy",
+                "\"Never\", \"OnFailure\"",
+            ],
+        ),
+        (
+            "job metric with a deadline out of range",
+            metric(
+                json!({"name": "m", "job": {"activeDeadlineSeconds": 0, "backoffLimit": 11, "template": {"spec": {"containers": [{"name": "t", "image": "t"}]}}}}),
+            ),
+            vec![
+                "spec.analysis.prePromotion.metrics[0].job.activeDeadlineSeconds",
+                "activeDeadlineSeconds must be between 1 and 86400",
+                "spec.analysis.prePromotion.metrics[0].job.backoffLimit",
+                "backoffLimit must be between 0 and 10",
+            ],
+        ),
+        (
             "unknown builtin metric",
             metric(json!({"name": "m", "builtin": "errorRate", "max": 1})),
             vec![
@@ -574,7 +614,8 @@ async fn invalid_specs_are_rejected_naming_the_field() {
                 ok_metric(),
                 {"name": "p99", "builtin": "latencyP99", "max": 250, "dryRun": true},
                 {"name": "errors", "prometheus": {"address": "https://prom.example:9090/base", "query": "sum(rate(x{color=\"{{color}}\"}[1m]))"}, "min": 0, "max": 0.01},
-                {"name": "web", "web": {"url": "https://api.example.com/v1/{{namespace}}?from={{now-5m}}", "method": "POST", "body": "{\"color\": \"{{color}}\"}", "jsonPath": "$.data.result[0].value", "headers": [{"name": "X-Api-Key", "secretRef": {"name": "api", "key": "key"}}, {"name": "Accept", "value": "application/json"}], "tls": {"caSecretRef": {"name": "ca", "key": "ca.crt"}}, "auth": {"basic": {"username": "u", "passwordSecretRef": {"name": "api", "key": "pw"}}}, "timeout": "30s"}, "max": 1}
+                {"name": "web", "web": {"url": "https://api.example.com/v1/{{namespace}}?from={{now-5m}}", "method": "POST", "body": "{\"color\": \"{{color}}\"}", "jsonPath": "$.data.result[0].value", "headers": [{"name": "X-Api-Key", "secretRef": {"name": "api", "key": "key"}}, {"name": "Accept", "value": "application/json"}], "tls": {"caSecretRef": {"name": "ca", "key": "ca.crt"}}, "auth": {"basic": {"username": "u", "passwordSecretRef": {"name": "api", "key": "pw"}}}, "timeout": "30s"}, "max": 1},
+                {"name": "smoke", "job": {"activeDeadlineSeconds": 300, "backoffLimit": 1, "template": {"metadata": {"labels": {"team": "shop"}}, "spec": {"restartPolicy": "OnFailure", "containers": [{"name": "t", "image": "t", "args": ["run"]}]}}}}
             ]},
             "postPromotion": {"metrics": [ok_metric()]}
         },

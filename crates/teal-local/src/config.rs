@@ -418,14 +418,22 @@ mod tests {
     }
 
     #[test]
-    fn a_metric_template_is_refused_naming_the_field() {
-        let e = errors_of(
-            "app:\n  command: [./server]\nanalysis:\n  prePromotion:\n    metrics:\n      - {name: errors, max: 1, templateRef: {name: error-rate}}\n",
-        );
-        assert!(
-            e.contains("analysis.prePromotion.metrics[0].templateRef: metric templates are Kubernetes objects"),
-            "{e}"
-        );
+    fn kubernetes_only_metrics_are_refused_naming_the_field() {
+        for (metric, want) in [
+            (
+                "{name: errors, max: 1, templateRef: {name: error-rate}}",
+                "analysis.prePromotion.metrics[0].templateRef: metric templates are Kubernetes objects",
+            ),
+            (
+                "{name: smoke, job: {template: {spec: {containers: [{name: t, image: t}]}}}}",
+                "analysis.prePromotion.metrics[0].job: runs only on Kubernetes",
+            ),
+        ] {
+            let e = errors_of(&format!(
+                "app:\n  command: [./server]\nanalysis:\n  prePromotion:\n    metrics:\n      - {metric}\n"
+            ));
+            assert!(e.contains(want), "{e}");
+        }
     }
 
     #[test]

@@ -157,6 +157,7 @@ fn config(opts: &Options, state_dir: PathBuf) -> Config {
         builtin: Some(b),
         prometheus: None,
         web: None,
+        job: None,
         template_ref: None,
         min,
         max,

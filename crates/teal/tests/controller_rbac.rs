@@ -15,11 +15,10 @@ use teal_testenv::TestEnv;
 fn can_i(env: &TestEnv, verb: &str, resource: &str) -> bool {
     let out = env
         .kubectl()
+        .args(["auth", "can-i", verb])
+        // `pods --subresource=log`: a resource and its flags.
+        .args(resource.split(' '))
         .args([
-            "auth",
-            "can-i",
-            verb,
-            resource,
             "-A",
             "--as=system:serviceaccount:teal-system:teal-controller",
         ])
@@ -44,6 +43,8 @@ async fn the_controller_runs_a_release_with_only_its_role() {
         ("create", "pods"),
         ("update", "deployments"),
         ("delete", "bluegreens.teal.dev"),
+        ("list", "jobs.batch"),
+        ("update", "jobs.batch"),
     ] {
         assert!(
             !can_i(env, verb, resource),
@@ -55,6 +56,11 @@ async fn the_controller_runs_a_release_with_only_its_role() {
     assert!(can_i(env, "get", "secrets"));
     assert!(can_i(env, "delete", "services"));
     assert!(can_i(env, "patch", "bluegreens.teal.dev/status"));
+    // Job metrics: each check's Job, and its failed pod's log.
+    for verb in ["create", "get", "delete"] {
+        assert!(can_i(env, verb, "jobs.batch"), "{verb} jobs");
+    }
+    assert!(can_i(env, "get", "pods --subresource=log"));
 
     // A kubeconfig holding a real ServiceAccount token.
     let dir = std::env::temp_dir().join(format!("teal-rbac-{}", std::process::id()));

@@ -111,6 +111,11 @@ const FOREIGN: &[(&str, &str, &str)] = &[
         "Argo Rollouts' CRD; the \"before\" of the migration, abridged",
     ),
     (
+        "docs/migrate-argo-rollouts.md",
+        "AnalysisTemplate",
+        "Argo Rollouts' CRD; the \"before\" of the migration of a Job metric",
+    ),
+    (
         "docs/migrate-flagger.md",
         "Canary",
         "Flagger's CRD; the \"before\" of the migration",
