@@ -1118,7 +1118,7 @@ mod tests {
         let e = errors(&stage(
             "metrics:\n  - name: w\n    max: 1\n    builtin: successRate\n    web: {url: 'https://x', jsonPath: '$.v'}\n",
         ));
-        assert!(e.iter().any(|x| x.starts_with("analysis.prePromotion.metrics[0]: set exactly one provider: builtin (successRate, latencyP50, latencyP90, latencyP99), prometheus, web or templateRef")), "{e:#?}");
+        assert!(e.iter().any(|x| x.starts_with("analysis.prePromotion.metrics[0]: set exactly one provider: builtin (successRate, latencyP50, latencyP90, latencyP99), prometheus, web, job or templateRef")), "{e:#?}");
     }
 
     #[test]
