@@ -46,15 +46,21 @@ pub fn resizing_message(machine: &Machine) -> Option<String> {
 
 /// Writes the live color's size into an unset `spec.replicas`, so that the
 /// `scale` subresource serves it: an autoscaler does not act on a target
-/// whose scale reads 0. Written with teal's field manager, once.
+/// whose scale reads 0. Written with teal's field manager, once, and only
+/// over the version of `bg` given: a size set since (`kubectl scale`, an
+/// autoscaler) is never overwritten by this one.
 pub async fn record_replicas(api: &Api<BlueGreen>, bg: &BlueGreen, replicas: u32) {
     // A larger spec.preview.replicas would have the apiserver refuse it.
     let preview_larger = bg.spec.preview.replicas.is_some_and(|p| p > replicas);
     if bg.spec.replicas.is_some() || preview_larger {
         return;
     }
-    let patch = serde_json::json!({"spec": {"replicas": replicas}});
-    if let Err(e) = api
+    let patch = serde_json::json!({
+        "metadata": {"resourceVersion": bg.resource_version()},
+        "spec": {"replicas": replicas},
+    });
+    let id = format!("{}/{}", bg.namespace().unwrap_or_default(), bg.name_any());
+    match api
         .patch(
             &bg.name_any(),
             &crate::reconcile::patch_params(),
@@ -62,12 +68,14 @@ pub async fn record_replicas(api: &Api<BlueGreen>, bg: &BlueGreen, replicas: u32
         )
         .await
     {
+        Ok(_) => {}
+        // Changed since: the next reconcile sees whether it is still unset.
+        Err(kube::Error::Api(e)) if e.code == 409 => {
+            tracing::debug!(bluegreen = %id, "spec.replicas not recorded: the BlueGreen changed");
+        }
         // The BlueGreen still works at the adopted size; only its scale
         // subresource reads 0 until spec.replicas is set.
-        tracing::warn!(
-            bluegreen = %format!("{}/{}", bg.namespace().unwrap_or_default(), bg.name_any()),
-            "cannot record spec.replicas {replicas}: {e}"
-        );
+        Err(e) => tracing::warn!(bluegreen = %id, "cannot record spec.replicas {replicas}: {e}"),
     }
 }
 

@@ -55,6 +55,9 @@ fn keep_logs_on_panic(dir: &Path) {
     PANIC_HOOK.call_once(|| {
         let previous = std::panic::take_hook();
         std::panic::set_hook(Box::new(move |info| {
+            // The panic's own message first: a CI excerpt that keeps only
+            // the start of a failure must still show what failed.
+            previous(info);
             let dirs = LIVE_DIRS.lock().unwrap_or_else(|e| e.into_inner()).clone();
             for dir in &dirs {
                 if std::fs::write(dir.join("keep"), b"a test panicked\n").is_ok() {
@@ -65,7 +68,6 @@ fn keep_logs_on_panic(dir: &Path) {
             if std::env::var_os("CI").is_some() {
                 LOG_TAILS.call_once(|| dirs.iter().for_each(|d| print_log_tails(d)));
             }
-            previous(info);
         }));
     });
 }

@@ -234,9 +234,12 @@ async fn apply(bg: Arc<BlueGreen>, ctx: Arc<Context>) -> Result<Requeue, Error> 
         }
         c.event(true, &n.reason, n.message).await;
     }
-    status::write(&c.bluegreens, &c.name, &old, new).await?;
+    let written = status::write(&c.bluegreens, &c.name, &old, new).await?;
     ctx.written.record(&bg.uid().unwrap_or_default(), state.seq);
-    crate::autoscaling::record_replicas(&c.bluegreens, &bg, state.machine.policy.replicas).await;
+    // On the newest BlueGreen known: the cached one may predate a
+    // `kubectl scale` that the write already shows.
+    let newest = written.as_ref().unwrap_or(&bg);
+    crate::autoscaling::record_replicas(&c.bluegreens, newest, state.machine.policy.replicas).await;
     let pending = decide::Pending {
         routed: done.routed,
         refused: done.refused.is_some(),

@@ -357,22 +357,23 @@ pub fn analysis_status(a: &RunningAnalysis) -> AnalysisStatus {
 }
 
 /// Writes `new` over `old` as a merge patch of what changed; nothing when
-/// nothing did.
+/// nothing did. Returns the BlueGreen as written.
 pub async fn write(
     api: &Api<BlueGreen>,
     name: &str,
     old: &BlueGreenStatus,
     new: BlueGreenStatus,
-) -> Result<(), Error> {
+) -> Result<Option<BlueGreen>, Error> {
     if *old == new {
-        return Ok(());
+        return Ok(None);
     }
     let old = serde_json::to_value(old).map_err(Error::serialize("status"))?;
     let new = serde_json::to_value(&new).map_err(Error::serialize("status"))?;
     let patch = serde_json::json!({ "status": merge_diff(&old, new) });
-    api.patch_status(name, &super::patch_params(), &Patch::Merge(patch))
+    let written = api
+        .patch_status(name, &super::patch_params(), &Patch::Merge(patch))
         .await?;
-    Ok(())
+    Ok(Some(written))
 }
 
 /// A JSON merge patch from `old` to `new`: fields `new` no longer has are

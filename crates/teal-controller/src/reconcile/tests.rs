@@ -692,7 +692,9 @@ async fn an_unreadable_engine_state_changes_nothing_and_warns_once() {
 #[tokio::test]
 async fn a_first_reconcile_writes_blue_then_the_status_then_the_size() {
     let bg = bluegreen(json!({"router": {"type": "service"}}));
-    let answer = serde_json::to_value(&bg).unwrap();
+    // The status write answers with the BlueGreen's next version.
+    let mut answer = serde_json::to_value(&bg).unwrap();
+    answer["metadata"]["resourceVersion"] = json!("8");
     let (r, seen) = reconcile(
         bg,
         [
@@ -730,5 +732,10 @@ async fn a_first_reconcile_writes_blue_then_the_status_then_the_size() {
     assert_eq!(status["phase"], "Initializing", "{status}");
     assert_eq!(status["message"], "waiting for the first color to be ready");
     assert!(status["engine"]["machine"].is_object());
-    assert_eq!(seen[6].2, json!({"spec": {"replicas": 2}}));
+    // The size, only over the version the status write returned: a size
+    // set since then (kubectl scale, an autoscaler) is not overwritten.
+    assert_eq!(
+        seen[6].2,
+        json!({"metadata": {"resourceVersion": "8"}, "spec": {"replicas": 2}})
+    );
 }
