@@ -306,7 +306,7 @@ impl BlueGreens {
         let events = watcher(self.api.clone(), config)
             .backoff(crate::retry::WatchBackoff::default())
             .modify(|bg: &mut BlueGreen| {
-                trim(bg);
+                keep::meta(bg);
                 if let Some(s) = bg.status.as_mut() {
                     s.engine = None;
                 }
@@ -326,6 +326,21 @@ impl BlueGreens {
     }
 }
 
+/// The BlueGreens' own watch: the store reconciles read them from, kept
+/// without managed fields and kubectl's last applied copy (no reconcile
+/// reads them, and a BlueGreen's managed fields can outweigh its spec),
+/// and the stream of the BlueGreens it touched, the controller's first
+/// trigger.
+pub fn bluegreens(api: Api<BlueGreen>) -> (Store<BlueGreen>, Feed<BlueGreen>) {
+    let (reader, writer) = reflector::store();
+    let feed = watcher(api, watcher::Config::default())
+        .modify(keep::bluegreen)
+        .reflect(writer)
+        .applied_objects()
+        .boxed();
+    (reader, feed)
+}
+
 /// Whether a watch failed because the cluster does not serve the kind
 /// (its CRD was removed).
 fn not_served(e: &watcher::Error) -> bool {
@@ -338,35 +353,93 @@ fn not_served(e: &watcher::Error) -> bool {
     }
 }
 
-/// Strips what a cache never reads.
-fn trim<K: kube::Resource>(o: &mut K) {
-    // Managed fields and kubectl's copy of the last applied object are
-    // large and never read: do not keep them.
-    let meta = o.meta_mut();
-    meta.managed_fields = None;
-    if let Some(a) = meta.annotations.as_mut() {
-        a.remove(LAST_APPLIED);
-    }
-}
-
 /// A watch stream of `K`, yielding each object after the cache holds it.
 pub type Feed<K> = Pin<Box<dyn Stream<Item = Result<K, watcher::Error>> + Send>>;
 
-/// Pods are kept without their spec: only their labels, deletion and
-/// status (conditions, container states) are read, and the spec is the
-/// larger part of a pod.
-fn trim_pod(p: &mut Pod) {
-    trim(p);
-    p.spec = None;
-}
+/// What each cache keeps of an object it receives: what reconciles read,
+/// and nothing else (`benches/cache_footprint.rs` measures it).
+pub mod keep {
+    use k8s_openapi::api::apps::v1::{Deployment, ReplicaSet};
+    use k8s_openapi::api::core::v1::{Container, Pod, PodSpec, Service};
+    use teal_api::BlueGreen;
+    use teal_api::bluegreen::labels;
 
-/// ReplicaSets are kept without their pod spec: only their owner, size,
-/// template labels and status are read, and a color Deployment keeps
-/// several old ones.
-fn trim_replica_set(rs: &mut ReplicaSet) {
-    trim(rs);
-    if let Some(t) = rs.spec.template.as_mut() {
-        t.spec = None;
+    const LAST_APPLIED: &str = "kubectl.kubernetes.io/last-applied-configuration";
+
+    /// Managed fields and kubectl's copy of the last applied object are
+    /// large and never read: no cache keeps them.
+    pub fn meta<K: kube::Resource>(o: &mut K) {
+        let meta = o.meta_mut();
+        meta.managed_fields = None;
+        if let Some(a) = meta.annotations.as_mut() {
+            a.remove(LAST_APPLIED);
+        }
+    }
+
+    /// BlueGreens: whole but for [`meta`].
+    pub fn bluegreen(bg: &mut BlueGreen) {
+        meta(bg);
+    }
+
+    /// Workloads: whole but for [`meta`]; their pod template is what a
+    /// release deploys, and its hash is the revision.
+    pub fn workload(d: &mut Deployment) {
+        meta(d);
+    }
+
+    /// Color Deployments keep of their pod template the labels and each
+    /// container's name and ports (what their Services are built from); a
+    /// reconcile that needs the whole template of a color (a rollback to
+    /// what it runs) reads it from the apiserver. Other Deployments teal
+    /// labels (the routers') are kept whole: they are compared with what
+    /// teal would write.
+    pub fn color_deployment(d: &mut Deployment) {
+        meta(d);
+        let is_color = d
+            .metadata
+            .labels
+            .as_ref()
+            .is_some_and(|l| l.contains_key(labels::COLOR));
+        if !is_color {
+            return;
+        }
+        if let Some(spec) = d.spec.template.spec.as_mut() {
+            let containers = std::mem::take(&mut spec.containers)
+                .into_iter()
+                .map(|c| Container {
+                    name: c.name,
+                    ports: c.ports,
+                    ..Default::default()
+                })
+                .collect();
+            *spec = PodSpec {
+                containers,
+                ..Default::default()
+            };
+        }
+    }
+
+    /// ReplicaSets are kept without their pod spec: only their owner, size,
+    /// template labels and status are read, and a color Deployment keeps
+    /// several old ones.
+    pub fn replica_set(rs: &mut ReplicaSet) {
+        meta(rs);
+        if let Some(t) = rs.spec.template.as_mut() {
+            t.spec = None;
+        }
+    }
+
+    /// Pods are kept without their spec: only their labels, deletion and
+    /// status (conditions, container states) are read, and the spec is the
+    /// larger part of a pod.
+    pub fn pod(p: &mut Pod) {
+        meta(p);
+        p.spec = None;
+    }
+
+    /// Services: whole but for [`meta`].
+    pub fn service(s: &mut Service) {
+        meta(s);
     }
 }
 
@@ -437,8 +510,6 @@ where
         .touched_objects()
 }
 
-const LAST_APPLIED: &str = "kubectl.kubernetes.io/last-applied-configuration";
-
 /// Watch streams feeding a [`Cache`]; the controller polls them (as the
 /// triggers of its reconciles), which keeps the cache current.
 pub struct Feeds {
@@ -474,7 +545,7 @@ impl Cache {
                 pods,
                 labels::BLUEGREEN,
                 pod_writer,
-                trim_pod,
+                keep::pod,
                 Some(pod_index.clone()),
                 errors.clone(),
             ),
@@ -482,7 +553,7 @@ impl Cache {
                 deployments.clone(),
                 labels::BLUEGREEN,
                 dep_writer,
-                trim,
+                keep::color_deployment,
                 None,
                 errors.clone(),
             ),
@@ -490,7 +561,7 @@ impl Cache {
                 replica_sets,
                 labels::BLUEGREEN,
                 rs_writer,
-                trim_replica_set,
+                keep::replica_set,
                 Some(rs_index.clone()),
                 errors.clone(),
             ),
@@ -498,7 +569,7 @@ impl Cache {
                 services,
                 labels::BLUEGREEN,
                 svc_writer,
-                trim,
+                keep::service,
                 None,
                 errors.clone(),
             ),
@@ -506,7 +577,7 @@ impl Cache {
                 deployments,
                 &not_teal,
                 work_writer,
-                trim,
+                keep::workload,
                 None,
                 errors.clone(),
             ),
@@ -609,7 +680,7 @@ impl Cache {
             HashMap::new();
         let s = watcher(api, config)
             .backoff(crate::retry::WatchBackoff::default())
-            .modify(trim::<DynamicObject>)
+            .modify(keep::meta::<DynamicObject>)
             .reflect(writer)
             .touched_objects()
             .take_while(move |r| {
@@ -876,6 +947,57 @@ impl Index {
 mod tests {
     use super::*;
 
+    /// A Deployment as the apiserver serves it: labels `labels`, one
+    /// container with a port, env and a probe, managed fields.
+    fn served_deployment(labels: serde_json::Value) -> Deployment {
+        serde_json::from_value(serde_json::json!({
+            "metadata": {"name": "shop-blue", "namespace": "prod", "labels": labels,
+                         "annotations": {labels::REVISION: "r1"},
+                         "managedFields": [{"manager": "teal-controller", "operation": "Apply"}]},
+            "spec": {"replicas": 2, "selector": {}, "template": {
+                "metadata": {"labels": {"app": "shop"}},
+                "spec": {"serviceAccountName": "shop", "containers": [{
+                    "name": "app", "image": "shop:1",
+                    "ports": [{"name": "http", "containerPort": 8080, "protocol": "TCP"}],
+                    "env": [{"name": "A", "value": "1"}],
+                    "readinessProbe": {"httpGet": {"path": "/ready", "port": "http"}}}]}}},
+            "status": {"replicas": 2, "readyReplicas": 2},
+        }))
+        .unwrap()
+    }
+
+    #[test]
+    fn a_color_deployment_keeps_its_ports_and_a_router_deployment_all_of_its_template() {
+        let color = served_deployment(serde_json::json!({
+            labels::BLUEGREEN: "shop", labels::COLOR: "blue"}));
+        let mut kept = color.clone();
+        keep::color_deployment(&mut kept);
+        assert!(kept.metadata.managed_fields.is_none());
+        assert_eq!(kept.metadata.annotations, color.metadata.annotations);
+        assert_eq!(kept.spec.replicas, Some(2));
+        assert_eq!(kept.status, color.status);
+        assert_eq!(kept.spec.template.metadata, color.spec.template.metadata);
+        let spec = kept.spec.template.spec.as_ref().unwrap();
+        assert_eq!(spec.service_account_name, None);
+        assert_eq!(spec.containers.len(), 1);
+        let c = &spec.containers[0];
+        assert_eq!(c.name, "app");
+        assert_eq!(c.image, None);
+        assert_eq!(c.env, None);
+        assert_eq!(c.readiness_probe, None);
+        let want = color.spec.template.spec.as_ref().unwrap().containers[0]
+            .ports
+            .clone();
+        assert_eq!(c.ports, want);
+
+        // The router's Deployment: compared whole with what teal writes.
+        let router = served_deployment(serde_json::json!({labels::BLUEGREEN: "shop"}));
+        let mut kept = router.clone();
+        keep::color_deployment(&mut kept);
+        assert!(kept.metadata.managed_fields.is_none());
+        assert_eq!(kept.spec, router.spec);
+    }
+
     #[test]
     fn a_trimmed_pod_keeps_what_readiness_and_crash_loops_are_read_from() {
         let pod: Pod = serde_json::from_value(serde_json::json!({
@@ -896,7 +1018,7 @@ mod tests {
         }))
         .unwrap();
         let mut kept = pod.clone();
-        trim_pod(&mut kept);
+        keep::pod(&mut kept);
         assert!(kept.spec.is_none());
         assert!(kept.metadata.managed_fields.is_none());
         assert_eq!(kept.metadata.name, pod.metadata.name);

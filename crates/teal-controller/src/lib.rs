@@ -37,9 +37,9 @@ use futures_util::StreamExt;
 use k8s_openapi::api::apps::v1::{Deployment, ReplicaSet};
 use k8s_openapi::api::coordination::v1::Lease;
 use k8s_openapi::api::core::v1::Pod;
+use kube::runtime::Controller;
 use kube::runtime::events::Reporter;
 use kube::runtime::reflector::ObjectRef;
-use kube::runtime::{Controller, watcher};
 use kube::{Api, Client};
 use teal_api::BlueGreen;
 
@@ -318,7 +318,8 @@ pub async fn run_until(
     let bgs: Api<BlueGreen> = api(&client, &opts.namespace);
     // kube-runtime starts every due reconcile (its own bound would start
     // them in no fair order under a backlog); each waits for its turn.
-    let controller = Controller::new(bgs, watcher::Config::default());
+    let (bluegreens, bluegreen_feed) = cache::bluegreens(bgs);
+    let controller = Controller::for_stream(bluegreen_feed, bluegreens);
     let turns = Arc::new(turns::Turns::new(
         opts.concurrency.into(),
         metrics.waiting.clone(),

@@ -63,6 +63,24 @@ fn selector(bg: &str, color: Color) -> BTreeMap<String, String> {
     ])
 }
 
+/// The revision a color Deployment runs (its annotation) and its pod
+/// template as the workload had it (without teal's labels).
+pub fn color_template(d: Deployment) -> (Option<String>, PodTemplateSpec) {
+    let revision = d
+        .metadata
+        .annotations
+        .as_ref()
+        .and_then(|a| a.get(labels::REVISION))
+        .cloned();
+    let mut t = d.spec.template;
+    if let Some(l) = t.metadata.as_mut().and_then(|m| m.labels.as_mut()) {
+        l.remove(labels::BLUEGREEN);
+        l.remove(labels::COLOR);
+        l.remove(labels::REVISION);
+    }
+    (revision, t)
+}
+
 /// The Deployment that runs `color` at `revision` from `template`.
 pub fn color_deployment(
     bg: &BlueGreen,
@@ -93,6 +111,12 @@ pub fn color_deployment(
         },
         spec: DeploymentSpec {
             replicas: Some(replicas),
+            // teal keeps the revisions (in the BlueGreen's status) and
+            // rolls back by switching colors, never by a Deployment
+            // rollback: one old ReplicaSet is enough to look at, and each
+            // one more is kept in etcd and in the controller's cache
+            // (Kubernetes' default is 10 per Deployment).
+            revision_history_limit: Some(1),
             selector: LabelSelector {
                 match_labels: Some(selector(&name, color)),
                 ..Default::default()

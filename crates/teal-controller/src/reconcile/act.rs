@@ -123,7 +123,7 @@ async fn carry_out(
             revision,
             replicas,
         } => {
-            let Some(t) = c.template_of(&revision, &seen.workload) else {
+            let Some(t) = c.template_of(&revision, &seen.workload).await? else {
                 return Err(Error::NoTemplate { revision });
             };
             let d = objects::color_deployment(bg, color, &revision, &t, replicas as i32);

@@ -38,7 +38,7 @@ pub async fn cleanup(bg: Arc<BlueGreen>, ctx: Arc<Context>) -> Result<Requeue, E
         .filter(|s| s.machine.routing.is_some())
         .map(|s| s.machine.active.revision.clone())
         && revision_of(&workload.spec.template) != live
-        && let Some(template) = c.template_of(&live, &workload)
+        && let Some(template) = c.template_of(&live, &workload).await?
     {
         let mut restored = workload.clone();
         restored.spec.template = template;

@@ -143,31 +143,32 @@ impl<'a> Cluster<'a> {
     }
 
     /// The pod template of `revision`: the workload's if it is current,
-    /// else the one still kept in a color's Deployment.
-    pub fn template_of(&self, revision: &str, workload: &Deployment) -> Option<PodTemplateSpec> {
+    /// else the one a color's Deployment still runs, read from the
+    /// apiserver (the cache keeps color Deployments without it: see
+    /// `cache::keep::color_deployment`).
+    pub async fn template_of(
+        &self,
+        revision: &str,
+        workload: &Deployment,
+    ) -> Result<Option<PodTemplateSpec>, Error> {
         let t = &workload.spec.template;
         if revision_of(t) == revision {
-            return Some(t.clone());
+            return Ok(Some(t.clone()));
         }
         for c in Color::ALL {
-            if let Some(d) = self.color_deployment(c)
-                && d.metadata
-                    .annotations
-                    .as_ref()
-                    .and_then(|a| a.get(labels::REVISION))
-                    .map(String::as_str)
-                    == Some(revision)
-            {
-                let mut t = d.spec.template;
-                if let Some(l) = t.metadata.as_mut().and_then(|m| m.labels.as_mut()) {
-                    l.remove(labels::BLUEGREEN);
-                    l.remove(labels::COLOR);
-                    l.remove(labels::REVISION);
-                }
-                return Some(t);
+            if self.running_revision(c).as_deref() != Some(revision) {
+                continue;
+            }
+            let name = objects::color_deployment_name(&self.name, c);
+            let Some(d) = self.deployments.get_opt(&name).await? else {
+                continue;
+            };
+            let (runs, t) = objects::color_template(d);
+            if runs.as_deref() == Some(revision) {
+                return Ok(Some(t));
             }
         }
-        None
+        Ok(None)
     }
 }
 

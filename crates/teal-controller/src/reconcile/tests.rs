@@ -724,6 +724,7 @@ async fn a_first_reconcile_writes_blue_then_the_status_then_the_size() {
     assert_eq!(seen[3].2["reason"], "Adopted");
     let blue = &seen[4].2;
     assert_eq!(blue["spec"]["replicas"], 2);
+    assert_eq!(blue["spec"]["revisionHistoryLimit"], 1);
     assert_eq!(
         blue["spec"]["template"]["spec"]["containers"][0]["image"],
         "shop:v1"

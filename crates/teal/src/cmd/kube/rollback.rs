@@ -18,8 +18,7 @@ use k8s_openapi::api::core::v1::PodTemplateSpec;
 use kube::api::{ListParams, PostParams};
 use kube::{Api, ResourceExt};
 use teal_api::BlueGreen;
-use teal_api::bluegreen::labels;
-use teal_controller::objects::{color_deployment_name, revision_of};
+use teal_controller::objects::{color_deployment_name, color_template, revision_of};
 use teal_core::Color;
 
 use super::command::{CommandArgs, MANAGER, phase, report, send};
@@ -85,15 +84,9 @@ async fn recorded_templates(
         let Some(d) = k.deployments().get_opt(&dep_name).await? else {
             continue;
         };
-        let Some(rev) = d.annotations().get(labels::REVISION).cloned() else {
+        let (Some(rev), t) = color_template(d) else {
             continue;
         };
-        let mut t = d.spec.template;
-        if let Some(l) = t.metadata.as_mut().and_then(|m| m.labels.as_mut()) {
-            l.remove(labels::BLUEGREEN);
-            l.remove(labels::COLOR);
-            l.remove(labels::REVISION);
-        }
         found.push((rev, format!("Deployment {dep_name} ({color})"), t));
     }
     let workload = k.workload(bg).await?;
