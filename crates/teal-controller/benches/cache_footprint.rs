@@ -6,8 +6,9 @@
 //! (`benches/fixtures/`: a small app as `bench/controller-scale` creates
 //! it, and a typical production app with probes, resources, env and
 //! volumes), keeps `COPIES` of each in a reflector store the way the
-//! controller's caches do (trimmed), and prints the heap bytes each copy
-//! holds, as received and as kept, with the total for one BlueGreen.
+//! controller's caches do, and prints the heap bytes each copy holds: as
+//! received, without managed fields (what the caches but the BlueGreens'
+//! kept before `cache::keep`) and as kept, with the total for one BlueGreen.
 
 use std::collections::BTreeMap;
 
